@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def random_qwen2(vocab_size: int = 16, hidden: int = 32, layers: int = 2, seed: int = 0) -> Qwen2ForCausalLM:
+    """A random tiny Qwen2 for tests that need a model but not a trained one."""
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
+    )
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_policy():
+    from workbench import Policy
+
+    return Policy.from_pretrained("tiny")

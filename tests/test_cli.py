@@ -1,0 +1,35 @@
+"""The `workbench` command end to end on the embedded model."""
+
+import json
+
+import pytest
+
+from workbench.cli import main
+
+
+def test_train_report_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "quick", "--steps", "2", "--out", str(out), "--set", "learning_rate=1e-3"]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1]
+    assert (out / "checkpoints" / "step-2" / "adapter.safetensors").exists()
+    assert "learning_rate: 0.001" in (out / "config.yaml").read_text()
+    assert main(["report", str(out)]) == 0
+    report = capsys.readouterr().out.strip().splitlines()[-1]
+    assert report.endswith("report.html") and "plotly" in open(report).read()
+    assert main(["eval", str(out), "--n-samples", "2", "--num-prompts", "4", "--k", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{"):])
+    assert result["samples"] == 8 and 0 <= result["pass@1"] <= result["pass@2"] <= 1
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    main(["train", "--preset", "quick", "--steps", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(["train", "--preset", "quick", "--steps", "1", "--out", str(out)])
+
+
+def test_bad_override_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "r"), "--set", "temperature=-1"]) == 2
+    assert "temperature=-1" in capsys.readouterr().err

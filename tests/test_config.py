@@ -1,0 +1,59 @@
+"""RunConfig: presets, YAML round-trip, and errors that name the field, the value and what is allowed."""
+
+import pytest
+
+from workbench import PRESETS, ConfigError, RunConfig
+
+
+def test_defaults_follow_methods_md():
+    cfg = RunConfig()
+    assert (cfg.epsilon, cfg.epsilon_high, cfg.beta, cfg.loss_type, cfg.scale_rewards) == (0.2, None, 0.0, "dapo", "group")
+
+
+def test_presets_and_overrides():
+    for name in PRESETS:
+        RunConfig.preset(name)
+    cfg = RunConfig.preset("quick", learning_rate=1e-3)
+    assert cfg.num_generations == 4 and cfg.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="preset='nope'.*quick"):
+        RunConfig.preset("nope")
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = RunConfig(method="clip_higher", num_generations=6, target_modules=["q_proj", "v_proj"])
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert RunConfig.from_yaml(tmp_path / "c.yaml") == cfg
+
+
+def test_unknown_yaml_key_lists_the_valid_ones(tmp_path):
+    (tmp_path / "c.yaml").write_text("num_generation: 8\n")
+    with pytest.raises(ConfigError, match="num_generation.*valid keys:.*num_generations"):
+        RunConfig.from_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("num_generations", 1, "integer >= 2"),
+        ("num_generations", 2.5, "integer"),
+        ("temperature", 0.0, r"\(0.0, inf\)"),
+        ("top_p", 1.5, r"\(0.0, 1.0\]"),
+        ("epsilon", "big", "number"),
+        ("loss_type", "mean", "dapo, grpo, dr_grpo"),
+        ("scale_rewards", "std", "group, batch, none"),
+        ("method", "ppo", "grpo"),
+        ("task", "chess", "countdown"),
+        ("learning_rate", float("nan"), "number"),
+        ("track_kl", "yes", "true or false"),
+        ("top_entropy_quantile", 0.0, r"\(0.0, 1.0\]"),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(field, value, allowed):
+    with pytest.raises(ConfigError, match=rf"{field}=.*{allowed}") as info:
+        RunConfig(**{field: value})
+    assert info.value.field == field
+
+
+def test_unknown_method_option_is_rejected():
+    with pytest.raises(ConfigError, match="method_options.alpha.*grpo"):
+        RunConfig(method_options={"alpha": 0.3})

@@ -1,0 +1,79 @@
+"""The sampler records exactly what a teacher-forced pass computes, and samples from the softmax."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from conftest import random_qwen2
+from workbench.sampling import Sampler, filter_logits
+
+
+def test_recorded_logprobs_and_entropy_match_teacher_forcing(tiny_policy):
+    prompts = tiny_policy.encode(["Make 22 from 3 5 7.\n", "Pay 12 with 2 5.\n"])
+    sampler = Sampler(tiny_policy.model, tiny_policy.tokenizer.eos_token_id, tiny_policy.tokenizer.pad_token_id)
+    out = sampler.generate(prompts, 4, max_new_tokens=24, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp, entropy = tiny_policy.token_logprobs([p for p in prompts for _ in range(4)], out.ids, temperature=0.7)
+    valid = out.mask.bool()
+    assert valid.sum() > 20
+    assert (out.logprobs[valid] - logp[valid]).abs().max() < 1e-4
+    assert (out.entropy[valid] - entropy[valid]).abs().max() < 1e-4
+    assert (out.logprobs[~valid] == 0).all() and (out.entropy[~valid] == 0).all()
+
+
+def test_entropy_is_that_of_the_full_distribution():
+    model = random_qwen2(vocab_size=16)
+    sampler = Sampler(model, eos_token_id=1, pad_token_id=0)
+    out = sampler.generate([[3, 4, 5]], 1, max_new_tokens=1, temperature=1.3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(torch.tensor([[3, 4, 5]])).logits[0, -1] / 1.3
+    p = logits.softmax(-1)
+    expected = -(p * p.log()).sum()
+    assert torch.isclose(out.entropy[0, 0], expected, atol=1e-5)
+    top = torch.topk(p, 5)
+    assert torch.allclose(out.topk_probs[0, 0], top.values, atol=1e-6)
+    assert out.topk_ids[0, 0].tolist() == top.indices.tolist()
+
+
+def test_sampled_frequencies_match_the_softmax():
+    model = random_qwen2(vocab_size=8, seed=3)
+    sampler = Sampler(model, eos_token_id=1, pad_token_id=0)
+    n = 4000
+    out = sampler.generate([[2, 3]], n, max_new_tokens=1, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        p = model(torch.tensor([[2, 3]])).logits[0, -1].softmax(-1)
+    counts = torch.bincount(out.ids[:, 0], minlength=8).double()
+    expected = p.double() / p.double().sum() * n
+    result = chisquare(counts.numpy(), expected.numpy())
+    assert result.pvalue > 1e-3, (counts, p * n)
+
+
+def test_top_k_and_top_p_truncate_only_the_sampling_distribution():
+    z = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    assert torch.isinf(filter_logits(z, top_k=2, top_p=None)[0, 2:]).all()
+    p = z.softmax(-1)[0]  # about 0.61, 0.22, 0.14, 0.03
+    kept = filter_logits(z, top_k=None, top_p=0.7)
+    assert torch.isfinite(kept[0, :2]).all() and torch.isinf(kept[0, 2:]).all(), p
+    model = random_qwen2(vocab_size=8, seed=3)
+    out = Sampler(model, 1, 0).generate([[2, 3]], 500, max_new_tokens=1, top_k=2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        allowed = set(torch.topk(model(torch.tensor([[2, 3]])).logits[0, -1], 2).indices.tolist())
+    assert set(out.ids[:, 0].tolist()) <= allowed
+
+
+def test_same_seed_same_samples_and_eos_stops(tiny_policy):
+    sampler = Sampler(tiny_policy.model, tiny_policy.tokenizer.eos_token_id, tiny_policy.tokenizer.pad_token_id)
+    prompts = tiny_policy.encode(["Make 10 from 2 3 4.\n"])
+    a = sampler.generate(prompts, 8, max_new_tokens=32, generator=torch.Generator().manual_seed(5))
+    b = sampler.generate(prompts, 8, max_new_tokens=32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.ids, b.ids)
+    eos = tiny_policy.tokenizer.eos_token_id
+    for row, n, done in zip(a.ids, a.mask.sum(-1).long(), a.finished):
+        if done:
+            assert row[n - 1] == eos and (row[:n - 1] != eos).all()
+
+
+@pytest.mark.parametrize("length", [1, 5])
+def test_max_new_tokens_bounds_the_completion(length):
+    out = Sampler(random_qwen2(), 1, 0).generate([[2, 3], [4]], 3, max_new_tokens=length)
+    assert out.ids.shape[1] <= length and out.mask.shape == out.ids.shape

@@ -1,0 +1,142 @@
+"""The GRPO trainer on the embedded model: phases, exact interruption, resume, NaN skips."""
+
+import math
+
+import pytest
+import torch
+
+from workbench import RunConfig, Trainer
+
+QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=1)
+
+
+def adapter_and_optimizer(trainer):
+    return trainer.policy.adapter_state(), {k: {n: v.clone() for n, v in s.items()} for k, s in trainer.optimizer.state.items()}
+
+
+def same_state(a, b):
+    (ad_a, opt_a), (ad_b, opt_b) = a, b
+    return all(torch.equal(ad_a[k], ad_b[k]) for k in ad_a) and len(opt_a) == len(opt_b)
+
+
+def test_phases_in_order_and_metrics_recorded():
+    trainer = Trainer(RunConfig(**QUICK))
+    names = [p.name for p in trainer.phases()]
+    assert names == ["sample", "score", "advantage", "update", "metrics"]
+    m = trainer.history.iloc[-1]
+    for key in ("reward_mean", "entropy_mean", "entropy_p50", "entropy_p80", "entropy_p95", "response_length",
+                "zero_spread_groups", "kl", "clip_fraction", "unique_answers", "distinct_strategies", "step_time"):
+        assert math.isfinite(m[key]), key
+    assert m["entropy_p50"] <= m["entropy_p80"] <= m["entropy_p95"]
+    batch = trainer.last_batch
+    assert len(batch) == 16 and batch.advantages.shape == (16,) and batch.pivots.shape == batch.mask.shape
+    assert abs(m["kl"]) < 1e-6  # LoRA starts as the identity: policy == reference
+
+
+@pytest.mark.parametrize("stop_after", ["sample", "score", "advantage", "update"])
+def test_interrupting_a_step_leaves_the_policy_as_it_was(stop_after):
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()  # the optimizer has state now
+    before = adapter_and_optimizer(trainer)
+    phases = trainer.phases()
+    for phase in phases:
+        if phase.name == stop_after:
+            break
+    phases.close()
+    assert same_state(before, adapter_and_optimizer(trainer))
+    assert trainer.step_index == 1 and len(trainer.history) == 1
+    trainer.step()
+    assert trainer.step_index == 2
+
+
+def test_exception_in_a_phase_restores_adapter_and_optimizer(monkeypatch):
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()
+    before = adapter_and_optimizer(trainer)
+    original = trainer.method.loss_settings
+    monkeypatch.setattr(trainer.method, "loss_settings", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.step()
+    assert same_state(before, adapter_and_optimizer(trainer))
+    monkeypatch.setattr(trainer.method, "loss_settings", original)
+    trainer.step()
+    assert trainer.step_index == 2
+
+
+def test_nan_loss_skips_the_update_and_is_counted(monkeypatch):
+    trainer = Trainer(RunConfig(**QUICK))
+    before = trainer.policy.adapter_state()
+    original = trainer.method.advantages
+
+    def nan_advantages(tr, batch):
+        original(tr, batch)
+        batch.token_advantages = batch.token_advantages * float("nan")
+        return {}
+
+    monkeypatch.setattr(trainer.method, "advantages", nan_advantages)
+    result = trainer.step()
+    assert result.metrics["skipped"] == 1.0 and result.metrics["nan_skips"] == 1.0
+    assert math.isnan(result.metrics["loss"])
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = Trainer(RunConfig(**QUICK))
+    straight.run(4, progress=False)
+    first = Trainer(RunConfig(**QUICK), out_dir=tmp_path / "run")
+    first.run(2, progress=False)  # run() checkpoints at its end
+    resumed = Trainer.resume(tmp_path / "run")
+    assert resumed.step_index == 2
+    resumed.run(2, progress=False)
+    a, b = straight.history.drop(columns="step_time"), resumed.history.drop(columns="step_time")
+    assert list(b["step"]) == [0, 1, 2, 3]
+    diff = (a.astype(float) - b.astype(float)).abs().fillna(0).max().max()
+    assert diff < 1e-6
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert sorted((tmp_path / "run" / "rollouts").glob("*.parquet"))
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    results = []
+    for chunks in (1, 2):
+        trainer = Trainer(RunConfig(**QUICK, gradient_accumulation_steps=chunks, learning_rate=1e-2))
+        trainer.step()
+        results.append(trainer.policy.adapter_state())
+    assert max((results[0][k] - results[1][k]).abs().max() for k in results[0]) < 1e-5
+
+
+def test_entropy_bonus_has_a_real_gradient(monkeypatch):
+    cfg = RunConfig(**QUICK, entropy_coef=5.0, learning_rate=2e-2, track_kl=False)
+    trainer = Trainer(cfg)
+    original = trainer.method.advantages
+
+    def zero_advantages(tr, batch):
+        original(tr, batch)
+        batch.token_advantages = torch.zeros_like(batch.token_advantages)
+        return {}
+
+    monkeypatch.setattr(trainer.method, "advantages", zero_advantages)
+    for phase in trainer.phases():
+        if phase.name == "advantage":
+            batch = phase.batch
+            with torch.no_grad():
+                _, before = trainer.policy.token_logprobs(batch.prompt_ids, batch.ids)
+    with torch.no_grad():
+        _, after = trainer.policy.token_logprobs(batch.prompt_ids, batch.ids)
+    valid = batch.mask.bool()
+    assert after[valid].mean() > before[valid].mean() + 1e-3
+
+
+def test_kl_penalty_and_multiple_iterations_run():
+    trainer = Trainer(RunConfig(**QUICK, beta=0.1, num_iterations=2))
+    trainer.run(3, progress=False)
+    h = trainer.history
+    assert (h["kl"] >= 0).all() and h["kl"].iloc[-1] > 0
+
+
+def test_evaluate_reports_monotone_pass_at_k():
+    trainer = Trainer(RunConfig(**QUICK))
+    result = trainer.evaluate("test", k=(1, 2, 4), n_samples=4, num_prompts=8)
+    assert 0 <= result["pass@1"] <= result["pass@2"] <= result["pass@4"] <= 1
+    assert result["samples"] == 32 and result["entropy_mean"] > 0

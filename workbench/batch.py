@@ -1,0 +1,182 @@
+"""RolloutBatch: the one data structure every stage of a step reads and writes.
+
+Rows are responses, in prompt-major order within each stage/mode block; ``group`` says
+which prompt a row belongs to. Token tensors are [N, T], right-padded, ``mask`` = 1 on
+generated tokens (the EOS included). Widgets draw only what is stored here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import pandas as pd
+import torch
+
+from .sampling import Samples
+from .tasks import Problem
+
+_TOKEN_FIELDS = ("ids", "mask", "logprobs", "entropy", "token_advantages", "gate", "pivots")
+
+
+@dataclass
+class RolloutBatch:
+    problems: list[Problem]  # one per group
+    group: torch.Tensor  # [N] index into problems
+    prompt_ids: list[list[int]]  # [N] token ids of the prompt each response was sampled after
+    ids: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T]
+    logprobs: torch.Tensor  # [N, T] behaviour log-probs (the sampling model's)
+    entropy: torch.Tensor  # [N, T] nats
+    topk_ids: torch.Tensor  # [N, T, k]
+    topk_probs: torch.Tensor  # [N, T, k]
+    text: list[str]
+    mode: list[str]  # "normal" or "high_entropy"
+    stage: list[int]  # 1 or 2 (EEPO); 1 otherwise
+    rewards: torch.Tensor | None = None  # [N]
+    answers: list[str | None] | None = None
+    strategies: list[str | None] | None = None
+    parsed: torch.Tensor | None = None  # [N] bool
+    advantages: torch.Tensor | None = None  # [N] sequence advantage
+    token_advantages: torch.Tensor | None = None  # [N, T]
+    gate: torch.Tensor | None = None  # [N, T] token gate weight (ERPO), ones otherwise
+    pivots: torch.Tensor | None = None  # [N, T] bool critical decision pivots
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific per-token values
+
+    @classmethod
+    def from_samples(
+        cls, problems: list[Problem], prompt_ids: list[list[int]], samples: Samples, texts: list[str],
+        num_generations: int, mode: str = "normal", stage: int = 1,
+    ) -> "RolloutBatch":
+        """Rows of ``samples`` were drawn prompt-major: ``num_generations`` per problem."""
+        n = samples.ids.shape[0]
+        return cls(
+            problems=list(problems),
+            group=torch.arange(len(problems)).repeat_interleave(num_generations),
+            prompt_ids=[p for p in prompt_ids for _ in range(num_generations)],
+            ids=samples.ids,
+            mask=samples.mask,
+            logprobs=samples.logprobs,
+            entropy=samples.entropy,
+            topk_ids=samples.topk_ids,
+            topk_probs=samples.topk_probs,
+            text=texts,
+            mode=[mode] * n,
+            stage=[stage] * n,
+        )
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.problems)
+
+    def group_rows(self) -> list[torch.Tensor]:
+        """Row indices of each group."""
+        return [torch.nonzero(self.group == g).squeeze(-1) for g in range(self.num_groups)]
+
+    def grouped(self, values: torch.Tensor) -> torch.Tensor:
+        """[N] values as [groups, G] (every group must have the same size)."""
+        order = torch.argsort(self.group, stable=True)
+        return values[order].view(self.num_groups, -1)
+
+    def ungrouped(self, values: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``grouped``: [groups, G] back to row order [N]."""
+        order = torch.argsort(self.group, stable=True)
+        out = torch.empty_like(values.reshape(-1))
+        out[order] = values.reshape(-1)
+        return out
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"]) -> "RolloutBatch":
+        """Rows of several batches over the same problems (e.g. EEPO's two stages)."""
+        first = batches[0]
+        width = max(b.ids.shape[1] for b in batches)
+        values = {}
+        for f in fields(RolloutBatch):
+            parts = [getattr(b, f.name) for b in batches]
+            if f.name == "problems":
+                values[f.name] = first.problems
+            elif f.name == "extras":
+                keys = set.intersection(*(set(p) for p in parts)) if parts else set()
+                values[f.name] = {k: torch.cat([_pad(p[k], width) for p in parts]) for k in keys}
+            elif any(p is None for p in parts):
+                values[f.name] = None
+            elif isinstance(parts[0], torch.Tensor):
+                values[f.name] = torch.cat([_pad(p, width) if p.dim() > 1 else p for p in parts])
+            else:
+                values[f.name] = [x for p in parts for x in p]
+        return RolloutBatch(**values)
+
+    def select(self, rows) -> "RolloutBatch":
+        """A batch of the given rows (problems kept whole; ``group`` still indexes them)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        values = {}
+        for f in fields(RolloutBatch):
+            v = getattr(self, f.name)
+            if f.name == "problems":
+                values[f.name] = v
+            elif f.name == "extras":
+                values[f.name] = {k: t[rows] for k, t in v.items()}
+            elif v is None:
+                values[f.name] = None
+            elif isinstance(v, torch.Tensor):
+                values[f.name] = v[rows]
+            else:
+                values[f.name] = [v[i] for i in rows.tolist()]
+        return RolloutBatch(**values)
+
+    def response_lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def tokens(self, row: int, tokenizer) -> list[str]:
+        """The text of each generated token of ``row`` (for token strips)."""
+        n = int(self.mask[row].sum().item())
+        return [tokenizer.decode([t]) for t in self.ids[row, :n].tolist()]
+
+    def to_frame(self, step: int, tokenizer=None) -> pd.DataFrame:
+        """One row per response, token values as lists: what ``rollouts/step-N.parquet`` holds."""
+        lengths = self.response_lengths().long().tolist()
+
+        def per_token(t: torch.Tensor | None):
+            if t is None:
+                return [None] * len(self)
+            return [t[i, :n].detach().float().cpu().numpy() for i, n in enumerate(lengths)]
+
+        frame = pd.DataFrame(
+            {
+                "step": step,
+                "problem_id": [self.problems[g].id for g in self.group.tolist()],
+                "group": self.group.tolist(),
+                "mode": self.mode,
+                "stage": self.stage,
+                "prompt": [self.problems[g].prompt for g in self.group.tolist()],
+                "completion": self.text,
+                "reward": _list(self.rewards, len(self)),
+                "answer": self.answers or [None] * len(self),
+                "strategy": self.strategies or [None] * len(self),
+                "parsed": _list(self.parsed, len(self)),
+                "length": lengths,
+                "advantage": _list(self.advantages, len(self)),
+                "token_ids": [self.ids[i, :n].cpu().numpy() for i, n in enumerate(lengths)],
+                "logprob": per_token(self.logprobs),
+                "entropy": per_token(self.entropy),
+                "token_advantage": per_token(self.token_advantages),
+                "gate": per_token(self.gate),
+                "pivot": per_token(self.pivots),
+            }
+        )
+        if tokenizer is not None:
+            frame["tokens"] = [self.tokens(i, tokenizer) for i in range(len(self))]
+        return frame
+
+
+def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    pad = torch.zeros((t.shape[0], width - t.shape[1], *t.shape[2:]), dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
+
+
+def _list(t: torch.Tensor | None, n: int) -> list:
+    return [None] * n if t is None else t.detach().cpu().numpy().tolist()

@@ -1,0 +1,154 @@
+"""The ``workbench`` command: train, eval, report, build-tiny.
+
+    workbench train --preset quick --method grpo --steps 30 --out runs/demo --set learning_rate=1e-3
+    workbench eval runs/demo --split test --n-samples 16
+    workbench report runs/demo
+    workbench build-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
+        key, raw = pair.split("=", 1)
+        values[key] = _scalar(raw)
+    return values
+
+
+def _scalar(raw: str):
+    """YAML parsing, plus the numbers YAML 1.1 leaves as strings (``1e-3``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _config(args):
+    from .config import RunConfig
+
+    overrides = _overrides(args.set)
+    if args.method:
+        overrides["method"] = args.method
+    if args.config:
+        base = RunConfig.from_yaml(args.config).to_dict()
+        return RunConfig.from_dict({**base, **overrides})
+    return RunConfig.preset(args.preset, **overrides)
+
+
+def cmd_train(args) -> int:
+    from .trainer import Trainer
+
+    cfg = _config(args)
+    out = Path(args.out)
+    if (out / "config.yaml").exists() and not args.resume:
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    trainer = Trainer.resume(out) if args.resume else Trainer(cfg, out_dir=out)
+    evaluation = {}
+    if args.eval and trainer.step_index == 0:
+        evaluation["base"] = {"test": trainer.evaluate("test", progress=True)}
+    trainer.run(args.steps - trainer.step_index if args.resume else args.steps, progress=True)
+    if args.eval:
+        evaluation["final"] = {"test": trainer.evaluate("test", progress=True)}
+        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        for name, result in evaluation.items():
+            print(f"{name:>5} test: " + ", ".join(f"{k} {v:.3f}" for k, v in result["test"].items() if k.startswith("pass@")))
+    last = trainer.history.iloc[-1]
+    print(f"run {out}: {trainer.step_index} steps, reward {last['reward_mean']:.3f}, entropy {last['entropy_mean']:.3f} nats")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .trainer import Trainer
+
+    if args.run_dir:
+        trainer = Trainer.resume(args.run_dir)
+    else:
+        trainer = Trainer(_config(args))
+    ks = tuple(int(k) for k in args.k.split(","))
+    result = trainer.evaluate(args.split, k=ks, n_samples=args.n_samples, num_prompts=args.num_prompts, progress=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dirs, args.out)
+    print(path)
+    return 0
+
+
+def cmd_build_tiny(args) -> int:
+    from .tiny.build import BuildConfig, build
+
+    cfg = BuildConfig(steps=args.steps) if args.steps else BuildConfig()
+    build(args.out, cfg) if args.out else build(cfg=cfg)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp):
+        sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
+        sp.add_argument("--config", help="a YAML RunConfig file")
+        sp.add_argument("--method", help="grpo, entropy_bonus, clip_higher, top_entropy, ...")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RunConfig field")
+
+    t = sub.add_parser("train", help="train and write a run directory")
+    config_args(t)
+    t.add_argument("--steps", type=int, default=60)
+    t.add_argument("--out", default="runs/latest")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--eval", action="store_true", help="evaluate pass@k on the test split before and after (eval.json)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="pass@k, entropy and diversity on a split")
+    e.add_argument("run_dir", nargs="?", help="a run directory (its last checkpoint); omit to evaluate the base model")
+    config_args(e)
+    e.add_argument("--split", default="test", choices=("train", "test", "ood"))
+    e.add_argument("--k", default="1,4,16")
+    e.add_argument("--n-samples", type=int, default=16)
+    e.add_argument("--num-prompts", type=int, default=64)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison of several")
+    r.add_argument("run_dirs", nargs="+")
+    r.add_argument("--out")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 10 minutes on 2 cores)")
+    b.add_argument("--out", help="where to write it (default: the package's checkpoint directory)")
+    b.add_argument("--steps", type=int, help="training steps (default: the shipped model's)")
+    b.set_defaults(func=cmd_build_tiny)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"workbench: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Method: the hooks a training method may override. GRPO is the default of every hook.
+
+A step runs ``sample`` -> score -> ``advantages`` -> update -> metrics. ``sample`` is a
+generator that yields one ``Phase`` per sampling phase and returns the batch, so methods
+with several sampling phases (EEPO, Policy Split) can be stepped through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, ClassVar
+
+from .. import core
+from ..batch import RolloutBatch
+from ..config import ConfigError
+from ..events import Phase
+
+
+class Method:
+    name: ClassVar[str] = "grpo"
+    # method_options this method understands, with their defaults
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.options = {**self.defaults, **cfg.method_options}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        unknown = sorted(set(cfg.method_options) - set(cls.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(cls.defaults)) or "none"
+            raise ConfigError(f"method_options.{unknown[0]}", cfg.method_options[unknown[0]],
+                              f"an option of method {cls.name!r}; its options: {allowed}")
+
+    # --- hooks ------------------------------------------------------------------------
+    def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
+        batch = trainer.sample_group(problems, self.cfg.num_generations)
+        yield Phase("sample", trainer.step_index, batch, {"responses": len(batch)})
+        return batch
+
+    def advantages(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+        """Fill ``batch.advantages`` [N] and ``batch.token_advantages`` [N, T]."""
+        rewards = batch.grouped(batch.rewards)
+        batch.advantages = batch.ungrouped(core.group_advantages(rewards, self.cfg.scale_rewards))
+        batch.token_advantages = batch.advantages[:, None] * batch.mask
+        return {"advantage_abs_mean": float(batch.advantages.abs().mean())}
+
+    def loss_settings(self) -> dict[str, float | None]:
+        """Coefficients of the PPO-clip loss; baselines change their defaults."""
+        cfg = self.cfg
+        return {
+            "epsilon": cfg.epsilon,
+            "epsilon_high": cfg.epsilon_high,
+            "entropy_coef": cfg.entropy_coef,
+            "top_entropy_quantile": cfg.top_entropy_quantile,
+            "beta": cfg.beta,
+        }
+
+    def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+        return {}

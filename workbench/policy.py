@@ -1,0 +1,205 @@
+"""Policy: a causal LM, its tokenizer and a LoRA adapter, with snapshot/restore.
+
+The reference policy is the same model with the adapter disabled, never a second copy.
+Weights load from safetensors only; ``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import core
+
+TINY = "tiny"
+
+
+class PolicyLoadError(RuntimeError):
+    """A model or adapter could not be loaded; the message says which and what to do."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+    def to_peft(self) -> LoraConfig:
+        return LoraConfig(task_type="CAUSAL_LM", **asdict(self))
+
+
+@dataclass
+class Policy:
+    model: PeftModel
+    tokenizer: object
+    name: str = TINY
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = TINY,
+        lora: LoraSettings | dict | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ) -> "Policy":
+        """``"tiny"`` (the embedded model), a local directory, or a Hugging Face hub name."""
+        lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
+        path = _resolve(name_or_path)
+        kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+        except (OSError, ValueError) as error:
+            raise PolicyLoadError(
+                f"could not load model {name_or_path!r}: {error}. If it is a hub name and this "
+                "machine is offline, download it where you have a network and pass the local "
+                "directory instead, e.g. Policy.from_pretrained('/path/to/model')."
+            ) from error
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        if device is not None:
+            model = model.to(device)
+        torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
+        model = get_peft_model(model, lora.to_peft())
+        return cls(model=model, tokenizer=tokenizer, name=str(name_or_path), lora=lora)
+
+    # --- the adapter --------------------------------------------------------------
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every adapter tensor (kilobytes to megabytes)."""
+        return {n: p.detach().clone() for n, p in self.trainable_parameters().items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy ``state`` into the adapter in place: bit-exact, optimizer references stay valid."""
+        params = self.trainable_parameters()
+        if set(state) != set(params):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise PolicyLoadError(f"adapter state does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Restore the adapter exactly on exit, whatever happened inside (exceptions included)."""
+        state = self.adapter_state()
+        try:
+            yield state
+        finally:
+            self.load_adapter_state(state)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference policy: the base model with the adapter disabled."""
+        with self.model.disable_adapter():
+            yield self.model
+
+    def save_adapter(self, path: str | Path) -> None:
+        save_file({n: t.contiguous() for n, t in self.adapter_state().items()}, str(path))
+
+    def load_adapter(self, path: str | Path) -> None:
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise PolicyLoadError(f"adapter file {path} is unreadable: {error}") from error
+        self.load_adapter_state(state)
+
+    # --- text and scoring ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        """Completion texts, without the EOS token and padding."""
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for row, valid in zip(ids.tolist(), mask.tolist()):
+            kept = [t for t, v in zip(row, valid) if v and t != eos]
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return texts
+
+    def token_logprobs(
+        self,
+        prompt_ids: list[list[int]],
+        completion_ids: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = True,
+        chunk_size: int = 1024,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced log-probs (and entropies) of ``completion_ids`` [N, T] after each prompt.
+
+        Runs with whatever grad mode and adapter state the caller has set.
+        """
+        from .sampling import left_pad
+
+        prompts, prompt_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        prompts, prompt_mask = prompts.to(self.device), prompt_mask.to(self.device)
+        completion_ids = completion_ids.to(self.device)
+        ids = torch.cat([prompts, completion_ids], dim=1)
+        attention = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        width = completion_ids.shape[1]
+        logits = self.model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1
+        ).logits[:, :-1, :]
+        if with_entropy:
+            return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
+        return core.selective_log_softmax(logits, completion_ids, temperature), None
+
+
+def _resolve(name_or_path: str) -> str:
+    if name_or_path == TINY:
+        from .tiny import CHECKPOINT_DIR
+
+        if not (CHECKPOINT_DIR / "model.safetensors").exists():
+            raise PolicyLoadError(f"the embedded model is missing at {CHECKPOINT_DIR}: run `workbench build-tiny`")
+        return str(CHECKPOINT_DIR)
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")):
+        raise PolicyLoadError(f"model path {name_or_path!r} does not exist: pass an existing directory, a hub name, or 'tiny'")
+    try:  # already in the local Hugging Face cache: no network needed
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+        raise PolicyLoadError(
+            f"model {name_or_path!r} is not a local directory, not in the Hugging Face cache, and the hub "
+            "cannot be reached from here. Download it on a machine with a network "
+            "(huggingface-cli download NAME --local-dir DIR) and pass that directory."
+        )
+    return name_or_path
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,298 @@
+"""A self-contained offline HTML report of one run, or of several runs overlaid.
+
+The page is a single file with plotly.js inlined once, so it opens with no network.
+Everything the model wrote (prompts, completions, tokens, answers, strategies) is
+untrusted and passes through ``html.escape`` before it reaches the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import yaml
+from plotly.colors import qualitative
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+COLOURS = qualitative.Plotly
+ROLLING_AFTER = 20  # steps; shorter runs are readable without smoothing
+SAMPLE_PROMPTS, SAMPLE_COMPLETIONS = 3, 4
+PIVOT_OUTLINE = "#1f4e9c"
+ORANGE = (255, 140, 0)
+ENTROPY_SCALE = 2.0  # nats at full orange; fixed so colours compare across runs and reports
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td.diff{font-weight:bold;background:#fff7e0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
+/* auto-fill, not auto-fit: a lone first figure must not draw at full width and then be squeezed */
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}.grid>div{min-width:0}
+.prompt{background:#f6f6f6;padding:8px;white-space:pre-wrap;font-size:13px}
+.completion{margin:10px 0 18px 16px}.meta{font-size:13px;color:#555}
+pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
+.strip{font-family:monospace;font-size:12px;line-height:1.9;white-space:pre-wrap}
+.strip span{padding:1px 1px;margin:0 1px;border-radius:2px}
+.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;border:1px solid #ccc}
+"""
+
+
+def write_report(run_dirs: str | Path | list, out_path: str | Path | None = None, title: str | None = None) -> Path:
+    """Write the report and return its path (RUN_DIR/report.html, or comparison.html in the common parent)."""
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("write_report needs at least one run directory")
+    if missing := [str(d) for d in dirs if not d.is_dir()]:
+        raise FileNotFoundError(f"not a run directory: {', '.join(missing)}")
+    runs = [_load_run(d, name) for d, name in zip(dirs, _run_names(dirs))]
+    if out_path is None:
+        parent = Path(os.path.commonpath([d.resolve() for d in dirs]))
+        out_path = dirs[0] / "report.html" if len(dirs) == 1 else parent / "comparison.html"
+    title = title or (runs[0]["name"] if len(runs) == 1 else "comparison: " + ", ".join(r["name"] for r in runs))
+    body = [f"<h1>{_esc(title)}</h1>", "<h2>Configuration</h2>", _config_table(runs)]
+    body += ["<h2>Training</h2>", '<div class="grid">', *map(_figure_html, _figures(runs)), "</div>"]
+    body += [*_eval_section(runs), "<h2>Sample rollouts</h2>", _entropy_legend()]
+    body += [_samples(r, len(runs) > 1) for r in runs]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_page(title, "\n".join(body)), encoding="utf-8")
+    return out
+
+
+# --- loading ------------------------------------------------------------------------
+def _run_names(dirs: list[Path]) -> list[str]:
+    names = [d.resolve().name for d in dirs]
+    # two runs called "run" in different folders must still be told apart in the legend
+    return names if len(set(names)) == len(names) else [f"{d.resolve().parent.name}/{n}" for d, n in zip(dirs, names)]
+
+
+def _load_run(d: Path, name: str) -> dict:
+    config_path, eval_path = d / "config.yaml", d / "eval.json"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    steps = {int(p.stem[5:]): p for p in (d / "rollouts").glob("step-*.parquet") if p.stem[5:].isdigit()}
+    return {
+        "name": name,
+        "config": config if isinstance(config, dict) else {},
+        "metrics": _read_metrics(d / "metrics.jsonl"),
+        "eval": evals if isinstance(evals, dict) else {},
+        "rollouts": steps[max(steps)] if steps else None,
+    }
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: nothing after it is trusted
+    frame = pd.DataFrame([r for r in rows if isinstance(r, dict)])
+    if "step" not in frame:
+        return pd.DataFrame({"step": []})
+    # nulls, "inf" strings and unknown method-specific values all become NaN gaps in a line
+    frame = frame.apply(lambda col: col.map(_as_float))
+    return frame.dropna(subset=["step"]).sort_values("step")
+
+
+def _as_float(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f if math.isfinite(f) else math.nan
+
+
+# --- figures ------------------------------------------------------------------------
+def _figures(runs: list[dict]) -> list[go.Figure]:
+    solid, dash, dot = "solid", "dash", "dot"
+    reward = _panel(runs, "Reward", "reward", [("reward_mean", "reward mean", solid)], rolling="reward_mean")
+    entropy = _panel(runs, "Token entropy (mean, p50–p95 band)", "token entropy (nats)",
+                     [("entropy_mean", "entropy mean", solid)], band=("entropy_p50", "entropy_p95"))
+    diversity = _panel(runs, "Diversity per group", "count per group", [
+        ("distinct_strategies", "distinct strategies", solid),
+        ("distinct_correct_strategies", "distinct correct strategies", dash),
+        ("unique_answers", "unique answers", dot)])
+    length = _panel(runs, "Response length", "response length (tokens)", [("response_length", "length", solid)])
+    pivots = _panel(runs, "Entropy at pivots vs elsewhere", "token entropy (nats)", [
+        ("entropy_at_pivots", "at pivots", solid), ("entropy_elsewhere", "elsewhere", dash)])
+    return [reward, entropy, _kl_clip(runs), diversity, length, pivots]
+
+
+def _panel(runs, title, ylabel, series, rolling=None, band=None, fig=None, row=None) -> go.Figure:
+    fig, pos = fig or go.Figure(), (dict(row=row, col=1) if row else {})
+    for i, run in enumerate(runs):
+        m, colour, group = run["metrics"], COLOURS[i % len(COLOURS)], dict(legendgroup=run["name"], **pos)
+        if band and all(c in m for c in band):
+            b = m.dropna(subset=list(band))
+            fig.add_scatter(x=b["step"], y=b[band[1]], mode="lines", line_width=0, showlegend=False,
+                            hoverinfo="skip", **group)
+            fig.add_scatter(x=b["step"], y=b[band[0]], mode="lines", line_width=0, fill="tonexty",
+                            fillcolor=_rgba(colour, 0.2), name=_label(runs, run, "p50–p95"), **group)
+        for col, name, dash in series:
+            if col in m and m[col].notna().any():
+                fig.add_scatter(x=m["step"], y=m[col], mode="lines+markers", marker_size=3,
+                                line=dict(color=colour, dash=dash, width=1.5), name=_label(runs, run, name), **group)
+        if rolling and rolling in m and len(m) > ROLLING_AFTER:
+            smooth = m[rolling].rolling(max(5, len(m) // 10), min_periods=1).mean()
+            fig.add_scatter(x=m["step"], y=smooth, mode="lines", line=dict(color=colour, width=3), opacity=0.6,
+                            name=_label(runs, run, "rolling mean"), **group)
+    fig.update_yaxes(title_text=ylabel, **pos)
+    if row:
+        return fig
+    return _style(fig.update_xaxes(title_text="step"), title)
+
+
+def _kl_clip(runs: list[dict]) -> go.Figure:
+    # KL and clip fraction live on different scales, so they get stacked subplots
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    _panel(runs, "", "KL to reference (nats)", [("kl", "KL", "solid")], fig=fig, row=1)
+    _panel(runs, "", "clip fraction", [("clip_fraction", "clip fraction", "dash")], fig=fig, row=2)
+    fig.update_yaxes(rangemode="tozero").update_xaxes(title_text="step", row=2, col=1)
+    return _style(fig, "KL to reference and clip fraction")
+
+
+def _style(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=40),
+                      legend=dict(font_size=10))
+    if not fig.data:
+        fig.add_annotation(text="no data recorded", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def _label(runs: list[dict], run: dict, series: str) -> str:
+    return series if len(runs) == 1 else f"{run['name']} · {series}"
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _figure_html(fig: go.Figure) -> str:
+    # the library is inlined once in <head>; each figure is a bare fragment
+    return pio.to_html(fig, include_plotlyjs=False, full_html=False, default_height="380px",
+                       config={"displaylogo": False, "responsive": True})
+
+
+# --- tables and evaluation ---------------------------------------------------------
+def _config_table(runs: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in runs for k in r["config"]))
+    head = "".join(f"<th>{_esc(r['name'])}</th>" for r in runs)
+    rows = []
+    for key in keys:
+        values = [str(r["config"].get(key, "")) for r in runs]
+        # in a comparison, the settings that differ between runs are what the reader looks for
+        cls = ' class="diff"' if len(set(values)) > 1 else ""
+        rows.append(f"<tr><th>{_esc(key)}</th>" + "".join(f"<td{cls}>{_esc(v)}</td>" for v in values) + "</tr>")
+    return f"<table><tr><th>setting</th>{head}</tr>{''.join(rows)}</table>" if keys else "<p>no config.yaml</p>"
+
+
+def _eval_rows(runs: list[dict]) -> list[tuple[str, str, str, dict]]:
+    """(run, stage, split, metrics) for every evaluation recorded in eval.json."""
+    return [(r["name"], stage, split, scores)
+            for r in runs for stage, splits in r["eval"].items() if isinstance(splits, dict)
+            for split, scores in splits.items() if isinstance(scores, dict)]
+
+
+def _eval_section(runs: list[dict]) -> list[str]:
+    rows = _eval_rows(runs)
+    if not rows:
+        return []
+    cols = list(dict.fromkeys(k for *_, scores in rows for k in scores))
+    head = "".join(f"<th>{_esc(c)}</th>" for c in ["run", "stage", "split", *cols])
+    body = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(st)}</td><td>{_esc(sp)}</td>"
+                   + "".join(f"<td>{_fmt(s.get(c))}</td>" for c in cols) + "</tr>" for n, st, sp, s in rows)
+    return ["<h2>Evaluation</h2>", f"<table><tr>{head}</tr>{body}</table>", _figure_html(_passk_figure(runs, rows))]
+
+
+def _passk_figure(runs: list[dict], rows) -> go.Figure:
+    fig, colour, ks = go.Figure(), {r["name"]: COLOURS[i % len(COLOURS)] for i, r in enumerate(runs)}, set()
+    for name, stage, split, scores in rows:
+        points = sorted((int(k[5:]), _as_float(v)) for k, v in scores.items()
+                        if k.startswith("pass@") and k[5:].isdigit())
+        ks.update(k for k, _ in points)
+        if points:
+            fig.add_scatter(x=[k for k, _ in points], y=[v for _, v in points], mode="lines+markers",
+                            line=dict(color=colour[name], dash="solid" if stage == "final" else "dot"),
+                            name=_label(runs, {"name": name}, f"{stage} · {split}"))
+    fig.update_xaxes(type="log", tickvals=sorted(ks), title_text="k (samples per problem, log scale)")
+    fig.update_yaxes(title_text="pass@k (fraction of problems)", rangemode="tozero")
+    return _style(fig, "pass@k, base vs final")
+
+
+def _fmt(v) -> str:
+    f = _as_float(v)
+    return "" if math.isnan(f) else f"{f:.3f}"
+
+
+# --- sample rollouts ---------------------------------------------------------------
+def _samples(run: dict, heading: bool) -> str:
+    parts = [f"<h3>{_esc(run['name'])}</h3>"] if heading else []
+    if run["rollouts"] is None:
+        return "".join(parts) + "<p>no rollouts recorded</p>"
+    frame = pd.read_parquet(run["rollouts"])
+    parts.append(f'<p class="meta">from {_esc(run["rollouts"].name)}, the last rollouts file</p>')
+    groups = [g for _, g in frame.groupby("group" if "group" in frame else "prompt", sort=False)]
+    # groups whose rewards differ carry the learning signal, so they come first
+    groups.sort(key=lambda g: "reward" not in g or g["reward"].nunique() <= 1)
+    for g in groups[:SAMPLE_PROMPTS]:
+        parts.append(f'<div class="prompt">{_esc(g["prompt"].iloc[0] if "prompt" in g else "")}</div>')
+        parts += [_completion(row) for _, row in g.head(SAMPLE_COMPLETIONS).iterrows()]
+    return "\n".join(parts)
+
+
+def _completion(row: pd.Series) -> str:
+    meta = f"reward {_fmt(row.get('reward'))}" + "".join(
+        f" · {key} {_esc(row.get(key))}" for key in ("strategy", "answer", "length") if key in row)
+    return (f'<div class="completion"><div class="meta">{meta}</div>'
+            f'<pre>{_esc(row.get("completion", ""))}</pre>{_token_strip(row)}</div>')
+
+
+def _token_strip(row: pd.Series) -> str:
+    entropy, pivots = _seq(row, "entropy"), _seq(row, "pivot")
+    # without decoded tokens the ids still show where the entropy sits
+    tokens = _seq(row, "tokens") or [f"[{t}]" for t in _seq(row, "token_ids")]
+    spans = []
+    for i, (token, h) in enumerate(zip(tokens, entropy)):
+        h, pivot = _as_float(h), i < len(pivots) and bool(pivots[i])
+        t = 0.0 if math.isnan(h) else min(h / ENTROPY_SCALE, 1.0)
+        rgb = ",".join(str(round(255 + t * (c - 255))) for c in ORANGE)
+        outline = f";outline:2px solid {PIVOT_OUTLINE}" if pivot else ""
+        tip = f"{token} · entropy {'n/a' if math.isnan(h) else f'{h:.3f}'} nats" + (" · pivot" if pivot else "")
+        spans.append(f'<span style="background:rgb({rgb}){outline}" title="{_esc(tip)}">{_esc(token)}</span>')
+    return f'<div class="strip">{"".join(spans)}</div>' if spans else ""
+
+
+def _seq(row: pd.Series, key: str) -> list:
+    value = row.get(key)
+    return [] if value is None or isinstance(value, (float, str)) else list(value)
+
+
+def _entropy_legend() -> str:
+    return (f'<p class="meta">token background = entropy: 0 <span class="legend" style="background:'
+            f'linear-gradient(to right,#fff,rgb{ORANGE})"></span> ≥{ENTROPY_SCALE:g} nats · '
+            f'<span style="outline:2px solid {PIVOT_OUTLINE};padding:0 2px">pivot</span> outlined · '
+            "hover a token for its value</p>")
+
+
+# --- page ---------------------------------------------------------------------------
+def _esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _page(title: str, body: str) -> str:
+    # the page draws no geo maps; moving plotly's unused topojson default off the CDN keeps it fully offline
+    library = get_plotlyjs().replace("https://cdn.plot.ly/un/", "topojson/")
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{CSS}</style>\n<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
+            f"<script>{library}</script>\n</head><body>\n{body}\n</body></html>\n")

@@ -1,0 +1,139 @@
+"""Sampler: a batched decoding loop with a KV cache that records per-token telemetry.
+
+At each position it computes the temperature-scaled log-softmax of the last logits once
+and takes from it the sampled token, its behaviour log-prob, the entropy (nats) and the
+top-k alternatives. Only the current position's [N, V] logits ever exist: full-vocabulary
+logits are never kept for the whole sequence.
+
+Log-probs and entropies are those of the temperature-scaled full distribution, the one
+the training forward pass recomputes (as TRL does); ``top_k``/``top_p`` only truncate
+what is sampled from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Samples:
+    """Completions of N sequences, right-padded to T tokens (EOS included and valid)."""
+
+    ids: torch.Tensor  # [N, T] long, pad after the end
+    mask: torch.Tensor  # [N, T] float, 1 on generated tokens up to and including EOS
+    logprobs: torch.Tensor  # [N, T] behaviour log-probs
+    entropy: torch.Tensor  # [N, T] nats
+    topk_ids: torch.Tensor  # [N, T, k]
+    topk_probs: torch.Tensor  # [N, T, k]
+    finished: torch.Tensor  # [N] bool: ended with EOS (else truncated)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask for a list of token-id lists."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus to -inf (the sampling distribution only)."""
+    if top_k is not None and 0 < top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        cumulative = sorted_z.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (the first always stays).
+        drop_sorted = (cumulative - sorted_z.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+class Sampler:
+    """Samples ``num_generations`` completions per prompt and records telemetry."""
+
+    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5):
+        self.model = model
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.top_alternatives = top_alternatives
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        num_generations: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Samples:
+        """Completions for each prompt repeated ``num_generations`` times (prompt-major order)."""
+        rows = [r for r in prompt_ids for _ in range(num_generations)]
+        device = next(self.model.parameters()).device
+        ids, attention = (t.to(device) for t in left_pad(rows, self.pad_token_id))
+        n, k = len(rows), self.top_alternatives
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out_ids = torch.full((n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        out_logp = torch.zeros((n, max_new_tokens), device=device)
+        out_entropy = torch.zeros((n, max_new_tokens), device=device)
+        out_topk_ids = torch.zeros((n, max_new_tokens, k), dtype=torch.long, device=device)
+        out_topk_probs = torch.zeros((n, max_new_tokens, k), device=device)
+        alive = torch.ones(n, dtype=torch.bool, device=device)
+        lengths = torch.zeros(n, dtype=torch.long, device=device)
+        step_ids, step_positions = ids, positions
+        for t in range(max_new_tokens):
+            logits = self.model(
+                input_ids=step_ids,
+                attention_mask=attention,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :].float()
+            logp_all = torch.log_softmax(logits / temperature, dim=-1)
+            probs = logp_all.exp()
+            if top_k is None and (top_p is None or top_p >= 1.0):
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                sample_probs = filter_logits(logp_all, top_k, top_p).softmax(-1)
+                token = torch.multinomial(sample_probs, 1, generator=generator).squeeze(-1)
+            token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
+            top = torch.topk(logp_all, k, dim=-1)
+            out_ids[:, t] = token
+            chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+            out_logp[:, t] = torch.where(alive, chosen_logp, torch.zeros_like(chosen_logp))
+            # -sum p log p, with 0 log 0 = 0 for tokens of probability exactly zero.
+            entropy = -(probs * logp_all).nan_to_num().sum(-1)
+            out_entropy[:, t] = torch.where(alive, entropy, torch.zeros_like(entropy))
+            out_topk_ids[:, t] = top.indices
+            out_topk_probs[:, t] = top.values.exp()
+            lengths += alive.long()
+            alive &= token != self.eos_token_id
+            if not alive.any():
+                break
+            step_ids = token.unsqueeze(-1)
+            step_positions = step_positions[:, -1:] + 1
+            attention = torch.cat([attention, torch.ones((n, 1), dtype=attention.dtype, device=device)], dim=-1)
+        width = int(lengths.max().item()) if n else 0
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
+        return Samples(
+            ids=out_ids[:, :width],
+            mask=mask,
+            logprobs=out_logp[:, :width],
+            entropy=out_entropy[:, :width],
+            topk_ids=out_topk_ids[:, :width],
+            topk_probs=out_topk_probs[:, :width],
+            finished=~alive,
+        )

@@ -1,0 +1,156 @@
+"""Pretrain the embedded default model: ``workbench build-tiny``.
+
+The data are demonstrations from the built-in tasks' train splits. A fraction
+``solve_prob`` of them are correct solutions, chosen uniformly among the problem's
+strategies; the rest are legal but random attempts (near-misses). The model therefore
+starts multi-modal: several strategies per problem, right part of the time, which is
+what makes entropy collapse and exploration visible within minutes of RL.
+
+Deterministic: the data come from seeded ``random.Random`` streams, torch runs with
+deterministic algorithms on a fixed number of threads, so two builds on one machine
+write the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from .. import tasks
+from .tokenizer import build_char_tokenizer
+
+from . import CHECKPOINT_DIR
+
+
+@dataclass
+class BuildConfig:
+    hidden_size: int = 192
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_positions: int = 1024
+    steps: int = 2400
+    batch_size: int = 96
+    learning_rate: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    solve_prob: float = 0.5
+    task_mix: tuple[tuple[str, float], ...] = (("countdown", 0.75), ("coins", 0.25))
+    seed: int = 0
+    threads: int = 2
+
+
+def model_config(cfg: BuildConfig, vocab_size: int, tokenizer) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+
+
+class DemonstrationStream:
+    """Endless reproducible (prompt, completion) pairs from the tasks' train splits."""
+
+    def __init__(self, cfg: BuildConfig):
+        self.rng = random.Random(cfg.seed)
+        self.solve_prob = cfg.solve_prob
+        self.tasks = [tasks.get(name) for name, _ in cfg.task_mix]
+        self.weights = [w for _, w in cfg.task_mix]
+        # A large fixed pool per task: every train problem appears many times.
+        self.pools = [t.prompts("train", 4000, seed=cfg.seed) for t in self.tasks]
+
+    def sample(self) -> tuple[str, str]:
+        i = self.rng.choices(range(len(self.tasks)), weights=self.weights)[0]
+        problem = self.rng.choice(self.pools[i])
+        return problem.prompt, self.tasks[i].demonstration(problem, self.rng, self.solve_prob)
+
+
+def encode_batch(pairs, tokenizer):
+    """Right-padded ids with labels only on completion tokens and the final EOS."""
+    rows = []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((p + c, [-100] * len(p) + c))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        attention[i, : len(x)] = 1
+    return ids, labels, attention
+
+
+def build(out_dir: str | Path = CHECKPOINT_DIR, cfg: BuildConfig | None = None, progress: bool = True) -> Path:
+    """Pretrain the tiny model and write it (safetensors + tokenizer) to ``out_dir``."""
+    cfg = cfg or BuildConfig()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(Path(out_dir), cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(out_dir: Path, cfg: BuildConfig, progress: bool) -> Path:
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_char_tokenizer()
+    model = Qwen2ForCausalLM(model_config(cfg, len(tokenizer), tokenizer))
+    stream = DemonstrationStream(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    bar = _progress(cfg.steps, progress)
+    started = time.time()
+    model.train()
+    for step in range(cfg.steps):
+        ids, labels, attention = encode_batch([stream.sample() for _ in range(cfg.batch_size)], tokenizer)
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    if progress:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"wrote {out_dir} ({params / 1e6:.2f}M parameters, {time.time() - started:.0f} s)")
+    return out_dir
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="build-tiny", disable=not enabled)

@@ -1,0 +1,379 @@
+"""Trainer: a step is a sequence of named phases; run, step, stop, evaluate, resume.
+
+``phases()`` yields a ``Phase`` event after each phase of one step and does the work in
+between, so a notebook can stop between phases and look. ``step()`` runs them all. If a
+step is interrupted (an exception, a KeyboardInterrupt, or the generator closed early)
+the adapter and the optimizer are exactly as they were before it.
+
+Every step is seeded from ``(seed, step)`` alone: the prompts and the sampling stream of
+step N never depend on what ran before, which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import core, methods, metrics, tasks
+from .batch import RolloutBatch
+from .config import RunConfig
+from .events import Phase, StepResult
+from .policy import LoraSettings, Policy
+from .sampling import Sampler
+from .store import RunStore
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig | None = None,
+        policy: Policy | None = None,
+        task: tasks.Task | None = None,
+        reward_funcs: Callable | list[Callable] | None = None,
+        out_dir: str | Path | None = None,
+        **overrides,
+    ):
+        cfg = (cfg or RunConfig()).replace(**overrides) if overrides else (cfg or RunConfig())
+        self.cfg = cfg
+        self.device = _device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        self.autocast_dtype = _autocast_dtype(cfg.dtype, self.device)
+        self.policy = policy or Policy.from_pretrained(
+            cfg.model,
+            lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules),
+            device=self.device,
+            seed=cfg.seed,
+        )
+        if cfg.gradient_checkpointing:
+            self.policy.model.gradient_checkpointing_enable()
+            self.policy.model.enable_input_require_grads()
+        self.task = task or _task(cfg.task)
+        if reward_funcs is not None:
+            self.task = tasks.RewardFunctionTask(self.task, reward_funcs)
+        self.method = methods.get(cfg.method)(cfg)
+        self.optimizer = torch.optim.AdamW(
+            list(self.policy.trainable_parameters().values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        tok = self.policy.tokenizer
+        self.sampler = Sampler(self.policy.model, tok.eos_token_id, tok.pad_token_id)
+        self.step_index = 0
+        self.nan_skips = 0
+        self.last_batch: RolloutBatch | None = None
+        self._history: list[dict] = []
+        self._subscribers: list[Callable[[Phase], None]] = []
+        self._stop = False
+        self.store = RunStore(out_dir) if out_dir is not None else None
+        if self.store is not None and not (self.store.dir / "config.yaml").exists():
+            self.store.create(cfg)
+
+    # --- events -------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Phase], None]) -> Callable[[], None]:
+        """Call ``callback(phase)`` after every phase; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def _emit(self, phase: Phase) -> Phase:
+        for callback in list(self._subscribers):
+            callback(phase)
+        return phase
+
+    # --- the shared stages ------------------------------------------------------------------
+    def _seed(self, *parts: int) -> int:
+        value = self.cfg.seed
+        for p in parts:
+            value = (value * 1_000_003 + p) % (2**63 - 1)
+        return value
+
+    def generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(self._seed(*parts))
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def sample_group(
+        self,
+        problems: list[tasks.Problem],
+        num_generations: int,
+        prefix: str = "",
+        mode: str = "normal",
+        stage: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
+        """Sample ``num_generations`` responses per problem with the current adapter."""
+        prompt_ids = self.policy.encode([prefix + p.prompt for p in problems])
+        self.policy.model.eval()
+        with self.autocast():
+            samples = self.sampler.generate(
+                prompt_ids,
+                num_generations,
+                max_new_tokens=self.cfg.max_completion_length,
+                temperature=self.cfg.temperature,
+                top_k=self.cfg.top_k or None,
+                top_p=self.cfg.top_p,
+                generator=generator or self.generator(self.step_index, stage, len(mode)),
+            )
+        texts = self.policy.decode(samples.ids, samples.mask)
+        return RolloutBatch.from_samples(problems, prompt_ids, samples, texts, num_generations, mode, stage)
+
+    def score(self, batch: RolloutBatch) -> None:
+        problems = [batch.problems[g] for g in batch.group.tolist()]
+        scores = tasks.score_batch(self.task, problems, batch.text)
+        batch.rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=batch.ids.device)
+        batch.answers = [s.answer for s in scores]
+        batch.strategies = [s.strategy for s in scores]
+        batch.parsed = torch.tensor([s.parsed for s in scores], dtype=torch.bool)
+
+    def train_problems(self) -> list[tasks.Problem]:
+        return self.task.prompts("train", self.cfg.num_prompts, seed=self._seed(self.step_index, 7))
+
+    # --- one step ---------------------------------------------------------------------------
+    def phases(self) -> Iterator[Phase]:
+        """Run one step, yielding a ``Phase`` after each named phase."""
+        started = time.perf_counter()
+        adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
+        completed = False
+        try:
+            batch = yield from self._emitting(self.method.sample(self, self.train_problems()))
+            self.score(batch)
+            yield self._emit(Phase("score", self.step_index, batch, {"reward_mean": float(batch.rewards.mean())}))
+            numbers = self.method.advantages(self, batch)
+            yield self._emit(Phase("advantage", self.step_index, batch, numbers))
+            numbers = self._update(batch)
+            yield self._emit(Phase("update", self.step_index, batch, numbers))
+            step_metrics = self._metrics(batch, numbers, time.perf_counter() - started)
+            self._finish(batch, step_metrics)
+            completed = True
+            yield self._emit(Phase("metrics", step_metrics["step"], batch, step_metrics))
+        finally:
+            if not completed:
+                self.policy.load_adapter_state(adapter)
+                self.optimizer.load_state_dict(optimizer_state)
+
+    def _emitting(self, inner):
+        """Forward the phases a method yields to subscribers; return the method's result."""
+        while True:
+            try:
+                phase = next(inner)
+            except StopIteration as done:
+                return done.value
+            yield self._emit(phase)
+
+    def step(self) -> StepResult:
+        for phase in self.phases():
+            pass
+        return StepResult(phase.step, phase.numbers, phase.batch)
+
+    def run(self, steps: int, progress: bool = True) -> pd.DataFrame:
+        """Train ``steps`` steps (or until ``stop()``), with a progress bar; returns the history."""
+        from tqdm.auto import tqdm
+
+        self._stop = False
+        with tqdm(total=steps, desc=f"{self.cfg.method}", disable=not progress) as bar:
+            for _ in range(steps):
+                if self._stop:
+                    break
+                result = self.step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{result.metrics['reward_mean']:.2f}",
+                                entropy=f"{result.metrics['entropy_mean']:.3f}")
+        if self.store is not None:
+            self.save_checkpoint()
+        return self.history
+
+    def stop(self) -> None:
+        """Ask ``run`` to stop after the current step."""
+        self._stop = True
+
+    # --- the update -------------------------------------------------------------------------
+    def _update(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg, settings = self.cfg, self.method.loss_settings()
+        self.policy.model.train()
+        n = len(batch)
+        valid_tokens = batch.mask.sum().clamp(min=1)
+        keep = batch.mask.bool()
+        if settings["top_entropy_quantile"] < 1.0:
+            keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
+        chunks = torch.arange(n).chunk(cfg.gradient_accumulation_steps)
+        old_logps: list[torch.Tensor] = []
+        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0}
+        skipped, grad_norm = False, float("nan")
+        for iteration in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for c, rows in enumerate(chunks):
+                mask = batch.mask[rows]
+                with self.autocast():
+                    logp, entropy = self.policy.token_logprobs(
+                        [batch.prompt_ids[i] for i in rows.tolist()], batch.ids[rows], cfg.temperature
+                    )
+                logp, entropy = logp.float(), entropy.float()
+                if iteration == 0:
+                    old_logps.append(logp.detach())  # the policy that sampled: no extra pass
+                token_loss, clipped = core.ppo_clip_token_loss(
+                    logp, old_logps[c], batch.token_advantages[rows], settings["epsilon"], settings["epsilon_high"]
+                )
+                token_loss = token_loss * keep[rows]
+                if settings["beta"] > 0 or cfg.track_kl:
+                    with torch.no_grad(), self.policy.reference(), self.autocast():
+                        ref_logp, _ = self.policy.token_logprobs(
+                            [batch.prompt_ids[i] for i in rows.tolist()], batch.ids[rows], cfg.temperature,
+                            with_entropy=False,
+                        )
+                    kl = core.kl_k3(logp, ref_logp.float())
+                    if settings["beta"] > 0:
+                        token_loss = token_loss + settings["beta"] * kl
+                    totals["kl"] += float((kl.detach() * mask).sum())
+                # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
+                weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
+                loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
+                if settings["entropy_coef"] > 0:
+                    loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / valid_tokens
+                if not torch.isfinite(loss):
+                    skipped = True
+                    break
+                loss.backward()
+                if iteration == 0:
+                    totals["loss"] += float(loss.detach())
+                    totals["clipped"] += float((clipped & mask.bool()).sum())
+                    totals["entropy"] += float((entropy.detach() * mask).sum())
+            if not skipped:
+                params = list(self.policy.trainable_parameters().values())
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                skipped = not torch.isfinite(torch.tensor(grad_norm))
+            if skipped:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nan_skips += 1
+                break
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.policy.model.eval()
+        tokens = float(valid_tokens)
+        return {
+            "loss": float("nan") if skipped else totals["loss"],
+            "clip_fraction": totals["clipped"] / tokens,
+            "kl": totals["kl"] / tokens if (settings["beta"] > 0 or cfg.track_kl) else float("nan"),
+            "grad_norm": grad_norm,
+            "skipped": float(skipped),
+        }
+
+    # --- metrics ------------------------------------------------------------------------------
+    def _metrics(self, batch: RolloutBatch, update: dict, seconds: float) -> dict[str, float]:
+        batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
+        if batch.gate is None:
+            batch.gate = torch.ones_like(batch.entropy)
+        rewards = batch.grouped(batch.rewards)
+        groups = [rows.tolist() for rows in batch.group_rows()]
+        out = {
+            "step": self.step_index,
+            "reward_mean": float(batch.rewards.mean()),
+            "reward_std": float(batch.rewards.std(correction=0)),
+            "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
+            "parsed_fraction": float(batch.parsed.float().mean()),
+            **metrics.entropy_stats(batch.entropy, batch.mask),
+            "response_length": float(batch.response_lengths().mean()),
+            **metrics.group_diversity(groups, batch.answers, batch.strategies, batch.rewards.tolist()),
+            **metrics.pivot_stats(batch.entropy, batch.mask, batch.pivots),
+            **update,
+            "nan_skips": float(self.nan_skips),
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            **self.method.extra_metrics(self, batch),
+            "step_time": seconds,
+        }
+        return out
+
+    def _finish(self, batch: RolloutBatch, step_metrics: dict) -> None:
+        self.last_batch = batch
+        self._history.append(step_metrics)
+        if self.store is not None:
+            self.store.append_metrics(step_metrics)
+            if self.cfg.save_rollouts:
+                self.store.write_rollouts(self.step_index, batch.to_frame(self.step_index, self.policy.tokenizer))
+        self.step_index += 1
+        if self.store is not None and self.cfg.checkpoint_every and self.step_index % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self._history)
+
+    # --- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str = "test", k=(1, 4, 16), n_samples: int = 16, num_prompts: int = 64,
+                 max_batch: int = 256, progress: bool = False) -> dict[str, float]:
+        """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt."""
+        problems = self.task.prompts(split, num_prompts, seed=12345)
+        per_call = max(1, max_batch // n_samples)
+        correct, entropies, lengths, strategies, answers = [], [], [], [], []
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
+            chunk = problems[start : start + per_call]
+            batch = self.sample_group(chunk, n_samples, generator=self.generator(10**6 + start, len(split)))
+            self.score(batch)
+            for rows in batch.group_rows():
+                rows_l = rows.tolist()
+                rewards = batch.rewards[rows]
+                correct.append(int((rewards > 0.5).sum()))
+                strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if batch.rewards[i] > 0.5]))
+                answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
+            entropies.append(batch.entropy[batch.mask.bool()])
+            lengths.append(batch.response_lengths())
+        result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
+        result.update(
+            {
+                "accuracy": sum(correct) / (len(correct) * n_samples),
+                "entropy_mean": float(torch.cat(entropies).mean()),
+                "distinct_correct_strategies": sum(strategies) / len(strategies),
+                "unique_answers": sum(answers) / len(answers),
+                "response_length": float(torch.cat(lengths).mean()),
+                "samples": len(correct) * n_samples,
+            }
+        )
+        return result
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        if self.store is None:
+            raise ValueError("this trainer has no run directory: pass out_dir= to save checkpoints")
+        return self.store.save_checkpoint(self.step_index, self.policy, self.optimizer, {"nan_skips": self.nan_skips})
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, **kwargs) -> "Trainer":
+        """Continue a run from its latest checkpoint, exactly as if it had not stopped."""
+        store = RunStore(run_dir)
+        trainer = cls(store.config(), out_dir=run_dir, **kwargs)
+        path, payload, state = store.load_checkpoint()
+        trainer.policy.load_adapter(path / "adapter.safetensors")
+        trainer.optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["torch_rng"])
+        trainer.step_index = state["step"]
+        trainer.nan_skips = state.get("nan_skips", 0)
+        trainer._history = store.truncate_metrics(trainer.step_index - 1)
+        return trainer
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return None if name == "float32" else getattr(torch, name)
+
+
+def _task(name: str) -> tasks.Task:
+    if name in tasks.names():
+        return tasks.get(name)
+    return tasks.DatasetTask.from_file(name)

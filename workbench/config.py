@@ -79,8 +79,9 @@ class RunConfig:
         from . import methods, tasks
 
         _choice("method", self.method, methods.names())
-        if self.task not in tasks.names() and not Path(self.task).suffix:
-            _choice("task", self.task, tasks.names())
+        if self.task not in tasks.names() and not Path(self.task).is_file():
+            raise ConfigError("task", self.task, f"a built-in task ({', '.join(tasks.names())}) or an existing "
+                              ".jsonl/.json/.parquet/.csv file with prompt and answer columns")
         _choice("loss_type", self.loss_type, ("dapo", "grpo", "dr_grpo"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         _choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))

@@ -128,6 +128,20 @@ class Policy:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
+    def format_prompts(self, texts: list[str], system: str | None = None) -> list[list[int]]:
+        """Prompt token ids: through the chat template when the tokenizer has one, else the plain
+        text (after ``system`` and a newline, when given)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return [
+                self.tokenizer.apply_chat_template(
+                    ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": t}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                )
+                for t in texts
+            ]
+        return self.encode([f"{system}\n{t}" if system else t for t in texts])
+
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
         """Completion texts, without the EOS token and padding."""
         eos = self.tokenizer.eos_token_id

@@ -27,16 +27,20 @@ SAMPLE_PROMPTS, SAMPLE_COMPLETIONS = 3, 4
 PIVOT_OUTLINE = "#1f4e9c"
 ORANGE = (255, 140, 0)
 ENTROPY_SCALE = 2.0  # nats at full orange; fixed so colours compare across runs and reports
-CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td.diff{font-weight:bold;background:#fff7e0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
 /* auto-fill, not auto-fit: a lone first figure must not draw at full width and then be squeezed */
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}.grid>div{min-width:0}
+pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
+"""
+# Only class selectors, so the rollouts view can be embedded in a notebook without restyling it.
+ROLLOUT_CSS = """
 .prompt{background:#f6f6f6;padding:8px;white-space:pre-wrap;font-size:13px}
 .completion{margin:10px 0 18px 16px}.meta{font-size:13px;color:#555}
-pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
+.completion pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
 .strip{font-family:monospace;font-size:12px;line-height:1.9;white-space:pre-wrap}
 .strip span{padding:1px 1px;margin:0 1px;border-radius:2px}
 .legend{display:inline-block;width:160px;height:12px;vertical-align:middle;border:1px solid #ccc}
@@ -240,14 +244,23 @@ def _samples(run: dict, heading: bool) -> str:
     parts = [f"<h3>{_esc(run['name'])}</h3>"] if heading else []
     if run["rollouts"] is None:
         return "".join(parts) + "<p>no rollouts recorded</p>"
-    frame = pd.read_parquet(run["rollouts"])
     parts.append(f'<p class="meta">from {_esc(run["rollouts"].name)}, the last rollouts file</p>')
+    parts.append(rollouts_html(pd.read_parquet(run["rollouts"]), standalone=False))
+    return "\n".join(parts)
+
+
+def rollouts_html(frame: pd.DataFrame, prompts: int = SAMPLE_PROMPTS, completions: int = SAMPLE_COMPLETIONS,
+                  standalone: bool = True) -> str:
+    """Prompts with their completions as entropy-coloured token strips (a rollouts frame, as in
+    ``RolloutBatch.to_frame``). All model text is escaped. ``standalone`` adds the styles and
+    legend, for use in a notebook cell."""
     groups = [g for _, g in frame.groupby("group" if "group" in frame else "prompt", sort=False)]
     # groups whose rewards differ carry the learning signal, so they come first
     groups.sort(key=lambda g: "reward" not in g or g["reward"].nunique() <= 1)
-    for g in groups[:SAMPLE_PROMPTS]:
+    parts = [f"<style>{ROLLOUT_CSS}</style>", _entropy_legend()] if standalone else []
+    for g in groups[:prompts]:
         parts.append(f'<div class="prompt">{_esc(g["prompt"].iloc[0] if "prompt" in g else "")}</div>')
-        parts += [_completion(row) for _, row in g.head(SAMPLE_COMPLETIONS).iterrows()]
+        parts += [_completion(row) for _, row in g.head(completions).iterrows()]
     return "\n".join(parts)
 
 
@@ -294,5 +307,5 @@ def _page(title: str, body: str) -> str:
     # the page draws no geo maps; moving plotly's unused topojson default off the CDN keeps it fully offline
     library = get_plotlyjs().replace("https://cdn.plot.ly/un/", "topojson/")
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{CSS}</style>\n<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
+            f"<style>{PAGE_CSS}{ROLLOUT_CSS}</style>\n<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
             f"<script>{library}</script>\n</head><body>\n{body}\n</body></html>\n")

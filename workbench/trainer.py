@@ -104,13 +104,14 @@ class Trainer:
         self,
         problems: list[tasks.Problem],
         num_generations: int,
-        prefix: str = "",
+        system: str | None = None,
         mode: str = "normal",
         stage: int = 1,
         generator: torch.Generator | None = None,
     ) -> RolloutBatch:
-        """Sample ``num_generations`` responses per problem with the current adapter."""
-        prompt_ids = self.policy.encode([prefix + p.prompt for p in problems])
+        """Sample ``num_generations`` responses per problem with the current adapter, after an
+        optional ``system`` prompt (Policy Split's high-entropy mode)."""
+        prompt_ids = self.policy.format_prompts([p.prompt for p in problems], system)
         self.policy.model.eval()
         with self.autocast():
             samples = self.sampler.generate(
@@ -160,13 +161,19 @@ class Trainer:
                 self.optimizer.load_state_dict(optimizer_state)
 
     def _emitting(self, inner):
-        """Forward the phases a method yields to subscribers; return the method's result."""
-        while True:
-            try:
-                phase = next(inner)
-            except StopIteration as done:
-                return done.value
-            yield self._emit(phase)
+        """Forward the phases a method yields to subscribers; return the method's result.
+
+        Closing this generator closes the method's at once, so its ``finally`` blocks (EEPO's
+        adapter restore) run now, not whenever the garbage collector gets to them."""
+        try:
+            while True:
+                try:
+                    phase = next(inner)
+                except StopIteration as done:
+                    return done.value
+                yield self._emit(phase)
+        finally:
+            inner.close()
 
     def step(self) -> StepResult:
         for phase in self.phases():
@@ -197,6 +204,7 @@ class Trainer:
     # --- the update -------------------------------------------------------------------------
     def _update(self, batch: RolloutBatch) -> dict[str, float]:
         cfg, settings = self.cfg, self.method.loss_settings()
+        batch = self.method.training_batch(batch)
         self.policy.model.train()
         n = len(batch)
         valid_tokens = batch.mask.sum().clamp(min=1)
@@ -204,47 +212,52 @@ class Trainer:
         if settings["top_entropy_quantile"] < 1.0:
             keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
         chunks = torch.arange(n).chunk(cfg.gradient_accumulation_steps)
+        use_ref = settings["beta"] > 0 or cfg.track_kl
         old_logps: list[torch.Tensor] = []
-        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0}
+        ref_logps: list[torch.Tensor] = []
+        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
         skipped, grad_norm = False, float("nan")
         for iteration in range(cfg.num_iterations):
+            record = iteration == cfg.num_iterations - 1  # report what the last pass saw
             self.optimizer.zero_grad(set_to_none=True)
             for c, rows in enumerate(chunks):
                 mask = batch.mask[rows]
+                prompt_ids = [batch.prompt_ids[i] for i in rows.tolist()]
                 with self.autocast():
                     logp, entropy = self.policy.token_logprobs(
-                        [batch.prompt_ids[i] for i in rows.tolist()], batch.ids[rows], cfg.temperature
+                        prompt_ids, batch.ids[rows], cfg.temperature, with_entropy=settings["entropy_coef"] > 0
                     )
-                logp, entropy = logp.float(), entropy.float()
+                logp = logp.float()
                 if iteration == 0:
-                    old_logps.append(logp.detach())  # the policy that sampled: no extra pass
-                token_loss, clipped = core.ppo_clip_token_loss(
-                    logp, old_logps[c], batch.token_advantages[rows], settings["epsilon"], settings["epsilon_high"]
+                    old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
+                    if use_ref:  # the reference never moves: one pass per step
+                        with torch.no_grad(), self.policy.reference(), self.autocast():
+                            ref = self.policy.token_logprobs(prompt_ids, batch.ids[rows], cfg.temperature,
+                                                             with_entropy=False)[0]
+                        ref_logps.append(ref.float())
+                token_loss, clipped = self.method.token_loss(
+                    logp, old_logps[c], batch.token_advantages[rows], mask, settings,
+                    generator=self.generator(self.step_index, 11, iteration, c),
                 )
                 token_loss = token_loss * keep[rows]
-                if settings["beta"] > 0 or cfg.track_kl:
-                    with torch.no_grad(), self.policy.reference(), self.autocast():
-                        ref_logp, _ = self.policy.token_logprobs(
-                            [batch.prompt_ids[i] for i in rows.tolist()], batch.ids[rows], cfg.temperature,
-                            with_entropy=False,
-                        )
-                    kl = core.kl_k3(logp, ref_logp.float())
+                if use_ref:
+                    kl = core.kl_k3(logp, ref_logps[c])
                     if settings["beta"] > 0:
                         token_loss = token_loss + settings["beta"] * kl
-                    totals["kl"] += float((kl.detach() * mask).sum())
+                    if record:
+                        totals["kl"] += float((kl.detach() * mask).sum())
                 # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
                 weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
                 loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
-                if settings["entropy_coef"] > 0:
-                    loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / valid_tokens
+                if entropy is not None:  # the entropy bonus, with its gradient
+                    loss = loss - settings["entropy_coef"] * (entropy.float() * mask).sum() / valid_tokens
                 if not torch.isfinite(loss):
                     skipped = True
                     break
                 loss.backward()
-                if iteration == 0:
+                if record:
                     totals["loss"] += float(loss.detach())
                     totals["clipped"] += float((clipped & mask.bool()).sum())
-                    totals["entropy"] += float((entropy.detach() * mask).sum())
             if not skipped:
                 params = list(self.policy.trainable_parameters().values())
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -260,7 +273,7 @@ class Trainer:
         return {
             "loss": float("nan") if skipped else totals["loss"],
             "clip_fraction": totals["clipped"] / tokens,
-            "kl": totals["kl"] / tokens if (settings["beta"] > 0 or cfg.track_kl) else float("nan"),
+            "kl": totals["kl"] / tokens if use_ref else float("nan"),
             "grad_norm": grad_norm,
             "skipped": float(skipped),
         }
@@ -308,8 +321,14 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str = "test", k=(1, 4, 16), n_samples: int = 16, num_prompts: int = 64,
-                 max_batch: int = 256, progress: bool = False) -> dict[str, float]:
-        """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt."""
+                 max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
+        """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
+
+        ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
+        from .methods.policy_split import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
         problems = self.task.prompts(split, num_prompts, seed=12345)
         per_call = max(1, max_batch // n_samples)
         correct, entropies, lengths, strategies, answers = [], [], [], [], []
@@ -317,7 +336,8 @@ class Trainer:
 
         for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
             chunk = problems[start : start + per_call]
-            batch = self.sample_group(chunk, n_samples, generator=self.generator(10**6 + start, len(split)))
+            batch = self.sample_group(chunk, n_samples, system=MODES[mode], mode=mode,
+                                      generator=self.generator(10**6 + start, len(split)))
             self.score(batch)
             for rows in batch.group_rows():
                 rows_l = rows.tolist()

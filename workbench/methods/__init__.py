@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from .base import Method
-from .grpo import GRPO, ClipHigher, EntropyBonus, TopEntropy
+from .eepo import EEPO
+from .grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
+from .policy_split import PolicySplit
 
-_REGISTRY: dict[str, type[Method]] = {m.name: m for m in (GRPO, EntropyBonus, ClipHigher, TopEntropy)}
+_REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
+    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov, EEPO, PolicySplit
+)}
 
 
 def names() -> list[str]:
@@ -20,4 +24,4 @@ def get(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-__all__ = ["Method", "GRPO", "ClipHigher", "EntropyBonus", "TopEntropy", "get", "names"]
+__all__ = ["Method", "EEPO", "GRPO", "PolicySplit", "ClipCov", "EntropyAdvantage", "KLCov", "ClipHigher", "EntropyBonus", "TopEntropy", "get", "names"]

@@ -57,5 +57,18 @@ class Method:
             "beta": cfg.beta,
         }
 
+    def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
+        """Per-token loss [B, T] and the ratio-clipped flags; PPO-clip unless a baseline says otherwise."""
+        return core.ppo_clip_token_loss(logp, logp_old, advantages, settings["epsilon"], settings["epsilon_high"])
+
+    def training_batch(self, batch: RolloutBatch) -> RolloutBatch:
+        """The rows the loss is computed on (Policy Split trains each response in two contexts)."""
+        return batch
+
+    def old_logprobs(self, batch: RolloutBatch, rows, recomputed):
+        """logp_old of ``rows`` for the PPO ratio. GRPO: the detached current log-probs, which
+        equal the sampling policy's when each batch gets one update (no extra pass)."""
+        return recomputed
+
     def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
         return {}

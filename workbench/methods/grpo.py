@@ -1,13 +1,18 @@
-"""GRPO and the loss-level baselines of METHODS.md section 1.
+"""GRPO and the baselines of METHODS.md section 1.
 
-GRPO is ``Method`` unchanged. The baselines differ only in the coefficients of the loss,
-so each is a few lines: the entropy bonus (``entropy_coef`` 0.01 unless set), clip-higher
-(``epsilon_high`` 0.28 unless set) and the high-entropy-minority rule (``top_entropy_quantile``
-0.2 unless set).
+GRPO is ``Method`` unchanged. Three baselines differ only in the coefficients of the loss:
+the entropy bonus (``entropy_coef`` 0.01 unless set), clip-higher (``epsilon_high`` 0.28
+unless set) and the high-entropy-minority rule (``top_entropy_quantile`` 0.2 unless set).
+Three change one hook: the entropy advantage (Cheng et al. 2025) shapes the advantages,
+Clip-Cov and KL-Cov (Cui et al. 2025, as in verl) change the token loss of the few tokens
+with the largest covariance between advantage and log-prob.
 """
 
 from __future__ import annotations
 
+import torch
+
+from .. import core
 from .base import Method
 
 
@@ -36,3 +41,43 @@ class TopEntropy(GRPO):
     def loss_settings(self):
         quantile = self.cfg.top_entropy_quantile
         return {**super().loss_settings(), "top_entropy_quantile": 0.2 if quantile == 1.0 else quantile}
+
+
+class EntropyAdvantage(GRPO):
+    """A~ = A + min(alpha H.detach(), |A| / kappa), with H the entropy recorded at sampling."""
+
+    name = "entropy_advantage"
+    defaults = {"alpha": 0.4, "kappa": 2.0}
+
+    def advantages(self, trainer, batch):
+        numbers = super().advantages(trainer, batch)
+        shaped = core.entropy_advantage(batch.advantages, batch.entropy, self.options["alpha"], self.options["kappa"])
+        batch.token_advantages = shaped * batch.mask
+        return numbers
+
+
+class ClipCov(GRPO):
+    """Zero the loss of max(1, floor(ratio N)) random unclipped tokens with low < cov < high."""
+
+    name = "clip_cov"
+    defaults = {"ratio": 0.0002, "cov_low": 1.0, "cov_high": 5.0}
+
+    def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
+        loss, clipped = super().token_loss(logp, logp_old, advantages, mask, settings)
+        o = self.options
+        dropped = core.clip_cov_mask(advantages, logp, mask, clipped, o["ratio"], o["cov_low"], o["cov_high"], generator)
+        return loss * ~dropped, clipped | dropped
+
+
+class KLCov(GRPO):
+    """Unclipped -A rho on every token, plus kl_coef |logp - logp_old| on the top tokens by cov."""
+
+    name = "kl_cov"
+    defaults = {"ratio": 0.0002, "kl_coef": 1.0}
+
+    def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
+        ratio = torch.exp(logp - logp_old)
+        adv = advantages if advantages.dim() == 2 else advantages[:, None]
+        top = core.kl_cov_mask(advantages, logp, mask, self.options["ratio"])
+        loss = -adv * ratio + self.options["kl_coef"] * (logp - logp_old).abs() * top
+        return loss, torch.zeros_like(top)

@@ -5,7 +5,7 @@ The completion is a chain of steps, each combining two numbers still in the pool
 expression tree in canonical form (commutative operands sorted, same-op chains
 flattened), so ``5*3=15,7+15=22`` and ``3*5=15,15+7=22`` are one strategy, ``(3*5)+7``,
 while ``(7-5)*... `` would be another. Problems are generated only where the target has
-at least ``min_strategies`` distinct strategies, so exploration has something to find.
+at least ``min_strategies`` (3) distinct strategies, so exploration has something to find.
 
 Split ``test`` holds the (numbers, target) pairs whose stable hash falls in bucket 0 of 5 (20%), ``train``
 the rest, so they never overlap; ``ood`` uses four larger numbers.
@@ -133,7 +133,7 @@ class Countdown:
     ood_size: int = 4
     ood_high: int = 12
     ood_max_target: int = 199
-    min_strategies: int = 2
+    min_strategies: int = 3
 
     def _spec(self, split: str) -> tuple[int, int, int]:
         if split == "ood":

@@ -41,7 +41,7 @@ class BuildConfig:
     learning_rate: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.01
-    solve_prob: float = 0.5
+    solve_prob: float = 0.65
     task_mix: tuple[tuple[str, float], ...] = (("countdown", 0.75), ("coins", 0.25))
     seed: int = 0
     threads: int = 2

@@ -1,0 +1,58 @@
+"""The papers' baselines run from the same config and change what they claim to change."""
+
+import pytest
+import torch
+
+from workbench import RunConfig, Trainer
+from workbench.methods import get
+
+QUICK = dict(num_prompts=2, num_generations=4, max_completion_length=20, seed=4)
+
+
+@pytest.mark.parametrize("method", ["entropy_bonus", "clip_higher", "top_entropy", "entropy_advantage", "clip_cov", "kl_cov"])
+def test_each_baseline_trains(method):
+    trainer = Trainer(RunConfig(**QUICK, method=method))
+    trainer.run(2, progress=False)
+    assert trainer.history["loss"].notna().all()
+
+
+def test_loss_settings_of_the_coefficient_baselines():
+    assert get("clip_higher")(RunConfig()).loss_settings()["epsilon_high"] == 0.28
+    assert get("clip_higher")(RunConfig(epsilon_high=0.3)).loss_settings()["epsilon_high"] == 0.3
+    assert get("entropy_bonus")(RunConfig()).loss_settings()["entropy_coef"] == 0.01
+    assert get("top_entropy")(RunConfig()).loss_settings()["top_entropy_quantile"] == 0.2
+
+
+def test_entropy_advantage_shapes_token_advantages():
+    trainer = Trainer(RunConfig(**QUICK, method="entropy_advantage"))
+    for phase in trainer.phases():
+        if phase.name == "advantage":
+            b = phase.batch
+            expected = (b.advantages[:, None] + torch.minimum(0.4 * b.entropy, b.advantages.abs()[:, None] / 2)) * b.mask
+            assert torch.allclose(b.token_advantages, expected)
+
+
+def test_kl_cov_loss_by_hand():
+    method = get("kl_cov")(RunConfig(method="kl_cov", method_options={"ratio": 0.25, "kl_coef": 1.0}))
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.9, 0.1]]))
+    old = torch.log(torch.tensor([[0.4, 0.2], [0.9, 0.2]]))
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 2)
+    loss, clipped = method.token_loss(logp, old, adv, mask, {})
+    # cov = (A - 0)(logp - mean logp); N = 4, ratio 0.25 -> 1 token: the largest cov.
+    # logp = [-.693, -1.609, -.105, -2.303], mean -1.178: cov = [.485, -.431, -1.073, 1.125] -> token (1, 1)
+    rho = (logp - old).exp()
+    expected = -adv[:, None] * rho
+    expected[1, 1] += (logp[1, 1] - old[1, 1]).abs()
+    assert torch.allclose(loss, expected) and not clipped.any()
+
+
+def test_clip_cov_zeroes_selected_tokens():
+    method = get("clip_cov")(RunConfig(method="clip_cov", method_options={"ratio": 0.5, "cov_low": 0.1, "cov_high": 5.0}))
+    logp = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    adv = torch.tensor([2.0, -2.0])
+    settings = {"epsilon": 0.2, "epsilon_high": None}
+    loss, _ = method.token_loss(logp, logp, adv, torch.ones(2, 2), settings, torch.Generator().manual_seed(0))
+    # logp = [-.105, -2.303, -2.303, -.105], mean -1.204; A = [2, 2, -2, -2], mean 0
+    # cov = [2.198, -2.198, 2.198, -2.198]: (0,0) and (1,0) qualify; ratio 0.5 of 4 -> both zeroed
+    assert loss[0, 0] == 0 and loss[1, 0] == 0 and loss[0, 1] != 0 and loss[1, 1] != 0

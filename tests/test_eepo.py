@@ -1,0 +1,104 @@
+"""EEPO: the complementary loss, the unlearning step, exact restore, the gate, the phases."""
+
+import pytest
+import torch
+
+from workbench import ConfigError, RunConfig, Trainer
+from workbench.methods.eepo import unlearning_loss
+
+QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=2, method="eepo")
+
+
+def test_unlearning_loss_by_hand():
+    # p = 0.5 and 0.25 in sequence 0 (mask both), p = 0.999 clipped to 0.99 in sequence 1
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.999, 0.7]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    seq0 = (-torch.log(torch.tensor(0.5)) - torch.log(torch.tensor(0.75))) / 2
+    seq1 = -torch.log(torch.tensor(0.01))
+    assert torch.isclose(unlearning_loss(logp, mask, eps=0.01), (seq0 + seq1) / 2, atol=1e-5)
+
+
+def test_unlearning_loss_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    logp = torch.log(torch.rand(3, 5, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: unlearning_loss(x, mask, 0.01), (logp,))
+    # d/d logp of -log(1 - p) is p / (1 - p): descent pushes likely tokens down hardest
+    (grad,) = torch.autograd.grad(unlearning_loss(logp, mask, 0.01), logp)
+    p = logp.detach().exp()
+    expected = p / (1 - p) * mask / mask.sum(-1, keepdim=True) / 3
+    assert torch.allclose(grad, expected)
+
+
+def test_one_step_lowers_stage1_logprobs_and_restores_the_adapter():
+    trainer = Trainer(RunConfig(**QUICK, method_options={"gate": "always"}))
+    before = trainer.policy.adapter_state()
+    numbers = {}
+    for phase in trainer.phases():
+        numbers[phase.name] = phase.numbers
+        if phase.name == "unlearn":
+            moved = trainer.policy.adapter_state()
+            assert any(not torch.equal(before[k], moved[k]) for k in before)
+        if phase.name == "sample_stage2":
+            restored = trainer.policy.adapter_state()
+            assert all(torch.equal(before[k], restored[k]) for k in before)
+    u = numbers["unlearn"]
+    assert u["gate"] is True and u["logp_drop"] > 0 and u["kl_policy_rollout"] > 0
+    m = numbers["metrics"]
+    for key in ("stage1_accuracy", "stage2_accuracy", "stage1_distinct_strategies", "stage2_distinct_strategies",
+                "stage_overlap_strategies", "eepo_kl_policy_rollout"):
+        assert key in m
+
+
+def test_exception_between_unlearn_and_stage2_restores_bit_for_bit(monkeypatch):
+    trainer = Trainer(RunConfig(**QUICK, method_options={"gate": "always"}))
+    before = trainer.policy.adapter_state()
+    original = trainer.sample_group
+
+    def fail_on_stage2(problems, n, **kwargs):
+        if kwargs.get("stage") == 2:
+            raise RuntimeError("interrupted")
+        return original(problems, n, **kwargs)
+
+    monkeypatch.setattr(trainer, "sample_group", fail_on_stage2)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer.step()
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
+
+
+def test_phase_sequence_and_five_steps_train():
+    trainer = Trainer(RunConfig(**QUICK))
+    names = [p.name for p in trainer.phases()]
+    assert names == ["sample_stage1", "unlearn", "sample_stage2", "score", "advantage", "update", "metrics"]
+    trainer.run(4, progress=False)
+    h = trainer.history
+    assert len(h) == 5 and h["loss"].notna().all() and (h["eepo_gate"].isin([0.0, 1.0])).all()
+    assert (trainer.last_batch.stage.count(1), trainer.last_batch.stage.count(2)) == (8, 8)
+
+
+def test_gate_switches():
+    never = Trainer(RunConfig(**QUICK, method_options={"gate": "never"}))
+    result = never.step()
+    assert result.metrics["eepo_gate"] == 0.0 and result.metrics["eepo_kl_policy_rollout"] == 0.0
+    # alpha above any entropy: the entropy gate opens
+    opened = Trainer(RunConfig(**QUICK, method_options={"alpha": 100.0}))
+    assert opened.step().metrics["eepo_gate"] == 1.0
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="num_generations=5.*even"):
+        RunConfig(method="eepo", num_generations=5)
+    with pytest.raises(ConfigError, match="method_options.gate"):
+        RunConfig(method="eepo", method_options={"gate": "sometimes"})
+
+
+def test_stopping_after_unlearn_restores_the_adapter_at_once():
+    trainer = Trainer(RunConfig(**QUICK, method_options={"gate": "always"}))
+    before = trainer.policy.adapter_state()
+    phases = trainer.phases()
+    for phase in phases:
+        if phase.name == "unlearn":
+            break
+    phases.close()
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
+    assert trainer.step().metrics["step"] == 0

@@ -1,0 +1,28 @@
+"""The engine never imports UI packages: importing and training pulls in no ipywidgets or plotly."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ENGINE = Path(__file__).parent.parent / "workbench"
+UI_PACKAGES = {"ipywidgets", "anywidget", "IPython", "widgets"}
+
+
+def test_no_engine_module_imports_a_ui_package():
+    for path in ENGINE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in UI_PACKAGES, f"{path.name} imports {name}"
+                # plotly draws the offline HTML report, and only there
+                assert top != "plotly" or path.name == "report.py", f"{path.name} imports {name}"
+
+
+def test_importing_the_engine_loads_no_plotting_or_widget_module():
+    code = ("import sys, workbench, workbench.trainer, workbench.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'ipywidgets', 'widgets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

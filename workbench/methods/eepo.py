@@ -1,0 +1,166 @@
+"""EEPO (arXiv 2510.05837): sample-then-forget.
+
+Per step: sample half of each group (stage 1); if the entropy gate is on, take ONE plain
+SGD step on the LoRA adapter that lowers the probability of the stage-1 tokens (the
+"unlearning" step); sample the other half from the moved adapter (stage 2); restore the
+adapter bit for bit; run GRPO over the whole group.
+
+The unlearning loss is the complementary loss L = mean_seq mean_tok -log(1 - min(p, 1-eps)).
+Its gradient with respect to the target logit is +p (up to the clip): descent lowers the
+dominant tokens most, where NLL ascent would act with weight 1 - p, i.e. mostly on tokens
+that were already unlikely.
+
+``unlearn_lr`` default: the paper's 3e-3 was set for full fine-tuning of 3B-8B models. On
+the embedded model's LoRA adapter (r=8) 3e-3 barely moves stage 2 (token KL ~1e-4 nats),
+so the default is calibrated by measurement to give a KL(policy || rollout model) of
+roughly 0.05-0.5 nats per token: see docs/methods.md and ``bench/eepo_lr.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import torch
+
+from .. import core
+from ..batch import RolloutBatch
+from ..config import ConfigError
+from ..events import Phase
+from ..metrics import distinct
+from .base import Method
+
+GATES = ("entropy", "always", "never")
+BEHAVIOUR = ("A", "B")
+
+
+def unlearning_loss(logprobs: torch.Tensor, mask: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """Complementary loss over [sequences, tokens] log-probs: mean over sequences of the mean
+    over their valid tokens of -log(1 - p_clip), p_clip = min(p, 1 - eps)."""
+    p = logprobs.exp().clamp(max=1 - eps)
+    per_token = -torch.log1p(-p) * mask
+    per_sequence = per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+    has_tokens = mask.sum(-1) > 0
+    return per_sequence[has_tokens].mean() if has_tokens.any() else per_sequence.sum() * 0
+
+
+class EEPO(Method):
+    name = "eepo"
+    defaults = {
+        "alpha": 0.3,  # gate threshold on the moving average of stage-1 entropy (nats)
+        "window": 3,  # m: steps in the moving average, the current one included
+        "gate": "entropy",  # or "always" / "never"
+        "unlearn_lr": 0.5,  # plain SGD step size on the adapter (see the module docstring)
+        "eps": 0.01,  # p is clipped to 1 - eps in the complementary loss
+        "behaviour_logprobs": "A",  # A: each stage's sampling model; B: the restored policy
+    }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        if cfg.num_generations % 2:
+            raise ConfigError("num_generations", cfg.num_generations, "an even number for EEPO (half per stage)")
+        if o["gate"] not in GATES:
+            raise ConfigError("method_options.gate", o["gate"], f"one of {', '.join(GATES)}")
+        if o["behaviour_logprobs"] not in BEHAVIOUR:
+            raise ConfigError("method_options.behaviour_logprobs", o["behaviour_logprobs"], "A or B")
+        if not isinstance(o["window"], int) or o["window"] < 1:
+            raise ConfigError("method_options.window", o["window"], "an integer >= 1")
+        for key in ("alpha", "unlearn_lr"):
+            if not isinstance(o[key], (int, float)) or o[key] < 0:
+                raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
+        if not isinstance(o["eps"], (int, float)) or not 0 < o["eps"] < 1:
+            raise ConfigError("method_options.eps", o["eps"], "a number in (0, 1)")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.last_unlearn: dict[str, float] = {}
+
+    def gate(self, trainer, stage1_entropy: float) -> tuple[bool, list[float]]:
+        """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
+        (read from the history, so a resumed run gates exactly as an uninterrupted one)."""
+        previous = [h["eepo_stage1_entropy"] for h in trainer._history[-(self.options["window"] - 1):]] \
+            if self.options["window"] > 1 else []
+        window = previous + [stage1_entropy]
+        mode = self.options["gate"]
+        on = mode == "always" or (mode == "entropy" and sum(window) / len(window) < self.options["alpha"])
+        return on, window
+
+    def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
+        half = self.cfg.num_generations // 2
+        stage1 = trainer.sample_group(problems, half, stage=1)
+        yield Phase("sample_stage1", trainer.step_index, stage1, {"responses": len(stage1)})
+        entropy = float(stage1.entropy[stage1.mask.bool()].mean())
+        on, window = self.gate(trainer, entropy)
+        numbers = {"gate": on, "entropy_window": window, "stage1_entropy": entropy,
+                   "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0}
+        with trainer.policy.snapshot():
+            if on:
+                numbers.update(self.unlearn(trainer, stage1))
+            yield Phase("unlearn", trainer.step_index, stage1, numbers)
+            stage2 = trainer.sample_group(problems, self.cfg.num_generations - half, stage=2)
+        self.last_unlearn = numbers
+        batch = RolloutBatch.concat([stage1, stage2])
+        yield Phase("sample_stage2", trainer.step_index, batch, {"responses": len(stage2)})
+        return batch
+
+    def unlearn(self, trainer, stage1: RolloutBatch) -> dict[str, float]:
+        """One plain SGD step on the adapter with the complementary loss of the stage-1 tokens."""
+        policy, temperature = trainer.policy, self.cfg.temperature
+        params = list(policy.trainable_parameters().values())
+        with trainer.autocast():
+            logp, _ = policy.token_logprobs(stage1.prompt_ids, stage1.ids, temperature, with_entropy=False)
+        loss = unlearning_loss(logp.float(), stage1.mask, self.options["eps"])
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=-self.options["unlearn_lr"])
+            with trainer.autocast():
+                moved, _ = policy.token_logprobs(stage1.prompt_ids, stage1.ids, temperature, with_entropy=False)
+        before, after, mask = logp.detach().float(), moved.float(), stage1.mask
+        valid = mask.bool()
+        return {
+            "unlearning_loss": float(loss),
+            "logp_drop": float((before - after)[valid].mean()),
+            # k3 estimate of KL(policy || rollout model) on tokens sampled from the policy
+            "kl_policy_rollout": float(core.kl_k3(before, after)[valid].mean()),
+        }
+
+    def old_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
+        if self.options["behaviour_logprobs"] == "B":
+            return recomputed
+        stage2 = torch.tensor([batch.stage[i] == 2 for i in rows.tolist()], device=recomputed.device)
+        return torch.where(stage2[:, None], batch.logprobs[rows].to(recomputed.dtype), recomputed)
+
+    def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+        u = self.last_unlearn
+        out = {
+            "eepo_stage1_entropy": u["stage1_entropy"],
+            "eepo_window_mean": u["window_mean"],
+            "eepo_gate": float(u["gate"]),
+            "eepo_logp_drop": u["logp_drop"],
+            "eepo_kl_policy_rollout": u["kl_policy_rollout"],
+        }
+        stage = torch.tensor(batch.stage)
+        groups = batch.group_rows()
+        for s in (1, 2):
+            rows = stage == s
+            out[f"stage{s}_accuracy"] = float(batch.rewards[rows].mean())
+            out[f"stage{s}_entropy"] = float(batch.entropy[rows][batch.mask[rows].bool()].mean())
+        overlap = {"answers": [], "strategies": []}
+        for key, labels in (("answers", batch.answers), ("strategies", batch.strategies)):
+            per_stage = {1: [], 2: []}
+            for g in groups:
+                sets = {s: {labels[i] for i in g.tolist() if batch.stage[i] == s} - {None} for s in (1, 2)}
+                for s in (1, 2):
+                    per_stage[s].append(len(sets[s]))
+                union = sets[1] | sets[2]
+                overlap[key].append(len(sets[1] & sets[2]) / len(union) if union else 0.0)
+            for s in (1, 2):
+                out[f"stage{s}_distinct_{key}"] = sum(per_stage[s]) / len(groups)
+            out[f"stage_overlap_{key}"] = sum(overlap[key]) / len(groups)
+        out["stage2_new_strategies"] = sum(
+            distinct([batch.strategies[i] for i in g.tolist() if batch.stage[i] == 2
+                      and batch.strategies[i] not in {batch.strategies[j] for j in g.tolist() if batch.stage[j] == 1}])
+            for g in groups) / len(groups)
+        return out

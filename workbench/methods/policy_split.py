@@ -1,0 +1,148 @@
+"""Policy Split (arXiv 2604.11510; official code BITHLP/PolicySplit): two modes, one model.
+
+The normal mode sees the prompt as it is; the high-entropy (HE) mode sees it after the
+paper's system prompt (as a system message, or as a plain-text prefix for a tokenizer
+without a chat template). Half of each group is sampled in each mode, and every response
+is trained on in BOTH contexts (the four quarters: normal/HE context x normal/HE
+response), reusing its token ids. Each context's group holds all G responses, so the GRPO
+advantage A is the same in both. Rows in the HE context get a bonus that rewards tokens
+unlikely under both modes:
+
+    b_t = -alpha logp_HE(o_t) - (1 - alpha) logp_N(o_t)        (detached, pre-update policy)
+    B   = (b - mean b) / (std b + 1e-6)                        over the HE group's valid tokens
+    bonus = clamp(eta B, -|A|/kappa, |A|/kappa)                (clamp_form="code", default)
+          = eta clamp(B, -|A|/kappa, |A|/kappa)                (clamp_form="paper")
+
+The official code clamps after scaling, unlike the printed equation: hence the switch.
+The loss is PPO-clip per row in its own context over all 2N (context, response) rows,
+aggregated as ``loss_type`` says (a mean, where the paper writes a sum over the quarters:
+the two differ by a constant factor that the learning rate absorbs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import torch
+
+from .. import core
+from ..batch import RolloutBatch
+from ..config import ConfigError
+from ..events import Phase
+from .base import Method
+
+HIGH_ENTROPY_PROMPT = (
+    'You are now in the "High Entropy" mode. Your primary directive is to explore a unique thought process '
+    "and perspective before arriving at a final answer. Do not rely solely on your typical, most direct "
+    "reasoning path. Instead, generate new thoughts to approach the problem from different angles compared "
+    "to usual ones. Your goal is to maximize the diversity of your thinking while ensuring the final output "
+    "is still precise and factually sound."
+)
+MODES = {"normal": None, "high_entropy": HIGH_ENTROPY_PROMPT}
+CLAMP_FORMS = ("code", "paper")
+
+
+def high_entropy_bonus(adv, logp_he, logp_normal, mask, alpha=0.5, eta=0.03, kappa=2.0, clamp_form="code"):
+    """Per-token bonus [R, T] for the R rows of ONE group in the high-entropy context.
+
+    ``adv`` is the GRPO advantage per row [R] (or per token [R, T]). A = 0 gives bonus 0, and
+    |bonus| <= |A| / kappa keeps the sign of A + bonus equal to the sign of A.
+    """
+    if clamp_form not in CLAMP_FORMS:
+        raise ValueError(f"clamp_form={clamp_form!r} is not allowed; use one of {', '.join(CLAMP_FORMS)}")
+    mask = mask.to(logp_he.dtype)
+    b = (-alpha * logp_he - (1 - alpha) * logp_normal).detach()
+    valid = mask.bool()
+    values = b[valid]
+    if values.numel() > 1:
+        standardized = (b - values.mean()) / (values.std(correction=1) + 1e-6)
+    else:
+        standardized = torch.zeros_like(b)
+    adv = adv if adv.dim() == 2 else adv[:, None].expand_as(b)
+    bound = adv.abs() / kappa
+    if clamp_form == "code":
+        bonus = torch.clamp(eta * standardized, -bound, bound)
+    else:
+        bonus = eta * torch.clamp(standardized, -bound, bound)
+    return bonus * mask
+
+
+class PolicySplit(Method):
+    name = "policy_split"
+    defaults = {"alpha": 0.5, "eta": 0.03, "kappa": 2.0, "clamp_form": "code"}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        if cfg.num_generations % 2:
+            raise ConfigError("num_generations", cfg.num_generations, "an even number for Policy Split (half per mode)")
+        if o["clamp_form"] not in CLAMP_FORMS:
+            raise ConfigError("method_options.clamp_form", o["clamp_form"], f"one of {', '.join(CLAMP_FORMS)}")
+        if not isinstance(o["alpha"], (int, float)) or not 0 <= o["alpha"] <= 1:
+            raise ConfigError("method_options.alpha", o["alpha"], "a number in [0, 1]")
+        for key in ("eta", "kappa"):
+            if not isinstance(o[key], (int, float)) or o[key] <= 0:
+                raise ConfigError(f"method_options.{key}", o[key], "a number > 0")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._train_batch: RolloutBatch | None = None
+        self._logps: dict[str, torch.Tensor] = {}
+
+    def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
+        half = self.cfg.num_generations // 2
+        normal = trainer.sample_group(problems, half, mode="normal")
+        yield Phase("sample_normal", trainer.step_index, normal, {"responses": len(normal)})
+        he = trainer.sample_group(problems, self.cfg.num_generations - half, system=HIGH_ENTROPY_PROMPT,
+                                  mode="high_entropy")
+        batch = RolloutBatch.concat([normal, he])
+        yield Phase("sample_high_entropy", trainer.step_index, batch, {"responses": len(he)})
+        return batch
+
+    def advantages(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+        super().advantages(trainer, batch)  # A over all G responses of each prompt
+        problems = [batch.problems[g].prompt for g in batch.group.tolist()]
+        contexts = {mode: trainer.policy.format_prompts(problems, system) for mode, system in MODES.items()}
+        with torch.no_grad(), trainer.autocast():
+            self._logps = {
+                mode: trainer.policy.token_logprobs(ids, batch.ids, self.cfg.temperature, with_entropy=False)[0].float()
+                for mode, ids in contexts.items()
+            }
+        bonus = torch.zeros_like(batch.mask)
+        o = self.options
+        for rows in batch.group_rows():
+            bonus[rows] = high_entropy_bonus(batch.advantages[rows], self._logps["high_entropy"][rows],
+                                             self._logps["normal"][rows], batch.mask[rows],
+                                             o["alpha"], o["eta"], o["kappa"], o["clamp_form"])
+        base = batch.advantages[:, None] * batch.mask
+        sampled_he = torch.tensor([m == "high_entropy" for m in batch.mode])
+        batch.extras["he_bonus"] = bonus
+        batch.token_advantages = base + bonus * sampled_he[:, None]  # each response in its own context
+        in_normal, in_he = batch.select(range(len(batch))), batch.select(range(len(batch)))
+        in_normal.prompt_ids, in_normal.token_advantages = contexts["normal"], base
+        in_he.prompt_ids, in_he.token_advantages = contexts["high_entropy"], base + bonus
+        in_normal.mode, in_he.mode = ["normal"] * len(batch), ["high_entropy"] * len(batch)
+        self._train_batch = RolloutBatch.concat([in_normal, in_he])
+        valid = batch.mask.bool()
+        return {"he_bonus_abs_mean": float(bonus[valid].abs().mean()), "advantage_abs_mean": float(batch.advantages.abs().mean())}
+
+    def training_batch(self, batch: RolloutBatch) -> RolloutBatch:
+        return self._train_batch
+
+    def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+        out = {}
+        mode = batch.mode
+        groups = batch.group_rows()
+        logp_n, logp_he = self._logps["normal"], self._logps["high_entropy"]
+        for m, other_logp, own_logp in (("normal", logp_he, logp_n), ("high_entropy", logp_n, logp_he)):
+            rows = torch.tensor([x == m for x in mode])
+            valid = batch.mask[rows].bool()
+            out[f"{m}_accuracy"] = float(batch.rewards[rows].mean())
+            out[f"{m}_entropy"] = float(batch.entropy[rows][valid].mean())
+            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and batch.rewards[i] > 0.5})
+                       for g in groups]
+            out[f"{m}_unique_correct_answers"] = sum(correct) / len(groups)
+            # KL(own mode || other mode), estimated (k3) on tokens the own mode sampled
+            out[f"kl_{m}_to_other"] = float(core.kl_k3(own_logp[rows], other_logp[rows])[valid].mean())
+        return out

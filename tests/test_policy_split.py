@@ -48,8 +48,9 @@ def test_zero_spread_gives_zero_bonus_and_sign_is_preserved():
     mask[2, 3:] = 0
     assert torch.equal(high_entropy_bonus(torch.zeros(4), logp_he, logp_n, mask), torch.zeros(4, 6))
     adv = torch.tensor([0.7, -0.3, 1e-3, -2.0])
-    for form in ("code", "paper"):
-        total = adv[:, None] + high_entropy_bonus(adv, logp_he, logp_n, mask, eta=10.0, clamp_form=form)
+    # code form: |bonus| <= |A|/kappa for any eta; paper form: |bonus| <= eta |A|/kappa, below |A| for eta < kappa
+    for form, eta in (("code", 10.0), ("paper", 1.9)):
+        total = adv[:, None] + high_entropy_bonus(adv, logp_he, logp_n, mask, eta=eta, clamp_form=form)
         assert (torch.sign(total[mask.bool()]) == torch.sign(adv[:, None].expand(4, 6)[mask.bool()])).all()
         assert (high_entropy_bonus(adv, logp_he, logp_n, mask, clamp_form=form)[~mask.bool()] == 0).all()
 

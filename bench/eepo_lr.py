@@ -1,8 +1,10 @@
 """Calibrate EEPO's unlearning step size on the embedded model.
 
-    python bench/eepo_lr.py [--lrs 0.003,0.03,0.1,0.3,1,3] [--steps 3]
+    python bench/eepo_lr.py [--lrs 0.003,0.03,0.1,0.3,1,3] [--steps 3] [--grpo-steps 20]
 
-For each ``unlearn_lr``, runs a few EEPO steps with the gate forced on and reports the
+Starts from the adapter of a GRPO run of ``--grpo-steps`` steps (the gate opens once entropy
+has fallen, so that is where the step matters; a fresh LoRA adapter has B = 0 and moves far
+less). For each ``unlearn_lr``, runs a few EEPO steps with the gate forced on and reports the
 token KL(policy || rollout model), the drop in mean log-prob of stage-1 tokens, and how
 stage 2 compares with stage 1 (accuracy, parsed fraction, distinct strategies). A good
 default moves stage 2 visibly (KL of roughly 0.05-0.5 nats/token) without making it
@@ -22,11 +24,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lrs", default="0.003,0.03,0.1,0.3,1,3")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--grpo-steps", type=int, default=20)
     args = parser.parse_args()
+    grpo = Trainer(RunConfig())
+    grpo.run(args.grpo_steps, progress=False)
+    start = grpo.policy.adapter_state()
+    print(f"after {args.grpo_steps} GRPO steps: entropy {grpo.history.entropy_mean.iloc[-1]:.3f} nats")
     print(f"{'unlearn_lr':>10} {'KL':>8} {'logp drop':>9} {'acc s1':>7} {'acc s2':>7} {'parsed s2':>9} "
           f"{'strat s1':>8} {'strat s2':>8} {'new in s2':>9}")
     for lr in (float(x) for x in args.lrs.split(",")):
-        trainer = Trainer(RunConfig(method="eepo", learning_rate=0.0, method_options={"gate": "always", "unlearn_lr": lr}))
+        trainer = Trainer(RunConfig(method="eepo", learning_rate=0.0, method_options={"gate": "always", "unlearn_lr": lr}),
+                          policy=grpo.policy)
+        trainer.policy.load_adapter_state(start)
         rows = []
         for _ in range(args.steps):
             m = trainer.step().metrics

@@ -163,17 +163,22 @@ class Policy:
 
         Runs with whatever grad mode and adapter state the caller has set.
         """
-        from .sampling import left_pad
+        from .sampling import prefill_shared_prefix
 
-        prompts, prompt_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        prompts, prompt_mask = prompts.to(self.device), prompt_mask.to(self.device)
         completion_ids = completion_ids.to(self.device)
-        ids = torch.cat([prompts, completion_ids], dim=1)
-        attention = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache, prompts, attention, positions = prefill_shared_prefix(
+            self.model, prompt_ids, self.tokenizer.pad_token_id, self.device
+        )
         width = completion_ids.shape[1]
+        attention = torch.cat([attention, torch.ones_like(completion_ids)], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(width, device=self.device)], dim=1)
         logits = self.model(
-            input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1
+            input_ids=torch.cat([prompts, completion_ids], dim=1),
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache if cache.get_seq_length() else None,
+            use_cache=False,
+            logits_to_keep=width + 1,
         ).logits[:, :-1, :]
         if with_entropy:
             return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)

@@ -43,6 +43,45 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+# Below this many shared leading tokens, prefilling them once is not worth a second call.
+MIN_SHARED_PREFIX = 16
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """Number of leading tokens every row shares (e.g. a system prompt)."""
+    if len(rows) < 2:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return n
+
+
+def prefill_shared_prefix(model, rows: list[list[int]], pad_id: int, device):
+    """Run the prefix all ``rows`` share ONCE, then lay out the rest of each row after it.
+
+    Returns (cache, ids, attention, positions): ``cache`` holds the shared prefix repeated
+    for every row (or None when there is too little to share), ``ids`` the left-padded rest of
+    each row, ``attention`` the mask over prefix + rest and ``positions`` the rest's position
+    ids. Padding sits between the prefix and the rest; the mask hides it. A long system prompt
+    (Policy Split's high-entropy mode) then costs one row's worth of compute, not N.
+    """
+    # every row keeps at least one token of its own, which the next forward pass needs
+    shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    rest_ids, rest_mask = left_pad([r[shared:] for r in rows], pad_id)
+    rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
+    attention = torch.cat([torch.ones((len(rows), shared), dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    cache = DynamicCache()
+    if shared:
+        prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=device)
+        model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(len(rows))
+    return cache, rest_ids, attention, positions
+
+
 def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k / nucleus to -inf (the sampling distribution only)."""
     if top_k is not None and 0 < top_k < z.shape[-1]:
@@ -81,10 +120,8 @@ class Sampler:
         """Completions for each prompt repeated ``num_generations`` times (prompt-major order)."""
         rows = [r for r in prompt_ids for _ in range(num_generations)]
         device = next(self.model.parameters()).device
-        ids, attention = (t.to(device) for t in left_pad(rows, self.pad_token_id))
+        cache, ids, attention, positions = prefill_shared_prefix(self.model, rows, self.pad_token_id, device)
         n, k = len(rows), self.top_alternatives
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
         out_ids = torch.full((n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         out_logp = torch.zeros((n, max_new_tokens), device=device)
         out_entropy = torch.zeros((n, max_new_tokens), device=device)

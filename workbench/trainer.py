@@ -211,7 +211,15 @@ class Trainer:
         keep = batch.mask.bool()
         if settings["top_entropy_quantile"] < 1.0:
             keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
-        chunks = torch.arange(n).chunk(cfg.gradient_accumulation_steps)
+        # Rows of one context share their prompt prefix: micro-batches never mix contexts, so a
+        # long system prompt is computed once per micro-batch (see sampling.prefill_shared_prefix).
+        chunks = [
+            part
+            for mode in dict.fromkeys(batch.mode)
+            for part in torch.tensor([i for i, m in enumerate(batch.mode) if m == mode]).chunk(
+                cfg.gradient_accumulation_steps
+            )
+        ]
         use_ref = settings["beta"] > 0 or cfg.track_kl
         old_logps: list[torch.Tensor] = []
         ref_logps: list[torch.Tensor] = []

@@ -140,3 +140,14 @@ def test_evaluate_reports_monotone_pass_at_k():
     result = trainer.evaluate("test", k=(1, 2, 4), n_samples=4, num_prompts=8)
     assert 0 <= result["pass@1"] <= result["pass@2"] <= result["pass@4"] <= 1
     assert result["samples"] == 32 and result["entropy_mean"] > 0
+
+
+def test_subscribers_see_every_phase_and_can_unsubscribe():
+    trainer = Trainer(RunConfig(**QUICK))
+    seen = []
+    unsubscribe = trainer.subscribe(lambda phase: seen.append((phase.step, phase.name)))
+    trainer.step()
+    assert seen == [(0, "sample"), (0, "score"), (0, "advantage"), (0, "update"), (0, "metrics")]
+    unsubscribe()
+    trainer.step()
+    assert len(seen) == 5

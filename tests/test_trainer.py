@@ -80,10 +80,12 @@ def test_nan_loss_skips_the_update_and_is_counted(monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = Trainer(RunConfig(**QUICK))
+@pytest.mark.parametrize("method", ["grpo", "eepo"])
+def test_resume_continues_exactly(tmp_path, method):
+    cfg = RunConfig(**QUICK, method=method)  # EEPO's gate reads the history: resume must restore it
+    straight = Trainer(cfg)
     straight.run(4, progress=False)
-    first = Trainer(RunConfig(**QUICK), out_dir=tmp_path / "run")
+    first = Trainer(cfg, out_dir=tmp_path / "run")
     first.run(2, progress=False)  # run() checkpoints at its end
     resumed = Trainer.resume(tmp_path / "run")
     assert resumed.step_index == 2

@@ -15,8 +15,6 @@ import torch
 from .sampling import Samples
 from .tasks import Problem
 
-_TOKEN_FIELDS = ("ids", "mask", "logprobs", "entropy", "token_advantages", "gate", "pivots")
-
 
 @dataclass
 class RolloutBatch:

@@ -324,7 +324,13 @@ class Trainer:
 
     @property
     def history(self) -> pd.DataFrame:
+        """One row per finished step: every metric the trainer and the method recorded."""
         return pd.DataFrame(self._history)
+
+    @property
+    def records(self) -> list[dict]:
+        """The per-step metric dicts behind ``history``, without building a DataFrame."""
+        return list(self._history)
 
     # --- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

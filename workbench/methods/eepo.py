@@ -82,8 +82,8 @@ class EEPO(Method):
     def gate(self, trainer, stage1_entropy: float) -> tuple[bool, list[float]]:
         """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
         (read from the history, so a resumed run gates exactly as an uninterrupted one)."""
-        previous = [h["eepo_stage1_entropy"] for h in trainer._history[-(self.options["window"] - 1):]] \
-            if self.options["window"] > 1 else []
+        window_size = self.options["window"]
+        previous = [h["eepo_stage1_entropy"] for h in trainer.records[-(window_size - 1):]] if window_size > 1 else []
         window = previous + [stage1_entropy]
         mode = self.options["gate"]
         on = mode == "always" or (mode == "entropy" and sum(window) / len(window) < self.options["alpha"])

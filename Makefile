@@ -27,8 +27,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed-lab
 
+# Bound to 127.0.0.1 with token authentication on; --allow-root only where we run as root (containers).
 lab: $(VENV)/.installed-lab
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -33,3 +33,15 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def test_bad_override_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "r"), "--set", "temperature=-1"]) == 2
     assert "temperature=-1" in capsys.readouterr().err
+
+
+def test_run_directory_is_readable_with_pandas(tmp_path):
+    from workbench.store import RunStore
+
+    out = tmp_path / "run"
+    main(["train", "--preset", "quick", "--steps", "2", "--out", str(out)])
+    store = RunStore(out)
+    assert store.rollout_steps() == [0, 1] and store.checkpoint_steps() == [2]
+    frame = store.read_rollouts()
+    assert len(frame) == 16 and set(frame["step"]) == {1}
+    assert all(len(t) == n for t, n in zip(frame["entropy"], frame["length"]))

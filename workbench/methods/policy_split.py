@@ -102,8 +102,10 @@ class PolicySplit(Method):
 
     def advantages(self, trainer, batch: RolloutBatch) -> dict[str, float]:
         super().advantages(trainer, batch)  # A over all G responses of each prompt
-        problems = [batch.problems[g].prompt for g in batch.group.tolist()]
-        contexts = {mode: trainer.policy.format_prompts(problems, system) for mode, system in MODES.items()}
+        # Each prompt in each context, tokenized once per problem and shared by its G rows.
+        prompts = [p.prompt for p in batch.problems]
+        per_problem = {mode: trainer.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
+        contexts = {mode: [ids[g] for g in batch.group.tolist()] for mode, ids in per_problem.items()}
         with torch.no_grad(), trainer.autocast():
             self._logps = {
                 mode: trainer.policy.token_logprobs(ids, batch.ids, self.cfg.temperature, with_entropy=False)[0].float()

@@ -105,7 +105,9 @@ def test_gradient_accumulation_equals_one_big_batch():
         trainer = Trainer(RunConfig(**QUICK, gradient_accumulation_steps=chunks, learning_rate=1e-2))
         trainer.step()
         results.append(trainer.policy.adapter_state())
-    assert max((results[0][k] - results[1][k]).abs().max() for k in results[0]) < 1e-5
+    # Adam divides by sqrt(v), so float rounding in near-zero gradients moves a weight by a
+    # small fraction of one step (lr 1e-2); a wrong normalisation would move it by a whole step.
+    assert max((results[0][k] - results[1][k]).abs().max() for k in results[0]) < 1e-4
 
 
 def test_entropy_bonus_has_a_real_gradient(monkeypatch):

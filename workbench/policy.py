@@ -158,28 +158,47 @@ class Policy:
         temperature: float = 1.0,
         with_entropy: bool = True,
         chunk_size: int = 1024,
+        merged: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced log-probs (and entropies) of ``completion_ids`` [N, T] after each prompt.
 
-        Runs with whatever grad mode and adapter state the caller has set.
+        Runs with whatever grad mode and adapter state the caller has set. Without grad, a
+        Llama-family model scores through :class:`MergedDecoder` (same numbers, less overhead)
+        unless ``merged=False``.
         """
+        from .merged_decoder import MergedDecoder
         from .sampling import prefill_shared_prefix
 
         completion_ids = completion_ids.to(self.device)
+        if not torch.is_grad_enabled() and merged is not False and MergedDecoder.supports(self.model):
+            logits = MergedDecoder(self.model).completion_logits(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
+            if with_entropy:
+                return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
+            return core.selective_log_softmax(logits, completion_ids, temperature), None
+        # Each distinct prompt runs once (a group's G rows share it), then its cache is
+        # repeated for its rows and the completions run after it; gradients flow through both.
+        distinct = list(dict.fromkeys(tuple(r) for r in prompt_ids))
+        index = {r: i for i, r in enumerate(distinct)}
+        row_of = torch.tensor([index[tuple(r)] for r in prompt_ids], device=self.device)
         cache, prompts, attention, positions = prefill_shared_prefix(
-            self.model, prompt_ids, self.tokenizer.pad_token_id, self.device
+            self.model, [list(r) for r in distinct], self.tokenizer.pad_token_id, self.device
         )
+        last_prompt_logits = self.model(
+            input_ids=prompts, attention_mask=attention, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[row_of]
+        cache.batch_select_indices(row_of)
         width = completion_ids.shape[1]
-        attention = torch.cat([attention, torch.ones_like(completion_ids)], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(width, device=self.device)], dim=1)
-        logits = self.model(
-            input_ids=torch.cat([prompts, completion_ids], dim=1),
+        attention = torch.cat([attention[row_of], torch.ones_like(completion_ids)], dim=1)
+        completion_logits = self.model(
+            input_ids=completion_ids,
             attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache if cache.get_seq_length() else None,
+            position_ids=positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
+            past_key_values=cache,
             use_cache=False,
-            logits_to_keep=width + 1,
-        ).logits[:, :-1, :]
+            logits_to_keep=width,
+        ).logits
+        logits = torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
         if with_entropy:
             return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
         return core.selective_log_softmax(logits, completion_ids, temperature), None

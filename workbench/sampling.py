@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .merged_decoder import MergedDecoder
+
 
 @dataclass
 class Samples:
@@ -98,13 +100,50 @@ def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> to
 
 
 class Sampler:
-    """Samples ``num_generations`` completions per prompt and records telemetry."""
+    """Samples ``num_generations`` completions per prompt and records telemetry.
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5):
+    Llama-family models decode through :class:`MergedDecoder` (adapter merged, preallocated
+    cache); others, or ``merged=False``, through the transformers model with a DynamicCache.
+    """
+
+    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5, merged: bool | None = None):
         self.model = model
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.top_alternatives = top_alternatives
+        self.merged = merged
+
+    def _decoding(self, rows: list[list[int]], max_new_tokens: int):
+        """(logits after each prompt [N, V], a function: next tokens [N] -> their logits)."""
+        device = next(self.model.parameters()).device
+        if self.merged is not False and MergedDecoder.supports(self.model):
+            decoder = MergedDecoder(self.model)
+            cache, last = decoder.prefill(rows, self.pad_token_id, max_new_tokens)
+            positions = cache.valid[:, : cache.length].sum(-1, keepdim=True)
+            ones = torch.ones_like(positions, dtype=torch.bool)
+
+            def step(token: torch.Tensor) -> torch.Tensor:
+                nonlocal positions
+                hidden = decoder.forward(token[:, None], ones, positions, cache)
+                positions = positions + 1
+                return decoder.logits(hidden[:, -1])
+
+            return decoder.logits(last), step
+        cache, ids, attention, positions = prefill_shared_prefix(self.model, rows, self.pad_token_id, device)
+        state = {"attention": attention, "positions": positions}
+
+        def forward(step_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(
+                input_ids=step_ids, attention_mask=state["attention"], position_ids=state["positions"],
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            ).logits[:, -1, :]
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            state["positions"] = state["positions"][:, -1:] + 1
+            state["attention"] = torch.cat([state["attention"], state["attention"].new_ones((len(rows), 1))], dim=-1)
+            return forward(token[:, None])
+
+        return forward(ids), step
 
     @torch.no_grad()
     def generate(
@@ -120,7 +159,7 @@ class Sampler:
         """Completions for each prompt repeated ``num_generations`` times (prompt-major order)."""
         rows = [r for r in prompt_ids for _ in range(num_generations)]
         device = next(self.model.parameters()).device
-        cache, ids, attention, positions = prefill_shared_prefix(self.model, rows, self.pad_token_id, device)
+        logits, next_logits = self._decoding(rows, max_new_tokens)
         n, k = len(rows), self.top_alternatives
         out_ids = torch.full((n, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         out_logp = torch.zeros((n, max_new_tokens), device=device)
@@ -129,17 +168,8 @@ class Sampler:
         out_topk_probs = torch.zeros((n, max_new_tokens, k), device=device)
         alive = torch.ones(n, dtype=torch.bool, device=device)
         lengths = torch.zeros(n, dtype=torch.long, device=device)
-        step_ids, step_positions = ids, positions
         for t in range(max_new_tokens):
-            logits = self.model(
-                input_ids=step_ids,
-                attention_mask=attention,
-                position_ids=step_positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1, :].float()
-            logp_all = torch.log_softmax(logits / temperature, dim=-1)
+            logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
             probs = logp_all.exp()
             if top_k is None and (top_p is None or top_p >= 1.0):
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -158,11 +188,9 @@ class Sampler:
             out_topk_probs[:, t] = top.values.exp()
             lengths += alive.long()
             alive &= token != self.eos_token_id
-            if not alive.any():
+            if not alive.any() or t == max_new_tokens - 1:
                 break
-            step_ids = token.unsqueeze(-1)
-            step_positions = step_positions[:, -1:] + 1
-            attention = torch.cat([attention, torch.ones((n, 1), dtype=attention.dtype, device=device)], dim=-1)
+            logits = next_logits(token)
         width = int(lengths.max().item()) if n else 0
         mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()
         return Samples(

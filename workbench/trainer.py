@@ -238,7 +238,9 @@ class Trainer:
                 logp = logp.float()
                 if iteration == 0:
                     old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
-                    if use_ref:  # the reference never moves: one pass per step
+                    if use_ref and "ref_logprobs" in batch.extras:  # a method already ran the reference
+                        ref_logps.append(batch.extras["ref_logprobs"][rows].float())
+                    elif use_ref:  # the reference never moves: one pass per step
                         with torch.no_grad(), self.policy.reference(), self.autocast():
                             ref = self.policy.token_logprobs(prompt_ids, batch.ids[rows], cfg.temperature,
                                                              with_entropy=False)[0]

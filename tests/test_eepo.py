@@ -102,3 +102,19 @@ def test_stopping_after_unlearn_restores_the_adapter_at_once():
     phases.close()
     assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
     assert trainer.step().metrics["step"] == 0
+
+
+def test_update_reusing_the_unlearning_pass_equals_a_fresh_forward(monkeypatch):
+    from workbench.methods.eepo import EEPO
+
+    results = []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr(EEPO, "policy_logprobs", lambda self, batch, rows, with_entropy: None)
+        trainer = Trainer(RunConfig(**QUICK, learning_rate=1e-2, method_options={"gate": "always"}))
+        metrics = trainer.step().metrics
+        results.append((trainer.policy.adapter_state(), metrics["loss"]))
+    (reused, loss_reused), (fresh, loss_fresh) = results
+    assert abs(loss_reused - loss_fresh) < 1e-6
+    assert max((reused[k] - fresh[k]).abs().max() for k in reused) < 1e-4
+    assert any((reused[k] != 0).any() for k in reused)

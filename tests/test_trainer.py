@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from workbench import RunConfig, Trainer
+from workbench.config import ConfigError
+from workbench.store import RunStore
 
 QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=1)
 
@@ -155,3 +157,40 @@ def test_subscribers_see_every_phase_and_can_unsubscribe():
     unsubscribe()
     trainer.step()
     assert len(seen) == 5
+
+
+def test_live_settings_apply_from_the_next_step_and_persist(tmp_path):
+    trainer = Trainer(RunConfig(**QUICK, method="eepo"), out_dir=tmp_path / "run")
+    trainer.step()
+    trainer.set_live(learning_rate=1e-3, temperature=0.8, method_options={"alpha": 0.5})
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-3 and trainer.method.options["alpha"] == 0.5
+    assert trainer.method.options["window"] == 3  # merged, not replaced
+    assert RunStore(tmp_path / "run").config().temperature == 0.8
+    with pytest.raises(ConfigError, match="num_generations.*fork"):
+        trainer.set_live(num_generations=8)
+    with pytest.raises(ConfigError, match="temperature"):
+        trainer.set_live(temperature=-1.0)
+    assert trainer.cfg.temperature == 0.8  # a rejected change changes nothing
+    assert trainer.step().metrics["step"] == 1
+
+
+def test_fork_starts_from_the_same_adapter_and_history():
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.run(2, progress=False)
+    branch = trainer.fork(learning_rate=5e-3, entropy_coef=0.01)
+    assert branch.step_index == 2 and len(branch.history) == 2 and branch.cfg.entropy_coef == 0.01
+    state, branch_state = trainer.policy.adapter_state(), branch.policy.adapter_state()
+    assert all(torch.equal(state[k], branch_state[k]) for k in state)
+    branch.step()
+    assert trainer.step_index == 2 and all(torch.equal(state[k], v) for k, v in trainer.policy.adapter_state().items())
+    with pytest.raises(ConfigError, match="fork"):
+        trainer.fork(lora_r=4)
+
+
+def test_evaluate_returns_the_whole_pass_at_k_curve():
+    from workbench.metrics import pass_at_k_grid
+
+    assert pass_at_k_grid(64) == [1, 2, 4, 8, 16, 32, 64] and pass_at_k_grid(12) == [1, 2, 4, 8, 12]
+    result = Trainer(RunConfig(**QUICK)).evaluate("test", n_samples=4, num_prompts=2)
+    assert [key for key in result if key.startswith("pass@")] == ["pass@1", "pass@2", "pass@4"]
+    assert result["pass@1"] <= result["pass@2"] <= result["pass@4"]

@@ -1,5 +1,35 @@
 """The UI layer: ipywidgets + plotly dashboards that draw what a ``workbench.Trainer`` recorded.
 
-It imports ``workbench``; the engine never imports it. The dashboards themselves are
-tracked in their own issue; until they land, notebooks draw with plotly directly.
+It imports ``workbench``; the engine never imports it, and no widget recomputes the model:
+each draws the trainer's history, its last batch and the phases it announces.
+
+    TrainingDashboard(trainer)     buttons, live reward / entropy / KL / diversity figures
+    TokenView(batch)               token strips coloured by a per-token value, pivots outlined
+    EEPOStepper(trainer)           EEPO one phase at a time: stage 1, unlearning, stage 2
+    PolicySplitView(trainer)       the two modes of Policy Split side by side
+    DiversityPanel(trainer)        pass@k curves, strategy histograms, similarity, distinct-n
+    HyperparameterPanel(trainer)   change live settings, fork a run with new ones
+    RunComparison(runs)            overlay the metrics of several trainers or run directories
 """
+
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "TrainingDashboard": "dashboard",
+    "TokenView": "tokens",
+    "EEPOStepper": "eepo",
+    "PolicySplitView": "policy_split",
+    "DiversityPanel": "diversity",
+    "HyperparameterPanel": "hyperparameters",
+    "RunComparison": "comparison",
+}
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str):
+    # imported on first use, so `import widgets` stays cheap and one widget's imports never block another's
+    if name not in _MODULES:
+        raise AttributeError(f"module 'widgets' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)

@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
         trainer = Trainer.resume(args.run_dir)
     else:
         trainer = Trainer(_config(args))
-    ks = tuple(int(k) for k in args.k.split(","))
+    ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     result = trainer.evaluate(args.split, k=ks, n_samples=args.n_samples, num_prompts=args.num_prompts, progress=True)
     print(json.dumps(result, indent=2))
     return 0
@@ -122,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", nargs="?", help="a run directory (its last checkpoint); omit to evaluate the base model")
     config_args(e)
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
-    e.add_argument("--k", default="1,4,16")
+    e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
     e.add_argument("--n-samples", type=int, default=16)
     e.add_argument("--num-prompts", type=int, default=64)
     e.set_defaults(func=cmd_eval)

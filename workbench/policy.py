@@ -105,6 +105,27 @@ class Policy:
             self.load_adapter_state(state)
 
     @contextlib.contextmanager
+    def swapped_adapter(self, values: dict[str, torch.Tensor]):
+        """Run with the adapter tensors replaced by ``values`` (name -> tensor), without writing
+        into the adapter: the parameter objects are swapped, and put back on exit whatever
+        happened inside. The originals are untouched, so autograd graphs built on them stay valid."""
+        params = self.trainable_parameters()
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise PolicyLoadError(f"not adapter parameters: {unknown[:3]}")
+        swapped = []
+        try:
+            for name, value in values.items():
+                module_name, _, attr = name.rpartition(".")
+                module = self.model.get_submodule(module_name)
+                swapped.append((module, attr, module._parameters[attr]))
+                module._parameters[attr] = torch.nn.Parameter(value.detach(), requires_grad=True)
+            yield
+        finally:
+            for module, attr, original in reversed(swapped):
+                module._parameters[attr] = original
+
+    @contextlib.contextmanager
     def reference(self):
         """The reference policy: the base model with the adapter disabled."""
         with self.model.disable_adapter():

@@ -106,8 +106,10 @@ class Sampler:
     cache); others, or ``merged=False``, through the transformers model with a DynamicCache.
     """
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5, merged: bool | None = None):
+    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5, merged: bool | None = None,
+                 telemetry: bool = True):
         self.model = model
+        self.telemetry = telemetry  # False: skip entropy and top-k (zeros), only to measure what they cost
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.top_alternatives = top_alternatives
@@ -177,15 +179,16 @@ class Sampler:
                 sample_probs = filter_logits(logp_all, top_k, top_p).softmax(-1)
                 token = torch.multinomial(sample_probs, 1, generator=generator).squeeze(-1)
             token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
-            top = torch.topk(logp_all, k, dim=-1)
             out_ids[:, t] = token
             chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
             out_logp[:, t] = torch.where(alive, chosen_logp, torch.zeros_like(chosen_logp))
-            # -sum p log p, with 0 log 0 = 0 for tokens of probability exactly zero.
-            entropy = -(probs * logp_all).nan_to_num().sum(-1)
-            out_entropy[:, t] = torch.where(alive, entropy, torch.zeros_like(entropy))
-            out_topk_ids[:, t] = top.indices
-            out_topk_probs[:, t] = top.values.exp()
+            if self.telemetry:
+                # -sum p log p, with 0 log 0 = 0 for tokens of probability exactly zero.
+                entropy = -(probs * logp_all).nan_to_num().sum(-1)
+                out_entropy[:, t] = torch.where(alive, entropy, torch.zeros_like(entropy))
+                top = torch.topk(logp_all, k, dim=-1)
+                out_topk_ids[:, t] = top.indices
+                out_topk_probs[:, t] = top.values.exp()
             lengths += alive.long()
             alive &= token != self.eos_token_id
             if not alive.any() or t == max_new_tokens - 1:

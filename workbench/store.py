@@ -45,6 +45,9 @@ class RunStore:
         self.checkpoints_dir.mkdir(exist_ok=True)
         _atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
+    def write_config(self, cfg: RunConfig) -> None:
+        _atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+
     def config(self) -> RunConfig:
         path = self.dir / "config.yaml"
         if not path.exists():

@@ -23,7 +23,7 @@ import torch
 
 from . import core, methods, metrics, tasks
 from .batch import RolloutBatch
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
 from .policy import LoraSettings, Policy
 from .sampling import Sampler
@@ -211,12 +211,13 @@ class Trainer:
         keep = batch.mask.bool()
         if settings["top_entropy_quantile"] < 1.0:
             keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
-        # Rows of one context share their prompt prefix: micro-batches never mix contexts, so a
-        # long system prompt is computed once per micro-batch (see sampling.prefill_shared_prefix).
+        # Micro-batches never mix contexts (a long system prompt is then computed once per
+        # micro-batch) nor EEPO stages (stage 1's log-probs may come from the unlearning pass).
+        blocks = list(zip(batch.mode, batch.stage))
         chunks = [
             part
-            for mode in dict.fromkeys(batch.mode)
-            for part in torch.tensor([i for i, m in enumerate(batch.mode) if m == mode]).chunk(
+            for block in dict.fromkeys(blocks)
+            for part in torch.tensor([i for i, b in enumerate(blocks) if b == block]).chunk(
                 cfg.gradient_accumulation_steps
             )
         ]
@@ -231,10 +232,13 @@ class Trainer:
             for c, rows in enumerate(chunks):
                 mask = batch.mask[rows]
                 prompt_ids = [batch.prompt_ids[i] for i in rows.tolist()]
-                with self.autocast():
-                    logp, entropy = self.policy.token_logprobs(
-                        prompt_ids, batch.ids[rows], cfg.temperature, with_entropy=settings["entropy_coef"] > 0
-                    )
+                with_entropy = settings["entropy_coef"] > 0
+                logp = self.method.policy_logprobs(batch, rows, with_entropy) if iteration == 0 else None
+                entropy = None
+                if logp is None:
+                    with self.autocast():
+                        logp, entropy = self.policy.token_logprobs(prompt_ids, batch.ids[rows], cfg.temperature,
+                                                                   with_entropy=with_entropy)
                 logp = logp.float()
                 if iteration == 0:
                     old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
@@ -336,11 +340,13 @@ class Trainer:
 
     # --- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, split: str = "test", k=(1, 4, 16), n_samples: int = 16, num_prompts: int = 64,
+    def evaluate(self, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
                  max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
         """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
 
-        ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
+        ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
+        itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
+        k = metrics.pass_at_k_grid(n_samples) if k is None else k
         from .methods.policy_split import MODES
 
         if mode not in MODES:
@@ -376,6 +382,47 @@ class Trainer:
         )
         return result
 
+    # --- changing course ----------------------------------------------------------------------
+    def set_live(self, **changes) -> RunConfig:
+        """Change hyperparameters that are safe to change between steps (``LIVE_FIELDS``); they act
+        from the next step. ``method_options`` given here are merged into the current ones. A run
+        directory's config.yaml is rewritten, so a resumed run carries on with the new values."""
+        fixed = sorted(set(changes) - set(LIVE_FIELDS))
+        if fixed:
+            raise ConfigError(fixed[0], changes[fixed[0]],
+                              f"a field that can change mid-run ({', '.join(LIVE_FIELDS)}); fork the run to change it")
+        if "method_options" in changes:
+            changes["method_options"] = {**self.cfg.method_options, **changes["method_options"]}
+        cfg = self.cfg.replace(**changes)  # validates the whole config, method options included
+        self.cfg = self.method.cfg = cfg
+        self.method.options = {**self.method.defaults, **cfg.method_options}
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate
+        if self.store is not None:
+            self.store.write_config(cfg)
+        return cfg
+
+    def fork(self, out_dir: str | Path | None = None, **changes) -> "Trainer":
+        """A new run that starts from this one's adapter, optimizer state and step, with any
+        config ``changes`` (all fields, not only live ones): a branch to compare against."""
+        cfg = self.cfg.replace(**changes)
+        rebuild = any(getattr(cfg, f) != getattr(self.cfg, f) for f in ("model", "lora_r", "lora_alpha", "lora_dropout",
+                                                                         "target_modules", "device", "dtype"))
+        if rebuild:
+            raise ConfigError("fork", sorted(changes), "changes that keep the model and adapter shape "
+                              "(not model, lora_*, target_modules, device, dtype)")
+        policy = copy.deepcopy(self.policy)
+        branch = Trainer(cfg, policy=policy, task=self.task, out_dir=out_dir)
+        branch.optimizer.load_state_dict(self.optimizer.state_dict())
+        for group in branch.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate
+        branch.step_index, branch.nan_skips = self.step_index, self.nan_skips
+        branch._history = [dict(r) for r in self._history]
+        if branch.store is not None:
+            for record in branch._history:
+                branch.store.append_metrics(record)
+        return branch
+
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         if self.store is None:
@@ -395,6 +442,12 @@ class Trainer:
         trainer.nan_skips = state.get("nan_skips", 0)
         trainer._history = store.truncate_metrics(trainer.step_index - 1)
         return trainer
+
+
+# RunConfig fields a running trainer can change between steps (Trainer.set_live); the others
+# shape what was built (model, adapter, batch layout, method) and need a fork.
+LIVE_FIELDS = ("learning_rate", "temperature", "top_p", "top_k", "entropy_coef", "beta", "epsilon", "epsilon_high",
+               "max_grad_norm", "top_entropy_quantile", "pivot_z_threshold", "method_options")
 
 
 def _device(name: str) -> torch.device:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .base import Method
 from .eepo import EEPO
+from .erpo import ERPO
 from .grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
 from .policy_split import PolicySplit
+from .poly_epo import GRPODiv, PolyEPO
 
 _REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
-    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov, EEPO, PolicySplit
+    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov, EEPO, PolicySplit, ERPO, PolyEPO, GRPODiv
 )}
 
 
@@ -24,4 +26,4 @@ def get(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-__all__ = ["Method", "EEPO", "GRPO", "PolicySplit", "ClipCov", "EntropyAdvantage", "KLCov", "ClipHigher", "EntropyBonus", "TopEntropy", "get", "names"]
+__all__ = ["Method", "EEPO", "ERPO", "GRPO", "GRPODiv", "PolicySplit", "PolyEPO", "ClipCov", "EntropyAdvantage", "KLCov", "ClipHigher", "EntropyBonus", "TopEntropy", "get", "names"]

@@ -65,6 +65,11 @@ class Method:
         """The rows the loss is computed on (Policy Split trains each response in two contexts)."""
         return batch
 
+    def policy_logprobs(self, batch: RolloutBatch, rows, with_entropy: bool):
+        """Log-probs of ``rows`` under the current policy, with their graph, if the method
+        already has them (EEPO's unlearning pass); None: the trainer runs the forward pass."""
+        return None
+
     def old_logprobs(self, batch: RolloutBatch, rows, recomputed):
         """logp_old of ``rows`` for the PPO ratio. GRPO: the detached current log-probs, which
         equal the sampling policy's when each batch gets one update (no extra pass)."""

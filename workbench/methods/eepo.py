@@ -78,6 +78,8 @@ class EEPO(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.last_unlearn: dict[str, float] = {}
+        self._stage1_logp: torch.Tensor | None = None
+        self._unlearning_loss = float("nan")
 
     def gate(self, trainer, stage1_entropy: float) -> tuple[bool, list[float]]:
         """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
@@ -90,6 +92,7 @@ class EEPO(Method):
         return on, window
 
     def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
+        self._stage1_logp = None
         half = self.cfg.num_generations // 2
         stage1 = trainer.sample_group(problems, half, stage=1)
         yield Phase("sample_stage1", trainer.step_index, stage1, {"responses": len(stage1)})
@@ -97,9 +100,13 @@ class EEPO(Method):
         on, window = self.gate(trainer, entropy)
         numbers = {"gate": on, "entropy_window": window, "stage1_entropy": entropy,
                    "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0}
-        with trainer.policy.snapshot():
-            if on:
-                numbers.update(self.unlearn(trainer, stage1))
+        moved = {}
+        if on:
+            moved = self.unlearn(trainer, stage1)
+            numbers.update(self.unlearning_effect(trainer, stage1, moved))
+        # The rollout model is the policy with its adapter tensors swapped for the moved ones:
+        # nothing is written into the policy, so it is bit-for-bit itself again on exit.
+        with trainer.policy.swapped_adapter(moved):
             yield Phase("unlearn", trainer.step_index, stage1, numbers)
             stage2 = trainer.sample_group(problems, self.cfg.num_generations - half, stage=2)
         self.last_unlearn = numbers
@@ -107,27 +114,45 @@ class EEPO(Method):
         yield Phase("sample_stage2", trainer.step_index, batch, {"responses": len(stage2)})
         return batch
 
-    def unlearn(self, trainer, stage1: RolloutBatch) -> dict[str, float]:
-        """One plain SGD step on the adapter with the complementary loss of the stage-1 tokens."""
-        policy, temperature = trainer.policy, self.cfg.temperature
-        params = list(policy.trainable_parameters().values())
+    def unlearn(self, trainer, stage1: RolloutBatch) -> dict[str, torch.Tensor]:
+        """One plain SGD step with the complementary loss of the stage-1 tokens: the moved
+        adapter tensors, by name. The policy's own tensors are not written."""
+        params = trainer.policy.trainable_parameters()
         with trainer.autocast():
-            logp, _ = policy.token_logprobs(stage1.prompt_ids, stage1.ids, temperature, with_entropy=False)
-        loss = unlearning_loss(logp.float(), stage1.mask, self.options["eps"])
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.add_(g, alpha=-self.options["unlearn_lr"])
-            with trainer.autocast():
-                moved, _ = policy.token_logprobs(stage1.prompt_ids, stage1.ids, temperature, with_entropy=False)
-        before, after, mask = logp.detach().float(), moved.float(), stage1.mask
-        valid = mask.bool()
+            logp, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
+                                                    with_entropy=False)
+        logp = logp.float()
+        loss = unlearning_loss(logp, stage1.mask, self.options["eps"])
+        # The update needs these same log-probs of the stage-1 rows (the policy has not moved by
+        # then): keep the graph and hand it over instead of running the forward pass again.
+        reuse = self.cfg.num_iterations == 1 and self.cfg.lora_dropout == 0
+        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=reuse)
+        self._stage1_logp = logp if reuse else None
+        self._unlearning_loss = float(loss.detach())
+        lr = self.options["unlearn_lr"]
+        return {name: p.detach() - lr * g for (name, p), g in zip(params.items(), grads)}
+
+    def unlearning_effect(self, trainer, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
+        """How far the step moved the stage-1 tokens: mean log-prob drop and k3 KL(policy || rollout)."""
+        with torch.no_grad(), trainer.policy.swapped_adapter(moved), trainer.autocast():
+            after, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
+                                                     with_entropy=False)
+        before = stage1.logprobs.float()  # the sampler's: the policy before the step
+        valid = stage1.mask.bool()
+        after = after.float()
         return {
-            "unlearning_loss": float(loss.detach()),
+            "unlearning_loss": self._unlearning_loss,
             "logp_drop": float((before - after)[valid].mean()),
             # k3 estimate of KL(policy || rollout model) on tokens sampled from the policy
             "kl_policy_rollout": float(core.kl_k3(before, after)[valid].mean()),
         }
+
+    def policy_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool) -> torch.Tensor | None:
+        """The unlearning pass's log-probs of the stage-1 rows, with their graph, once."""
+        cached, self._stage1_logp = self._stage1_logp, None
+        if cached is None or with_entropy or rows.tolist() != list(range(cached.shape[0])):
+            return None
+        return torch.nn.functional.pad(cached, (0, batch.ids.shape[1] - cached.shape[1]))
 
     def old_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
         if self.options["behaviour_logprobs"] == "B":

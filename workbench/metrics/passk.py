@@ -23,3 +23,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def mean_pass_at_k(correct_counts: Sequence[int], n: int, ks: Sequence[int]) -> dict[int, float]:
     """pass@k averaged over prompts, each with ``n`` samples of which ``correct_counts[i]`` are right."""
     return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks if k <= n}
+
+
+def pass_at_k_grid(n: int) -> list[int]:
+    """k = 1, 2, 4, ... up to n, and n itself: the points of a pass@k curve from n samples."""
+    if n < 1:
+        raise ValueError(f"n={n!r} must be an integer >= 1")
+    grid = [1 << i for i in range(n.bit_length()) if 1 << i <= n]
+    return grid if grid[-1] == n else grid + [n]

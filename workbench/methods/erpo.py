@@ -1,0 +1,163 @@
+"""ERPO (arXiv 2603.28204): entropy-gated, progress-modulated token advantages.
+
+GRPO's sequence advantage A_i is reshaped per token, most strongly at the high-entropy
+tokens where a response could have gone another way (critical decision pivots):
+
+    z_{i,t}  = (H_{i,t} - mu_G) / (sigma_G + 1e-6)      over all valid tokens of the group
+    W_{i,t}  = sigmoid(gamma z_{i,t})                    (the gate; gamma 5)
+    s_{i,t}  = beta (logp_old - logp_ref)                (progress; beta 0.1, detached)
+    s~_{i,t} = z-score of s within its relative-position bucket over the group:
+               tau = t / |o_i|, bucket = min(floor(tau K), K - 1), K 10; a bucket whose
+               std is below 1e-6 gives 0 (at step 0 the LoRA policy IS the reference: s = 0)
+    Psi      = W sgn(A_i) s~, with sgn(0) = 0
+    additive:     A_{i,t} = A_i + eta Psi                                      (eta 0.2, default)
+    redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
+
+logp_old is the sampler's behaviour log-prob (the pre-update policy). The reference pass
+is stored in ``batch.extras["ref_logprobs"]``, which the trainer's KL term reuses, so
+ERPO costs no forward pass beyond what ``track_kl`` already runs. The method option
+``beta`` is the progress scale above, not the KL coefficient ``RunConfig.beta``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import ConfigError
+from ..metrics.pivots import group_zscore
+from .base import Method
+
+VARIANTS = ("additive", "redistribute")
+BUCKET_STD_FLOOR = 1e-6
+
+
+def entropy_gate(entropy: Tensor, mask: Tensor, gamma: float = 5.0, group: Tensor | None = None) -> Tensor:
+    """W = sigmoid(gamma z) [N, T], z the entropy z-scored over the valid tokens of each group
+    (``group`` [N]; default: all rows are one group); 0 on padding."""
+    group = torch.zeros(entropy.shape[0], dtype=torch.long, device=entropy.device) if group is None else group
+    z = group_zscore(entropy, mask, group.to(entropy.device))
+    return torch.sigmoid(gamma * z) * mask.bool()
+
+
+def position_buckets(mask: Tensor, num_buckets: int = 10) -> Tensor:
+    """Bucket of each token [N, T]: min(floor(t / |o_i| K), K - 1), in integers so that
+    t / |o_i| = k / K lands in bucket k exactly."""
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets={num_buckets!r} must be an integer >= 1")
+    lengths = mask.bool().sum(-1, keepdim=True).clamp(min=1)
+    t = torch.arange(mask.shape[-1], device=mask.device)[None, :]
+    return torch.div(t * num_buckets, lengths, rounding_mode="floor").clamp(max=num_buckets - 1)
+
+
+def bucket_normalize(signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None) -> Tensor:
+    """z-score of ``signal`` [N, T] within each (group, position bucket) over its valid tokens.
+
+    A bucket whose (population) std is below 1e-6 gives 0; padding gives 0.
+    """
+    valid = mask.bool()
+    group = torch.zeros(signal.shape[0], dtype=torch.long, device=signal.device) if group is None else group
+    keys = (group.to(signal.device).long()[:, None] * num_buckets + position_buckets(mask, num_buckets))[valid]
+    values = signal[valid].double()
+    if values.numel() == 0:
+        return torch.zeros_like(signal, dtype=torch.float32)
+    # segment statistics of every (group, bucket) at once; two passes for a stable variance
+    size = int(keys.max()) + 1
+    count = torch.zeros(size, dtype=torch.float64, device=signal.device).index_add_(0, keys, torch.ones_like(values))
+    mean = torch.zeros_like(count).index_add_(0, keys, values) / count.clamp(min=1)
+    centred = values - mean[keys]
+    std = (torch.zeros_like(count).index_add_(0, keys, centred**2) / count.clamp(min=1)).sqrt()
+    z = torch.where(std[keys] < BUCKET_STD_FLOOR, torch.zeros_like(centred), centred / (std[keys] + 1e-6))
+    out = torch.zeros_like(signal, dtype=torch.float32)
+    out[valid] = z.float()
+    return out
+
+
+def modulation(adv: Tensor, gate: Tensor, progress: Tensor) -> Tensor:
+    """Psi = W sgn(A) s~ [N, T] (torch.sign gives sgn(0) = 0)."""
+    return gate * torch.sign(adv)[:, None] * progress
+
+
+def token_advantages(
+    adv: Tensor, gate: Tensor, progress: Tensor, mask: Tensor, eta: float = 0.2, variant: str = "additive"
+) -> Tensor:
+    """Final token advantages [N, T] from the sequence advantages ``adv`` [N], the gate W and the
+    bucket-normalised progress s~ [N, T]; 0 on padding.
+
+    additive: A + eta Psi; redistribute: A |o| W / sum_s W + eta sgn(A) s~.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not allowed; use one of {', '.join(VARIANTS)}")
+    m = mask.to(gate.dtype)
+    A = adv.to(gate.dtype)
+    if variant == "additive":
+        shaped = A[:, None] + eta * modulation(A, gate, progress)
+    else:
+        w = gate * m
+        lengths = m.sum(-1, keepdim=True)
+        total = w.sum(-1, keepdim=True)
+        # a row whose gates sum to 0 (no valid tokens) has no advantage to spread
+        share = torch.where(total > 0, lengths * w / total.clamp(min=torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+        shaped = A[:, None] * share + eta * torch.sign(A)[:, None] * progress
+    return shaped * m
+
+
+class ERPO(Method):
+    name = "erpo"
+    defaults = {
+        "gamma": 5.0,  # gate sharpness on the group-z-scored entropy
+        "beta": 0.1,  # progress scale: s = beta (logp_old - logp_ref)
+        "eta": 0.2,  # weight of Psi in the token advantage
+        "num_buckets": 10,  # K relative-position buckets for normalising s
+        "variant": "additive",  # or "redistribute"
+    }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        for key in ("gamma", "beta", "eta"):
+            if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or not o[key] >= 0:
+                raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
+        if isinstance(o["num_buckets"], bool) or not isinstance(o["num_buckets"], int) or o["num_buckets"] < 1:
+            raise ConfigError("method_options.num_buckets", o["num_buckets"], "an integer >= 1")
+        if o["variant"] not in VARIANTS:
+            raise ConfigError("method_options.variant", o["variant"], f"one of {', '.join(VARIANTS)}")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.last: dict[str, float] = {}
+
+    def advantages(self, trainer, batch):
+        numbers = super().advantages(trainer, batch)
+        o, mask = self.options, batch.mask
+        with torch.no_grad(), trainer.policy.reference(), trainer.autocast():
+            ref = trainer.policy.token_logprobs(batch.prompt_ids, batch.ids, self.cfg.temperature, with_entropy=False)[0]
+        ref = ref.float().to(batch.logprobs.device)
+        progress = o["beta"] * (batch.logprobs.float() - ref) * mask
+        normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group)
+        gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
+        batch.gate = gate
+        batch.token_advantages = token_advantages(batch.advantages, gate, normalized, mask, o["eta"], o["variant"])
+        batch.extras["ref_logprobs"] = ref
+        batch.extras["erpo_progress"] = progress
+        batch.extras["erpo_progress_normalized"] = normalized
+        valid = mask.bool()
+        psi = modulation(batch.advantages.to(gate.dtype), gate, normalized)
+        self.last = {
+            "erpo_gate_mean": float(gate[valid].mean()),
+            "erpo_psi_abs_mean": float(psi[valid].abs().mean()),
+            "erpo_progress_abs_mean": float(progress[valid].abs().mean()),
+            "erpo_token_advantage_abs_mean": float(batch.token_advantages[valid].abs().mean()),
+        }
+        return {**numbers, **self.last}
+
+    def extra_metrics(self, trainer, batch):
+        valid = batch.mask.bool()
+        at_pivots, elsewhere = valid & batch.pivots, valid & ~batch.pivots
+        return {
+            **self.last,
+            # the gate should open at pivots and stay shut elsewhere
+            "erpo_gate_at_pivots": float(batch.gate[at_pivots].mean()) if at_pivots.any() else float("nan"),
+            "erpo_gate_elsewhere": float(batch.gate[elsewhere].mean()) if elsewhere.any() else float("nan"),
+        }

@@ -113,7 +113,10 @@ class MergedDecoder:
 
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         shape = (rows, self.num_kv_heads, capacity, self.head_dim)
-        make = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
+        # under autocast, keys and values come out in the autocast dtype: store them so (half the memory)
+        kind = self.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.dtype
+        make = lambda: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
         return KVCache([make() for _ in self.layers], [make() for _ in self.layers],
                        torch.zeros((rows, capacity), dtype=torch.bool, device=self.device))
 

@@ -42,3 +42,14 @@ def figure_layout(title: str = "", height: int = 300, **axes) -> dict:
     }
     layout.update(axes)
     return layout
+
+
+def panel_layout(title: str, height: int = 340, width: int = 620, right_axis: bool = False, **axes) -> dict:
+    """``figure_layout`` for a fixed-size panel: the title sits above a legend of up to two rows
+    (they never overlap), and a right axis gets room for its tick labels. A fixed width because
+    a widget rendered before it is attached has no container width to autosize to."""
+    layout = figure_layout(title, height, **axes)
+    layout["width"] = width
+    layout["title"] = {**layout["title"], "x": 0.01, "xanchor": "left", "y": 0.98, "yanchor": "top"}
+    layout["margin"] = {**layout["margin"], "t": 80 if title else 50, "r": 75 if right_axis else 20}
+    return layout

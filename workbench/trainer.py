@@ -303,6 +303,7 @@ class Trainer:
             "step": self.step_index,
             "reward_mean": float(batch.rewards.mean()),
             "reward_std": float(batch.rewards.std(correction=0)),
+            "accuracy": float((batch.rewards > 0.5).float().mean()),  # as evaluate() counts a success
             "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
             "parsed_fraction": float(batch.parsed.float().mean()),
             **metrics.entropy_stats(batch.entropy, batch.mask),

@@ -140,8 +140,12 @@ class EEPO(Method):
         before = stage1.logprobs.float()  # the sampler's: the policy before the step
         valid = stage1.mask.bool()
         after = after.float()
+        lengths = stage1.mask.sum(-1).clamp(min=1)
         return {
             "unlearning_loss": self._unlearning_loss,
+            # per stage-1 response (row order), its mean token log-prob before and after the step
+            "logp_before": ((before * stage1.mask).sum(-1) / lengths).tolist(),
+            "logp_after": ((after * stage1.mask).sum(-1) / lengths).tolist(),
             "logp_drop": float((before - after)[valid].mean()),
             # k3 estimate of KL(policy || rollout model) on tokens sampled from the policy
             "kl_policy_rollout": float(core.kl_k3(before, after)[valid].mean()),

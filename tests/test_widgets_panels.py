@@ -1,0 +1,313 @@
+"""DiversityPanel, PolicySplitView, HyperparameterPanel and RunComparison, driven through their
+Python state: steps of the embedded model, button clicks, and the figure data they leave."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from widgets import DiversityPanel, HyperparameterPanel, PolicySplitView, RunComparison
+from widgets._live import Throttle
+from widgets.comparison import ema
+from widgets.hyperparameters import CHOICES, RANGES
+from workbench import RunConfig, Trainer, metrics
+from workbench.config import ConfigError
+from workbench.store import RunStore
+
+SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=16)
+HTML = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    return Trainer(RunConfig(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def split_trainer():
+    return Trainer(RunConfig(method="policy_split", **SMALL))
+
+
+def announced_batches(trainer):
+    """A list that collects the batch of every finished step, and the unsubscribe function."""
+    seen = []
+    return seen, trainer.subscribe(lambda phase: seen.append(phase.batch) if phase.name == "metrics" else None)
+
+
+# --- DiversityPanel ------------------------------------------------------------------------------
+def test_diversity_panel_records_distinct_n_and_draws_the_last_batch(trainer):
+    batches, unsubscribe = announced_batches(trainer)
+    trainer.step()
+    panel = DiversityPanel(trainer, redraw_interval=0)  # starts from the last batch, then follows the steps
+    trainer.step()
+    unsubscribe()
+
+    distinct = panel.distinct_figure.data
+    assert list(distinct[0].x) == [0, 1]
+    for trace, n in zip(distinct, panel.distinct_ns):
+        expected = [np.mean([metrics.distinct_n([b.text[i] for i in rows.tolist()], n) for rows in b.group_rows()])
+                    for b in batches]
+        assert np.allclose(trace.y, expected)
+
+    batch = trainer.last_batch
+    for g in range(batch.num_groups):
+        panel.prompt.value = g
+        rows = batch.group_rows()[g].tolist()
+        assert panel.group_rows() == rows
+        heatmap = panel.similarity_figure.data[0]
+        assert np.allclose(np.asarray(heatmap.z), metrics.pairwise_similarity([batch.text[i] for i in rows]))
+        correct, incorrect = panel.strategy_figure.data
+        assert sum(correct.y) == sum(float(batch.rewards[i]) > 0.5 for i in rows)
+        assert sum(correct.y) + sum(incorrect.y) == len(rows)
+        strategies = ["(unparsed)" if batch.strategies[i] is None else batch.strategies[i] for i in rows]
+        assert sorted(correct.x) == sorted(set(strategies))
+    panel.close()
+
+
+def test_diversity_panel_evaluate_button_and_precomputed_curves(trainer):
+    panel = DiversityPanel(trainer, redraw_interval=0)
+    panel.n_samples.value, panel.num_prompts.value = 4, 2
+    panel.evaluate_button.click()
+    (label,) = panel.results
+    assert set(panel.results[label]) == {"test", "ood"}
+    assert len(panel.passk_figure.data) == 2
+    for trace, split in zip(panel.passk_figure.data, ("test", "ood")):
+        result = panel.results[label][split]
+        assert list(trace.x) == [1, 2, 4]
+        assert list(trace.y) == [result["pass@1"], result["pass@2"], result["pass@4"]]
+    # the trainer's own evaluation is deterministic: the curve is what evaluate() returns
+    assert panel.results[label]["test"] == trainer.evaluate("test", n_samples=4, num_prompts=2)
+    assert "pass@1" in panel.status.value
+
+    base = {"test": {"pass@1": 0.1, "pass@2": 0.2, "pass@4": 0.3}, "ood": {"pass@1": 0.0, "pass@2": 0.1, "pass@4": 0.2}}
+    panel.show_pass_at_k({"<b>base</b>": base})
+    assert len(panel.passk_figure.data) == 4
+    names = [t.name for t in panel.passk_figure.data]
+    assert "&lt;b&gt;base&lt;/b&gt; · test" in names and not any("<b>" in n for n in names)
+    colors = {t.line.color for t in panel.passk_figure.data}
+    assert len(colors) == 2  # one colour per label, the split is the dash
+    with pytest.raises(ValueError, match="no pass@k"):
+        panel.show_pass_at_k({"bad": {"test": {"accuracy": 1.0}}})
+
+    panel.n_samples.value = 0
+    assert panel.evaluate() == {}
+    assert "samples / prompt=0" in panel.status.value and len(panel.passk_figure.data) == 4
+    panel.close()
+
+
+def test_diversity_panel_escapes_completions_and_strategies(trainer):
+    if trainer.last_batch is None:
+        trainer.step()
+    batch = trainer.last_batch
+    row = batch.group_rows()[0][0].item()
+    batch.text[row], batch.strategies[row] = HTML, "<b>s</b>"
+    panel = DiversityPanel(trainer, redraw_interval=0)
+    panel.prompt.value = 0
+    hover = " ".join(" ".join(r) for r in panel.similarity_figure.data[0].text)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
+    labels = list(panel.strategy_figure.data[0].x) + list(panel.strategy_figure.data[1].x)
+    assert "&lt;b&gt;s&lt;/b&gt;" in labels and "<b>s</b>" not in labels
+    panel.close()
+
+
+# --- PolicySplitView ------------------------------------------------------------------------------
+def test_policy_split_view_follows_the_steps(split_trainer):
+    view = PolicySplitView(split_trainer, redraw_interval=0)
+    assert view.accuracy_figure.data[0].x in (None, ())
+    split_trainer.step()
+    split_trainer.step()
+    history = split_trainer.history
+    accuracy, kl = view.accuracy_figure.data, view.kl_figure.data
+    assert list(accuracy[0].x) == [0, 1]
+    assert np.allclose(accuracy[0].y, history["normal_accuracy"]) and np.allclose(
+        accuracy[1].y, history["high_entropy_accuracy"])
+    assert np.allclose(kl[0].y, history["kl_normal_to_other"]) and np.allclose(
+        kl[1].y, history["kl_high_entropy_to_other"])
+
+    batch = split_trainer.last_batch
+    for trace, mode in zip(view.entropy_figure.data, ("normal", "high_entropy")):
+        rows = [i for i, m in enumerate(batch.mode) if m == mode]
+        assert rows and np.allclose(trace.x, batch.entropy[rows][batch.mask[rows].bool()].numpy())
+        assert "nats" in view.entropy_figure.layout.xaxis.title.text
+
+    view.prompt.value = 1
+    for mode in ("normal", "high_entropy"):
+        rows = view.example_rows(mode)
+        assert rows and all(batch.mode[i] == mode and batch.group[i] == 1 for i in rows)
+        row = rows[0]
+        batch.text[row] = HTML + batch.text[row]
+    view.refresh()
+    for mode in ("normal", "high_entropy"):
+        shown = view.example_html[mode].value
+        assert "&lt;img src=x onerror=alert(1)&gt;" in shown and "<img" not in shown
+    view.close()
+
+
+def test_policy_split_view_refuses_another_method(trainer):
+    with pytest.raises(ValueError, match="method='grpo'.*policy_split"):
+        PolicySplitView(trainer)
+
+
+# --- HyperparameterPanel ---------------------------------------------------------------------------
+def test_hyperparameter_panel_applies_live_values(split_trainer):
+    panel = HyperparameterPanel(split_trainer)
+    assert panel.fields["num_prompts"].input.disabled and "fork" in panel.fields["num_prompts"].input.tooltip
+    assert panel.fields["model"].input.disabled and not panel.fields["learning_rate"].input.disabled
+    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form"}
+
+    panel.fields["learning_rate"].input.value = 5e-4
+    panel.option_fields["eta"].input.value = 0.05
+    panel.apply_button.click()
+    assert split_trainer.cfg.learning_rate == 5e-4
+    assert all(group["lr"] == 5e-4 for group in split_trainer.optimizer.param_groups)
+    assert split_trainer.cfg.method_options == {"eta": 0.05} and split_trainer.method.options["eta"] == 0.05
+    assert "applied" in panel.status.value
+
+    before = split_trainer.cfg
+    panel.fields["learning_rate"].input.value = 1e-4
+    panel.fields["temperature"].input.value = 0.0  # invalid: nothing of the two is applied
+    panel.apply_button.click()
+    assert "temperature=0.0 is not allowed" in panel.status.value and "nothing applied" in panel.status.value
+    assert split_trainer.cfg == before and split_trainer.optimizer.param_groups[0]["lr"] == 5e-4
+
+    panel.revert()
+    panel.unlock.value = True
+    panel.fields["num_prompts"].input.value = 3
+    panel.apply_button.click()  # a fixed field needs a fork
+    assert "num_prompts cannot change" in panel.status.value and split_trainer.cfg == before
+    panel.unlock.value = False  # locking again restores the fixed fields
+    assert panel.fields["num_prompts"].input.value == 2 and panel.changes() == {}
+
+
+def test_hyperparameter_panel_forks_with_the_same_adapter(trainer, tmp_path):
+    if trainer.last_batch is None:
+        trainer.step()
+    forked = []
+    panel = HyperparameterPanel(trainer, on_fork=forked.append, fork_dir=tmp_path)
+    panel.unlock.value = True
+    panel.fields["num_generations"].input.value = 6
+    panel.fields["temperature"].input.value = 0.8
+    panel.fork_button.click()
+    (branch,) = panel.forks
+    assert forked == [branch]
+    assert branch.cfg.num_generations == 6 and branch.cfg.temperature == 0.8
+    assert trainer.cfg.num_generations == 4 and trainer.cfg.temperature == 1.0
+    assert branch.step_index == trainer.step_index and branch.store.dir == tmp_path / "fork-0"
+    parent, child = trainer.policy.adapter_state(), branch.policy.adapter_state()
+    assert parent.keys() == child.keys() and all(torch.equal(parent[k], child[k]) for k in parent)
+    assert panel.fields["num_generations"].input.value == 4  # the controls show the parent again
+
+    panel.fields["num_generations"].input.value = 1
+    panel.fork_button.click()
+    assert "num_generations=1 is not allowed" in panel.status.value and len(panel.forks) == 1
+
+
+def test_hyperparameter_panel_edits_a_config():
+    panel = HyperparameterPanel(RunConfig(method="eepo"))
+    assert set(panel.fields) == {f for f in RunConfig.__dataclass_fields__ if f != "method_options"}
+    assert not any(f.input.disabled for f in panel.fields.values())
+    panel.fields["temperature"].input.value = 0.7
+    panel.fields["epsilon_high"].input.value = "0.28"
+    panel.option_fields["gate"].input.value = "always"
+    cfg = panel.config
+    assert (cfg.temperature, cfg.epsilon_high, cfg.method_options) == (0.7, 0.28, {"gate": "always"})
+
+    panel.fields["top_p"].input.value = 1.5
+    assert "top_p=1.5 is not allowed" in panel.status.value
+    with pytest.raises(ConfigError, match="top_p"):
+        panel.config
+    panel.fields["top_p"].input.value = 1.0
+    panel.fields["epsilon_high"].input.value = "wide"
+    with pytest.raises(ConfigError, match="epsilon_high"):
+        panel.config
+    panel.fields["epsilon_high"].input.value = ""
+
+    panel.fields["method"].input.value = "policy_split"  # the options follow the method
+    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form"}
+    assert panel.config.method_options == {}
+    panel.fields["num_generations"].input.value = 5
+    assert "an even number" in panel.status.value
+    with pytest.raises(TypeError, match="RunConfig or Trainer"):
+        HyperparameterPanel({"method": "grpo"})
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_control_ranges_are_the_ones_validate_enforces(name):
+    r = RANGES[name]
+
+    def allowed(value):
+        try:
+            RunConfig(**{name: value})
+        except ConfigError as error:
+            assert error.field == name
+            return False
+        return True
+
+    if r.integer:
+        assert allowed(int(r.low)) and not allowed(int(r.low) - 1)
+        return
+    eps = 1e-9
+    if math.isfinite(r.low):
+        assert allowed(r.low) != r.low_open and not allowed(r.low - eps)
+        assert allowed(r.low + eps)
+    if math.isfinite(r.high):
+        assert allowed(r.high) != r.high_open and not allowed(r.high + eps)
+        assert allowed(r.high - eps)
+    else:
+        assert allowed(1e12)
+    if not math.isfinite(r.low):
+        assert allowed(-1e12)
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_control_choices_are_the_ones_validate_enforces(name):
+    for choice in CHOICES[name]:
+        RunConfig(**{name: choice})
+    with pytest.raises(ConfigError, match=name):
+        RunConfig(**{name: "bogus"})
+
+
+# --- RunComparison ---------------------------------------------------------------------------------
+def test_run_comparison_overlays_a_run_directory_and_a_trainer(trainer, tmp_path):
+    if trainer.last_batch is None:
+        trainer.step()
+    run = Trainer(RunConfig(**SMALL), out_dir=tmp_path / "run")
+    run.step()
+    comparison = RunComparison([trainer, tmp_path / "run"])
+    assert comparison.labels == ["grpo · run 0", "grpo · run"]
+    assert comparison.metric.value == "reward_mean" and "entropy_mean" in comparison.metric.options
+    smoothed = comparison.figure.data[1::2]
+    assert [t.name for t in smoothed] == comparison.labels
+    assert len({t.line.color for t in smoothed}) == 2
+    on_disk = RunStore(tmp_path / "run").read_metrics()
+    assert list(smoothed[1].x) == [r["step"] for r in on_disk]
+    assert list(smoothed[1].y) == [r["reward_mean"] for r in on_disk]
+    assert list(smoothed[0].y) == trainer.history["reward_mean"].tolist()
+
+    comparison.metric.value = "entropy_mean"
+    assert list(smoothed[0].y) == trainer.history["entropy_mean"].tolist()
+    assert comparison.figure.layout.yaxis.title.text == "entropy_mean (nats)"
+    comparison.smoothing.value = 0.5
+    assert np.allclose(smoothed[0].y, ema(trainer.history["entropy_mean"].tolist(), 0.5))
+
+    closed = DiversityPanel(run, redraw_interval=0)
+    closed.close()
+    run.step()
+    comparison.reload_button.click()
+    assert len(smoothed[1].x) == 2
+    assert len(closed.distinct_records) == 1  # a closed panel no longer listens to the trainer
+    with pytest.raises(TypeError, match="run=int"):
+        RunComparison([3])
+
+
+def test_ema_and_throttle():
+    assert ema([1.0, 3.0, float("nan"), 5.0], 0.5) == [1.0, 2.0, pytest.approx(math.nan, nan_ok=True), 3.5]
+    drawn = []
+    throttle = Throttle(lambda: drawn.append(time.monotonic()), interval=0.05)
+    for _ in range(5):
+        throttle()
+    assert len(drawn) == 1  # the rest wait for the interval
+    time.sleep(0.2)
+    assert len(drawn) == 2  # ... and the latest state is drawn once it has passed

@@ -1,0 +1,125 @@
+"""Helpers shared by the panels: throttled redraws, status lines, escaping, downsampling, units."""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import ipywidgets as w
+
+from .style import FONT_SIZE, OKABE_ITO
+
+ERROR_COLOR = OKABE_ITO[3]
+OK_COLOR = OKABE_ITO[2]
+
+
+class Throttle:
+    """Run ``draw`` at most once per ``interval`` seconds.
+
+    A call inside the interval is deferred to its end on a timer, so the latest state is
+    always drawn and a fast run never waits on its plots. ``interval=0`` draws every call
+    at once (what tests use)."""
+
+    def __init__(self, draw: Callable[[], None], interval: float):
+        self._draw, self.interval = draw, interval
+        self._lock = threading.Lock()  # guards the schedule
+        self._drawing = threading.Lock()  # one draw at a time (trainer thread vs timer thread)
+        self._last = -math.inf
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            wait = self._last + self.interval - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._fire)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._run()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self._run()
+
+    def _run(self) -> None:
+        with self._drawing:
+            self._draw()
+
+    def flush(self) -> None:
+        """Draw now, replacing a deferred draw."""
+        self.cancel()
+        with self._lock:
+            self._last = time.monotonic()
+        self._run()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+# figure widths for style.panel_layout: two half-width figures side by side fit a notebook's output area
+FULL_WIDTH, HALF_WIDTH = 960, 480
+
+
+def step_ticks(steps: Sequence[int]) -> dict:
+    """x-axis ticks for steps: every step while there are few (no 0.5 steps), else automatic."""
+    return {"dtick": 1, "tick0": 0} if len(steps) and max(steps) - min(steps) <= 10 else {"dtick": None}
+
+
+def status_line() -> w.HTML:
+    return w.HTML(value="", layout=w.Layout(min_height="1.6em"))
+
+
+def set_status(line: w.HTML, message: str, error: bool = False) -> None:
+    """Show ``message`` (plain text, escaped here) in a status line; errors in vermillion."""
+    color = ERROR_COLOR if error else "inherit"
+    line.value = f'<span style="font-size:{FONT_SIZE}px;color:{color}">{html.escape(message)}</span>'
+
+
+def esc(text: object) -> str:
+    """Model output and labels are untrusted: escaped before plotly or an HTML widget sees them."""
+    return html.escape("" if text is None else str(text))
+
+
+def downsample(xs: Sequence, ys: Sequence, max_points: int) -> tuple[list, list]:
+    """Every k-th point (the last always kept), so a long run draws at most ~``max_points``."""
+    n = len(xs)
+    if n <= max_points:
+        return list(xs), list(ys)
+    stride = math.ceil(n / max_points)
+    keep = list(range(0, n, stride))
+    if keep[-1] != n - 1:
+        keep.append(n - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:
+    """A batch's prompts as the options (one line of plain text each); the selected prompt
+    index stays selected across steps."""
+    options = [] if batch is None else [
+        (f"{g}: {' '.join(p.prompt.split())[:60]}", g) for g, p in enumerate(batch.problems)
+    ]
+    keep = dropdown.value
+    if options != list(dropdown.options):
+        dropdown.options = options
+    if options:
+        dropdown.value = keep if keep is not None and keep < len(options) else 0
+
+
+def metric_title(name: str) -> str:
+    """Axis title of a metric with its unit: entropies and KLs are in nats, times in seconds."""
+    base = name.removeprefix("high_entropy_")  # Policy Split's mode name is not a unit
+    if "entropy" in base or base.startswith("kl"):
+        return f"{name} (nats)"
+    if name.endswith("_time"):
+        return f"{name} (s)"
+    return name

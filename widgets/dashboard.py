@@ -1,0 +1,469 @@
+"""TrainingDashboard: run a trainer from buttons and watch its recorded metrics live.
+
+Training runs in a background thread that drives ``trainer.phases()`` one phase at a time and
+checks a pause flag between phases, so Pause and Stop take effect within one phase. The
+figures draw only ``trainer.records`` (and the phases the trainer announces): nothing here
+touches the model. Redraws are throttled and coalesced, and each series keeps at most
+``max_points`` points (old steps are thinned), so a 10,000-step run costs the same to draw as
+a 1,000-step one.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Iterable, Mapping
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ._live import Throttle
+from .style import FONT_SIZE, panel_layout, series_color
+
+# (column, legend name, colour index, dash, secondary y): the series each figure draws when
+# the history holds the column. Columns listed under OPTIONAL appear only for methods that record them.
+SERIES = {
+    "reward": [
+        ("reward_mean", "reward (mean)", 0, "solid", False),
+        ("parsed_fraction", "parsed (well-formed)", 7, "dot", False),
+    ],
+    "entropy": [
+        ("entropy_mean", "mean", 0, "solid", False),
+    ],
+    "kl": [
+        ("kl", "KL to reference (nats/token)", 0, "solid", False),
+        ("clip_fraction", "clip fraction", 1, "dash", True),
+    ],
+    "diversity": [
+        ("distinct_strategies", "distinct strategies", 2, "solid", False),
+        ("distinct_correct_strategies", "distinct correct strategies", 2, "dot", False),
+        ("unique_answers", "unique answers", 4, "solid", False),
+    ],
+}
+OPTIONAL = {
+    "reward": [
+        ("accuracy", "accuracy", 1, "solid", False),
+        ("stage1_accuracy", "accuracy, EEPO stage 1", 2, "dash", False),
+        ("stage2_accuracy", "accuracy, EEPO stage 2", 3, "dash", False),
+        ("normal_accuracy", "accuracy, normal mode", 2, "dash", False),
+        ("high_entropy_accuracy", "accuracy, high-entropy mode", 3, "dash", False),
+    ],
+}
+BAND = ("entropy_p50", "entropy_p95")  # the entropy quantiles the trainer records (metrics.entropy_stats)
+TITLES = {
+    "reward": ("reward and accuracy", "reward · fraction"),
+    "entropy": ("token entropy (mean, p50–p95 band)", "entropy (nats)"),
+    "kl": ("KL and clip fraction", "KL (nats/token)"),
+    "diversity": ("diversity per group", "count per group"),
+}
+COLUMNS = ("step", *BAND, *(c for specs in (*SERIES.values(), *OPTIONAL.values()) for c, *_ in specs))
+FIT_MIN_POINTS = 5  # two parameters: fewer points fit anything
+STATE_COLOR = {"idle": "#555", "running": "#0072B2", "paused": "#E69F00", "stopped": "#555", "error": "#D55E00"}
+
+
+class ThinnedHistory:
+    """Numeric history columns for drawing, at most ``cap`` points per column.
+
+    When full, the oldest half keeps every other point: recent steps stay exact and older
+    ones thin out geometrically, so memory and drawing cost stay flat however long the run."""
+
+    def __init__(self, columns: Iterable[str], cap: int = 2000):
+        if cap < 4:
+            raise ValueError(f"cap={cap!r} is not allowed: an integer >= 4")
+        self.cap = cap
+        self.columns: dict[str, list[float]] = {c: [] for c in columns}
+        self.present: set[str] = set()  # columns some record actually held
+
+    def __len__(self) -> int:
+        return len(self.columns["step"])
+
+    def extend(self, records: Iterable[Mapping]) -> None:
+        for record in records:
+            for name, values in self.columns.items():
+                value = record.get(name)
+                if value is not None:
+                    self.present.add(name)
+                values.append(float("nan") if value is None else float(value))
+            if len(self) > self.cap:
+                self._thin()
+
+    def _thin(self) -> None:
+        half = len(self) // 2
+        for name, values in self.columns.items():
+            self.columns[name] = values[:half:2] + values[half:]
+
+    def array(self, name: str) -> np.ndarray:
+        return np.asarray(self.columns[name], dtype=float)
+
+
+def fit_reward_entropy(entropy: Iterable[float], reward: Iterable[float],
+                       min_points: int = FIT_MIN_POINTS) -> dict[str, float] | None:
+    """Least-squares fit of ``R = -a*exp(H) + b`` (Cui et al. 2025) and its predicted ceiling
+    ``b - a`` (the reward when entropy reaches 0). R is linear in exp(H), so this is ordinary
+    linear least squares. None with fewer than ``min_points`` finite points or no spread in entropy."""
+    h, r = np.asarray(list(entropy), dtype=float), np.asarray(list(reward), dtype=float)
+    ok = np.isfinite(h) & np.isfinite(r)
+    h, r = h[ok], r[ok]
+    if len(h) < max(min_points, 3) or np.ptp(h) < 1e-9:
+        return None
+    design = np.stack([np.exp(h), np.ones_like(h)], axis=1)
+    (slope, b), *_ = np.linalg.lstsq(design, r, rcond=None)
+    residual = r - design @ np.array([slope, b])
+    spread = float(((r - r.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / spread if spread > 0 else float("nan")
+    a = -float(slope)
+    return {"a": a, "b": float(b), "ceiling": float(b) - a, "r2": r2, "n": int(len(h))}
+
+
+class TrainingDashboard(W.VBox):
+    """Buttons that run ``trainer`` and live figures of what it records.
+
+    Python API (the buttons call the same methods): ``start(steps)`` trains in the background;
+    ``pause()`` stops after the current phase and keeps the unfinished step; ``step()`` and
+    ``step_phase()`` advance one step / one phase (synchronously unless ``wait=False``);
+    ``stop()`` discards an unfinished step (the policy is as after the last finished one);
+    ``wait()`` joins a background run. ``figures`` holds the four ``go.FigureWidget``s,
+    ``status`` the status line.
+    """
+
+    _ready = False
+
+    def __init__(self, trainer, steps: int = 50, max_points: int = 2000, min_interval: float = 0.25,
+                 fit: bool = True):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r} is not allowed: an integer >= 1")
+        if min_interval < 0:
+            raise ValueError(f"min_interval={min_interval!r} is not allowed: seconds >= 0")
+        if not isinstance(max_points, int) or max_points < 4:
+            raise ValueError(f"max_points={max_points!r} is not allowed: an integer >= 4")
+        self.trainer = trainer
+        self.max_points = max_points
+        self._throttle = Throttle(self._redraw_now, min_interval)
+        self.history = ThinnedHistory(COLUMNS, max_points)
+        self.fit: dict[str, float] | None = None
+        self.phase_count = 0  # phases announced by the trainer while subscribed
+        self.last_phase = None
+        self.redraws = 0
+        self.error: BaseException | None = None
+        self.state = "idle"
+
+        self._seen = 0  # trainer records already in self.history
+        self._gen = None  # the trainer.phases() generator of an unfinished step
+        self._gen_step = 0
+        self._pause = threading.Event()
+        self._discard = False
+        self._drive_lock = threading.Lock()  # one driver of trainer.phases() at a time
+        self._draw_lock = threading.Lock()  # the history vs a redraw on the timer thread
+        self._worker: threading.Thread | None = None
+        self._progress_text = ""
+
+        self.steps_control = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps",
+                                              layout=W.Layout(width="150px"))
+        self.buttons = {
+            "start": W.Button(description="Start", icon="play", button_style="primary", tooltip="train `steps` steps"),
+            "pause": W.Button(description="Pause", icon="pause", tooltip="stop after the current phase"),
+            "step": W.Button(description="Step", icon="step-forward", tooltip="one training step"),
+            "step_phase": W.Button(description="Step phase", icon="forward", tooltip="one phase of a step"),
+            "stop": W.Button(description="Stop", icon="stop", tooltip="stop and discard an unfinished step"),
+        }
+        for button in self.buttons.values():
+            button.layout = W.Layout(width="auto")
+        self.buttons["start"].on_click(lambda _: self.start())
+        self.buttons["pause"].on_click(lambda _: self.pause())
+        self.buttons["step"].on_click(lambda _: self.step(wait=False))
+        self.buttons["step_phase"].on_click(lambda _: self.step_phase(wait=False))
+        self.buttons["stop"].on_click(lambda _: self.stop())
+        self.fit_control = W.Checkbox(value=fit, description="fit R = −a·exp(H) + b", indent=False,
+                                      layout=W.Layout(width="auto"))
+        self.fit_control.observe(lambda _: self.redraw(), names="value")
+        self.status = W.HTML()
+        self.fit_line = W.HTML()
+
+        self.figures = {name: self._figure(name) for name in SERIES}
+        # two figures a row on a wide screen, one on a laptop: fixed-width panels that wrap
+        grid = W.HBox(list(self.figures.values()), layout=W.Layout(flex_flow="row wrap", grid_gap="8px"))
+        controls = W.HBox([*self.buttons.values(), self.steps_control, self.fit_control],
+                          layout=W.Layout(flex_flow="row wrap", align_items="center", grid_gap="6px"))
+        super().__init__([controls, self.status, self.fit_line, grid], layout=W.Layout(width="100%"))
+        self.add_class("wb-dashboard")  # a stable hook for styling and browser tests
+
+        self._unsubscribe = None
+        self.attach()
+        self.redraw()
+        self._show()
+        self._ready = True
+
+    # --- figures ----------------------------------------------------------------------------
+    def _figure(self, name: str) -> go.FigureWidget:
+        title, y_title = TITLES[name]
+        secondary = any(spec[4] for spec in SERIES[name])
+        base = make_subplots(specs=[[{"secondary_y": True}]]) if secondary else go.Figure()
+        base.update_layout(**panel_layout(title, right_axis=secondary))
+        base.update_xaxes(title_text="step", rangemode="tozero")
+        base.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
+        if secondary:
+            base.update_yaxes(title_text="clip fraction", secondary_y=True, showgrid=False, rangemode="nonnegative",
+                              tickformat=".1%", tickmode="auto")
+        fig = go.FigureWidget(base)
+        if name == "entropy":
+            # the band first, so the mean draws on top: p95 as the upper edge, p50 filled up to it
+            fig.add_scatter(x=[], y=[], meta=BAND[1], name="p95", mode="lines",
+                            line={"width": 0.5, "color": series_color(5)}, showlegend=False, hoverinfo="skip")
+            fig.add_scatter(x=[], y=[], meta=BAND[0], name="p50–p95", mode="lines", fill="tonexty",
+                            line={"width": 0.5, "color": series_color(5)}, fillcolor="rgba(86,180,233,0.3)")
+        if name == "reward":
+            fig.add_scatter(x=[], y=[], meta="fit_ceiling", name="ceiling b − a (fit)", mode="lines",
+                            line={"color": series_color(3), "dash": "longdash", "width": 1.5}, visible=False)
+        for spec in SERIES[name]:
+            self._add_series(fig, spec)
+        return fig
+
+    def _add_series(self, fig: go.FigureWidget, spec) -> None:
+        column, label, color, dash, secondary = spec
+        trace = go.Scatter(x=[], y=[], meta=column, name=label, mode="lines",
+                           line={"color": series_color(color), "dash": dash, "width": 2})
+        if secondary:
+            fig.add_trace(trace, secondary_y=True)
+        else:
+            fig.add_trace(trace)
+
+    def trace(self, column: str):
+        """The trace that draws a history column (``meta`` holds the column name)."""
+        for fig in self.figures.values():
+            for trace in fig.data:
+                if trace.meta == column:
+                    return trace
+        raise KeyError(f"column={column!r} has no trace; drawn: "
+                       f"{', '.join(t.meta for f in self.figures.values() for t in f.data)}")
+
+    @property
+    def min_interval(self) -> float:
+        """Seconds between redraws at least; requests in between are coalesced into one."""
+        return self._throttle.interval
+
+    @min_interval.setter
+    def min_interval(self, seconds: float) -> None:
+        self._throttle.interval = seconds
+
+    def request_redraw(self) -> None:
+        """Redraw now if the last redraw is older than ``min_interval``; otherwise once, at the
+        end of the interval (requests in between are coalesced into that one)."""
+        self._throttle()
+
+    def redraw(self, records: Iterable[Mapping] | None = None) -> None:
+        """Draw the trainer's new records now. ``records`` given: draw those instead, as the
+        whole history (a finished run's, or synthetic ones)."""
+        if records is not None:
+            with self._draw_lock:
+                self.history = ThinnedHistory(COLUMNS, self.max_points)
+                self.history.extend(records.to_dict("records") if hasattr(records, "to_dict") else records)
+                self._seen = len(self.trainer.records)
+        self._throttle.flush()
+
+    def _redraw_now(self) -> None:
+        with self._draw_lock:
+            new = self.trainer.records
+            if len(new) < self._seen:  # the history was replaced (resume, truncation)
+                self.history, self._seen = ThinnedHistory(COLUMNS, self.max_points), 0
+            self.history.extend(new[self._seen:])
+            self._seen = len(new)
+            self._draw()
+            self.redraws += 1
+
+    def _draw(self) -> None:
+        h = self.history
+        x = h.array("step")
+        # integer step ticks while there are few steps (plotly would tick 0.5, 1.5, ...)
+        dtick = 1 if len(h) and x[-1] - x[0] < 10 else None
+        for name, fig in self.figures.items():
+            drawn = {t.meta for t in fig.data}
+            with fig.batch_update():
+                fig.layout.xaxis.dtick = dtick
+                for spec in OPTIONAL.get(name, []):
+                    if spec[0] in h.present and spec[0] not in drawn:
+                        self._add_series(fig, spec)
+                for trace in fig.data:
+                    if trace.meta in h.columns:
+                        trace.x, trace.y = x, h.array(trace.meta)
+        self._draw_fit(x)
+
+    def _draw_fit(self, x: np.ndarray) -> None:
+        h = self.history
+        self.fit = fit_reward_entropy(h.array("entropy_mean"), h.array("reward_mean")) if len(h) else None
+        ceiling = self.trace("fit_ceiling")
+        show = self.fit_control.value and self.fit is not None
+        with self.figures["reward"].batch_update():
+            ceiling.visible = show
+            if show:
+                ceiling.x, ceiling.y = [x[0], x[-1]], [self.fit["ceiling"]] * 2
+        if not self.fit_control.value:
+            self.fit_line.value = ""
+        elif self.fit is None:
+            self.fit_line.value = _small(
+                f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies")
+        else:
+            f = self.fit
+            self.fit_line.value = _small(
+                f"fit R = −a·exp(H) + b over {f['n']} points: a = {f['a']:.3g}, b = {f['b']:.3g}, "
+                f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
+
+    # --- events -----------------------------------------------------------------------------
+    def _on_phase(self, phase) -> None:
+        self.phase_count += 1
+        self.last_phase = phase
+        self._show()
+        if phase.name == "metrics":
+            self.request_redraw()
+
+    def _show(self) -> None:
+        t = self.trainer
+        parts = [f"<b style='color:{STATE_COLOR[self.state]}'>{self.state}</b>", f"step {t.step_index}"]
+        if self._gen is not None and self.last_phase is not None:
+            parts.append(f"unfinished step, last phase <code>{html.escape(self.last_phase.name)}</code>")
+        elif self.last_phase is not None:
+            parts.append(f"last phase <code>{html.escape(self.last_phase.name)}</code>")
+        if self._progress_text:
+            parts.append(self._progress_text)
+        last = t.records[-1] if t.records else None
+        if last:
+            parts.append(f"reward {last['reward_mean']:.3f} · entropy {last['entropy_mean']:.3f} nats"
+                         f" · {last['step_time']:.2f} s/step")
+        if self.error is not None:
+            parts.append(f"<span style='color:{STATE_COLOR['error']}'>"
+                         f"{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</span>")
+        self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{' · '.join(parts)}</div>"
+        running = self.running
+        for name in ("start", "step", "step_phase"):
+            self.buttons[name].disabled = running
+        self.buttons["pause"].disabled = not running
+        self.buttons["stop"].disabled = not running and self._gen is None
+
+    # --- driving the trainer -------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A background run is in progress."""
+        return self._worker is not None and self._worker.is_alive()
+
+    def start(self, steps: int | None = None) -> None:
+        """Train ``steps`` steps (default: the step-count control) in the background."""
+        self._launch(steps=steps or self.steps_control.value, phases=None, wait=False)
+
+    def step(self, wait: bool = True) -> None:
+        """One training step (the rest of an unfinished one, if any)."""
+        self._launch(steps=1, phases=None, wait=wait)
+
+    def step_phase(self, wait: bool = True):
+        """One phase; returns its ``Phase`` when ``wait``."""
+        self._launch(steps=None, phases=1, wait=wait)
+        return self.last_phase if wait else None
+
+    def pause(self) -> None:
+        """Stop a background run after the current phase; the unfinished step is kept."""
+        self._pause.set()
+
+    def stop(self) -> None:
+        """Stop after the current phase and discard the unfinished step: the trainer's
+        ``phases()`` restores the adapter and optimizer, as if the step never began."""
+        self._discard = True
+        self._pause.set()
+        if self._worker is not None:
+            self._worker.join()  # at most the phase in flight
+        self._finish("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a background run to end; True if it has. Raises the run's error, if any."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            if worker.is_alive():
+                return False
+        if self.error is not None:
+            raise self.error
+        return True
+
+    def _launch(self, steps: int | None, phases: int | None, wait: bool) -> None:
+        if self.running:
+            raise RuntimeError("a background run is in progress: pause() or stop() it first")
+        self._pause.clear()
+        self._discard = False
+        self.error = None
+        self.state = "running"
+        if wait:
+            self._drive(steps, phases)
+            if self.error is not None:
+                raise self.error
+        else:
+            self._worker = threading.Thread(target=self._drive, args=(steps, phases), daemon=True,
+                                            name="TrainingDashboard")
+            self._worker.start()
+        self._show()
+
+    def _drive(self, steps: int | None, phases: int | None) -> None:
+        done_steps = done_phases = 0
+        try:
+            with self._drive_lock:
+                while not self._pause.is_set():
+                    if steps is not None and done_steps >= steps or phases is not None and done_phases >= phases:
+                        break
+                    done_steps += self._advance()
+                    done_phases += 1
+                    if steps is not None and steps > 1:
+                        self._progress_text = f"{done_steps}/{steps} steps"
+        except Exception as error:  # shown in the status line; wait() and synchronous calls raise it
+            self.error = error
+        finally:
+            self._progress_text = ""
+            self._finish("error" if self.error else "stopped" if self._discard
+                         else "paused" if self._pause.is_set() else "idle")
+
+    def _advance(self) -> bool:
+        """Run one phase; True when it finished a step."""
+        if self._gen is None:
+            self._gen, self._gen_step = self.trainer.phases(), self.trainer.step_index
+        try:
+            self.last_phase = next(self._gen)
+        except BaseException:
+            self._gen = None  # the generator is finished and has restored the policy
+            raise
+        if self.trainer.step_index > self._gen_step:  # the step is recorded: its generator is done
+            self._gen.close()
+            self._gen = None
+            return True
+        return False
+
+    def _finish(self, state: str) -> None:
+        if self._discard and self._gen is not None:
+            with self._drive_lock:
+                self._gen.close()  # runs the trainer's restore
+                self._gen = None
+        self.state = state
+        if len(self.trainer.records) != self._seen:  # the final redraw: nothing waits on the throttle
+            self.redraw()
+        self._show()
+
+    def detach(self) -> None:
+        """Stop following the trainer's phases (figures keep what they show)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def attach(self) -> None:
+        """Follow the trainer's phases again; steps run meanwhile are drawn at the next redraw."""
+        if self._unsubscribe is None:
+            self._unsubscribe = self.trainer.subscribe(self._on_phase)
+
+    def close(self) -> None:
+        """Stop following the trainer (an unfinished step is discarded) and close the widgets."""
+        if self._ready:  # ipywidgets also calls close() on an instance whose __init__ raised
+            self.stop()
+            self.detach()
+            self._throttle.cancel()
+            for fig in self.figures.values():
+                fig.close()
+        super().close()
+
+
+def _small(text: str) -> str:
+    return f"<div style='font-size:{FONT_SIZE - 1}px;color:#333'>{text}</div>"

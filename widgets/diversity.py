@@ -1,0 +1,252 @@
+"""DiversityPanel: pass@k curves per split, strategies and pairwise similarity of one prompt's
+responses, and distinct-n over steps.
+
+Everything drawn comes from the trainer: ``trainer.evaluate`` (the Evaluate button, or results
+handed to ``show_pass_at_k``), ``trainer.last_batch`` and the batches announced by its
+``metrics`` phase. Distinct-n is text statistics of recorded completions, never a model pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from workbench import metrics
+
+from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
+                    update_prompt_selector)
+from .style import FONT_SIZE, OKABE_ITO, SEQUENTIAL, panel_layout, series_color
+
+CORRECT_COLOR, INCORRECT_COLOR = OKABE_ITO[2], OKABE_ITO[3]
+SPLIT_DASHES = ("solid", "dash", "dot", "dashdot")
+UNPARSED = "(unparsed)"
+
+
+class DiversityPanel(w.VBox):
+    """pass@k curves per split, strategy histogram and similarity heatmap of one prompt's group
+    in the last batch, and distinct-n over steps.
+
+    ``splits`` are evaluated by the Evaluate button with the panel's samples-per-prompt and
+    prompts settings; ``distinct_ns`` are the n of distinct-n (the mean over groups of each
+    group's distinct-n); ``redraw_interval`` seconds throttles the live redraws.
+    """
+
+    def __init__(self, trainer, splits: Sequence[str] = ("test", "ood"), n_samples: int = 8, num_prompts: int = 16,
+                 distinct_ns: Sequence[int] = (1, 2, 3), redraw_interval: float = 0.5, max_points: int = 2000):
+        self.trainer = trainer
+        self.splits = tuple(splits)
+        self.distinct_ns = tuple(distinct_ns)
+        self.max_points = max_points
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.distinct_records: list[dict[str, float]] = []
+        self._batch, self._batch_step = trainer.last_batch, trainer.step_index - 1
+
+        self.n_samples = w.IntText(value=n_samples, description="samples / prompt",
+                                   style={"description_width": "initial"}, layout=w.Layout(width="190px"))
+        self.num_prompts = w.IntText(value=num_prompts, description="prompts",
+                                     style={"description_width": "initial"}, layout=w.Layout(width="150px"))
+        self.label = w.Text(placeholder="label (default: method and step)", layout=w.Layout(width="260px"))
+        self.evaluate_button = w.Button(description="Evaluate", button_style="primary", icon="play",
+                                        tooltip=f"pass@k of the current policy on {', '.join(self.splits)}")
+        self.evaluate_button.on_click(lambda _: self.evaluate())
+        self.status = status_line()
+
+        self.passk_figure = go.FigureWidget(layout=panel_layout(
+            "pass@k per split", height=340, width=FULL_WIDTH,
+            # ticks at k = 1, 2, 4, ...
+            xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
+            yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
+            hovermode="closest",
+        ))
+
+        self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
+        self.prompt.observe(lambda _: self._draw_group(), names="value")
+        self.prompt_text = w.HTML()
+        self.strategy_figure = go.FigureWidget(layout=panel_layout(
+            "strategies of this prompt's responses", height=340, width=HALF_WIDTH, barmode="stack",
+            hovermode="closest",
+            xaxis={"title": {"text": "strategy"}, "type": "category"},
+            yaxis={"title": {"text": "responses"}, "dtick": 1},
+        ))
+        self.strategy_figure.add_bar(name="correct", marker_color=CORRECT_COLOR, x=[], y=[])
+        self.strategy_figure.add_bar(name="incorrect", marker_color=INCORRECT_COLOR, x=[], y=[])
+        self.strategy_figure.layout.legend.traceorder = "normal"  # plotly lists stacked bars in reverse
+        self.similarity_figure = go.FigureWidget(layout=panel_layout(
+            "pairwise similarity of the responses", height=340, width=HALF_WIDTH, hovermode="closest",
+            xaxis={"title": {"text": "response"}, "type": "category"},
+            yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
+        ))
+        self.similarity_figure.add_heatmap(
+            z=[], zmin=0, zmax=1, colorscale=SEQUENTIAL, hovertemplate="%{text}<extra></extra>",
+            colorbar={"title": {"text": "Jaccard of<br>char 3-grams"}},
+        )
+        self.distinct_figure = go.FigureWidget(layout=panel_layout(
+            "distinct-n of each prompt's responses (mean over prompts)", height=300, width=FULL_WIDTH,
+            xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
+        ))
+        for i, n in enumerate(self.distinct_ns):
+            self.distinct_figure.add_scatter(name=f"distinct-{n}", mode="lines+markers", x=[], y=[],
+                                             line={"color": series_color(i)})
+
+        if self._batch is not None:  # a trainer that has already stepped
+            self._record(self._batch_step, self._batch)
+        self._throttle = Throttle(self._redraw, redraw_interval)
+        self._unsubscribe = trainer.subscribe(self._on_phase)
+        self._redraw()
+        self._draw_pass_at_k()
+
+        super().__init__([
+            w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>pass@k</b>"),
+            w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button]),
+            self.status,
+            self.passk_figure,
+            w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>one prompt of the last batch</b>"),
+            self.prompt,
+            self.prompt_text,
+            w.HBox([self.strategy_figure, self.similarity_figure]),
+            self.distinct_figure,
+        ])
+
+    # --- pass@k -----------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Run ``trainer.evaluate`` on each split with the panel's settings and add the curves
+        under the panel's label; returns {split: result}, or {} when a setting is invalid."""
+        n, prompts = self.n_samples.value, self.num_prompts.value
+        for name, value in (("samples / prompt", n), ("prompts", prompts)):
+            if value < 1:
+                set_status(self.status, f"{name}={value} is not allowed: an integer >= 1", error=True)
+                return {}
+        label = self.label.value.strip() or f"{self.trainer.cfg.method} step {self.trainer.step_index}"
+        self.evaluate_button.disabled = True
+        started = time.perf_counter()
+        out: dict[str, dict[str, float]] = {}
+        try:
+            for i, split in enumerate(self.splits):
+                set_status(self.status, f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): "
+                                        f"{prompts} prompts x {n} samples ...")
+                out[split] = self.trainer.evaluate(split, n_samples=n, num_prompts=prompts)
+        except ValueError as error:
+            set_status(self.status, str(error), error=True)
+            return {}
+        finally:
+            self.evaluate_button.disabled = False
+        self.show_pass_at_k({label: out})
+        summary = ", ".join(f"{s} pass@1 {r['pass@1']:.2f} pass@{n} {r[f'pass@{n}']:.2f}" for s, r in out.items())
+        set_status(self.status, f"{label}: {summary} ({time.perf_counter() - started:.1f} s)")
+        return out
+
+    def show_pass_at_k(self, results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> None:
+        """Overlay precomputed ``trainer.evaluate`` results: {label: {split: result}}, e.g. the
+        base model and several policies. A label already shown is replaced."""
+        for label, per_split in results.items():
+            for split, result in per_split.items():
+                if not any(key.startswith("pass@") for key in result):
+                    raise ValueError(f"results[{label!r}][{split!r}] has no pass@k entries: expected the dict "
+                                     "Trainer.evaluate returns")
+            self.results[label] = {split: dict(result) for split, result in per_split.items()}
+        self._draw_pass_at_k()
+
+    def _draw_pass_at_k(self) -> None:
+        splits = list(dict.fromkeys(s for per_split in self.results.values() for s in per_split))
+        traces = []
+        for i, (label, per_split) in enumerate(self.results.items()):
+            for split, result in per_split.items():
+                ks = sorted(int(key.split("@")[1]) for key in result if key.startswith("pass@"))
+                traces.append(go.Scatter(
+                    x=ks, y=[result[f"pass@{k}"] for k in ks], name=f"{esc(label)} · {esc(split)}",
+                    legendgroup=esc(label), mode="lines+markers",
+                    line={"color": series_color(i), "dash": SPLIT_DASHES[splits.index(split) % len(SPLIT_DASHES)]},
+                    hovertemplate="%{fullData.name}<br>pass@%{x}: %{y:.3f}<extra></extra>",
+                ))
+        self.passk_figure.data = []
+        self.passk_figure.add_traces(traces)
+        # a log axis autoranges an empty figure to 0.1 .. 500k: span 1 .. the largest k instead
+        largest = max([max(t.x) for t in traces] or [self.n_samples.value, 2])
+        self.passk_figure.layout.xaxis.range = [-0.05, math.log10(largest) + 0.05]
+
+    # --- the last batch -----------------------------------------------------------------------
+    def _on_phase(self, phase) -> None:
+        if phase.name != "metrics":
+            return
+        self._batch, self._batch_step = phase.batch, phase.step
+        self._record(phase.step, phase.batch)
+        self._throttle()
+
+    def _record(self, step: int, batch) -> None:
+        groups = [[batch.text[i] for i in rows.tolist()] for rows in batch.group_rows()]
+        record = {"step": step}
+        for n in self.distinct_ns:
+            record[f"distinct_{n}"] = sum(metrics.distinct_n(texts, n) for texts in groups) / len(groups)
+        self.distinct_records.append(record)
+
+    def refresh(self) -> None:
+        """Redraw from the trainer's last batch now (the live redraws are throttled)."""
+        self._batch, self._batch_step = self.trainer.last_batch, self.trainer.step_index - 1
+        self._throttle.flush()
+
+    def _redraw(self) -> None:
+        update_prompt_selector(self.prompt, self._batch)
+        self._draw_group()
+        self._draw_distinct()
+
+    def group_rows(self) -> list[int]:
+        """Rows of the last batch in the selected prompt's group."""
+        if self._batch is None or self.prompt.value is None:
+            return []
+        return self._batch.group_rows()[self.prompt.value].tolist()
+
+    def _draw_group(self) -> None:
+        batch, rows = self._batch, self.group_rows()
+        if not rows:
+            self.prompt_text.value = "<i>no batch yet: take a training step</i>"
+            return
+        problem = batch.problems[self.prompt.value]
+        key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
+        self.prompt_text.value = (f"<div style='font-size:{FONT_SIZE}px'><b>prompt</b> <code>{esc(problem.prompt)}"
+                                  f"</code> (step {self._batch_step}{key})</div>")
+        correct = [float(batch.rewards[i]) > 0.5 for i in rows]
+        labels = [UNPARSED if batch.strategies[i] is None else batch.strategies[i] for i in rows]
+        order = sorted(set(labels), key=lambda s: (-labels.count(s), s))
+        with self.strategy_figure.batch_update():
+            for trace, want in zip(self.strategy_figure.data, (True, False)):
+                trace.x = [esc(s) for s in order]
+                trace.y = [sum(1 for s, c in zip(labels, correct) if s == label and c == want) for label in order]
+        texts = [batch.text[i] for i in rows]
+        similarity = metrics.pairwise_similarity(texts)
+        ticks = [_row_tag(batch, i, k, c) for k, (i, c) in enumerate(zip(rows, correct))]
+        shown = [esc(t) for t in texts]
+        hover = [[f"{ticks[a]} vs {ticks[b]}: similarity {similarity[a, b]:.2f}<br>{ticks[a]}: {shown[a]}"
+                  f"<br>{ticks[b]}: {shown[b]}" for b in range(len(rows))] for a in range(len(rows))]
+        with self.similarity_figure.batch_update():
+            heatmap = self.similarity_figure.data[0]
+            heatmap.z, heatmap.x, heatmap.y, heatmap.text = similarity, ticks, ticks, hover
+
+    def _draw_distinct(self) -> None:
+        records = list(self.distinct_records)
+        steps = [r["step"] for r in records]
+        with self.distinct_figure.batch_update():
+            for trace, n in zip(self.distinct_figure.data, self.distinct_ns):
+                trace.x, trace.y = downsample(steps, [r[f"distinct_{n}"] for r in records], self.max_points)
+            self.distinct_figure.layout.xaxis.update(step_ticks(steps))
+
+    def close(self) -> None:
+        """Stop listening to the trainer and close the widget."""
+        self._unsubscribe()
+        self._throttle.cancel()
+        super().close()
+
+
+def _row_tag(batch, row: int, k: int, correct: bool) -> str:
+    """Response ``k`` of its group, with its mode / stage when the batch mixes them, ✓ if correct."""
+    parts = [f"#{k}"]
+    if len(set(batch.mode)) > 1:
+        parts.append("HE" if batch.mode[row] == "high_entropy" else "N")
+    if len(set(batch.stage)) > 1:
+        parts.append(f"s{batch.stage[row]}")
+    if correct:
+        parts.append("✓")
+    return " ".join(parts)

@@ -1,0 +1,465 @@
+"""HyperparameterPanel: every ``RunConfig`` field as a control with its allowed range.
+
+Given a ``RunConfig``, the panel edits it and ``panel.config`` returns the validated result.
+Given a ``Trainer``, the fields in ``workbench.trainer.LIVE_FIELDS`` apply to the running
+trainer (Apply -> ``trainer.set_live``); the other fields are fixed for it and "Fork" branches
+a new run from its current adapter and optimizer with the new values (``trainer.fork``).
+Validation is ``RunConfig``'s own: an invalid value shows its ``ConfigError`` and nothing is
+applied or forked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+
+from workbench import methods, tasks
+from workbench.config import ConfigError, RunConfig
+from workbench.methods.eepo import BEHAVIOUR, GATES
+from workbench.methods.erpo import VARIANTS
+from workbench.methods.policy_split import CLAMP_FORMS
+from workbench.methods.poly_epo import CLUSTERERS, REDUCE
+from workbench.trainer import LIVE_FIELDS
+
+from ._live import esc, set_status, status_line
+from .style import FONT_SIZE
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval; ``integer`` ranges are closed integer intervals."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.integer:
+            return f"an integer ≥ {self.low}"
+        low = "(" if self.low_open else "["
+        high = ")" if self.high_open or self.high == math.inf else "]"
+        return f"{low}{_number(self.low)}, {_number(self.high)}{high}"
+
+
+# RunConfig.validate() enforces its ranges in code and config.py keeps no table of them, so they
+# are restated here, in this one place; tests/test_widgets_panels.py checks every bound against
+# validate() so the two cannot drift apart unnoticed.
+RANGES: dict[str, Range] = {
+    **{name: Range(low, integer=True) for name, low in (
+        ("seed", 0), ("num_prompts", 1), ("num_generations", 2), ("max_completion_length", 1), ("top_k", 0),
+        ("num_iterations", 1), ("gradient_accumulation_steps", 1), ("lora_r", 1), ("lora_alpha", 1),
+        ("checkpoint_every", 0), ("threads", 0),
+    )},
+    "temperature": Range(0.0, low_open=True),
+    "top_p": Range(0.0, 1.0, low_open=True),
+    "learning_rate": Range(0.0, 1.0),
+    "weight_decay": Range(0.0, 1.0),
+    "max_grad_norm": Range(0.0, low_open=True),
+    "epsilon": Range(0.0, 1.0, low_open=True),
+    "epsilon_high": Range(0.0, low_open=True),
+    "beta": Range(0.0),
+    "entropy_coef": Range(0.0),
+    "top_entropy_quantile": Range(0.0, 1.0, low_open=True),
+    "lora_dropout": Range(0.0, 1.0, high_open=True),
+    "pivot_z_threshold": Range(-math.inf),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "loss_type": ("dapo", "grpo", "dr_grpo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+# method options whose values are names; the other options' ranges are the method's validate()'s
+OPTION_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("eepo", "gate"): GATES,
+    ("eepo", "behaviour_logprobs"): BEHAVIOUR,
+    ("erpo", "variant"): VARIANTS,
+    ("policy_split", "clamp_form"): CLAMP_FORMS,
+    ("poly_epo", "reduce"): REDUCE,
+}
+# fields a fork cannot change: Trainer.fork copies the model and adapter (model, lora_*,
+# target_modules, device, dtype; it refuses those) and hands the branch the parent's task
+# object and model (so a new task or gradient_checkpointing would not take effect)
+REBUILD_FIELDS = ("model", "task", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "device", "dtype",
+                  "gradient_checkpointing")
+HINT_LIVE = "applies to the running trainer from its next step (Apply)"
+HINT_FORK = "fixed for a running trainer: fork to change"
+HINT_REBUILD = "fixed by the model, adapter or task: start a new run to change"
+DESCRIPTION = {"description_width": "220px"}
+CONTROL_WIDTH = "370px"
+
+
+class HyperparameterPanel(w.VBox):
+    """Controls for every ``RunConfig`` field and the current method's options.
+
+    ``config_or_trainer``: a ``RunConfig`` to edit (``panel.config`` is the validated result),
+    or a ``Trainer`` to steer: Apply changes its live fields, Fork branches a new run that is
+    appended to ``panel.forks`` and passed to ``on_fork``. Forks get a run directory
+    ``fork_dir/fork-N`` when ``fork_dir`` is given, none otherwise.
+    """
+
+    def __init__(self, config_or_trainer, on_fork: Callable[[Any], None] | None = None,
+                 fork_dir: str | Path | None = None):
+        if isinstance(config_or_trainer, RunConfig):
+            self.trainer, self._base = None, config_or_trainer
+        elif isinstance(getattr(config_or_trainer, "cfg", None), RunConfig):
+            self.trainer, self._base = config_or_trainer, config_or_trainer.cfg
+        else:
+            raise TypeError(f"HyperparameterPanel(config_or_trainer={type(config_or_trainer).__name__}) is not "
+                            "allowed: pass a workbench RunConfig or Trainer")
+        self.on_fork = on_fork
+        self.fork_dir = None if fork_dir is None else Path(fork_dir)
+        self.forks: list = []
+        self._loading = False
+        hints = typing.get_type_hints(RunConfig)
+        self.fields: dict[str, _Field] = {
+            f.name: _field(f.name, hints[f.name], self._hint(f.name))
+            for f in dataclasses.fields(RunConfig) if f.name != "method_options"
+        }
+        self.option_fields: dict[str, _Field] = {}
+        self.options_box = w.GridBox(layout=_grid())
+        self.options_title = w.HTML()
+        for name, field in self.fields.items():  # a new method first rebuilds its options, then checks
+            field.input.observe(self._method_changed if name == "method" else self._changed, names="value")
+        self.status = status_line()
+        self.revert_button = w.Button(description="Revert", icon="undo", tooltip="set every control to the "
+                                      + ("trainer's current config" if self.trainer else "starting config"))
+        self.revert_button.on_click(lambda _: self.revert())
+
+        if self.trainer is None:
+            sections = [_title("run configuration"), w.GridBox([f.row for f in self.fields.values()], layout=_grid())]
+            buttons = [self.revert_button]
+        else:
+            self.unlock = w.Checkbox(value=False, indent=False, description="edit fixed fields for a fork",
+                                     tooltip="fixed fields cannot change in a running trainer; a fork can take them")
+            self.unlock.observe(self._unlock_changed, names="value")
+            self.apply_button = w.Button(description="Apply", button_style="primary", icon="check",
+                                         tooltip="set the live fields on the running trainer (trainer.set_live)")
+            self.apply_button.on_click(lambda _: self.apply())
+            self.fork_button = w.Button(description="Fork", icon="code-fork",
+                                        tooltip="branch a new run from the current adapter with these values")
+            self.fork_button.on_click(lambda _: self.fork())
+            live = [f.row for name, f in self.fields.items() if name in LIVE_FIELDS]
+            fixed = [f.row for name, f in self.fields.items() if name not in LIVE_FIELDS]
+            sections = [_title("live: applies from the next step"), w.GridBox(live, layout=_grid()),
+                        _title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]
+            buttons = [self.apply_button, self.fork_button, self.revert_button]
+        super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
+        self.revert()
+
+    # --- reading and writing the controls --------------------------------------------------
+    def _hint(self, name: str) -> str:
+        if self.trainer is None:
+            return ""
+        if name in LIVE_FIELDS:
+            return HINT_LIVE
+        return HINT_REBUILD if name in REBUILD_FIELDS else HINT_FORK
+
+    def revert(self) -> None:
+        """Set every control to the trainer's current config (or the starting config)."""
+        self._load(self.trainer.cfg if self.trainer is not None else self._base)
+        set_status(self.status, "")
+
+    def _load(self, cfg: RunConfig) -> None:
+        self._loading = True
+        try:
+            for name, field in self.fields.items():
+                field.set(getattr(cfg, name))
+            self._build_options(cfg.method, cfg.method_options)
+        finally:
+            self._loading = False
+        self._enable()
+
+    def _build_options(self, method: str, options: dict) -> None:
+        defaults = methods.get(method).defaults
+        self.option_fields = {
+            key: _option_field(method, key, default, self._hint("method_options"))
+            for key, default in defaults.items()
+        }
+        for key, field in self.option_fields.items():
+            field.set(options.get(key, defaults[key]))
+            field.input.observe(self._changed, names="value")
+        self.options_title.value = (f"<b style='font-size:{FONT_SIZE + 2}px'>options of method "
+                                    f"{esc(method)}</b>" if defaults else
+                                    f"<span style='font-size:{FONT_SIZE}px'>method {esc(method)} has no options</span>")
+        self.options_box.children = [f.row for f in self.option_fields.values()]
+
+    def _enable(self) -> None:
+        if self.trainer is None:
+            return
+        unlocked = self.unlock.value
+        for name, field in self.fields.items():
+            field.input.disabled = name in REBUILD_FIELDS or (name not in LIVE_FIELDS and not unlocked)
+
+    def _unlock_changed(self, change) -> None:
+        if not change["new"]:  # locking again: the fixed fields go back to the run's values
+            cfg = self.trainer.cfg
+            method_changed = self.fields["method"].get() != cfg.method
+            self._loading = True
+            try:
+                for name, field in self.fields.items():
+                    if name not in LIVE_FIELDS:
+                        field.set(getattr(cfg, name))
+                if method_changed:  # the options shown were the other method's
+                    self._build_options(cfg.method, cfg.method_options)
+            finally:
+                self._loading = False
+            self._changed()
+        self._enable()
+
+    def _method_changed(self, change) -> None:
+        if self._loading:
+            return
+        base = self.trainer.cfg if self.trainer is not None else self._base
+        # the current run's options when its method is chosen again, else the new method's defaults
+        self._build_options(change["new"], base.method_options if change["new"] == base.method else {})
+        self._enable()
+        self._changed()
+
+    def values(self) -> dict[str, Any]:
+        """Every field as the controls say (method options as a dict); ConfigError when a
+        control's text cannot be read as its field's type."""
+        values = {name: field.get() for name, field in self.fields.items()}
+        defaults = methods.get(values["method"]).defaults
+        base = self.trainer.cfg if self.trainer is not None else self._base
+        kept = base.method_options if values["method"] == base.method else {}
+        # keep the options the run sets explicitly; add those that now differ from the defaults
+        values["method_options"] = {key: field.get() for key, field in self.option_fields.items()
+                                    if key in kept or field.get() != defaults[key]}
+        return values
+
+    @property
+    def config(self) -> RunConfig:
+        """The validated config the controls describe (ConfigError names the field, value and
+        what is allowed)."""
+        return RunConfig.from_dict(self.values())
+
+    def changes(self) -> dict[str, Any]:
+        """The fields whose control differs from the current config (the trainer's, or the
+        starting one); method options as the whole dict a ``fork`` or ``set_live`` takes."""
+        return self._diff(self.values())
+
+    def _diff(self, values: dict[str, Any]) -> dict[str, Any]:
+        base = self.trainer.cfg if self.trainer is not None else self._base
+        out = {name: v for name, v in values.items() if name != "method_options" and v != getattr(base, name)}
+        defaults = methods.get(values["method"]).defaults
+        if "method" in out or {**defaults, **values["method_options"]} != {**defaults, **base.method_options}:
+            out["method_options"] = values["method_options"]
+        return out
+
+    def _changed(self, _=None) -> None:
+        if self._loading:
+            return
+        try:
+            values = self.values()
+            RunConfig.from_dict(values)  # validate now, so a bad value shows while it is typed
+            changes = self._diff(values)
+        except ConfigError as error:
+            set_status(self.status, str(error), error=True)
+            return
+        if not changes:
+            set_status(self.status, "no changes")
+        elif self.trainer is None:
+            set_status(self.status, f"valid; changed: {_summary(changes)}")
+        else:
+            set_status(self.status, f"pending: {_summary(changes)} (Apply for live fields, Fork for any)")
+
+    # --- acting on the trainer -----------------------------------------------------------------
+    def apply(self) -> bool:
+        """Set the changed live fields on the trainer (``trainer.set_live``); True if applied.
+        Nothing is applied when a value is invalid or a fixed field was changed."""
+        try:
+            changes = self.changes()
+        except ConfigError as error:
+            set_status(self.status, f"{error}; nothing applied", error=True)
+            return False
+        fixed = [name for name in changes if name not in LIVE_FIELDS]
+        if fixed:
+            set_status(self.status, f"{', '.join(fixed)} cannot change in a running trainer (live fields: "
+                                    f"{', '.join(LIVE_FIELDS)}): Fork to change; nothing applied", error=True)
+            return False
+        if not changes:
+            set_status(self.status, "nothing to apply: the controls match the trainer's config")
+            return False
+        try:
+            cfg = self.trainer.set_live(**changes)
+        except ConfigError as error:
+            set_status(self.status, f"{error}; nothing applied", error=True)
+            return False
+        self._load(cfg)
+        set_status(self.status, f"applied {_summary(changes)}: acts from step {self.trainer.step_index}")
+        return True
+
+    def fork(self):
+        """Branch a new run from the trainer's adapter, optimizer and step with the changed
+        values (``trainer.fork``); returns it (also appended to ``forks``), or None when a value
+        is invalid. The controls then go back to the parent's config."""
+        try:
+            changes = self.changes()
+            out_dir = self._next_fork_dir()
+            branch = self.trainer.fork(out_dir=out_dir, **changes)
+        except ConfigError as error:
+            set_status(self.status, f"{error}; nothing forked", error=True)
+            return None
+        self.forks.append(branch)
+        where = f" in {out_dir}" if out_dir is not None else ""
+        set_status(self.status, f"fork {len(self.forks) - 1}{where} from step {branch.step_index}: "
+                                f"{_summary(changes) or 'same values'} (panel.forks[{len(self.forks) - 1}])")
+        self._load(self.trainer.cfg)
+        if self.on_fork is not None:
+            self.on_fork(branch)
+        return branch
+
+    def _next_fork_dir(self) -> Path | None:
+        if self.fork_dir is None:
+            return None
+        index = 0
+        while (self.fork_dir / f"fork-{index}").exists():
+            index += 1
+        return self.fork_dir / f"fork-{index}"
+
+
+# --- controls ---------------------------------------------------------------------------------
+class _Field:
+    """One control: ``input`` (the ipywidget), ``row`` (it and its allowed values), ``get``/``set``
+    converting between the control's value and the config's."""
+
+    def __init__(self, name: str, input: w.ValueWidget, allowed: str, hint: str,
+                 get: Callable[[Any], Any] = lambda v: v, put: Callable[[Any], Any] = lambda v: v):
+        self.name, self.input, self._get, self._put = name, input, get, put
+        input.description = name.removeprefix("method_options.")  # the section title names the method
+        input.style = DESCRIPTION
+        input.layout = w.Layout(width=CONTROL_WIDTH)
+        input.tooltip = "; ".join(x for x in (allowed, hint) if x)
+        # the section titles say live / fork; only a field not even a fork can change says so here
+        note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
+        self.row = w.HBox([input, w.HTML(f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>{note}</span>")])
+
+    def get(self) -> Any:
+        return self._get(self.input.value)
+
+    def set(self, value: Any) -> None:
+        value = self._put(value)
+        if isinstance(self.input, _OpenDropdown):
+            self.input.set_value(value)
+        else:
+            self.input.value = value
+
+
+def _field(name: str, kind, hint: str) -> _Field:
+    if name in CHOICES or name == "method":
+        choices = CHOICES.get(name) or tuple(methods.names())
+        return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
+    if name == "task":
+        return _Field(name, w.Combobox(options=tuple(tasks.names()), ensure_option=False),
+                      f"{', '.join(tasks.names())} or a data file", hint)
+    if kind is bool:
+        return _Field(name, w.Checkbox(indent=True), "true or false", hint)
+    if kind is int:
+        return _Field(name, w.IntText(), RANGES[name].text, hint)
+    if kind is float:
+        return _Field(name, w.FloatText(), f"a number in {RANGES[name].text}", hint)
+    if kind == float | None:
+        return _Field(name, w.Text(placeholder="none"), f"empty (none) or a number in {RANGES[name].text}", hint,
+                      get=lambda text: _optional_number(name, text), put=lambda v: "" if v is None else repr(v))
+    if kind == str | list[str]:
+        return _Field(name, w.Text(), "a name, or names separated by commas", hint,
+                      get=_names, put=lambda v: v if isinstance(v, str) else ", ".join(v))
+    return _Field(name, w.Text(), "text", hint)
+
+
+def _option_field(method: str, key: str, default: Any, hint: str) -> _Field:
+    name = f"method_options.{key}"
+    if (method, key) in OPTION_CHOICES:
+        choices = OPTION_CHOICES[method, key]
+        return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
+    if key == "clusterer":
+        return _ClustererField(name, hint)
+    if isinstance(default, bool):
+        return _Field(name, w.Checkbox(indent=True), "true or false", hint)
+    if isinstance(default, int):
+        return _Field(name, w.IntText(), f"an integer (default {default})", hint)
+    if isinstance(default, float):
+        return _Field(name, w.FloatText(), f"a number (default {_number(default)})", hint)
+    return _Field(name, w.Text(placeholder="none"), f"empty (none) or an integer (default {default})", hint,
+                  get=lambda text: _optional_integer(name, text), put=lambda v: "" if v is None else str(v))
+
+
+class _OpenDropdown(w.Dropdown):
+    """A Dropdown that also takes a value outside its choices (e.g. device ``cuda:1``) by adding it."""
+
+    def set_value(self, value) -> None:
+        if value not in self.options:
+            self.options = (*self.options, value)
+        self.value = value
+
+
+class _ClustererField(_Field):
+    """A clusterer is a name (suggested: the built-in ones) or a callable set in code; a callable
+    is shown by name and kept as it is (a text box cannot hold a function)."""
+
+    def __init__(self, name: str, hint: str):
+        super().__init__(name, w.Combobox(options=CLUSTERERS, ensure_option=False),
+                         f"{', '.join(CLUSTERERS)}, a registered name, or a callable set in code", hint)
+        self._callable = None
+
+    def get(self) -> Any:
+        return self._callable if self._callable is not None else self.input.value
+
+    def set(self, value: Any) -> None:
+        self._callable = value if callable(value) else None
+        self.input.disabled = self._callable is not None
+        self.input.value = getattr(value, "__name__", repr(value)) if callable(value) else value
+
+
+def _optional_number(name: str, text: str) -> float | None:
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(name, text, f"empty (none) or a number in {RANGES[name].text}") from None
+
+
+def _optional_integer(name: str, text: str) -> int | None:
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(name, text, "empty (none) or an integer") from None
+
+
+def _names(text: str) -> str | list[str]:
+    """``all-linear`` stays a string; ``q_proj, v_proj`` becomes a list."""
+    if "," not in text:
+        return text.strip()
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _number(x: float) -> str:
+    return "∞" if x == math.inf else "-∞" if x == -math.inf else f"{x:g}"
+
+
+def _summary(changes: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in changes.items())
+
+
+def _title(text: str) -> w.HTML:
+    return w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>{esc(text)}</b>")
+
+
+def _grid() -> w.Layout:
+    return w.Layout(grid_template_columns="repeat(auto-fill, minmax(560px, 1fr))", grid_gap="2px 16px")

@@ -1,0 +1,173 @@
+"""PolicySplitView: Policy Split's normal and high-entropy modes side by side.
+
+Token-entropy distributions of each mode's responses in the last batch, each mode's accuracy
+and the KL between the modes over steps (the trainer's recorded metrics), and example
+responses of each mode for one prompt. Refreshed on every step the trainer finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
+                    update_prompt_selector)
+from .style import FONT_SIZE, OKABE_ITO, panel_layout
+
+MODES = ("normal", "high_entropy")
+MODE_NAMES = {"normal": "normal", "high_entropy": "high-entropy"}
+MODE_COLORS = {"normal": OKABE_ITO[0], "high_entropy": OKABE_ITO[1]}
+# the metrics Policy Split records each step (workbench.methods.policy_split.extra_metrics)
+ACCURACY = {m: f"{m}_accuracy" for m in MODES}
+KL = {m: f"kl_{m}_to_other" for m in MODES}
+KL_NAMES = {"normal": "KL(normal ‖ high-entropy)", "high_entropy": "KL(high-entropy ‖ normal)"}
+
+
+class PolicySplitView(w.VBox):
+    """The two modes of a Policy Split trainer side by side.
+
+    ``examples`` responses per mode are shown for the selected prompt; ``redraw_interval``
+    seconds throttles live redraws; at most ``max_points`` points are drawn per curve.
+    """
+
+    def __init__(self, trainer, examples: int = 4, redraw_interval: float = 0.5, max_points: int = 2000):
+        if trainer.cfg.method != "policy_split":
+            raise ValueError(f"PolicySplitView needs a Policy Split trainer: method={trainer.cfg.method!r} "
+                             "is not allowed; allowed: 'policy_split'")
+        self.trainer = trainer
+        self.examples = examples
+        self.max_points = max_points
+        self.steps: list[int] = []
+        self.series: dict[str, list[float]] = {name: [] for name in (*ACCURACY.values(), *KL.values())}
+        self._batch, self._batch_step = trainer.last_batch, trainer.step_index - 1
+        for record in trainer.records:
+            self._record(record)
+
+        self.status = status_line()
+        self.entropy_figure = go.FigureWidget(layout=panel_layout(
+            "token entropy of each mode's responses (last batch)", height=320, width=FULL_WIDTH, barmode="overlay",
+            hovermode="closest",
+            xaxis={"title": {"text": "token entropy (nats)"}},
+            yaxis={"title": {"text": "fraction of the mode's tokens"}},
+        ))
+        for m in MODES:
+            self.entropy_figure.add_histogram(
+                name=MODE_NAMES[m], x=[], histnorm="probability", bingroup="entropy", opacity=0.6,
+                marker_color=MODE_COLORS[m],
+                hovertemplate=f"{MODE_NAMES[m]}<br>%{{x}} nats: %{{y:.3f}} of tokens<extra></extra>",
+            )
+        self.accuracy_figure = go.FigureWidget(layout=panel_layout(
+            "accuracy of each mode", height=300, width=HALF_WIDTH,
+            xaxis={"title": {"text": "step"}},
+            yaxis={"title": {"text": "accuracy (fraction correct)"}, "range": [0, 1.02]},
+        ))
+        self.kl_figure = go.FigureWidget(layout=panel_layout(
+            "KL between the modes", height=300, width=HALF_WIDTH,
+            xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "KL, k3 estimate (nats / token)"}},
+        ))
+        for m in MODES:
+            self.accuracy_figure.add_scatter(name=MODE_NAMES[m], mode="lines+markers", x=[], y=[],
+                                             line={"color": MODE_COLORS[m]})
+            self.kl_figure.add_scatter(name=KL_NAMES[m], mode="lines+markers", x=[], y=[],
+                                       line={"color": MODE_COLORS[m]})
+
+        self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
+        self.prompt.observe(lambda _: self._draw_examples(), names="value")
+        self.example_html = {m: w.HTML() for m in MODES}
+
+        self._throttle = Throttle(self._redraw, redraw_interval)
+        self._unsubscribe = trainer.subscribe(self._on_phase)
+        self._redraw()
+
+        half = w.Layout(width=f"{HALF_WIDTH}px")
+        super().__init__([
+            self.status,
+            self.entropy_figure,
+            w.HBox([self.accuracy_figure, self.kl_figure]),
+            self.prompt,
+            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
+                                   f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
+                    for m in MODES]),
+        ])
+
+    # --- events -----------------------------------------------------------------------------
+    def _on_phase(self, phase) -> None:
+        if phase.name != "metrics":
+            return
+        self._batch, self._batch_step = phase.batch, phase.step
+        self._record(phase.numbers)
+        self._throttle()
+
+    def _record(self, numbers: dict) -> None:
+        self.steps.append(numbers["step"])
+        for name, values in self.series.items():
+            values.append(numbers.get(name, float("nan")))
+
+    def refresh(self) -> None:
+        """Redraw now (live redraws are throttled)."""
+        self._throttle.flush()
+
+    # --- drawing ----------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        self._draw_entropy()
+        self._draw_curves()
+        update_prompt_selector(self.prompt, self._batch)
+        self._draw_examples()
+
+    def mode_entropies(self, mode: str) -> list[float]:
+        """Entropies (nats) of every generated token of ``mode``'s responses in the last batch."""
+        batch = self._batch
+        if batch is None:
+            return []
+        rows = [i for i, m in enumerate(batch.mode) if m == mode]
+        return batch.entropy[rows][batch.mask[rows].bool()].tolist()
+
+    def _draw_entropy(self) -> None:
+        with self.entropy_figure.batch_update():
+            for trace, m in zip(self.entropy_figure.data, MODES):
+                trace.x = self.mode_entropies(m)
+        if self._batch is None:
+            set_status(self.status, "no batch yet: take a training step")
+        else:
+            set_status(self.status, f"last batch: step {self._batch_step}")
+
+    def _draw_curves(self) -> None:
+        steps = list(self.steps)
+        with self.accuracy_figure.batch_update(), self.kl_figure.batch_update():
+            for m, accuracy, kl in zip(MODES, self.accuracy_figure.data, self.kl_figure.data):
+                accuracy.x, accuracy.y = downsample(steps, self.series[ACCURACY[m]][: len(steps)], self.max_points)
+                kl.x, kl.y = downsample(steps, self.series[KL[m]][: len(steps)], self.max_points)
+            for figure in (self.accuracy_figure, self.kl_figure):
+                figure.layout.xaxis.update(step_ticks(steps))
+
+    def example_rows(self, mode: str) -> list[int]:
+        """Rows of the last batch shown as ``mode``'s examples for the selected prompt."""
+        batch = self._batch
+        if batch is None or self.prompt.value is None:
+            return []
+        rows = batch.group_rows()[self.prompt.value].tolist()
+        return [i for i in rows if batch.mode[i] == mode][: self.examples]
+
+    def _draw_examples(self) -> None:
+        for m in MODES:
+            self.example_html[m].value = _table(self._batch, self.example_rows(m))
+
+
+def _table(batch, rows: Sequence[int]) -> str:
+    """An HTML table of responses: reward, parsed answer, strategy and the (escaped) completion."""
+    if not rows:
+        return "<i>no responses yet</i>"
+    body = []
+    for i in rows:
+        reward = float(batch.rewards[i])
+        body.append(
+            f"<tr><td>{reward:.2f} {'✓' if reward > 0.5 else '✗'}</td><td>{esc(batch.answers[i])}</td>"
+            f"<td>{esc(batch.strategies[i])}</td><td class='wb-text'>{esc(batch.text[i])}</td></tr>"
+        )
+    # the class scopes the style to these tables
+    return (f"<style>.wb-rollouts td,.wb-rollouts th{{padding:2px 8px;text-align:left;vertical-align:top}}"
+            f".wb-rollouts .wb-text{{font-family:monospace;white-space:pre-wrap}}</style>"
+            f"<table class='wb-rollouts' style='font-size:{FONT_SIZE}px;border-collapse:collapse'>"
+            f"<tr><th>reward</th><th>answer</th><th>strategy</th><th>completion</th></tr>{''.join(body)}</table>")

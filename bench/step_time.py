@@ -11,6 +11,8 @@ of each, then the next round), so a machine whose speed drifts affects all alike
 as when rollouts are long reasoning traces and sampling dominates a step.
 EEPO runs with ``gate="always"`` unless ``--eepo-gate`` says otherwise: its unlearning step
 then runs every step (its worst case; the default entropy gate skips it while entropy is high).
+``--dashboard``: GRPO with and without a ``widgets.TrainingDashboard`` attached (built without a
+frontend, redrawing as in a notebook; ``bench/dashboard_overhead.py`` also times its callbacks).
 ``--telemetry-overhead``: GRPO with and without the recorded telemetry (entropy and top-k
 per token at sampling, pivot flags after it).
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--forced-length", type=int, default=None)
     parser.add_argument("--telemetry-overhead", action="store_true")
+    parser.add_argument("--dashboard", action="store_true")
     parser.add_argument("--eepo-gate", default="always",
                         help="EEPO's gate; 'always' (default) measures the unlearning step on every step, its worst case")
     args = parser.parse_args()
@@ -96,6 +99,15 @@ def main() -> None:
             torch.zeros_like(mask, dtype=torch.bool) if (entropy == 0).all() else find_pivots(entropy, mask, *a, **k))
         results = measure(trainers, args.steps, args.warmup)
         report(results, trainers, args.warmup, "grpo-no-telemetry")
+        return
+    if args.dashboard:
+        from widgets import TrainingDashboard
+
+        trainers = {"grpo": make_trainer("grpo", args.forced_length),
+                    "grpo+dashboard": make_trainer("grpo", args.forced_length)}
+        dashboard = TrainingDashboard(trainers["grpo+dashboard"])  # subscribed: redraws on the trainer's phases
+        report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, "grpo")
+        dashboard.close()
         return
     trainers = {m: make_trainer(m, args.forced_length, eepo_gate=args.eepo_gate) for m in args.methods.split(",")}
     report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, "grpo")

@@ -68,21 +68,15 @@ def run_trl(model_dir: str, device: str, steps: int, length: int, queue) -> None
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+
+    from vs_trl import step_timer  # bench/ is on sys.path when a bench script runs
 
     from workbench import tasks
 
     problems = tasks.get("countdown").prompts("train", PROMPTS * steps, seed=0)
     times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -98,7 +92,7 @@ def run_trl(model_dir: str, device: str, steps: int, length: int, queue) -> None
             model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=config,
             processing_class=tokenizer, train_dataset=Dataset.from_dict({"prompt": [p.prompt for p in problems]}),
             peft_config=LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, target_modules="all-linear", task_type="CAUSAL_LM"),
-            callbacks=[StepTimer()],
+            callbacks=[step_timer(times)],
         )
         sampling: list[float] = []
         generate = trainer._generate

@@ -33,6 +33,20 @@ def prompts(count: int) -> list:
     return tasks.get("countdown").prompts("train", count, seed=0)
 
 
+def step_timer(times: list[float]):
+    """A transformers TrainerCallback that appends each training step's wall time to ``times``."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
+
+    return StepTimer()
+
+
 def run_workbench(steps: int, length: int, queue) -> None:
     import torch
 
@@ -55,7 +69,7 @@ def run_trl(steps: int, length: int, queue) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from workbench import tasks
@@ -74,13 +88,6 @@ def run_trl(steps: int, length: int, queue) -> None:
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINT_DIR, dtype=torch.float32)
     times: list[float] = []
 
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
-
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, max_steps=steps, learning_rate=LR, lr_scheduler_type="constant",
@@ -94,7 +101,7 @@ def run_trl(steps: int, length: int, queue) -> None:
             model=model, reward_funcs=reward, args=config, processing_class=tokenizer,
             train_dataset=Dataset.from_dict({"prompt": [p.prompt for p in problems]}),
             peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
-            callbacks=[StepTimer()],
+            callbacks=[step_timer(times)],
         )
         trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]

@@ -45,3 +45,17 @@ def test_run_directory_is_readable_with_pandas(tmp_path):
     frame = store.read_rollouts()
     assert len(frame) == 16 and set(frame["step"]) == {1}
     assert all(len(t) == n for t, n in zip(frame["entropy"], frame["length"]))
+
+
+def test_compare_then_report_a_study(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["compare", "--methods", "grpo,erpo", "--seeds", "1", "--steps", "1", "--out", str(out),
+            "--eval-prompts", "2", "--eval-samples", "2",
+            "--set", "num_prompts=2", "--set", "num_generations=4", "--set", "max_completion_length=8"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "erpo" in printed and "pass@1" in printed and f"workbench report {out}" in printed
+    assert (out / "erpo-seed0" / "eval.json").exists() and (out / "base" / "eval.json").exists()
+    assert main(["report", str(out)]) == 0
+    page = capsys.readouterr().out.strip().splitlines()[-1]
+    assert page.endswith("report.html") and "pass@k on test" in open(page).read()

@@ -110,7 +110,7 @@ def test_update_reusing_the_unlearning_pass_equals_a_fresh_forward(monkeypatch):
     results = []
     for reuse in (True, False):
         if not reuse:
-            monkeypatch.setattr(EEPO, "policy_logprobs", lambda self, batch, rows, with_entropy: None)
+            monkeypatch.setattr(EEPO, "precomputed_logprobs", lambda self, batch, with_entropy: None)
         trainer = Trainer(RunConfig(**QUICK, learning_rate=1e-2, method_options={"gate": "always"}))
         metrics = trainer.step().metrics
         results.append((trainer.policy.adapter_state(), metrics["loss"]))

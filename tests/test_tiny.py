@@ -28,7 +28,7 @@ def test_tokenizer_is_one_token_per_character_and_roundtrips():
 
 
 def test_build_is_deterministic(tmp_path):
-    cfg = BuildConfig(steps=3, batch_size=8, warmup=1)
+    cfg = BuildConfig(steps=3, batch_size=8, warmup=1, high_entropy_every=2, high_entropy_batch_size=2)
     digests = []
     for name in ("a", "b"):
         out = build(tmp_path / name, cfg, progress=False)

@@ -143,6 +143,9 @@ class TrainingDashboard(W.VBox):
         self._throttle = Throttle(self._redraw_now, min_interval)
         self.history = ThinnedHistory(COLUMNS, max_points)
         self.fit: dict[str, float] | None = None
+        # (step, reward) of every step whose update the trainer skipped (non-finite loss or
+        # gradient): kept whole, never thinned, so no skip is averaged or drawn away
+        self.skipped: list[tuple[int, float]] = []
         self.phase_count = 0  # phases announced by the trainer while subscribed
         self.last_phase = None
         self.redraws = 0
@@ -216,6 +219,8 @@ class TrainingDashboard(W.VBox):
         if name == "reward":
             fig.add_scatter(x=[], y=[], meta="fit_ceiling", name="ceiling b − a (fit)", mode="lines",
                             line={"color": series_color(3), "dash": "longdash", "width": 1.5}, visible=False)
+            fig.add_scatter(x=[], y=[], meta="skipped_update", name="update skipped (NaN/inf loss)", mode="markers",
+                            marker={"symbol": "x", "size": 11, "color": STATE_COLOR["error"]}, visible=False)
         for spec in SERIES[name]:
             self._add_series(fig, spec)
         return fig
@@ -257,8 +262,11 @@ class TrainingDashboard(W.VBox):
         whole history (a finished run's, or synthetic ones)."""
         if records is not None:
             with self._draw_lock:
+                rows = records.to_dict("records") if hasattr(records, "to_dict") else list(records)
                 self.history = ThinnedHistory(COLUMNS, self.max_points)
-                self.history.extend(records.to_dict("records") if hasattr(records, "to_dict") else records)
+                self.history.extend(rows)
+                self.skipped = []
+                self._note_skips(rows)
                 self._seen = len(self.trainer.records)
         self._throttle.flush()
 
@@ -266,11 +274,13 @@ class TrainingDashboard(W.VBox):
         with self._draw_lock:
             new = self.trainer.records
             if len(new) < self._seen:  # the history was replaced (resume, truncation)
-                self.history, self._seen = ThinnedHistory(COLUMNS, self.max_points), 0
+                self.history, self._seen, self.skipped = ThinnedHistory(COLUMNS, self.max_points), 0, []
             self.history.extend(new[self._seen:])
+            self._note_skips(new[self._seen:])
             self._seen = len(new)
             self._draw()
             self.redraws += 1
+        self._show()  # the status counts the skipped updates just drawn
 
     def _draw(self) -> None:
         h = self.history
@@ -287,7 +297,20 @@ class TrainingDashboard(W.VBox):
                 for trace in fig.data:
                     if trace.meta in h.columns:
                         trace.x, trace.y = x, h.array(trace.meta)
+        self._draw_skips()
         self._draw_fit(x)
+
+    def _note_skips(self, records: Iterable[Mapping]) -> None:
+        for record in records:
+            if record.get("skipped"):  # the trainer's flag: this step's update was not applied
+                reward = record.get("reward_mean")
+                self.skipped.append((int(record["step"]), float("nan") if reward is None else float(reward)))
+
+    def _draw_skips(self) -> None:
+        marker = self.trace("skipped_update")
+        with self.figures["reward"].batch_update():
+            marker.visible = bool(self.skipped)
+            marker.x, marker.y = [s for s, _ in self.skipped], [r for _, r in self.skipped]
 
     def _draw_fit(self, x: np.ndarray) -> None:
         h = self.history
@@ -330,6 +353,8 @@ class TrainingDashboard(W.VBox):
         if last:
             parts.append(f"reward {last['reward_mean']:.3f} · entropy {last['entropy_mean']:.3f} nats"
                          f" · {last['step_time']:.2f} s/step")
+        if self.skipped:
+            parts.append(f"<span style='color:{STATE_COLOR['error']}'>⚠ {_skips_text(self.skipped)}</span>")
         if self.error is not None:
             parts.append(f"<span style='color:{STATE_COLOR['error']}'>"
                          f"{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</span>")
@@ -463,6 +488,13 @@ class TrainingDashboard(W.VBox):
             for fig in self.figures.values():
                 fig.close()
         super().close()
+
+
+def _skips_text(skipped: list[tuple[int, float]]) -> str:
+    """The status text, e.g. "2 updates skipped (NaN/inf loss) at steps 3, 7" (the last five steps)."""
+    many = len(skipped) > 1
+    steps = ("…, " if len(skipped) > 5 else "") + ", ".join(str(step) for step, _ in skipped[-5:])
+    return f"{len(skipped)} update{'s' if many else ''} skipped (NaN/inf loss) at step{'s' if many else ''} {steps}"
 
 
 def _small(text: str) -> str:

@@ -57,7 +57,8 @@ class Range:
 RANGES: dict[str, Range] = {
     **{name: Range(low, integer=True) for name, low in (
         ("seed", 0), ("num_prompts", 1), ("num_generations", 2), ("max_completion_length", 1), ("top_k", 0),
-        ("num_iterations", 1), ("gradient_accumulation_steps", 1), ("lora_r", 1), ("lora_alpha", 1),
+        ("num_iterations", 1), ("gradient_accumulation_steps", 1), ("micro_batch_tokens", 1), ("lora_r", 1),
+        ("lora_alpha", 1),
         ("checkpoint_every", 0), ("threads", 0),
     )},
     "temperature": Range(0.0, low_open=True),

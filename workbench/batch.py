@@ -178,3 +178,31 @@ def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
 
 def _list(t: torch.Tensor | None, n: int) -> list:
     return [None] * n if t is None else t.detach().cpu().numpy().tolist()
+
+
+def micro_batches(lengths: list[int], max_tokens: int, overhead_tokens: int = 256) -> list[list[int]]:
+    """Split rows into micro-batches for the update: lists of row indices, longest rows first.
+
+    A forward pass over a micro-batch costs about ``overhead_tokens + rows x longest row``
+    (the rest of each row is padding it computes for nothing), and holds at most
+    ``max_tokens`` of that (one row alone may exceed it). Rows sorted by length are cut into
+    contiguous runs by dynamic programming so the summed cost is least: short rows stop
+    paying for long ones, and activations stay small enough to be cheap to move.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    width = [max(1, int(lengths[i])) for i in order]
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: least cost of the first j sorted rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j - 1, -1, -1):  # the run i..j-1 is padded to width[i], its longest row
+            tokens = (j - i) * width[i]
+            if tokens > max_tokens and j - i > 1:
+                break
+            cost = best[i] + overhead_tokens + tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(order)
+    while j > 0:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]

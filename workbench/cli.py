@@ -1,8 +1,10 @@
-"""The ``workbench`` command: train, eval, report, build-tiny.
+"""The ``workbench`` command: train, eval, report, compare, build-tiny.
 
     workbench train --preset quick --method grpo --steps 30 --out runs/demo --set learning_rate=1e-3
     workbench eval runs/demo --split test --n-samples 16
     workbench report runs/demo
+    workbench compare --methods grpo,eepo,erpo --seeds 3 --steps 100 --out runs/study
+    workbench report runs/study
     workbench build-tiny
 """
 
@@ -86,9 +88,35 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
+    from .study import PLAN_FILE
 
-    path = write_report(args.run_dirs, args.out)
+    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / PLAN_FILE).exists():
+        from .study_report import write_study_report
+
+        path = write_study_report(args.run_dirs[0], args.out)
+    else:
+        path = write_report(args.run_dirs, args.out)
     print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .study import StudyPlan, run_study, summarize
+
+    plan = StudyPlan(
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=list(range(args.seeds)),
+        steps=args.steps,
+        eval_prompts=args.eval_prompts,
+        eval_samples=args.eval_samples,
+        overrides=_overrides(args.set),
+    )
+    out = run_study(args.out, plan, progress=True)
+    table = summarize(out)
+    columns = [c for c in ("method", "split", "seeds", "pass@1", "pass@1 ci95", f"pass@{plan.eval_samples}",
+                           "entropy_mean", "distinct_correct_strategies", "gain_vs_grpo") if c in table]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"workbench report {out}  # the HTML comparison page")
     return 0
 
 
@@ -132,7 +160,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 10 minutes on 2 cores)")
+    c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
+    c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
+    c.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    c.add_argument("--steps", type=int, default=100)
+    c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
+    c.add_argument("--eval-prompts", type=int, default=32, help="evaluation prompts per split")
+    c.add_argument("--eval-samples", type=int, default=64, help="samples per prompt: pass@k up to this k")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a RunConfig field for every run")
+    c.set_defaults(func=cmd_compare)
+
+    b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 20 minutes on 2 cores)")
     b.add_argument("--out", help="where to write it (default: the package's checkpoint directory)")
     b.add_argument("--steps", type=int, help="training steps (default: the shipped model's)")
     b.set_defaults(func=cmd_build_tiny)
@@ -141,11 +179,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
+    from .policy import PolicyLoadError
+    from .store import CheckpointError
+    from .tasks import RewardFunctionError
 
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as error:
+    except (ConfigError, PolicyLoadError, CheckpointError, RewardFunctionError) as error:
+        # errors in what the user gave (config, model, checkpoint, data): the message, not a traceback
         print(f"workbench: {error}", file=sys.stderr)
         return 2
 

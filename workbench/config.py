@@ -45,6 +45,8 @@ class RunConfig:
     max_grad_norm: float = 1.0
     num_iterations: int = 1
     gradient_accumulation_steps: int = 1
+    # most rows x longest row one forward pass of the update holds (rows are grouped by length)
+    micro_batch_tokens: int = 4096
     # the loss (METHODS.md section 0 and 1)
     loss_type: str = "dapo"
     scale_rewards: str = "group"
@@ -78,12 +80,15 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         from . import methods, tasks
 
+        _text("model", self.model, "'tiny', a local model directory or a Hugging Face hub name")
         _choice("method", self.method, methods.names())
+        _text("task", self.task, f"a built-in task ({', '.join(tasks.names())}) or a data file path")
         if self.task not in tasks.names() and not Path(self.task).is_file():
             raise ConfigError("task", self.task, f"a built-in task ({', '.join(tasks.names())}) or an existing "
                               ".jsonl/.json/.parquet/.csv file with prompt and answer columns")
         _choice("loss_type", self.loss_type, ("dapo", "grpo", "dr_grpo"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        _text("device", self.device, "auto, cpu, cuda, cuda:N or mps")
         _choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         for name, low in (
@@ -94,6 +99,7 @@ class RunConfig:
             ("top_k", 0),
             ("num_iterations", 1),
             ("gradient_accumulation_steps", 1),
+            ("micro_batch_tokens", 1),
             ("lora_r", 1),
             ("lora_alpha", 1),
             ("checkpoint_every", 0),
@@ -116,6 +122,7 @@ class RunConfig:
         for name in ("track_kl", "save_rollouts", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "true or false")
+        _target_modules(self.target_modules)
         if not isinstance(self.method_options, dict):
             raise ConfigError("method_options", self.method_options, "a mapping of option name to value")
         methods.get(self.method).validate(self)
@@ -132,14 +139,17 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
             raise ConfigError(unknown[0], values[unknown[0]], f"an unknown key; valid keys: {', '.join(sorted(known))}")
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:  # a syntax error: say where, not a parser traceback
+            raise ConfigError("config", str(path), f"valid YAML ({' '.join(str(error).split())})") from error
         if not isinstance(data, dict):
             raise ConfigError("config", str(path), "a YAML mapping of field: value")
         return cls.from_dict(data)
@@ -187,9 +197,22 @@ def _integer(name: str, value: Any, low: int) -> None:
         raise ConfigError(name, value, f"an integer >= {low}")
 
 
+def _text(name: str, value: Any, allowed: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, value, allowed)
+
+
+def _target_modules(value: Any) -> None:
+    """PEFT's target_modules: "all-linear" (or one module name), or a non-empty list of names."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError("target_modules", value, '"all-linear", a module name, or a non-empty list of module names')
+
+
 def _number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    # infinities are out of range too: the bounds above are open at +-inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(name, value, f"a number in {bounds}")
     if value < low or value > high or (low_open and value == low) or (high_open and value == high):
         raise ConfigError(name, value, f"a number in {bounds}")

@@ -56,6 +56,8 @@ class Policy:
         """``"tiny"`` (the embedded model), a local directory, or a Hugging Face hub name."""
         lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         path = _resolve(name_or_path)
+        if os.path.isdir(path):
+            _require_safetensors(Path(path))
         kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -63,11 +65,14 @@ class Policy:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
         except (OSError, ValueError) as error:
-            raise PolicyLoadError(
-                f"could not load model {name_or_path!r}: {error}. If it is a hub name and this "
-                "machine is offline, download it where you have a network and pass the local "
-                "directory instead, e.g. Policy.from_pretrained('/path/to/model')."
-            ) from error
+            hint = "" if os.path.isdir(path) else (
+                " If it is a hub name and this machine is offline, download it where you have a network "
+                "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model').")
+            if "trust_remote_code" in str(error) and not trust_remote_code:
+                hint = (" Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
+                        "after reading it.")
+            message = " ".join(str(error).split())
+            raise PolicyLoadError(f"could not load model {name_or_path!r}: {message}.{hint}") from error
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -249,6 +254,20 @@ def _resolve(name_or_path: str) -> str:
             "(huggingface-cli download NAME --local-dir DIR) and pass that directory."
         )
     return name_or_path
+
+
+def _require_safetensors(directory: Path) -> None:
+    """Refuse a model directory without safetensors weights: a pickled checkpoint
+    (pytorch_model.bin, *.pt, *.ckpt) can run code when it is loaded, safetensors cannot."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    found = f"it holds {', '.join(pickled)}, which" if pickled else "no weights file was found; pickled weights"
+    raise PolicyLoadError(
+        f"model directory {str(directory)!r} has no .safetensors weights: {found} are never loaded here, "
+        "because unpickling can run code. Convert it once, where you trust the file: "
+        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -8,24 +8,31 @@ RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json
 ```
 
 Checkpoints are written to a temporary directory and renamed into place, so a process
-killed mid-write leaves the previous checkpoint intact. Optimizer and RNG state load with
-``torch.load(weights_only=True)``; weights only from safetensors.
+killed mid-write leaves the previous checkpoint intact; state.json records the sha256 of
+the other two files, so a truncated or altered file is refused with an error that names it.
+Optimizer and RNG state load with ``torch.load(weights_only=True)``; weights only from
+safetensors. A metrics line that fails to write is cut off again, so the file never holds
+half a step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from .config import RunConfig
 
 CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.pt", "state.json")
+HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256
 
 
 class CheckpointError(RuntimeError):
@@ -38,6 +45,10 @@ class RunStore:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.rollouts_dir = self.dir / "rollouts"
         self.checkpoints_dir = self.dir / "checkpoints"
+
+    def holds_run(self) -> bool:
+        """Whether a run has written here already (its config, metrics or checkpoints)."""
+        return (self.dir / "config.yaml").exists() or self.metrics_path.exists() or bool(self.checkpoint_steps())
 
     def create(self, cfg: RunConfig) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -56,10 +67,21 @@ class RunStore:
 
     # --- metrics ------------------------------------------------------------------
     def append_metrics(self, metrics: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        data = (json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n").encode()
+        # unbuffered, so nothing is left in a buffer to be flushed after a failed write
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:  # disk full, interrupted: take the partial line back out
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -73,8 +95,10 @@ class RunStore:
         return rows
 
     def truncate_metrics(self, last_step: int) -> list[dict]:
-        """Keep the metrics of steps <= ``last_step`` (a resume replays the rest)."""
-        rows = [r for r in self.read_metrics() if r.get("step", -1) <= last_step]
+        """Keep the metrics of steps <= ``last_step`` (a resume replays the rest), one row per
+        step: of a step written twice (interrupted after its line, then run again) the later."""
+        by_step = {r.get("step", -1): r for r in self.read_metrics() if r.get("step", -1) <= last_step}
+        rows = [by_step[step] for step in sorted(by_step)]
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
@@ -97,6 +121,7 @@ class RunStore:
 
     # --- checkpoints --------------------------------------------------------------
     def checkpoint_steps(self) -> list[int]:
+        """Steps with a checkpoint directory in place (temporaries start with a dot: never listed)."""
         if not self.checkpoints_dir.exists():
             return []
         return sorted(
@@ -104,39 +129,138 @@ class RunStore:
         )
 
     def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+        """Write the checkpoint of ``step`` into a temporary directory, then rename it into place."""
         final = self.checkpoints_dir / f"step-{step}"
+        self._remove_stale_temporaries()
         tmp = self.checkpoints_dir / f".tmp-step-{step}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         policy.save_adapter(tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
+        # state.json is written last and records the other files' digests: a file changed on disk
+        # afterwards (truncated, bit-flipped, swapped) is caught on load, not trained on.
+        digests = {name: _sha256(tmp / name) for name in HASHED_FILES}
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "sha256": digests}))
         for f in tmp.iterdir():
             _fsync(f)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _fsync(tmp)
+        _replace_directory(tmp, final)
         _fsync(self.checkpoints_dir)
         return final
 
-    def load_checkpoint(self, step: int | None = None) -> tuple[Path, dict, dict]:
-        """(directory, optimizer payload, state) of a checkpoint, by default the latest."""
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporaries of writers that died mid-save (their pid is gone)."""
+        for path in self.checkpoints_dir.glob(".*-step-*-*"):
+            pid = path.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def load_checkpoint(self, step: int | None = None) -> Checkpoint:
+        """Read and check a checkpoint, by default the latest; nothing on disk changes.
+
+        Raises CheckpointError naming the file when one is missing, truncated or corrupt."""
         steps = self.checkpoint_steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.checkpoints_dir}")
-        path = self.checkpoints_dir / f"step-{steps[-1] if step is None else step}"
-        for name in CHECKPOINT_FILES:
-            if not (path / name).exists():
-                raise CheckpointError(f"checkpoint file {path / name} is missing")
+        step = steps[-1] if step is None else step
+        path = self.checkpoints_dir / f"step-{step}"
+        earlier = [s for s in steps if s < step]
+        hint = (f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; move {path.name} away "
+                f"to resume from step {earlier[-1]})" if earlier else "")
         try:
-            payload = torch.load(path / "optimizer.pt", weights_only=True)
-        except Exception as error:
-            raise CheckpointError(f"checkpoint file {path / 'optimizer.pt'} is unreadable: {error}") from error
-        try:
-            state = json.loads((path / "state.json").read_text())
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"checkpoint file {path / 'state.json'} is unreadable: {error}") from error
-        return path, payload, state
+            for name in CHECKPOINT_FILES:
+                if not (path / name).is_file():
+                    raise CheckpointError(f"checkpoint file {path / name} is missing")
+            state = _read_state(path / "state.json", step)
+            for name, digest in state.get("sha256", {}).items():
+                if name not in HASHED_FILES or _sha256(path / name) != digest:
+                    raise CheckpointError(f"checkpoint file {path / name} is truncated or corrupt: its sha256 "
+                                          "differs from the one recorded in state.json")
+            adapter = _read_adapter(path / "adapter.safetensors")
+            optimizer, torch_rng = _read_optimizer(path / "optimizer.pt")
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}{hint}") from error.__cause__
+        return Checkpoint(path, step, adapter, optimizer, torch_rng, state)
+
+
+@dataclass
+class Checkpoint:
+    """What ``RunStore.load_checkpoint`` read: every tensor, checked, nothing applied yet."""
+
+    path: Path
+    step: int
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict
+    torch_rng: torch.Tensor
+    state: dict
+
+
+def _read_state(path: Path, step: int) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
+    if not isinstance(state, dict) or state.get("step") != step:
+        raise CheckpointError(f"checkpoint file {path} is corrupt: it should hold a JSON object with "
+                              f"\"step\": {step}, not {str(state)[:80]!r}")
+    if not isinstance(state.get("sha256", {}), dict) or not isinstance(state.get("nan_skips", 0), int):
+        raise CheckpointError(f"checkpoint file {path} is corrupt: sha256 must map file names to digests and "
+                              "nan_skips be an integer")
+    return state
+
+
+def _read_adapter(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))  # safetensors: tensors only, nothing executed
+    except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
+        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
+
+
+def _read_optimizer(path: Path) -> tuple[dict, torch.Tensor]:
+    try:
+        payload = torch.load(path, weights_only=True)  # refuses pickled code, only tensors and containers
+    except Exception as error:
+        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
+    optimizer = payload.get("optimizer") if isinstance(payload, dict) else None
+    torch_rng = payload.get("torch_rng") if isinstance(payload, dict) else None
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer) or \
+            not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8:
+        raise CheckpointError(f"checkpoint file {path} is corrupt: expected an optimizer state_dict and a "
+                              "uint8 RNG state under 'optimizer' and 'torch_rng'")
+    return optimizer, torch_rng
+
+
+def _replace_directory(new: Path, final: Path) -> None:
+    """Put directory ``new`` at ``final`` by renames: a replaced checkpoint is renamed away
+    before it is deleted, so a crash never leaves a half-deleted directory under a step name
+    (between the two renames, for microseconds, the step has no checkpoint and resume takes
+    the one before)."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _jsonable(v):

@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 
 from . import core, methods, metrics, tasks
-from .batch import RolloutBatch
+from .batch import RolloutBatch, micro_batches
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
-from .policy import LoraSettings, Policy
+from .policy import LoraSettings, Policy, PolicyLoadError
 from .sampling import Sampler
-from .store import RunStore
+from .store import Checkpoint, CheckpointError, RunStore
 
 
 class Trainer:
@@ -38,9 +38,15 @@ class Trainer:
         task: tasks.Task | None = None,
         reward_funcs: Callable | list[Callable] | None = None,
         out_dir: str | Path | None = None,
+        reward_errors: str = "raise",
         **overrides,
     ):
         cfg = (cfg or RunConfig()).replace(**overrides) if overrides else (cfg or RunConfig())
+        cfg.validate()  # a config's fields can be reassigned after it was built
+        store = RunStore(out_dir) if out_dir is not None else None
+        if store is not None and store.holds_run():  # before any work: a wrong out_dir fails at once
+            raise ConfigError("out_dir", str(store.dir), "a directory that holds no run yet; continue this "
+                              f"one with Trainer.resume({str(store.dir)!r})")
         self.cfg = cfg
         self.device = _device(cfg.device)
         if self.device.type == "cpu":
@@ -57,7 +63,7 @@ class Trainer:
             self.policy.model.enable_input_require_grads()
         self.task = task or _task(cfg.task)
         if reward_funcs is not None:
-            self.task = tasks.RewardFunctionTask(self.task, reward_funcs)
+            self.task = tasks.RewardFunctionTask(self.task, reward_funcs, reward_errors=reward_errors)
         self.method = methods.get(cfg.method)(cfg)
         self.optimizer = torch.optim.AdamW(
             list(self.policy.trainable_parameters().values()), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
@@ -70,9 +76,9 @@ class Trainer:
         self._history: list[dict] = []
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
-        self.store = RunStore(out_dir) if out_dir is not None else None
-        if self.store is not None and not (self.store.dir / "config.yaml").exists():
-            self.store.create(cfg)
+        self.store = store
+        if store is not None:
+            store.create(cfg)
 
     # --- events -------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Phase], None]) -> Callable[[], None]:
@@ -126,13 +132,17 @@ class Trainer:
         texts = self.policy.decode(samples.ids, samples.mask)
         return RolloutBatch.from_samples(problems, prompt_ids, samples, texts, num_generations, mode, stage)
 
-    def score(self, batch: RolloutBatch) -> None:
+    def score(self, batch: RolloutBatch) -> int:
+        """Fill the batch's rewards, answers and strategies; return how many reward-function
+        failures were scored 0 (``reward_errors="zero"``; the default mode raises instead)."""
         problems = [batch.problems[g] for g in batch.group.tolist()]
+        failures_before = getattr(self.task, "error_count", 0)
         scores = tasks.score_batch(self.task, problems, batch.text)
         batch.rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=batch.ids.device)
         batch.answers = [s.answer for s in scores]
         batch.strategies = [s.strategy for s in scores]
         batch.parsed = torch.tensor([s.parsed for s in scores], dtype=torch.bool)
+        return getattr(self.task, "error_count", 0) - failures_before
 
     def train_problems(self) -> list[tasks.Problem]:
         return self.task.prompts("train", self.cfg.num_prompts, seed=self._seed(self.step_index, 7))
@@ -142,23 +152,27 @@ class Trainer:
         """Run one step, yielding a ``Phase`` after each named phase."""
         started = time.perf_counter()
         adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
-        completed = False
+        nan_skips = self.nan_skips
+        committed = False
         try:
             batch = yield from self._emitting(self.method.sample(self, self.train_problems()))
-            self.score(batch)
-            yield self._emit(Phase("score", self.step_index, batch, {"reward_mean": float(batch.rewards.mean())}))
+            reward_errors = self.score(batch)
+            yield self._emit(Phase("score", self.step_index, batch, {"reward_mean": float(batch.rewards.mean()),
+                                                                     "reward_errors": reward_errors}))
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
             numbers = self._update(batch)
             yield self._emit(Phase("update", self.step_index, batch, numbers))
-            step_metrics = self._metrics(batch, numbers, time.perf_counter() - started)
-            self._finish(batch, step_metrics)
-            completed = True
+            step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
+            self._record(batch, step_metrics)
+            committed = True  # in metrics.jsonl and the history: from here on the step has happened
+            self._checkpoint_if_due()
             yield self._emit(Phase("metrics", step_metrics["step"], batch, step_metrics))
         finally:
-            if not completed:
+            if not committed:
                 self.policy.load_adapter_state(adapter)
                 self.optimizer.load_state_dict(optimizer_state)
+                self.nan_skips = nan_skips
 
     def _emitting(self, inner):
         """Forward the phases a method yields to subscribers; return the method's result.
@@ -211,17 +225,17 @@ class Trainer:
         keep = batch.mask.bool()
         if settings["top_entropy_quantile"] < 1.0:
             keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
-        # Micro-batches never mix contexts (a long system prompt is then computed once per
-        # micro-batch) nor EEPO stages (stage 1's log-probs may come from the unlearning pass).
-        blocks = list(zip(batch.mode, batch.stage))
-        chunks = [
-            part
-            for block in dict.fromkeys(blocks)
-            for part in torch.tensor([i for i, b in enumerate(blocks) if b == block]).chunk(
-                cfg.gradient_accumulation_steps
-            )
-        ]
+        with_entropy = settings["entropy_coef"] > 0
+        precomputed = self.method.precomputed_logprobs(batch, with_entropy)
+        chunks = self._micro_batches(batch, skip=precomputed[0] if precomputed else None)
+        if precomputed:
+            chunks.insert(0, precomputed[0])
         use_ref = settings["beta"] > 0 or cfg.track_kl
+        # The KL in the loss needs every row's reference log-probs; at beta 0 the KL is
+        # telemetry only and is measured on one response per group (a 1/G-size pass).
+        exact_kl = settings["beta"] > 0 or "ref_logprobs" in batch.extras
+        kl_rows = torch.ones(n, dtype=torch.bool) if exact_kl else self._one_per_group(batch)
+        kl_tokens = float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1))
         old_logps: list[torch.Tensor] = []
         ref_logps: list[torch.Tensor] = []
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
@@ -232,23 +246,25 @@ class Trainer:
             for c, rows in enumerate(chunks):
                 mask = batch.mask[rows]
                 prompt_ids = [batch.prompt_ids[i] for i in rows.tolist()]
-                with_entropy = settings["entropy_coef"] > 0
-                logp = self.method.policy_logprobs(batch, rows, with_entropy) if iteration == 0 else None
                 entropy = None
-                if logp is None:
+                if precomputed and iteration == 0 and c == 0:
+                    logp = precomputed[1]
+                else:
+                    # only as wide as this micro-batch's longest row; zeros after it (masked out)
+                    width = max(1, int(mask.sum(-1).max()))
                     with self.autocast():
-                        logp, entropy = self.policy.token_logprobs(prompt_ids, batch.ids[rows], cfg.temperature,
-                                                                   with_entropy=with_entropy)
+                        logp, entropy = self.policy.token_logprobs(prompt_ids, batch.ids[rows, :width],
+                                                                   cfg.temperature, with_entropy=with_entropy)
+                    pad = (0, mask.shape[1] - width)
+                    logp = torch.nn.functional.pad(logp, pad)
+                    entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
                 logp = logp.float()
                 if iteration == 0:
                     old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
                     if use_ref and "ref_logprobs" in batch.extras:  # a method already ran the reference
                         ref_logps.append(batch.extras["ref_logprobs"][rows].float())
                     elif use_ref:  # the reference never moves: one pass per step
-                        with torch.no_grad(), self.policy.reference(), self.autocast():
-                            ref = self.policy.token_logprobs(prompt_ids, batch.ids[rows], cfg.temperature,
-                                                             with_entropy=False)[0]
-                        ref_logps.append(ref.float())
+                        ref_logps.append(self._reference_logprobs(batch, rows[kl_rows[rows]], rows))
                 token_loss, clipped = self.method.token_loss(
                     logp, old_logps[c], batch.token_advantages[rows], mask, settings,
                     generator=self.generator(self.step_index, 11, iteration, c),
@@ -259,7 +275,7 @@ class Trainer:
                     if settings["beta"] > 0:
                         token_loss = token_loss + settings["beta"] * kl
                     if record:
-                        totals["kl"] += float((kl.detach() * mask).sum())
+                        totals["kl"] += float((kl.detach() * mask * kl_rows[rows, None].to(mask.device)).sum())
                 # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
                 weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
                 loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
@@ -287,13 +303,57 @@ class Trainer:
         return {
             "loss": float("nan") if skipped else totals["loss"],
             "clip_fraction": totals["clipped"] / tokens,
-            "kl": totals["kl"] / tokens if use_ref else float("nan"),
+            "kl": totals["kl"] / kl_tokens if use_ref else float("nan"),
             "grad_norm": grad_norm,
             "skipped": float(skipped),
         }
 
+    def _reference_logprobs(self, batch: RolloutBatch, measured: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Reference log-probs [len(rows), T] of the ``measured`` rows, 0 for the others (never counted)."""
+        ref = torch.zeros(len(rows), batch.mask.shape[1])
+        if len(measured):
+            width = max(1, int(batch.mask[measured].sum(-1).max()))
+            with torch.no_grad(), self.policy.reference(), self.autocast():
+                values = self.policy.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
+                                                    batch.ids[measured, :width], self.cfg.temperature,
+                                                    with_entropy=False)[0]
+            ref[torch.isin(rows, measured), :width] = values.float().to(ref.device)
+        return ref.to(batch.mask.device)
+
+    @staticmethod
+    def _one_per_group(batch: RolloutBatch) -> torch.Tensor:
+        """[N] bool: the first row of each group in each context and stage."""
+        first = {}
+        for i, key in enumerate(zip(batch.group.tolist(), batch.mode, batch.stage)):
+            first.setdefault(key, i)
+        chosen = torch.zeros(len(batch), dtype=torch.bool)
+        chosen[list(first.values())] = True
+        return chosen
+
+    def _micro_batches(self, batch: RolloutBatch, skip: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of the update, rows in ``skip`` left out.
+
+        Micro-batches never mix contexts (a long system prompt is then computed once per
+        micro-batch) nor EEPO stages; within one, rows of similar length go together and
+        ``micro_batch_tokens`` bounds rows x longest row (``gradient_accumulation_steps``
+        splits further).
+        """
+        lengths = batch.mask.sum(-1).long().tolist()
+        skipped = set() if skip is None else set(skip.tolist())
+        blocks = list(zip(batch.mode, batch.stage))
+        chunks = []
+        for block in dict.fromkeys(blocks):
+            members = [i for i, b in enumerate(blocks) if b == block and i not in skipped]
+            if not members:
+                continue
+            block_lengths = [lengths[i] for i in members]
+            budget = min(self.cfg.micro_batch_tokens,
+                         max(1, -(-sum(block_lengths) // self.cfg.gradient_accumulation_steps)))
+            chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
+        return chunks
+
     # --- metrics ------------------------------------------------------------------------------
-    def _metrics(self, batch: RolloutBatch, update: dict, seconds: float) -> dict[str, float]:
+    def _metrics(self, batch: RolloutBatch, update: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
         batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
         if batch.gate is None:
             batch.gate = torch.ones_like(batch.entropy)
@@ -312,20 +372,26 @@ class Trainer:
             **metrics.pivot_stats(batch.entropy, batch.mask, batch.pivots),
             **update,
             "nan_skips": float(self.nan_skips),
+            # reward-function failures scored 0 in this step (reward_errors="zero")
+            "reward_errors": float(reward_errors),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             **self.method.extra_metrics(self, batch),
             "step_time": seconds,
         }
         return out
 
-    def _finish(self, batch: RolloutBatch, step_metrics: dict) -> None:
-        self.last_batch = batch
-        self._history.append(step_metrics)
+    def _record(self, batch: RolloutBatch, step_metrics: dict) -> None:
+        """Commit a finished step. The metrics line is written last of the files: a failure before
+        it leaves no trace of the step (its rollouts file is rewritten when the step runs again)."""
         if self.store is not None:
-            self.store.append_metrics(step_metrics)
             if self.cfg.save_rollouts:
                 self.store.write_rollouts(self.step_index, batch.to_frame(self.step_index, self.policy.tokenizer))
+            self.store.append_metrics(step_metrics)
+        self.last_batch = batch
+        self._history.append(step_metrics)
         self.step_index += 1
+
+    def _checkpoint_if_due(self) -> None:
         if self.store is not None and self.cfg.checkpoint_every and self.step_index % self.cfg.checkpoint_every == 0:
             self.save_checkpoint()
 
@@ -432,17 +498,37 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs) -> "Trainer":
-        """Continue a run from its latest checkpoint, exactly as if it had not stopped."""
+        """Continue a run from its latest checkpoint, exactly as if it had not stopped.
+
+        The checkpoint is read and checked before anything is applied or written: a missing,
+        truncated or corrupt file raises CheckpointError naming it, and the run directory is
+        left as it was. Metrics of steps after the checkpoint are dropped (they run again)."""
         store = RunStore(run_dir)
-        trainer = cls(store.config(), out_dir=run_dir, **kwargs)
-        path, payload, state = store.load_checkpoint()
-        trainer.policy.load_adapter(path / "adapter.safetensors")
-        trainer.optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["torch_rng"])
-        trainer.step_index = state["step"]
-        trainer.nan_skips = state.get("nan_skips", 0)
-        trainer._history = store.truncate_metrics(trainer.step_index - 1)
+        cfg = store.config()
+        checkpoint = store.load_checkpoint()
+        trainer = cls(cfg, **kwargs)
+        trainer._restore(checkpoint)
+        trainer.store = store
+        trainer._history = store.truncate_metrics(checkpoint.step - 1)
         return trainer
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        """Load a checked checkpoint into this trainer; a file that does not fit the model is named."""
+        try:
+            self.policy.load_adapter_state(checkpoint.adapter)
+        except (PolicyLoadError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint file {checkpoint.path / 'adapter.safetensors'} does not fit this "
+                                  f"model and adapter: {error}") from error
+        try:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            torch.set_rng_state(checkpoint.torch_rng)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this "
+                                  f"adapter: {error}") from error
+        for group in self.optimizer.param_groups:  # config.yaml decides: set_live rewrites it
+            group["lr"] = self.cfg.learning_rate
+        self.step_index = checkpoint.step
+        self.nan_skips = checkpoint.state.get("nan_skips", 0)
 
 
 # RunConfig fields a running trainer can change between steps (Trainer.set_live); the others

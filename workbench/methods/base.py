@@ -7,6 +7,7 @@ with several sampling phases (EEPO, Policy Split) can be stepped through.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import Any, ClassVar
 
@@ -32,6 +33,8 @@ class Method:
             allowed = ", ".join(sorted(cls.defaults)) or "none"
             raise ConfigError(f"method_options.{unknown[0]}", cfg.method_options[unknown[0]],
                               f"an option of method {cls.name!r}; its options: {allowed}")
+        for key, value in cfg.method_options.items():
+            _check_numeric_type(key, value, cls.defaults[key])
 
     # --- hooks ------------------------------------------------------------------------
     def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
@@ -65,9 +68,10 @@ class Method:
         """The rows the loss is computed on (Policy Split trains each response in two contexts)."""
         return batch
 
-    def policy_logprobs(self, batch: RolloutBatch, rows, with_entropy: bool):
-        """Log-probs of ``rows`` under the current policy, with their graph, if the method
-        already has them (EEPO's unlearning pass); None: the trainer runs the forward pass."""
+    def precomputed_logprobs(self, batch: RolloutBatch, with_entropy: bool):
+        """(rows, log-probs [rows, T]) under the current policy, with their graph, for rows the
+        method already ran forward (EEPO's unlearning pass), or None. The update's first pass
+        uses them as one micro-batch instead of running those rows again."""
         return None
 
     def old_logprobs(self, batch: RolloutBatch, rows, recomputed):
@@ -77,3 +81,22 @@ class Method:
 
     def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
         return {}
+
+
+def _check_numeric_type(key: str, value: Any, default: Any) -> None:
+    """An option whose default is a number takes a finite number (an integer where the default
+    is one): a NaN or a string would otherwise only fail mid-step, or silently pass a range check."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return
+    integer = isinstance(default, int)
+    kind = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        raise ConfigError(f"method_options.{key}", value, "an integer" if integer else "a finite number")
+
+
+def check_range(key: str, value: float, low: float = -math.inf, high: float = math.inf,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ConfigError naming ``method_options.key`` unless low <= value <= high (open where said)."""
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+        raise ConfigError(f"method_options.{key}", value, f"a number in {bounds}")

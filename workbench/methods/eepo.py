@@ -151,12 +151,12 @@ class EEPO(Method):
             "kl_policy_rollout": float(core.kl_k3(before, after)[valid].mean()),
         }
 
-    def policy_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool) -> torch.Tensor | None:
-        """The unlearning pass's log-probs of the stage-1 rows, with their graph, once."""
+    def precomputed_logprobs(self, batch: RolloutBatch, with_entropy: bool):
+        """The unlearning pass's log-probs of the stage-1 rows (the batch's first rows), with their graph, once."""
         cached, self._stage1_logp = self._stage1_logp, None
-        if cached is None or with_entropy or rows.tolist() != list(range(cached.shape[0])):
+        if cached is None or with_entropy:
             return None
-        return torch.nn.functional.pad(cached, (0, batch.ids.shape[1] - cached.shape[1]))
+        return torch.arange(cached.shape[0]), torch.nn.functional.pad(cached, (0, batch.ids.shape[1] - cached.shape[1]))
 
     def old_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
         if self.options["behaviour_logprobs"] == "B":

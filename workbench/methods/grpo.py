@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import core
-from .base import Method
+from .base import Method, check_range
 
 
 class GRPO(Method):
@@ -49,6 +49,13 @@ class EntropyAdvantage(GRPO):
     name = "entropy_advantage"
     defaults = {"alpha": 0.4, "kappa": 2.0}
 
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        check_range("alpha", o["alpha"], low=0.0)
+        check_range("kappa", o["kappa"], low=0.0, low_open=True)
+
     def advantages(self, trainer, batch):
         numbers = super().advantages(trainer, batch)
         shaped = core.entropy_advantage(batch.advantages, batch.entropy, self.options["alpha"], self.options["kappa"])
@@ -62,6 +69,13 @@ class ClipCov(GRPO):
     name = "clip_cov"
     defaults = {"ratio": 0.0002, "cov_low": 1.0, "cov_high": 5.0}
 
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        check_range("ratio", o["ratio"], 0.0, 1.0, low_open=True)
+        check_range("cov_high", o["cov_high"], low=o["cov_low"])  # an empty band would drop nothing
+
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         loss, clipped = super().token_loss(logp, logp_old, advantages, mask, settings)
         o = self.options
@@ -74,6 +88,13 @@ class KLCov(GRPO):
 
     name = "kl_cov"
     defaults = {"ratio": 0.0002, "kl_coef": 1.0}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = {**cls.defaults, **cfg.method_options}
+        check_range("ratio", o["ratio"], 0.0, 1.0, low_open=True)
+        check_range("kl_coef", o["kl_coef"], low=0.0)
 
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         ratio = torch.exp(logp - logp_old)

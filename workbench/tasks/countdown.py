@@ -8,7 +8,9 @@ while ``(7-5)*... `` would be another. Problems are generated only where the tar
 at least ``min_strategies`` (3) distinct strategies, so exploration has something to find.
 
 Split ``test`` holds the (numbers, target) pairs whose stable hash falls in bucket 0 of 5 (20%), ``train``
-the rest, so they never overlap; ``ood`` uses four larger numbers.
+the rest, so they never overlap; ``ood`` uses four numbers up to 12 and targets up to 199, and
+also keeps only bucket 0, so no four-number problem the embedded model was pretrained on
+(four numbers up to 9, train buckets) can appear in it.
 """
 
 from __future__ import annotations
@@ -141,10 +143,8 @@ class Countdown:
         return self.size, self.high, self.max_target
 
     def in_split(self, numbers: tuple[int, ...], target: int, split: str) -> bool:
-        if split == "ood":
-            return True
-        is_test = stable_bucket(f"{self.name}|{sorted(numbers)}|{target}") == 0
-        return is_test == (split == "test")
+        held_out = stable_bucket(f"{self.name}|{sorted(numbers)}|{target}") == 0
+        return held_out == (split in ("test", "ood"))
 
     def make_problem(self, numbers: tuple[int, ...], target: int, split: str, index: int) -> Problem:
         return Problem(

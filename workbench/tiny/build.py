@@ -6,6 +6,16 @@ strategies; the rest are legal but random attempts (near-misses). The model ther
 starts multi-modal: several strategies per problem, right part of the time, which is
 what makes entropy collapse and exploration visible within minutes of RL.
 
+Two additions give the exploration methods something to work with:
+
+- a fraction ``four_number_prob`` of countdown demonstrations use four numbers up to 9, so
+  the model has seen three-step chains and the ``ood`` split (four numbers up to 12,
+  targets up to 199, never trained on) is hard but not impossible;
+- every ``high_entropy_every`` steps, one extra batch puts Policy Split's high-entropy
+  prompt before the problem, with fewer correct solutions (``high_entropy_solve_prob``):
+  the model then has a distinct, more random mode behind that prompt, as the paper's
+  models do. These rows are about 500 tokens long, so they are batched apart.
+
 Deterministic: the data come from seeded ``random.Random`` streams, torch runs with
 deterministic algorithms on a fixed number of threads, so two builds on one machine
 write the same bytes.
@@ -13,6 +23,7 @@ write the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -23,6 +34,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from .. import tasks
+from ..methods.policy_split import HIGH_ENTROPY_PROMPT
 from .tokenizer import build_char_tokenizer
 
 from . import CHECKPOINT_DIR
@@ -43,6 +55,10 @@ class BuildConfig:
     weight_decay: float = 0.01
     solve_prob: float = 0.65
     task_mix: tuple[tuple[str, float], ...] = (("countdown", 0.75), ("coins", 0.25))
+    four_number_prob: float = 0.1
+    high_entropy_every: int = 8
+    high_entropy_batch_size: int = 24
+    high_entropy_solve_prob: float = 0.4
     seed: int = 0
     threads: int = 2
 
@@ -69,16 +85,27 @@ class DemonstrationStream:
 
     def __init__(self, cfg: BuildConfig):
         self.rng = random.Random(cfg.seed)
-        self.solve_prob = cfg.solve_prob
+        self.cfg = cfg
         self.tasks = [tasks.get(name) for name, _ in cfg.task_mix]
         self.weights = [w for _, w in cfg.task_mix]
         # A large fixed pool per task: every train problem appears many times.
         self.pools = [t.prompts("train", 4000, seed=cfg.seed) for t in self.tasks]
+        self.four_number = {}
+        for i, task in enumerate(self.tasks):
+            if task.name == "countdown":
+                wider = dataclasses.replace(task, size=task.ood_size)
+                self.four_number[i] = (wider, wider.prompts("train", 2000, seed=cfg.seed))
 
-    def sample(self) -> tuple[str, str]:
+    def sample(self, high_entropy: bool = False) -> tuple[str, str]:
         i = self.rng.choices(range(len(self.tasks)), weights=self.weights)[0]
-        problem = self.rng.choice(self.pools[i])
-        return problem.prompt, self.tasks[i].demonstration(problem, self.rng, self.solve_prob)
+        task, pool = self.tasks[i], self.pools[i]
+        if i in self.four_number and self.rng.random() < self.cfg.four_number_prob:
+            task, pool = self.four_number[i]
+        problem = self.rng.choice(pool)
+        if high_entropy:  # the plain-text form Policy.format_prompts gives a tokenizer without a chat template
+            prompt = f"{HIGH_ENTROPY_PROMPT}\n{problem.prompt}"
+            return prompt, task.demonstration(problem, self.rng, self.cfg.high_entropy_solve_prob)
+        return problem.prompt, task.demonstration(problem, self.rng, self.cfg.solve_prob)
 
 
 def encode_batch(pairs, tokenizer):
@@ -129,10 +156,14 @@ def _train(out_dir: Path, cfg: BuildConfig, progress: bool) -> Path:
     started = time.time()
     model.train()
     for step in range(cfg.steps):
-        ids, labels, attention = encode_batch([stream.sample() for _ in range(cfg.batch_size)], tokenizer)
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batches = [[stream.sample() for _ in range(cfg.batch_size)]]
+        if cfg.high_entropy_every and step % cfg.high_entropy_every == cfg.high_entropy_every - 1:
+            batches.append([stream.sample(high_entropy=True) for _ in range(cfg.high_entropy_batch_size)])
+        for pairs in batches:  # apart: one ~500-token row would pad the whole normal batch
+            ids, labels, attention = encode_batch(pairs, tokenizer)
+            loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+            (loss * len(pairs) / sum(map(len, batches))).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()

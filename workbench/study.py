@@ -1,0 +1,241 @@
+"""A multi-seed comparison of methods under one budget: ``workbench compare``.
+
+    workbench compare --methods grpo,eepo,erpo --seeds 3 --steps 100 --out runs/study
+
+Every (method, seed) run trains from the same embedded model with the same number of
+generated responses per step (``num_prompts x num_generations`` of the shared config),
+writes its own run directory ``OUT/METHOD-seedS`` and, at the end, ``eval.json``: pass@k
+to ``eval_samples`` on each split, token entropy, distinct correct strategies, response
+length (Policy Split in both of its modes). Runs go seed by seed, so a stopped study
+already holds complete comparisons; started again with the same plan it skips finished
+runs and resumes a stopped one from its last checkpoint.
+
+:func:`summarize` reads a study back: mean and 95% confidence interval over seeds of
+every final measure, and each method's relative gain over GRPO as EEPO's paper reports it,
+(acc_method - acc_GRPO) / acc_GRPO of the mean pass@1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+PLAN_FILE = "study.json"
+EVAL_FILE = "eval.json"
+BASE = "base"
+# two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+@dataclass
+class StudyPlan:
+    methods: list[str]
+    seeds: list[int]
+    steps: int
+    splits: list[str] = field(default_factory=lambda: ["test", "ood"])
+    eval_prompts: int = 32
+    eval_samples: int = 64
+    checkpoint_every: int = 25
+    overrides: dict = field(default_factory=dict)  # RunConfig fields shared by every run
+
+    def __post_init__(self):
+        from . import methods as method_registry
+        from .config import ConfigError
+
+        if not self.methods:
+            raise ConfigError("methods", self.methods, "at least one method")
+        known = method_registry.names()
+        for name in self.methods:
+            if name not in known:
+                raise ConfigError("methods", name, f"one of {', '.join(known)}")
+        if not self.seeds:
+            raise ConfigError("seeds", self.seeds, "at least one seed")
+        for name in ("steps", "eval_prompts", "eval_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(name, value, "an integer >= 1")
+        for key in ("method", "seed", "checkpoint_every"):
+            if key in self.overrides:
+                raise ConfigError(f"overrides.{key}", self.overrides[key], "set by the study itself, not an override")
+
+    def run_dir(self, out: Path, method: str, seed: int) -> Path:
+        return out / f"{method}-seed{seed}"
+
+
+def run_study(out: str | Path, plan: StudyPlan, progress: bool = True) -> Path:
+    """Run (or resume) every run of ``plan`` into ``out``; returns ``out``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    _claim(out, plan)
+    runs = [(method, seed) for seed in plan.seeds for method in plan.methods]
+    done_steps = sum(_steps_done(plan.run_dir(out, m, s), plan.steps) for m, s in runs)
+    bar = tqdm(total=len(runs) * plan.steps, initial=done_steps, desc="study", unit="step", disable=not progress)
+    try:
+        if not (out / BASE / EVAL_FILE).exists():
+            bar.set_postfix_str("evaluating the base model")
+            _evaluate_base(out / BASE, plan)
+        for method, seed in runs:
+            _run_one(plan.run_dir(out, method, seed), plan, method, seed, bar)
+    finally:
+        bar.close()
+    return out
+
+
+def _claim(out: Path, plan: StudyPlan) -> None:
+    """Write the plan, or check that a study already in ``out`` has the same one."""
+    path = out / PLAN_FILE
+    wanted = asdict(plan)
+    if path.exists():
+        found = json.loads(path.read_text())
+        for key, value in wanted.items():
+            if found.get(key) != value:
+                raise ValueError(f"{out} holds a study with {key}={found.get(key)!r}, not {value!r}: "
+                                 "resume it with the same plan, or choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, wanted)
+
+
+def _steps_done(run_dir: Path, steps: int) -> int:
+    if (run_dir / EVAL_FILE).exists():
+        return steps
+    from .store import RunStore
+
+    checkpoints = RunStore(run_dir).checkpoint_steps() if (run_dir / "config.yaml").exists() else []
+    return min(steps, max(checkpoints, default=0))
+
+
+def _run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, bar) -> None:
+    from .config import RunConfig
+    from .trainer import Trainer
+
+    if (run_dir / EVAL_FILE).exists():
+        return
+    if (run_dir / "config.yaml").exists():
+        trainer = Trainer.resume(run_dir)
+    else:
+        cfg = RunConfig(**{**plan.overrides, "method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every})
+        trainer = Trainer(cfg, out_dir=run_dir)
+        trainer.save_checkpoint()  # step 0: a run stopped before its first checkpoint resumes too
+    bar.set_postfix_str(f"{method} seed {seed}")
+    while trainer.step_index < plan.steps:
+        trainer.step()
+        bar.update(1)
+    trainer.save_checkpoint()
+    bar.set_postfix_str(f"{method} seed {seed}: evaluating")
+    modes = ("normal", "high_entropy") if method == "policy_split" else ("normal",)
+    result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
+    _write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
+                                                                      if "high_entropy" in result else {})})
+
+
+def _evaluate_base(base_dir: Path, plan: StudyPlan) -> None:
+    from .config import RunConfig
+    from .trainer import Trainer
+
+    trainer = Trainer(RunConfig(**{**plan.overrides, "seed": plan.seeds[0]}))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
+
+
+def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
+    return {split: trainer.evaluate(split, n_samples=plan.eval_samples, num_prompts=plan.eval_prompts, mode=mode)
+            for split in plan.splits}
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+# --- reading a study back -------------------------------------------------------------
+def load_plan(out: str | Path) -> StudyPlan:
+    path = Path(out) / PLAN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{out} is not a study directory: it has no {PLAN_FILE}")
+    return StudyPlan(**json.loads(path.read_text()))
+
+
+def final_evaluations(out: str | Path) -> pd.DataFrame:
+    """One row per finished run and split: method, seed, split and every final measure."""
+    out, plan = Path(out), load_plan(out)
+    rows = []
+    base = out / BASE / EVAL_FILE
+    if base.exists():
+        for split, values in json.loads(base.read_text())["final"].items():
+            rows.append({"method": BASE, "seed": plan.seeds[0], "split": split, **values})
+    for seed in plan.seeds:
+        for method in plan.methods:
+            path = plan.run_dir(out, method, seed) / EVAL_FILE
+            if not path.exists():
+                continue
+            evaluation = json.loads(path.read_text())
+            for name, key in ((method, "final"), (f"{method} (HE mode)", "high_entropy")):
+                for split, values in evaluation.get(key, {}).items():
+                    rows.append({"method": name, "seed": seed, "split": split, **values})
+    return pd.DataFrame(rows)
+
+
+def histories(out: str | Path) -> pd.DataFrame:
+    """Every run's metrics.jsonl, with ``method`` and ``seed`` columns."""
+    from .report import _read_metrics
+
+    out, plan = Path(out), load_plan(out)
+    frames = []
+    for seed in plan.seeds:
+        for method in plan.methods:
+            frame = _read_metrics(plan.run_dir(out, method, seed) / "metrics.jsonl")
+            if len(frame):
+                frames.append(frame.assign(method=method, seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% Student t interval (NaN for one value)."""
+    values = [float(v) for v in values if v == v]
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    df = n - 1
+    t = T_975[max(k for k in T_975 if k <= df)] if df <= 30 else 1.96  # between entries: the wider one
+    return mean, t * sd / math.sqrt(n)
+
+
+def summarize(out: str | Path, measures: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Mean and 95% CI over seeds of each measure, per method and split, plus ``gain_vs_grpo``:
+    the relative change of mean pass@1 over GRPO's on the same split (EEPO's paper)."""
+    finals = final_evaluations(out)
+    if finals.empty:
+        return pd.DataFrame()
+    if measures is None:
+        curve = ("pass@1", f"pass@{_largest_k(finals)}")
+        others = [c for c in finals.columns if c not in ("method", "seed", "split", "samples") and not c.startswith("pass@")]
+        measures = (*curve, *others)
+    rows = []
+    for (method, split), group in finals.groupby(["method", "split"], sort=False):
+        row = {"method": method, "split": split, "seeds": len(group)}
+        for measure in measures:
+            row[measure], row[f"{measure} ci95"] = mean_ci(group[measure])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    grpo = table[table.method == "grpo"].set_index("split")["pass@1"] if "grpo" in set(table.method) else None
+    if grpo is not None:
+        table["gain_vs_grpo"] = [(r["pass@1"] - grpo[r["split"]]) / grpo[r["split"]] if grpo.get(r["split"], 0) > 0
+                                 else math.nan for _, r in table.iterrows()]
+    return table
+
+
+def _largest_k(finals: pd.DataFrame) -> int:
+    return max(int(c[5:]) for c in finals.columns if c.startswith("pass@"))

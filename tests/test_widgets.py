@@ -16,7 +16,8 @@ from workbench import RunConfig, Trainer  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
 
 from widgets import EEPOStepper, TokenView, TrainingDashboard  # noqa: E402
-from widgets.dashboard import ThinnedHistory, fit_reward_entropy  # noqa: E402
+from widgets.dashboard import ThinnedHistory  # noqa: E402
+from workbench.metrics import fit_reward_entropy  # noqa: E402
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=16)
 

@@ -19,6 +19,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from workbench.metrics import fit_reward_entropy
+from workbench.metrics.entropy import FIT_MIN_POINTS
+
 from ._live import Throttle
 from .style import FONT_SIZE, panel_layout, series_color
 
@@ -59,7 +62,6 @@ TITLES = {
     "diversity": ("diversity per group", "count per group"),
 }
 COLUMNS = ("step", *BAND, *(c for specs in (*SERIES.values(), *OPTIONAL.values()) for c, *_ in specs))
-FIT_MIN_POINTS = 5  # two parameters: fewer points fit anything
 STATE_COLOR = {"idle": "#555", "running": "#0072B2", "paused": "#E69F00", "stopped": "#555", "error": "#D55E00"}
 
 
@@ -96,25 +98,6 @@ class ThinnedHistory:
 
     def array(self, name: str) -> np.ndarray:
         return np.asarray(self.columns[name], dtype=float)
-
-
-def fit_reward_entropy(entropy: Iterable[float], reward: Iterable[float],
-                       min_points: int = FIT_MIN_POINTS) -> dict[str, float] | None:
-    """Least-squares fit of ``R = -a*exp(H) + b`` (Cui et al. 2025) and its predicted ceiling
-    ``b - a`` (the reward when entropy reaches 0). R is linear in exp(H), so this is ordinary
-    linear least squares. None with fewer than ``min_points`` finite points or no spread in entropy."""
-    h, r = np.asarray(list(entropy), dtype=float), np.asarray(list(reward), dtype=float)
-    ok = np.isfinite(h) & np.isfinite(r)
-    h, r = h[ok], r[ok]
-    if len(h) < max(min_points, 3) or np.ptp(h) < 1e-9:
-        return None
-    design = np.stack([np.exp(h), np.ones_like(h)], axis=1)
-    (slope, b), *_ = np.linalg.lstsq(design, r, rcond=None)
-    residual = r - design @ np.array([slope, b])
-    spread = float(((r - r.mean()) ** 2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / spread if spread > 0 else float("nan")
-    a = -float(slope)
-    return {"a": a, "b": float(b), "ceiling": float(b) - a, "r2": r2, "n": int(len(h))}
 
 
 class TrainingDashboard(W.VBox):

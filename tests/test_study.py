@@ -47,6 +47,8 @@ def test_study_runs_every_method_and_seed_then_summarizes(tmp_path):
     if grpo["pass@1"] > 0:
         assert row["gain_vs_grpo"] == pytest.approx((row["pass@1"] - grpo["pass@1"]) / grpo["pass@1"])
         assert grpo["gain_vs_grpo"] == 0
+    else:  # no relative change from a zero baseline
+        assert math.isnan(row["gain_vs_grpo"])
     page = write_study_report(out).read_text()
     assert "pass@k on ood" in page and "Token entropy" in page and "eepo" in page
 

@@ -347,9 +347,8 @@ class Trainer:
             if not members:
                 continue
             block_lengths = [lengths[i] for i in members]
-            budget = self.cfg.micro_batch_tokens
-            if self.cfg.gradient_accumulation_steps > 1:  # at least that many passes per block
-                budget = min(budget, max(1, -(-sum(block_lengths) // self.cfg.gradient_accumulation_steps)))
+            budget = min(self.cfg.micro_batch_tokens,
+                         max(1, -(-sum(block_lengths) // self.cfg.gradient_accumulation_steps)))
             chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
         return chunks
 

@@ -1,21 +1,43 @@
-"""A long GRPO run with a dashboard attached: does resident memory stay flat?
+"""Long runs with a dashboard attached: no NaN, flat memory, and a clean resume.
 
-    python bench/long_run.py [--steps 2000] [--out runs/long]
+    python bench/long_run.py [--method grpo] [--steps 2000] [--out runs/long]
+    python bench/long_run.py --method all --steps 500 --json docs/long-runs.json
 
-Default GRPO on the embedded model, writing a run directory (metrics every step, rollouts
-every step, a checkpoint every 500), with a ``TrainingDashboard`` subscribed and redrawing as
-in a notebook (built without a frontend). Prints resident memory (VmRSS) every 100 steps and
-the change from step 100 to the end (target: within 10%).
+One method (default GRPO) on the embedded model writes a run directory (metrics and rollouts
+every step, a checkpoint every ``--checkpoint-every`` steps) with a ``TrainingDashboard``
+subscribed and redrawing as in a notebook (built without a frontend). Resident memory (VmRSS)
+is sampled every 50 steps after a garbage collection; the target is within 10% from step 100
+to the end.
+
+Then a crash is simulated: the run goes ``--extra`` steps past its last checkpoint, the trainer
+is dropped without saving, and ``Trainer.resume`` must restart from that checkpoint, redo the
+same steps with the same numbers, and leave ``metrics.jsonl`` with every step exactly once.
+
+``--method all`` (or a comma list) runs each method in its own child process, so that one
+method's memory does not carry into the next, and writes every result to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from workbench import RunConfig, Trainer
+from workbench import RunConfig, Trainer, methods
+from workbench.store import RunStore
+
+RSS_EVERY = 50
+# Per-step numbers compared when the same steps run again after a resume. Rewards must match
+# exactly (the same tokens were sampled); the others to float rounding, since CPU kernels may sum
+# in a different order when the same tensors land at differently aligned addresses.
+RESUME_KEYS = ("reward_mean", "loss", "entropy_mean", "grad_norm", "kl")
+RESUME_TOLERANCE = 1e-5
 
 
 def rss_mb() -> float:
@@ -25,29 +47,116 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--out", default=f"runs/long-{time.strftime('%Y%m%d-%H%M%S')}")
-    args = parser.parse_args()
+def non_finite(record: dict) -> list[str]:
+    return [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def long_run(method: str, steps: int, checkpoint_every: int, extra: int, out: Path, threads: int) -> dict:
     from widgets import TrainingDashboard
 
-    trainer = Trainer(RunConfig(checkpoint_every=500), out_dir=args.out)
+    if steps % checkpoint_every:
+        raise SystemExit(f"--steps {steps} must be a multiple of --checkpoint-every {checkpoint_every}")
+    if not 0 < extra < checkpoint_every:
+        raise SystemExit(f"--extra {extra} must be in [1, {checkpoint_every - 1}]: past the last checkpoint, before the next")
+    cfg = RunConfig(method=method, checkpoint_every=checkpoint_every, threads=threads)
+    trainer = Trainer(cfg, out_dir=out)
     dashboard = TrainingDashboard(trainer)
-    started = time.time()
-    marks = {}
-    for step in range(1, args.steps + 1):
-        trainer.step()
-        if step % 100 == 0:
+    started, rss, step_times, bad = time.time(), {}, [], []
+    for step in range(1, steps + extra + 1):
+        result = trainer.step()
+        step_times.append(result.metrics["step_time"])
+        if result.metrics["skipped"] or non_finite(result.metrics):
+            bad.append((result.metrics["step"], non_finite(result.metrics) or ["skipped"]))
+        if (step % RSS_EVERY == 0 and step <= steps) or step == steps:
             dashboard.redraw()
             gc.collect()
-            marks[step] = rss_mb()
-            print(f"step {step:>5}: RSS {marks[step]:7.1f} MB, {time.time() - started:6.0f} s, "
-                  f"reward {trainer.records[-1]['reward_mean']:.3f}, entropy {trainer.records[-1]['entropy_mean']:.3f}")
-    first, last = marks[min(marks)], marks[max(marks)]
-    print(f"RSS after step {min(marks)}: {first:.1f} MB; after step {max(marks)}: {last:.1f} MB; "
-          f"change {100 * (last - first) / first:+.1f}% (target within 10%)")
+            rss[step] = rss_mb()
+            m = trainer.records[-1]
+            print(f"{method:>17} step {step:>5}: RSS {rss[step]:7.1f} MB, {time.time() - started:6.0f} s, "
+                  f"reward {m['reward_mean']:.3f}, entropy {m['entropy_mean']:.3f}", flush=True)
+    crashed = trainer.records[steps:]
     dashboard.close()
+    del trainer, dashboard
+    gc.collect()
+
+    resumed = Trainer.resume(out)
+    resumed_from = resumed.step_index
+    for _ in range(steps + extra - resumed_from):
+        resumed.step()
+    again = resumed.records[-extra:]
+    resume_diff = {k: max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in zip(crashed, again)) for k in RESUME_KEYS}
+    logged = [row["step"] for row in RunStore(out).read_metrics()]
+
+    first = rss[min((k for k in rss if k >= 100), default=min(rss))]  # the first 100 steps warm up
+    return {
+        "method": method,
+        "steps": steps,
+        "threads": threads,
+        "seconds": round(time.time() - started, 1),
+        "step_time_median": round(statistics.median(step_times), 3),
+        "non_finite_steps": bad,
+        "rss_mb": {str(k): round(v, 1) for k, v in rss.items()},
+        "rss_change_pct": round(100 * (rss[steps] - first) / first, 2),
+        "resumed_from": resumed_from,
+        "resume_max_diff": resume_diff,
+        "metrics_steps_once_each": logged == list(range(steps + extra)),
+        "final_reward_mean": round(statistics.mean(r["reward_mean"] for r in resumed.records[-50:]), 4),
+        "final_entropy_mean": round(statistics.mean(r["entropy_mean"] for r in resumed.records[-50:]), 4),
+    }
+
+
+def passed(result: dict) -> bool:
+    return (not result["non_finite_steps"] and abs(result["rss_change_pct"]) <= 10
+            and result["resumed_from"] == result["steps"] and result["resume_max_diff"]["reward_mean"] == 0
+            and max(result["resume_max_diff"].values()) < RESUME_TOLERANCE
+            and result["metrics_steps_once_each"])
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    """Merge into ``path`` (a result replaces the same method's earlier one), written atomically."""
+    kept = json.loads(path.read_text()) if path.exists() else []
+    fresh = {r["method"] for r in results}
+    merged = sorted([r for r in kept if r["method"] not in fresh] + results, key=lambda r: r["method"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(merged, indent=1) + "\n")
+    temporary.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="grpo", help="a method name, a comma list, or 'all'")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--extra", type=int, default=20, help="steps past the last checkpoint before the crash")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--out", default=f"runs/long-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    chosen = methods.names() if args.method == "all" else args.method.split(",")
+    for name in chosen:
+        methods.get(name)  # an unknown name fails here, listing the valid ones
+
+    if len(chosen) == 1:
+        results = [long_run(chosen[0], args.steps, args.checkpoint_every, args.extra, Path(args.out), args.threads)]
+    else:
+        results = []
+        for name in chosen:
+            child_json = Path(args.out) / f"{name}.json"
+            subprocess.run([sys.executable, __file__, "--method", name, "--steps", str(args.steps),
+                            "--checkpoint-every", str(args.checkpoint_every), "--extra", str(args.extra),
+                            "--threads", str(args.threads), "--out", str(Path(args.out) / name),
+                            "--json", str(child_json)], check=False)  # a failed check still writes its result
+            results += json.loads(child_json.read_text())
+    for r in results:
+        print(f"{r['method']:>17}: {r['seconds']:6.0f} s, step {r['step_time_median']:.3f} s, "
+              f"non-finite steps {len(r['non_finite_steps'])}, RSS {r['rss_change_pct']:+.1f}% from step 100, "
+              f"resumed from {r['resumed_from']} (max diff {max(r['resume_max_diff'].values()):.1e}), "
+              f"metrics once each {r['metrics_steps_once_each']}: {'PASS' if passed(r) else 'FAIL'}")
+    if args.json:
+        write_results(Path(args.json), results)
+    if not all(passed(r) for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

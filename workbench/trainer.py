@@ -347,8 +347,9 @@ class Trainer:
             if not members:
                 continue
             block_lengths = [lengths[i] for i in members]
-            budget = min(self.cfg.micro_batch_tokens,
-                         max(1, -(-sum(block_lengths) // self.cfg.gradient_accumulation_steps)))
+            # gradient_accumulation_steps=k cuts the block's padded rows x longest into k or more pieces
+            padded = len(members) * max(block_lengths)
+            budget = min(self.cfg.micro_batch_tokens, max(1, -(-padded // self.cfg.gradient_accumulation_steps)))
             chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
         return chunks
 

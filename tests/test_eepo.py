@@ -118,3 +118,40 @@ def test_update_reusing_the_unlearning_pass_equals_a_fresh_forward(monkeypatch):
     assert abs(loss_reused - loss_fresh) < 1e-6
     assert max((reused[k] - fresh[k]).abs().max() for k in reused) < 1e-4
     assert any((reused[k] != 0).any() for k in reused)
+
+
+def unlearning_step(options):
+    """The adapter's move in the unlearn phase (L2 norm over all tensors) and the step's metrics."""
+    trainer = Trainer(RunConfig(**QUICK, method_options={"gate": "always", **options}))
+    before = trainer.policy.adapter_state()
+    for phase in trainer.phases():
+        if phase.name == "unlearn":
+            moved = trainer.policy.adapter_state()
+        if phase.name == "metrics":
+            metrics = phase.numbers
+    step = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(moved[k] - before[k]) for k in before]))
+    return float(step), metrics
+
+
+def test_unlearn_max_grad_norm_bounds_the_unlearning_step():
+    free_step, free = unlearning_step({"unlearn_lr": 1.0, "unlearn_max_grad_norm": None})
+    gradient_norm = free["eepo_unlearn_grad_norm"]
+    assert free_step == pytest.approx(gradient_norm, rel=1e-3)  # plain SGD, lr 1: the step is the gradient
+    clipped_step, clipped = unlearning_step({"unlearn_lr": 1.0, "unlearn_max_grad_norm": gradient_norm / 4})
+    assert clipped["eepo_unlearn_grad_norm"] == pytest.approx(gradient_norm)  # reported before clipping
+    assert clipped_step == pytest.approx(gradient_norm / 4, rel=1e-3)
+    assert 0 < clipped["eepo_logp_drop"] < free["eepo_logp_drop"]
+    roomy_step, roomy = unlearning_step({"unlearn_lr": 1.0, "unlearn_max_grad_norm": gradient_norm * 4})
+    assert roomy["eepo_unlearn_grad_norm"] == pytest.approx(gradient_norm)
+    assert roomy_step == pytest.approx(free_step, rel=1e-6)  # a bound above the norm changes nothing
+
+
+def test_unlearning_gradient_is_clipped_by_default():
+    step, metrics = unlearning_step({"unlearn_lr": 1.0})
+    assert step == pytest.approx(min(metrics["eepo_unlearn_grad_norm"], 0.3), rel=1e-3)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, True, "1", float("nan")])
+def test_unlearn_max_grad_norm_must_be_a_positive_number(value):
+    with pytest.raises(ConfigError, match="unlearn_max_grad_norm"):
+        RunConfig(**QUICK, method_options={"unlearn_max_grad_norm": value})

@@ -256,6 +256,8 @@ def test_eepo_stepper_one_phase_per_press(eepo_trainer):
     tokens = mask.sum(-1)
     assert float(((per_response - after) * tokens).sum() / tokens.sum()) == pytest.approx(u["logp_drop"], abs=1e-4)
     assert f"{u['kl_policy_rollout']:.4f}" in stepper.numbers.value
+    assert u["grad_norm"] > 0 and f"unlearning gradient norm {u['grad_norm']:.3g}" in stepper.numbers.value
+    assert ("clipped to 0.3" in stepper.numbers.value) == (u["grad_norm"] > 0.3)
 
     names = [stepper.next_phase().name for _ in range(2)]
     assert names == ["sample_stage2", "score"]

@@ -224,6 +224,20 @@ def test_hyperparameter_panel_edits_a_config():
         panel.config
     panel.fields["epsilon_high"].input.value = ""
 
+    clip = panel.option_fields["unlearn_max_grad_norm"]  # a number, or empty for no clipping
+    assert clip.input.value == "0.3" and "empty (none) or a number > 0" in clip.input.tooltip
+    clip.input.value = ""
+    assert panel.config.method_options == {"gate": "always", "unlearn_max_grad_norm": None}
+    clip.input.value = "0.5"
+    assert panel.config.method_options == {"gate": "always", "unlearn_max_grad_norm": 0.5}
+    clip.input.value = "tight"
+    with pytest.raises(ConfigError, match="method_options.unlearn_max_grad_norm='tight'.*empty \\(none\\) or a number > 0"):
+        panel.config
+    clip.input.value = "-1"
+    with pytest.raises(ConfigError, match="unlearn_max_grad_norm=-1.0"):
+        panel.config
+    clip.input.value = "0.3"
+
     panel.fields["method"].input.value = "policy_split"  # the options follow the method
     assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form"}
     assert panel.config.method_options == {}

@@ -126,7 +126,10 @@ class EEPOStepper(W.VBox):
                     "<b>off</b>: window mean {:.3f} ≥ α = {:g}, no unlearning step").format(u["window_mean"], alpha)
             if self.trainer.method.options["gate"] != "entropy":
                 gate = f"<b>{'on' if u['gate'] else 'off'}</b> (gate = {self.trainer.method.options['gate']})"
+            clip = self.trainer.method.options["unlearn_max_grad_norm"]
+            clipped = f", clipped to {clip:g}" if u["gate"] and clip is not None and u["grad_norm"] > clip else ""
             parts.append(f"gate {gate} · stage-1 entropy {u['stage1_entropy']:.3f} nats · "
+                         f"unlearning gradient norm {u['grad_norm']:.3g}{clipped} · "
                          f"log-prob drop {u['logp_drop']:.3f} nats/token · "
                          f"KL(policy ‖ rollout model) {u['kl_policy_rollout']:.4f} nats/token")
         if phase is not None and phase.name not in ("sample_stage1", "unlearn"):

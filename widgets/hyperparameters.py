@@ -88,6 +88,8 @@ OPTION_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("policy_split", "clamp_form"): CLAMP_FORMS,
     ("poly_epo", "reduce"): REDUCE,
 }
+# float method options that may also be None (left empty)
+OPTIONAL_NUMBER_OPTIONS = {("eepo", "unlearn_max_grad_norm"): "a number > 0"}
 # fields a fork cannot change: Trainer.fork copies the model and adapter (model, lora_*,
 # target_modules, device, dtype; it refuses those) and hands the branch the parent's task
 # object and model (so a new task or gradient_checkpointing would not take effect)
@@ -372,7 +374,8 @@ def _field(name: str, kind, hint: str) -> _Field:
         return _Field(name, w.FloatText(), f"a number in {RANGES[name].text}", hint)
     if kind == float | None:
         return _Field(name, w.Text(placeholder="none"), f"empty (none) or a number in {RANGES[name].text}", hint,
-                      get=lambda text: _optional_number(name, text), put=lambda v: "" if v is None else repr(v))
+                      get=lambda text: _optional_number(name, text, f"a number in {RANGES[name].text}"),
+                      put=lambda v: "" if v is None else repr(v))
     if kind == str | list[str]:
         return _Field(name, w.Text(), "a name, or names separated by commas", hint,
                       get=_names, put=lambda v: v if isinstance(v, str) else ", ".join(v))
@@ -386,6 +389,10 @@ def _option_field(method: str, key: str, default: Any, hint: str) -> _Field:
         return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
     if key == "clusterer":
         return _ClustererField(name, hint)
+    if (method, key) in OPTIONAL_NUMBER_OPTIONS:
+        allowed = OPTIONAL_NUMBER_OPTIONS[method, key]
+        return _Field(name, w.Text(placeholder="none"), f"empty (none) or {allowed} (default {default})", hint,
+                      get=lambda text: _optional_number(name, text, allowed), put=lambda v: "" if v is None else repr(v))
     if isinstance(default, bool):
         return _Field(name, w.Checkbox(indent=True), "true or false", hint)
     if isinstance(default, int):
@@ -423,14 +430,14 @@ class _ClustererField(_Field):
         self.input.value = getattr(value, "__name__", repr(value)) if callable(value) else value
 
 
-def _optional_number(name: str, text: str) -> float | None:
+def _optional_number(name: str, text: str, allowed: str) -> float | None:
     text = text.strip()
     if text.lower() in ("", "none"):
         return None
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(name, text, f"empty (none) or a number in {RANGES[name].text}") from None
+        raise ConfigError(name, text, f"empty (none) or {allowed}") from None
 
 
 def _optional_integer(name: str, text: str) -> int | None:

@@ -21,6 +21,8 @@ class Method:
     name: ClassVar[str] = "grpo"
     # method_options this method understands, with their defaults
     defaults: ClassVar[dict[str, Any]] = {}
+    # numeric options that also take None (which switches the feature off)
+    optional_numbers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -34,6 +36,8 @@ class Method:
             raise ConfigError(f"method_options.{unknown[0]}", cfg.method_options[unknown[0]],
                               f"an option of method {cls.name!r}; its options: {allowed}")
         for key, value in cfg.method_options.items():
+            if value is None and key in cls.optional_numbers:
+                continue
             _check_numeric_type(key, value, cls.defaults[key])
 
     # --- hooks ------------------------------------------------------------------------

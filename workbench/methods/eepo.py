@@ -17,6 +17,13 @@ the embedded model, 3e-3 gives a token KL(policy || rollout model) below 1e-4 na
 gives 0.03, 1.0 gives 0.10 (stage 2 still parses 81% of the time and finds 1.8 strategies
 per group that stage 1 missed), 3.0 gives 0.53 with stage 2 half unparsable. Measured by
 ``bench/eepo_lr.py``; the table is in docs/methods.md.
+
+``unlearn_max_grad_norm`` default 0.3 clips the unlearning gradient (the paper takes the plain
+step: None). The gradient grows as the policy sharpens and the adapter grows, from about 0.3
+at the start of a run on the embedded model to 1-3 after a few hundred steps; unclipped, the
+step grew with it, stage 2 stopped finding any correct answer after about 300 steps, and
+training on those rollouts pulled stage-1 accuracy from 0.6 down to 0.3 (500-step run in
+docs/methods.md). Clipped at 0.3, the step keeps moving the stage-1 tokens by about 0.1 nats.
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ class EEPO(Method):
         "window": 3,  # m: steps in the moving average, the current one included
         "gate": "entropy",  # or "always" / "never"
         "unlearn_lr": 1.0,  # plain SGD step size on the adapter (see the module docstring)
+        "unlearn_max_grad_norm": 0.3,  # clip the unlearning gradient to this norm (None: the paper's plain step)
         "eps": 0.01,  # p is clipped to 1 - eps in the complementary loss
         "behaviour_logprobs": "A",  # A: each stage's sampling model; B: the restored policy
     }
+    optional_numbers = frozenset({"unlearn_max_grad_norm"})
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -72,6 +81,9 @@ class EEPO(Method):
         for key in ("alpha", "unlearn_lr"):
             if not isinstance(o[key], (int, float)) or o[key] < 0:
                 raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
+        clip = o["unlearn_max_grad_norm"]
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+            raise ConfigError("method_options.unlearn_max_grad_norm", clip, "a number > 0, or None for no clipping")
         if not isinstance(o["eps"], (int, float)) or not 0 < o["eps"] < 1:
             raise ConfigError("method_options.eps", o["eps"], "a number in (0, 1)")
 
@@ -80,6 +92,7 @@ class EEPO(Method):
         self.last_unlearn: dict[str, float] = {}
         self._stage1_logp: torch.Tensor | None = None
         self._unlearning_loss = float("nan")
+        self._unlearning_grad_norm = float("nan")
 
     def gate(self, trainer, stage1_entropy: float) -> tuple[bool, list[float]]:
         """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
@@ -99,7 +112,8 @@ class EEPO(Method):
         entropy = float(stage1.entropy[stage1.mask.bool()].mean())
         on, window = self.gate(trainer, entropy)
         numbers = {"gate": on, "entropy_window": window, "stage1_entropy": entropy,
-                   "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0}
+                   "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0,
+                   "grad_norm": 0.0}
         moved = {}
         if on:
             moved = self.unlearn(trainer, stage1)
@@ -129,7 +143,12 @@ class EEPO(Method):
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=reuse)
         self._stage1_logp = logp if reuse else None
         self._unlearning_loss = float(loss.detach())
-        lr = self.options["unlearn_lr"]
+        # The gradient grows as the policy sharpens and the adapter grows (about 0.3 at the start
+        # of a run on the embedded model, 1-3 after a few hundred steps), and so does the step.
+        self._unlearning_grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        clip = self.options["unlearn_max_grad_norm"]
+        scale = min(1.0, clip / (self._unlearning_grad_norm + 1e-6)) if clip is not None else 1.0
+        lr = self.options["unlearn_lr"] * scale
         return {name: p.detach() - lr * g for (name, p), g in zip(params.items(), grads)}
 
     def unlearning_effect(self, trainer, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -143,6 +162,7 @@ class EEPO(Method):
         lengths = stage1.mask.sum(-1).clamp(min=1)
         return {
             "unlearning_loss": self._unlearning_loss,
+            "grad_norm": self._unlearning_grad_norm,  # before clipping
             # per stage-1 response (row order), its mean token log-prob before and after the step
             "logp_before": ((before * stage1.mask).sum(-1) / lengths).tolist(),
             "logp_after": ((after * stage1.mask).sum(-1) / lengths).tolist(),
@@ -172,6 +192,7 @@ class EEPO(Method):
             "eepo_gate": float(u["gate"]),
             "eepo_logp_drop": u["logp_drop"],
             "eepo_kl_policy_rollout": u["kl_policy_rollout"],
+            "eepo_unlearn_grad_norm": u["grad_norm"],
         }
         stage = torch.tensor(batch.stage)
         groups = batch.group_rows()

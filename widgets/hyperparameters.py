@@ -88,8 +88,6 @@ OPTION_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("policy_split", "clamp_form"): CLAMP_FORMS,
     ("poly_epo", "reduce"): REDUCE,
 }
-# float method options that may also be None (left empty)
-OPTIONAL_NUMBER_OPTIONS = {("eepo", "unlearn_max_grad_norm"): "a number > 0"}
 # fields a fork cannot change: Trainer.fork copies the model and adapter (model, lora_*,
 # target_modules, device, dtype; it refuses those) and hands the branch the parent's task
 # object and model (so a new task or gradient_checkpointing would not take effect)
@@ -389,8 +387,8 @@ def _option_field(method: str, key: str, default: Any, hint: str) -> _Field:
         return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
     if key == "clusterer":
         return _ClustererField(name, hint)
-    if (method, key) in OPTIONAL_NUMBER_OPTIONS:
-        allowed = OPTIONAL_NUMBER_OPTIONS[method, key]
+    if key in methods.get(method).optional_numbers:  # None (left empty) switches the option off
+        allowed = methods.get(method).optional_numbers[key]
         return _Field(name, w.Text(placeholder="none"), f"empty (none) or {allowed} (default {default})", hint,
                       get=lambda text: _optional_number(name, text, allowed), put=lambda v: "" if v is None else repr(v))
     if isinstance(default, bool):

@@ -21,8 +21,8 @@ class Method:
     name: ClassVar[str] = "grpo"
     # method_options this method understands, with their defaults
     defaults: ClassVar[dict[str, Any]] = {}
-    # numeric options that also take None (which switches the feature off)
-    optional_numbers: ClassVar[frozenset[str]] = frozenset()
+    # numeric options that also take None (which switches the feature off): what else they allow
+    optional_numbers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg):
         self.cfg = cfg

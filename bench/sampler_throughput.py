@@ -1,10 +1,12 @@
 """Sampling throughput: the workbench's sampler against transformers' ``model.generate``.
 
     python bench/sampler_throughput.py [--batch 64] [--length 64] [--repeats 5]
+    python bench/sampler_throughput.py --model smollm2-135m --prompts 4 --batch 16 --length 48
 
-The embedded model with its LoRA adapter (B moved off zero, as after training), 8 prompts
-repeated to ``--batch`` rows, every row exactly ``--length`` new tokens (EOS suppressed on
-all sides), temperature 1, pure sampling. Three samplers:
+``--model`` (tiny, smollm2-135m or a directory) with its LoRA adapter (B moved off zero, as after
+training), ``--prompts`` prompts of ``--task`` (through the chat template for a chat model: the
+same ids for every sampler) repeated to ``--batch`` rows, every row exactly ``--length`` new
+tokens (EOS suppressed on all sides), temperature 1, pure sampling. Three samplers:
 
 - ``generate``: ``model.generate(do_sample=True, min_new_tokens=L, max_new_tokens=L)`` of
   transformers on the peft model, no telemetry;
@@ -13,7 +15,8 @@ all sides), temperature 1, pure sampling. Three samplers:
   MergedDecoder;
 - ``workbench``: the default, through MergedDecoder, with the same telemetry.
 
-Prints generated tokens per second (median of ``--repeats``) and the ratios to ``generate``.
+Prints generated tokens per second (median of ``--repeats``) and the ratios to ``generate``;
+``--json OUT`` also writes them.
 """
 
 from __future__ import annotations
@@ -24,32 +27,29 @@ import time
 
 import torch
 
+import harness
 from workbench import Policy, tasks
-from workbench.sampling import Sampler
+from workbench.sampling import Sampler, left_pad
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--length", type=int, default=64)
+    parser = harness.add_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]),
+                              prompts=8, generations=8, length=64, threads=2)
+    parser.add_argument("--batch", type=int, default=None, help="rows (default: prompts x generations)")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    policy = Policy.from_pretrained("tiny")
+    args = harness.resolve(parser.parse_args())
+    args.batch = args.batch or args.prompts * args.generations
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    policy = Policy.from_pretrained(args.model_dir)
     with torch.no_grad():
         for name, p in policy.trainable_parameters().items():
             if "lora_B" in name:
                 p.normal_(std=0.02, generator=torch.Generator().manual_seed(0))
     policy.model.eval()
-    prompts = policy.format_prompts([p.prompt for p in tasks.get("countdown").prompts("train", 8, seed=0)])
+    prompts = policy.format_prompts([p.prompt for p in tasks.get(args.task).prompts("train", args.prompts, seed=0)])
     per_prompt = args.batch // len(prompts)
-    rows = [p for p in prompts for _ in range(per_prompt)]
     tok = policy.tokenizer
-    ids = torch.full((len(rows), max(map(len, rows))), tok.pad_token_id)
-    attention = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, ids.shape[1] - len(r):] = torch.tensor(r)
-        attention[i, ids.shape[1] - len(r):] = 1
+    ids, attention = left_pad([p for p in prompts for _ in range(per_prompt)], tok.pad_token_id)
 
     def hf_generate():
         with torch.no_grad():
@@ -64,8 +64,9 @@ def main() -> None:
                                         generator=torch.Generator().manual_seed(0)).ids.shape[1]
 
     samplers = {"generate": hf_generate, "workbench (transformers path)": workbench(False), "workbench": workbench(True)}
-    rates = {}
-    print(f"batch {len(rows)}, {args.length} new tokens per row, median of {args.repeats}")
+    results = {}
+    print(f"{harness.describe(args).split(';')[0]}; batch {len(ids)}, {args.length} new tokens per row, "
+          f"median of {args.repeats}, {torch.get_num_threads()} threads")
     for name, run in samplers.items():
         run()  # warm-up
         times = []
@@ -74,9 +75,12 @@ def main() -> None:
             generated = run()
             times.append(time.perf_counter() - started)
         assert generated == args.length, (name, generated)
-        rates[name] = len(rows) * args.length / statistics.median(times)
-        ratio = f", {rates[name] / rates['generate']:.2f}x generate" if name != "generate" else ""
-        print(f"{name:>30}: {rates[name]:8.0f} tokens/s ({statistics.median(times):.3f} s){ratio}")
+        rate = len(ids) * args.length / statistics.median(times)
+        results[name] = {"tokens_per_s": rate, "median_s": statistics.median(times), "times": times,
+                         "vs_generate": rate / results["generate"]["tokens_per_s"] if results else 1.0}
+        ratio = f", {results[name]['vs_generate']:.2f}x generate" if name != "generate" else ""
+        print(f"{name:>30}: {rate:8.0f} tokens/s ({statistics.median(times):.3f} s){ratio}")
+    harness.write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

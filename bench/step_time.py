@@ -1,14 +1,19 @@
-"""Wall time of a training step on the embedded model (8 prompts x 8 generations).
+"""Wall time of a training step per method, as a ratio to GRPO's.
 
-    python bench/step_time.py [--methods grpo,eepo,policy_split] [--steps 20] [--warmup 3]
-                              [--forced-length L] [--telemetry-overhead]
+    python bench/step_time.py [--methods grpo,eepo,policy_split,erpo,poly_epo] [--steps 20] [--warmup 3]
+                              [--length 32] [--forced] [--telemetry-overhead] [--dashboard]
+    python bench/step_time.py --model smollm2-135m --prompts 4 --generations 4 --length 48 --steps 3 --warmup 1
 
-Prints, per method, the mean and median step time, the time of each phase, and the ratio
-to GRPO's at the same number of generated responses. Methods are stepped in turn (one step
-of each, then the next round), so a machine whose speed drifts affects all alike.
+``--model`` (tiny, smollm2-135m or a directory), ``--task`` (default: countdown for a plain model,
+the real-model default task for a chat model), ``--prompts`` x ``--generations`` responses a step
+of up to ``--length`` tokens (default ``RunConfig``: 8 x 8, 32). Prints, per method, the mean and
+median step time, the time of each phase, and the ratio to GRPO's at the same number of
+generated responses. Methods are stepped in turn (one step of each, then the next round), so a
+machine whose speed drifts affects all alike. ``--json OUT`` also writes the numbers.
 
-``--forced-length L``: every completion is exactly L tokens (the sampler never sees EOS),
-as when rollouts are long reasoning traces and sampling dominates a step.
+``--forced`` (or ``--forced-length L``, the same as ``--length L --forced``): every completion is
+exactly ``--length`` tokens (the sampler never sees EOS), as when rollouts are long reasoning
+traces and sampling dominates a step.
 EEPO runs with ``gate="always"`` unless ``--eepo-gate`` says otherwise: its unlearning step
 then runs every step (its worst case; the default entropy gate skips it while entropy is high).
 ``--dashboard``: GRPO with and without a ``widgets.TrainingDashboard`` attached (built without a
@@ -22,42 +27,43 @@ Not a test: numbers to record in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
-import time
 
 import torch
 
-from workbench import RunConfig, Trainer, metrics
+import harness
+from workbench import ConfigError, RunConfig, Trainer, metrics
+
+METHODS = "grpo,eepo,policy_split,erpo,poly_epo"
 
 
-def make_trainer(method: str, forced_length: int | None, telemetry: bool = True, eepo_gate: str = "always") -> Trainer:
-    overrides = {"max_completion_length": forced_length} if forced_length else {}
+def method_options(args: argparse.Namespace, method: str) -> dict:
     if method == "eepo":
-        overrides["method_options"] = {"gate": eepo_gate}
-    trainer = Trainer(RunConfig(method=method, **overrides))
-    if forced_length:
+        return {"gate": args.eepo_gate}
+    if method == "poly_epo" and args.generations <= 4:  # its sets of 4 need 5 or more generations
+        return {"set_size": args.generations - 1}
+    return {}
+
+
+def make_trainer(args: argparse.Namespace, method: str, telemetry: bool = True) -> Trainer:
+    options = {"method_options": method_options(args, method)}
+    trainer = Trainer(RunConfig(model=args.model_dir, task=args.task, method=method, num_prompts=args.prompts,
+                                num_generations=args.generations, max_completion_length=args.length,
+                                threads=args.threads, **options))
+    if args.forced:
         trainer.sampler.eos_token_id = -1  # no token id is -1: every row runs to the length limit
     trainer.sampler.telemetry = telemetry
     return trainer
-
-
-def timed_step(trainer: Trainer) -> tuple[float, dict[str, float]]:
-    phases = {}
-    started = last = time.perf_counter()
-    for phase in trainer.phases():
-        now = time.perf_counter()
-        phases[phase.name] = now - last
-        last = now
-    return time.perf_counter() - started, phases
 
 
 def measure(trainers: dict[str, Trainer], steps: int, warmup: int) -> dict[str, tuple[list[float], dict[str, list[float]]]]:
     results = {name: ([], {}) for name in trainers}
     for round_ in range(warmup + steps):
         for name, trainer in trainers.items():
-            seconds, phases = timed_step(trainer)
+            seconds, phases = harness.timed_step(trainer)
             if round_ >= warmup:
                 results[name][0].append(seconds)
                 for phase, t in phases.items():
@@ -65,52 +71,67 @@ def measure(trainers: dict[str, Trainer], steps: int, warmup: int) -> dict[str, 
     return results
 
 
-def report(results, trainers, warmup: int, baseline: str) -> None:
+def report(results, trainers, warmup: int, baseline: str) -> dict:
     base = statistics.median(results[baseline][0]) if baseline in results else None
+    out = {}
     for name, (step_times, phase_times) in results.items():
         median = statistics.median(step_times)
         tokens = trainers[name].history["response_length"].iloc[warmup:].mean() * trainers[name].cfg.batch_size
+        out[name] = {"median_s": median, "mean_s": statistics.mean(step_times), "min_s": min(step_times),
+                     "tokens": float(tokens), "ratio": median / base if base else None, "times": step_times,
+                     "phases_s": {p: statistics.median(v) for p, v in phase_times.items()}}
         ratio = f", {median / base:.2f}x {baseline}" if base and name != baseline else ""
-        print(f"{name}: median {median:.3f} s, mean {statistics.mean(step_times):.3f} s, min {min(step_times):.3f} s, "
+        print(f"{name}: median {median:.3f} s, mean {out[name]['mean_s']:.3f} s, min {min(step_times):.3f} s, "
               f"~{tokens:.0f} generated tokens/step{ratio}")
-        print("   " + ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in phase_times.items()))
+        print("   " + ", ".join(f"{p} {t:.3f}" for p, t in out[name]["phases_s"].items()))
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--methods", default="grpo")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--forced-length", type=int, default=None)
+    parser = harness.add_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]),
+                              prompts=8, generations=8, length=32, steps=20, warmup=3, threads=0)
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--forced", action="store_true", help="every completion exactly --length tokens")
+    parser.add_argument("--forced-length", type=int, default=None, help="the same as --length L --forced")
     parser.add_argument("--telemetry-overhead", action="store_true")
     parser.add_argument("--dashboard", action="store_true")
     parser.add_argument("--eepo-gate", default="always",
                         help="EEPO's gate; 'always' (default) measures the unlearning step on every step, its worst case")
-    args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; 8 prompts x 8 generations; {args.steps} steps after {args.warmup} warm-up"
-          + (f"; completions forced to {args.forced_length} tokens" if args.forced_length else ""))
+    args = harness.resolve(parser.parse_args())
+    if args.forced_length:
+        args.length, args.forced = args.forced_length, True
+    make = functools.partial(make_trainer, args)
+    baseline, dashboard = "grpo", None
     if args.telemetry_overhead:
-        trainers = {"grpo": make_trainer("grpo", args.forced_length),
-                    "grpo-no-telemetry": make_trainer("grpo", args.forced_length, telemetry=False)}
+        trainers = {"grpo": make("grpo"), "grpo-no-telemetry": make("grpo", telemetry=False)}
         find_pivots = metrics.find_pivots
         # pivots are flagged after sampling; the no-telemetry trainer gets none
         metrics.find_pivots = lambda entropy, mask, *a, **k: (
             torch.zeros_like(mask, dtype=torch.bool) if (entropy == 0).all() else find_pivots(entropy, mask, *a, **k))
-        results = measure(trainers, args.steps, args.warmup)
-        report(results, trainers, args.warmup, "grpo-no-telemetry")
-        return
-    if args.dashboard:
+        baseline = "grpo-no-telemetry"
+    elif args.dashboard:
         from widgets import TrainingDashboard
 
-        trainers = {"grpo": make_trainer("grpo", args.forced_length),
-                    "grpo+dashboard": make_trainer("grpo", args.forced_length)}
+        trainers = {"grpo": make("grpo"), "grpo+dashboard": make("grpo")}
         dashboard = TrainingDashboard(trainers["grpo+dashboard"])  # subscribed: redraws on the trainer's phases
-        report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, "grpo")
+    else:
+        trainers = {}
+        for method in args.methods.split(","):
+            try:
+                trainers[method] = make(method)
+            except ConfigError as error:  # e.g. EEPO and Policy Split need an even number of generations
+                print(f"{method}: not run at this setting: {error}")
+                continue
+            if method_options(args, method).get("set_size"):
+                print(f"{method}: sets of {args.generations - 1} (its default 4 needs 5 or more generations)")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {harness.describe(args)}, "
+          f"{'exactly' if args.forced else 'up to'} {args.length} tokens; "
+          f"{args.steps} steps after {args.warmup} warm-up")
+    results = report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, baseline)
+    if dashboard is not None:
         dashboard.close()
-        return
-    trainers = {m: make_trainer(m, args.forced_length, eepo_gate=args.eepo_gate) for m in args.methods.split(",")}
-    report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, "grpo")
+    harness.write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

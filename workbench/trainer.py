@@ -551,6 +551,6 @@ def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def _task(name: str) -> tasks.Task:
-    if name in tasks.names():
+    if name in tasks.names() or name.startswith(tasks.REASONING_GYM_PREFIX):
         return tasks.get(name)
     return tasks.DatasetTask.from_file(name)

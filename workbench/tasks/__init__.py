@@ -6,24 +6,33 @@ from .base import SPLITS, UNPARSED, Problem, Score, Task
 from .coins import Coins
 from .countdown import Countdown
 from .dataset import DatasetTask
+from .reasoning_gym import PREFIX as REASONING_GYM_PREFIX
+from .reasoning_gym import ReasoningGymTask
 from .rewards import RewardFunctionError, RewardFunctionTask, score_batch
 
 _BUILTIN = {"countdown": Countdown, "coins": Coins}
 
 
 def names() -> list[str]:
-    """Names of the built-in tasks."""
+    """Names of the built-in tasks (``reasoning_gym:NAME`` tasks are not listed)."""
     return sorted(_BUILTIN)
 
 
 def get(name: str, **options) -> Task:
-    """A built-in task by name, e.g. ``get("countdown")``; options override its fields."""
+    """A task by name: a built-in, e.g. ``get("countdown")``, whose fields ``options`` override; or
+    a reasoning-gym dataset, ``get("reasoning_gym:chain_sum", max_terms=2)`` (see
+    :class:`ReasoningGymTask`; needs ``pip install -e '.[real]'``)."""
+    if isinstance(name, str) and name.startswith(REASONING_GYM_PREFIX):
+        return ReasoningGymTask.from_name(name, **options)
     if name not in _BUILTIN:
-        raise ValueError(f"task={name!r} is not a built-in task; allowed: {', '.join(names())}")
+        raise ValueError(
+            f"task={name!r} is not a built-in task; allowed: {', '.join(names())} or {REASONING_GYM_PREFIX}NAME"
+        )
     return _BUILTIN[name](**options)
 
 
 __all__ = [
     "SPLITS", "UNPARSED", "Problem", "Score", "Task", "Coins", "Countdown", "get", "names",
-    "DatasetTask", "RewardFunctionTask", "RewardFunctionError", "score_batch",
+    "DatasetTask", "ReasoningGymTask", "REASONING_GYM_PREFIX", "RewardFunctionTask", "RewardFunctionError",
+    "score_batch",
 ]

@@ -35,7 +35,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from .. import tasks
 from ..methods.policy_split import HIGH_ENTROPY_PROMPT
-from .tokenizer import build_char_tokenizer
+from .tokenizer import build_char_tokenizer, save_char_tokenizer
 
 from . import CHECKPOINT_DIR
 
@@ -174,7 +174,7 @@ def _train(out_dir: Path, cfg: BuildConfig, progress: bool) -> Path:
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    save_char_tokenizer(tokenizer, out_dir)
     if progress:
         params = sum(p.numel() for p in model.parameters())
         print(f"wrote {out_dir} ({params / 1e6:.2f}M parameters, {time.time() - started:.0f} s)")

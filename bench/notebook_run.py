@@ -7,7 +7,8 @@ JupyterLab serves a copy of the notebook on 127.0.0.1 with a token; Debian's chr
 Playwright, no browser download) presses Run All and waits until every code cell has an
 execution count and the kernel is idle. Prints the wall time of Run All (from the press to the
 last cell done) and writes one PNG per output that holds a widget or a figure:
-``{shots}-{cell}.png``. Fails on any error output.
+``{shots}-{cell}.png``. ``--print-outputs`` also prints the text of every output (tables, printed
+numbers), to read a run's results without opening it. Fails on any error output.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--shots", help="screenshot prefix, e.g. docs/img/notebook-08 (none if omitted)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds Run All may take")
     parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--print-outputs", action="store_true", help="print the text of every output")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -92,6 +94,10 @@ def main() -> None:
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
             tracebacks = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count()
             print(f"{args.notebook.name}: Run All {seconds:.0f} s; error outputs {tracebacks}, stderr outputs {errors}")
+            if args.print_outputs:
+                outputs = page.locator(".jp-CodeCell .jp-OutputArea")
+                for i in range(outputs.count()):
+                    print(f"--- output {i}\n{outputs.nth(i).inner_text()[:4000]}")
             if args.shots:
                 page.wait_for_timeout(1500)  # plotly relayouts
                 outputs = page.locator(".jp-CodeCell .jp-OutputArea")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ class Policy:
         if device is not None:
             model = model.to(device)
         torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
-        model = get_peft_model(model, lora.to_peft())
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(model, lora.to_peft())
         return cls(model=model, tokenizer=tokenizer, name=str(name_or_path), lora=lora)
 
     # --- the adapter --------------------------------------------------------------

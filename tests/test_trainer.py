@@ -202,6 +202,36 @@ def test_fork_starts_from_the_same_adapter_and_history():
         trainer.fork(lora_r=4)
 
 
+def test_a_fork_trains_on_the_task_it_is_given():
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()
+    branch = trainer.fork(task="coins")
+    assert branch.task.name == "coins" and trainer.task.name == "countdown"
+    assert branch.train_problems()[0].id.startswith("coins")
+    branch.step()
+    assert branch.last_batch.problems[0].id.startswith("coins") and branch.cfg.task == "coins"
+
+
+def test_a_fork_takes_the_new_weight_decay_and_learning_rate():
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()
+    branch = trainer.fork(weight_decay=0.5, learning_rate=1e-2)
+    assert [(g["lr"], g["weight_decay"]) for g in branch.optimizer.param_groups] == [(1e-2, 0.5)]
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.0]
+    # the decay acts: the same step with and without it ends on different adapters
+    plain = trainer.fork(learning_rate=1e-2)
+    branch.step(), plain.step()
+    a, b = branch.policy.adapter_state(), plain.policy.adapter_state()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("field,value", [("model", "other"), ("lora_r", 4), ("device", "cuda"), ("dtype", "float16")])
+def test_a_fork_refuses_what_would_change_the_model_and_names_it(field, value):
+    trainer = Trainer(RunConfig(**QUICK))
+    with pytest.raises(ConfigError, match=f"^{field}=.*a fork keeps the model"):
+        trainer.fork(**{field: value})
+
+
 def test_evaluate_returns_the_whole_pass_at_k_curve():
     from workbench.metrics import pass_at_k_grid
 

@@ -464,26 +464,36 @@ class Trainer:
         cfg = self.cfg.replace(**changes)  # validates the whole config, method options included
         self.cfg = self.method.cfg = cfg
         self.method.options = {**self.method.defaults, **cfg.method_options}
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate
+        self._apply_optimizer_settings()
         if self.store is not None:
             self.store.write_config(cfg)
         return cfg
 
+    def _apply_optimizer_settings(self) -> None:
+        """The config decides the optimizer's settings, also after a state dict (which carries
+        the parent's or the checkpoint's) was loaded."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.learning_rate
+            group["weight_decay"] = self.cfg.weight_decay
+
     def fork(self, out_dir: str | Path | None = None, **changes) -> "Trainer":
         """A new run that starts from this one's adapter, optimizer state and step, with any
-        config ``changes`` (all fields, not only live ones): a branch to compare against."""
+        config ``changes`` (all fields, not only live ones): a branch to compare against. Every
+        field it accepts takes effect (a new task is built; the optimizer takes the new learning
+        rate and weight decay); those that would change the model or the adapter's shape are
+        refused."""
         cfg = self.cfg.replace(**changes)
-        rebuild = any(getattr(cfg, f) != getattr(self.cfg, f) for f in ("model", "lora_r", "lora_alpha", "lora_dropout",
-                                                                         "target_modules", "device", "dtype"))
+        rebuild = [f for f in FORK_REFUSES if getattr(cfg, f) != getattr(self.cfg, f)]
         if rebuild:
-            raise ConfigError("fork", sorted(changes), "changes that keep the model and adapter shape "
-                              "(not model, lora_*, target_modules, device, dtype)")
+            raise ConfigError(rebuild[0], getattr(cfg, rebuild[0]), "the parent's value: a fork keeps the model and "
+                              f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it")
         policy = copy.deepcopy(self.policy)
-        branch = Trainer(cfg, policy=policy, task=self.task, out_dir=out_dir)
+        if self.cfg.gradient_checkpointing and not cfg.gradient_checkpointing:
+            policy.model.gradient_checkpointing_disable()
+        task = self.task if cfg.task == self.cfg.task else None  # None: the branch builds its own
+        branch = Trainer(cfg, policy=policy, task=task, out_dir=out_dir)
         branch.optimizer.load_state_dict(self.optimizer.state_dict())
-        for group in branch.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate
+        branch._apply_optimizer_settings()
         branch.step_index, branch.nan_skips = self.step_index, self.nan_skips
         branch._history = [dict(r) for r in self._history]
         if branch.store is not None:
@@ -526,11 +536,13 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this "
                                   f"adapter: {error}") from error
-        for group in self.optimizer.param_groups:  # config.yaml decides: set_live rewrites it
-            group["lr"] = self.cfg.learning_rate
+        self._apply_optimizer_settings()  # config.yaml decides: set_live rewrites it
         self.step_index = checkpoint.step
         self.nan_skips = checkpoint.state.get("nan_skips", 0)
 
+
+# RunConfig fields a fork cannot change: they shape the model and the adapter it copies
+FORK_REFUSES = ("model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "device", "dtype")
 
 # RunConfig fields a running trainer can change between steps (Trainer.set_live); the others
 # shape what was built (model, adapter, batch layout, method) and need a fork.

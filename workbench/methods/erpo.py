@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..options import choice, integer, number
 from ..metrics.pivots import group_zscore
 from .base import Method
 
@@ -104,25 +104,13 @@ def token_advantages(
 
 class ERPO(Method):
     name = "erpo"
-    defaults = {
-        "gamma": 5.0,  # gate sharpness on the group-z-scored entropy
-        "beta": 0.1,  # progress scale: s = beta (logp_old - logp_ref)
-        "eta": 0.2,  # weight of Psi in the token advantage
-        "num_buckets": 10,  # K relative-position buckets for normalising s
-        "variant": "additive",  # or "redistribute"
+    OPTIONS = {
+        "gamma": number(5.0, "gate sharpness on the group-z-scored entropy", low=0.0),
+        "beta": number(0.1, "progress scale: s = beta (logp_old - logp_ref)", low=0.0),
+        "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
+        "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
+        "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate", VARIANTS),
     }
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
-        for key in ("gamma", "beta", "eta"):
-            if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or not o[key] >= 0:
-                raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
-        if isinstance(o["num_buckets"], bool) or not isinstance(o["num_buckets"], int) or o["num_buckets"] < 1:
-            raise ConfigError("method_options.num_buckets", o["num_buckets"], "an integer >= 1")
-        if o["variant"] not in VARIANTS:
-            raise ConfigError("method_options.variant", o["variant"], f"one of {', '.join(VARIANTS)}")
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from . import methods, tasks
+from .core import LOSS_TYPES, SCALE_REWARDS
 from .options import ConfigError, anything, choice, config_field, flag, integer, number, of_dataclass, text
 
-LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
-SCALE_REWARDS = ("group", "batch", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

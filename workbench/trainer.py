@@ -93,10 +93,7 @@ class Trainer:
 
     # --- the shared stages ------------------------------------------------------------------
     def _seed(self, *parts: int) -> int:
-        value = self.cfg.seed
-        for p in parts:
-            value = (value * 1_000_003 + p) % (2**63 - 1)
-        return value
+        return core.derive_seed(self.cfg.seed, *parts)
 
     def generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(self._seed(*parts))
@@ -364,7 +361,7 @@ class Trainer:
             "step": self.step_index,
             "reward_mean": float(batch.rewards.mean()),
             "reward_std": float(batch.rewards.std(correction=0)),
-            "accuracy": float((batch.rewards > 0.5).float().mean()),  # as evaluate() counts a success
+            "accuracy": float(tasks.is_success(batch.rewards).float().mean()),  # as evaluate() counts
             "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
             "parsed_fraction": float(batch.parsed.float().mean()),
             **metrics.entropy_stats(batch.entropy, batch.mask),
@@ -432,8 +429,8 @@ class Trainer:
             for rows in batch.group_rows():
                 rows_l = rows.tolist()
                 rewards = batch.rewards[rows]
-                correct.append(int((rewards > 0.5).sum()))
-                strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if batch.rewards[i] > 0.5]))
+                correct.append(int(tasks.is_success(rewards).sum()))
+                strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if tasks.is_success(batch.rewards[i])]))
                 answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
             entropies.append(batch.entropy[batch.mask.bool()])
             lengths.append(batch.response_lengths())

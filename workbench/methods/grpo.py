@@ -1,4 +1,4 @@
-"""GRPO and the baselines of METHODS.md section 1.
+"""GRPO and the baselines (docs/methods.md).
 
 GRPO is ``Method`` unchanged. Three baselines differ only in the coefficients of the loss:
 the entropy bonus (``entropy_coef`` 0.01 unless set), clip-higher (``epsilon_high`` 0.28

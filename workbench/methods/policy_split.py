@@ -29,6 +29,7 @@ from .. import core
 from ..batch import RolloutBatch
 from ..options import ConfigError, choice, number
 from ..events import Phase
+from ..tasks import is_success
 from .base import Method
 
 HIGH_ENTROPY_PROMPT = (
@@ -140,7 +141,7 @@ class PolicySplit(Method):
             valid = batch.mask[rows].bool()
             out[f"{m}_accuracy"] = float(batch.rewards[rows].mean())
             out[f"{m}_entropy"] = float(batch.entropy[rows][valid].mean())
-            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and batch.rewards[i] > 0.5})
+            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and is_success(batch.rewards[i])})
                        for g in groups]
             out[f"{m}_unique_correct_answers"] = sum(correct) / len(groups)
             # KL(own mode || other mode), estimated (k3) on tokens the own mode sampled

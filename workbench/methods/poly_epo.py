@@ -256,7 +256,7 @@ class PolyEPO(Method):
         for g, rows in enumerate(batch.group_rows()):
             clusters = strategy_clusters(batch, rows, o["clusterer"], o["degenerate_cluster"])
             # seeded by (seed, step, group) alone, so a resumed run draws the same sets
-            seed = (self.cfg.seed * 1_000_003 + trainer.step_index) * 1_000_003 + g
+            seed = core.derive_seed(self.cfg.seed, trainer.step_index, g)
             index = set_indices(len(rows), o["set_size"], o["num_sets"], seed)
             group_adv, f = _marginal(batch.rewards[rows].double().cpu(), clusters, index, o["reduce"],
                                      o["degenerate_cluster"])

@@ -16,7 +16,7 @@ import contextlib
 import torch
 
 from ..sampling import Sampler
-from ..tasks import score_batch
+from ..tasks import is_success, score_batch
 
 
 def group_zscore(values: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -122,9 +122,9 @@ def pivot_sensitivity(
 
     problem = batch.problems[int(batch.group[response])]
     if batch.rewards is not None:
-        original = float(batch.rewards[response]) > 0.5
+        original = is_success(float(batch.rewards[response]))
     else:
-        original = score_batch(task, [problem], [batch.text[response]])[0].reward > 0.5
+        original = is_success(score_batch(task, [problem], [batch.text[response]])[0].reward)
     generator = torch.Generator(policy.device).manual_seed(seed)
     policy.model.eval()
 
@@ -137,7 +137,7 @@ def pivot_sensitivity(
         full_ids = torch.cat([head, samples.ids], dim=1)
         full_mask = torch.cat([torch.ones_like(head, dtype=samples.mask.dtype), samples.mask], dim=1)
         scores = score_batch(task, [problem] * n, policy.decode(full_ids, full_mask))
-        return sum((s.reward > 0.5) != original for s in scores) / n
+        return sum(is_success(s.reward) != original for s in scores) / n
 
     return {
         "pivot_position": pivot,

@@ -230,7 +230,7 @@ class Trainer:
         use_ref = settings["beta"] > 0 or cfg.track_kl
         # The KL in the loss needs every row's reference log-probs; at beta 0 the KL is
         # telemetry only and is measured on one response per group (a 1/G-size pass).
-        exact_kl = settings["beta"] > 0 or "ref_logprobs" in batch.extras
+        exact_kl = settings["beta"] > 0 or batch.ref_logprobs is not None
         kl_rows = torch.ones(n, dtype=torch.bool) if exact_kl else self._one_per_group(batch)
         kl_tokens = float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1))
         old_logps: list[torch.Tensor] = []
@@ -258,8 +258,8 @@ class Trainer:
                 logp = logp.float()
                 if iteration == 0:
                     old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
-                    if use_ref and "ref_logprobs" in batch.extras:  # a method already ran the reference
-                        ref_logps.append(batch.extras["ref_logprobs"][rows].float())
+                    if use_ref and batch.ref_logprobs is not None:  # a method already ran the reference
+                        ref_logps.append(batch.ref_logprobs[rows].float())
                     elif use_ref:  # the reference never moves: one pass per step
                         ref_logps.append(self._reference_logprobs(batch, rows[kl_rows[rows]], rows))
                 token_loss, clipped = self.method.token_loss(

@@ -14,7 +14,7 @@ tokens where a response could have gone another way (critical decision pivots):
     redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
 
 logp_old is the sampler's behaviour log-prob (the pre-update policy). The reference pass
-is stored in ``batch.extras["ref_logprobs"]``, which the trainer's KL term reuses, so
+is stored in ``batch.ref_logprobs``, which the trainer's KL term reuses, so
 ERPO costs no forward pass beyond what ``track_kl`` already runs. The method option
 ``beta`` is the progress scale above, not the KL coefficient ``RunConfig.beta``.
 """
@@ -127,7 +127,7 @@ class ERPO(Method):
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
         batch.gate = gate
         batch.token_advantages = token_advantages(batch.advantages, gate, normalized, mask, o["eta"], o["variant"])
-        batch.extras["ref_logprobs"] = ref
+        batch.ref_logprobs = ref
         batch.extras["erpo_progress"] = progress
         batch.extras["erpo_progress_normalized"] = normalized
         valid = mask.bool()

@@ -103,6 +103,23 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter="policy", grad: bool = False,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [N, T] (float32) of ``ids`` after ``prompt_ids``, and their
+        entropies when asked: THE way every method and the update score tokens. ``adapter``:
+        "policy" (the current adapter), "reference" (adapter off) or a dict of moved adapter
+        tensors (EEPO's unlearned policy); the config's temperature and autocast apply; a graph
+        is kept only with ``grad=True``."""
+        if adapter == "policy":
+            weights = contextlib.nullcontext()
+        elif adapter == "reference":
+            weights = self.policy.reference()
+        else:
+            weights = self.policy.swapped_adapter(adapter)
+        with (contextlib.nullcontext() if grad else torch.no_grad()), weights, self.autocast():
+            logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
+        return logp.float(), None if entropy is None else entropy.float()
+
     def sample_group(
         self,
         problems: list[tasks.Problem],
@@ -249,13 +266,11 @@ class Trainer:
                 else:
                     # only as wide as this micro-batch's longest row; zeros after it (masked out)
                     width = max(1, int(mask.sum(-1).max()))
-                    with self.autocast():
-                        logp, entropy = self.policy.token_logprobs(prompt_ids, batch.ids[rows, :width],
-                                                                   cfg.temperature, with_entropy=with_entropy)
+                    logp, entropy = self.token_logprobs(prompt_ids, batch.ids[rows, :width], grad=True,
+                                                        with_entropy=with_entropy)
                     pad = (0, mask.shape[1] - width)
                     logp = torch.nn.functional.pad(logp, pad)
                     entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
-                logp = logp.float()
                 if iteration == 0:
                     old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
                     if use_ref and batch.ref_logprobs is not None:  # a method already ran the reference
@@ -277,7 +292,7 @@ class Trainer:
                 weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
                 loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
                 if entropy is not None:  # the entropy bonus, with its gradient
-                    loss = loss - settings["entropy_coef"] * (entropy.float() * mask).sum() / valid_tokens
+                    loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / valid_tokens
                 if not torch.isfinite(loss):
                     skipped = True
                     break
@@ -310,11 +325,9 @@ class Trainer:
         ref = torch.zeros(len(rows), batch.mask.shape[1])
         if len(measured):
             width = max(1, int(batch.mask[measured].sum(-1).max()))
-            with torch.no_grad(), self.policy.reference(), self.autocast():
-                values = self.policy.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
-                                                    batch.ids[measured, :width], self.cfg.temperature,
-                                                    with_entropy=False)[0]
-            ref[torch.isin(rows, measured), :width] = values.float().to(ref.device)
+            values, _ = self.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
+                                            batch.ids[measured, :width], adapter="reference")
+            ref[torch.isin(rows, measured), :width] = values.to(ref.device)
         return ref.to(batch.mask.device)
 
     @staticmethod

@@ -119,10 +119,7 @@ class EEPO(Method):
         """One plain SGD step with the complementary loss of the stage-1 tokens: the moved
         adapter tensors, by name. The policy's own tensors are not written."""
         params = trainer.policy.trainable_parameters()
-        with trainer.autocast():
-            logp, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
-                                                    with_entropy=False)
-        logp = logp.float()
+        logp, _ = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, grad=True)
         loss = unlearning_loss(logp, stage1.mask, self.options["eps"])
         # The update needs these same log-probs of the stage-1 rows (the policy has not moved by
         # then): keep the graph and hand it over instead of running the forward pass again.
@@ -140,12 +137,9 @@ class EEPO(Method):
 
     def unlearning_effect(self, trainer, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
         """How far the step moved the stage-1 tokens: mean log-prob drop and k3 KL(policy || rollout)."""
-        with torch.no_grad(), trainer.policy.swapped_adapter(moved), trainer.autocast():
-            after, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
-                                                     with_entropy=False)
+        after, _ = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, adapter=moved)
         before = stage1.logprobs.float()  # the sampler's: the policy before the step
         valid = stage1.mask.bool()
-        after = after.float()
         lengths = stage1.mask.sum(-1).clamp(min=1)
         return {
             "unlearning_loss": self._unlearning_loss,

@@ -119,9 +119,7 @@ class ERPO(Method):
     def advantages(self, trainer, batch):
         numbers = super().advantages(trainer, batch)
         o, mask = self.options, batch.mask
-        with torch.no_grad(), trainer.policy.reference(), trainer.autocast():
-            ref = trainer.policy.token_logprobs(batch.prompt_ids, batch.ids, self.cfg.temperature, with_entropy=False)[0]
-        ref = ref.float().to(batch.logprobs.device)
+        ref = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
         progress = o["beta"] * (batch.logprobs.float() - ref) * mask
         normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group)
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)

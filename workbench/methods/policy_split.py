@@ -105,11 +105,7 @@ class PolicySplit(Method):
         prompts = [p.prompt for p in batch.problems]
         per_problem = {mode: trainer.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
         contexts = {mode: [ids[g] for g in batch.group.tolist()] for mode, ids in per_problem.items()}
-        with torch.no_grad(), trainer.autocast():
-            self._logps = {
-                mode: trainer.policy.token_logprobs(ids, batch.ids, self.cfg.temperature, with_entropy=False)[0].float()
-                for mode, ids in contexts.items()
-            }
+        self._logps = {mode: trainer.token_logprobs(ids, batch.ids)[0] for mode, ids in contexts.items()}
         bonus = torch.zeros_like(batch.mask)
         o = self.options
         for rows in batch.group_rows():

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import core, methods, metrics, tasks
+from . import core, evaluation, methods, metrics, tasks
 from .batch import RolloutBatch, micro_batches
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
@@ -417,48 +417,10 @@ class Trainer:
         return list(self._history)
 
     # --- evaluation -----------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
                  max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
-        """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
-
-        ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
-        itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
-        k = metrics.pass_at_k_grid(n_samples) if k is None else k
-        from .methods.policy_split import MODES
-
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
-        problems = self.task.prompts(split, num_prompts, seed=12345)
-        per_call = max(1, max_batch // n_samples)
-        correct, entropies, lengths, strategies, answers = [], [], [], [], []
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
-            chunk = problems[start : start + per_call]
-            batch = self.sample_group(chunk, n_samples, system=MODES[mode], mode=mode,
-                                      generator=self.generator(10**6 + start, len(split)))
-            self.score(batch)
-            for rows in batch.group_rows():
-                rows_l = rows.tolist()
-                rewards = batch.rewards[rows]
-                correct.append(int(tasks.is_success(rewards).sum()))
-                strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if tasks.is_success(batch.rewards[i])]))
-                answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
-            entropies.append(batch.entropy[batch.mask.bool()])
-            lengths.append(batch.response_lengths())
-        result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
-        result.update(
-            {
-                "accuracy": sum(correct) / (len(correct) * n_samples),
-                "entropy_mean": float(torch.cat(entropies).mean()),
-                "distinct_correct_strategies": sum(strategies) / len(strategies),
-                "unique_answers": sum(answers) / len(answers),
-                "response_length": float(torch.cat(lengths).mean()),
-                "samples": len(correct) * n_samples,
-            }
-        )
-        return result
+        """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
+        return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
 
     # --- changing course ----------------------------------------------------------------------
     def set_live(self, **changes) -> RunConfig:

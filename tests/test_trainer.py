@@ -239,3 +239,24 @@ def test_evaluate_returns_the_whole_pass_at_k_curve():
     result = Trainer(RunConfig(**QUICK)).evaluate("test", n_samples=4, num_prompts=2)
     assert [key for key in result if key.startswith("pass@")] == ["pass@1", "pass@2", "pass@4"]
     assert result["pass@1"] <= result["pass@2"] <= result["pass@4"]
+
+
+def test_a_step_cursor_walks_the_phases_and_a_second_open_step_is_refused():
+    from workbench.step_cursor import StepCursor
+
+    trainer = Trainer(RunConfig(**QUICK))
+    before = {k: v.clone() for k, v in trainer.policy.adapter_state().items()}
+    cursor, other = StepCursor(trainer), StepCursor(trainer)
+    assert cursor.next_phase().name == "sample" and cursor.is_open
+    with pytest.raises(RuntimeError, match="already part-way"):
+        other.next_phase()
+    with pytest.raises(RuntimeError, match="already part-way"):
+        trainer.step()
+    assert not other.is_open
+    assert [cursor.next_phase().name for _ in range(3)] == ["score", "advantage", "update"]
+    cursor.discard()  # abandoned after the update: the adapter goes back
+    assert not cursor.is_open and trainer.step_index == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
+    names = [other.next_phase().name for _ in range(5)]
+    assert names == ["sample", "score", "advantage", "update", "metrics"] and not other.is_open
+    assert trainer.step_index == 1 and trainer.step().metrics["step"] == 1

@@ -76,6 +76,7 @@ class Trainer:
         self._history: list[dict] = []
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
+        self._step_open = False  # a phases() generator is part-way through a step
         self.store = store
         if store is not None:
             store.create(cfg)
@@ -163,7 +164,12 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------------
     def phases(self) -> Iterator[Phase]:
-        """Run one step, yielding a ``Phase`` after each named phase."""
+        """Run one step, yielding a ``Phase`` after each named phase. One step at a time: starting
+        a second while one is part-way (another widget's or cursor's) raises RuntimeError."""
+        if self._step_open:
+            raise RuntimeError("a step of this trainer is already part-way through (a widget or StepCursor holds it): "
+                               "finish it or discard it first")
+        self._step_open = True
         started = time.perf_counter()
         adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
         nan_skips = self.nan_skips
@@ -183,6 +189,7 @@ class Trainer:
             self._checkpoint_if_due()
             yield self._emit(Phase("metrics", step_metrics["step"], batch, step_metrics))
         finally:
+            self._step_open = False
             if not committed:
                 self.policy.load_adapter_state(adapter)
                 self.optimizer.load_state_dict(optimizer_state)

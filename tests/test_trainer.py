@@ -7,6 +7,7 @@ import torch
 
 from workbench import RunConfig, Trainer
 from workbench.config import ConfigError
+from workbench import update
 from workbench.store import RunStore
 
 QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=1)
@@ -113,9 +114,11 @@ def test_gradient_accumulation_equals_one_big_batch():
             return original_step(*args, **kwargs)
 
         trainer.optimizer.step = step_recording_gradients
-        original_chunks = trainer._micro_batches
-        trainer._micro_batches = lambda *a, **k: chunk_counts.append(len(c := original_chunks(*a, **k))) or c
-        trainer.step()
+        original_chunks = update.split_into_micro_batches
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(update, "split_into_micro_batches",
+                          lambda *a, **k: chunk_counts.append(len(c := original_chunks(*a, **k))) or c)
+            trainer.step()
         gradients.append(seen)
     assert chunk_counts == [1, 2]  # the default token budget holds this batch whole
     one, two = gradients

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import core, evaluation, methods, metrics, tasks
-from .batch import RolloutBatch, micro_batches
+from . import core, evaluation, methods, metrics, tasks, update
+from .batch import RolloutBatch
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
 from .policy import LoraSettings, Policy, PolicyLoadError
@@ -181,7 +181,7 @@ class Trainer:
                                                                      "reward_errors": reward_errors}))
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
-            numbers = self._update(batch)
+            numbers = update.update(self, batch)
             yield self._emit(Phase("update", self.step_index, batch, numbers))
             step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
             self._record(batch, step_metrics)
@@ -236,142 +236,8 @@ class Trainer:
         """Ask ``run`` to stop after the current step."""
         self._stop = True
 
-    # --- the update -------------------------------------------------------------------------
-    def _update(self, batch: RolloutBatch) -> dict[str, float]:
-        cfg, settings = self.cfg, self.method.loss_settings()
-        batch = self.method.training_batch(batch)
-        self.policy.model.train()
-        n = len(batch)
-        valid_tokens = batch.mask.sum().clamp(min=1)
-        keep = batch.mask.bool()
-        if settings["top_entropy_quantile"] < 1.0:
-            keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
-        with_entropy = settings["entropy_coef"] > 0
-        precomputed = self.method.precomputed_logprobs(batch, with_entropy)
-        chunks = self._micro_batches(batch, skip=precomputed[0] if precomputed else None)
-        if precomputed:
-            chunks.insert(0, precomputed[0])
-        use_ref = settings["beta"] > 0 or cfg.track_kl
-        # The KL in the loss needs every row's reference log-probs; at beta 0 the KL is
-        # telemetry only and is measured on one response per group (a 1/G-size pass).
-        exact_kl = settings["beta"] > 0 or batch.ref_logprobs is not None
-        kl_rows = torch.ones(n, dtype=torch.bool) if exact_kl else self._one_per_group(batch)
-        kl_tokens = float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1))
-        old_logps: list[torch.Tensor] = []
-        ref_logps: list[torch.Tensor] = []
-        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
-        skipped, grad_norm = False, float("nan")
-        for iteration in range(cfg.num_iterations):
-            record = iteration == cfg.num_iterations - 1  # report what the last pass saw
-            self.optimizer.zero_grad(set_to_none=True)
-            for c, rows in enumerate(chunks):
-                mask = batch.mask[rows]
-                prompt_ids = [batch.prompt_ids[i] for i in rows.tolist()]
-                entropy = None
-                if precomputed and iteration == 0 and c == 0:
-                    logp = precomputed[1]
-                else:
-                    # only as wide as this micro-batch's longest row; zeros after it (masked out)
-                    width = max(1, int(mask.sum(-1).max()))
-                    logp, entropy = self.token_logprobs(prompt_ids, batch.ids[rows, :width], grad=True,
-                                                        with_entropy=with_entropy)
-                    pad = (0, mask.shape[1] - width)
-                    logp = torch.nn.functional.pad(logp, pad)
-                    entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
-                if iteration == 0:
-                    old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
-                    if use_ref and batch.ref_logprobs is not None:  # a method already ran the reference
-                        ref_logps.append(batch.ref_logprobs[rows].float())
-                    elif use_ref:  # the reference never moves: one pass per step
-                        ref_logps.append(self._reference_logprobs(batch, rows[kl_rows[rows]], rows))
-                token_loss, clipped = self.method.token_loss(
-                    logp, old_logps[c], batch.token_advantages[rows], mask, settings,
-                    generator=self.generator(self.step_index, 11, iteration, c),
-                )
-                token_loss = token_loss * keep[rows]
-                if use_ref:
-                    kl = core.kl_k3(logp, ref_logps[c])
-                    if settings["beta"] > 0:
-                        token_loss = token_loss + settings["beta"] * kl
-                    if record:
-                        totals["kl"] += float((kl.detach() * mask * kl_rows[rows, None].to(mask.device)).sum())
-                # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
-                weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
-                loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
-                if entropy is not None:  # the entropy bonus, with its gradient
-                    loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / valid_tokens
-                if not torch.isfinite(loss):
-                    skipped = True
-                    break
-                loss.backward()
-                if record:
-                    totals["loss"] += float(loss.detach())
-                    totals["clipped"] += float((clipped & mask.bool()).sum())
-            if not skipped:
-                params = list(self.policy.trainable_parameters().values())
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                skipped = not torch.isfinite(torch.tensor(grad_norm))
-            if skipped:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.nan_skips += 1
-                break
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.policy.model.eval()
-        tokens = float(valid_tokens)
-        return {
-            "loss": float("nan") if skipped else totals["loss"],
-            "clip_fraction": totals["clipped"] / tokens,
-            "kl": totals["kl"] / kl_tokens if use_ref else float("nan"),
-            "grad_norm": grad_norm,
-            "skipped": float(skipped),
-        }
-
-    def _reference_logprobs(self, batch: RolloutBatch, measured: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Reference log-probs [len(rows), T] of the ``measured`` rows, 0 for the others (never counted)."""
-        ref = torch.zeros(len(rows), batch.mask.shape[1])
-        if len(measured):
-            width = max(1, int(batch.mask[measured].sum(-1).max()))
-            values, _ = self.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
-                                            batch.ids[measured, :width], adapter="reference")
-            ref[torch.isin(rows, measured), :width] = values.to(ref.device)
-        return ref.to(batch.mask.device)
-
-    @staticmethod
-    def _one_per_group(batch: RolloutBatch) -> torch.Tensor:
-        """[N] bool: the first row of each group in each context and stage."""
-        first = {}
-        for i, key in enumerate(zip(batch.group.tolist(), batch.mode, batch.stage)):
-            first.setdefault(key, i)
-        chosen = torch.zeros(len(batch), dtype=torch.bool)
-        chosen[list(first.values())] = True
-        return chosen
-
-    def _micro_batches(self, batch: RolloutBatch, skip: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Row indices of each micro-batch of the update, rows in ``skip`` left out.
-
-        Micro-batches never mix contexts (a long system prompt is then computed once per
-        micro-batch) nor EEPO stages; within one, rows of similar length go together and
-        ``micro_batch_tokens`` bounds rows x longest row (``gradient_accumulation_steps``
-        splits further).
-        """
-        lengths = batch.mask.sum(-1).long().tolist()
-        skipped = set() if skip is None else set(skip.tolist())
-        blocks = list(zip(batch.mode, batch.stage))
-        chunks = []
-        for block in dict.fromkeys(blocks):
-            members = [i for i, b in enumerate(blocks) if b == block and i not in skipped]
-            if not members:
-                continue
-            block_lengths = [lengths[i] for i in members]
-            # gradient_accumulation_steps=k cuts the block's padded rows x longest into k or more pieces
-            padded = len(members) * max(block_lengths)
-            budget = min(self.cfg.micro_batch_tokens, max(1, -(-padded // self.cfg.gradient_accumulation_steps)))
-            chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
-        return chunks
-
     # --- metrics ------------------------------------------------------------------------------
-    def _metrics(self, batch: RolloutBatch, update: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
+    def _metrics(self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
         batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
         if batch.gate is None:
             batch.gate = torch.ones_like(batch.entropy)
@@ -388,7 +254,7 @@ class Trainer:
             "response_length": float(batch.response_lengths().mean()),
             **metrics.group_diversity(groups, batch.answers, batch.strategies, batch.rewards.tolist()),
             **metrics.pivot_stats(batch.entropy, batch.mask, batch.pivots),
-            **update,
+            **update_numbers,
             "nan_skips": float(self.nan_skips),
             # reward-function failures scored 0 in this step (reward_errors="zero")
             "reward_errors": float(reward_errors),

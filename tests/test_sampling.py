@@ -80,17 +80,17 @@ def test_max_new_tokens_bounds_the_completion(length):
 
 
 def test_a_shared_prefix_is_computed_once_with_the_same_results(tiny_policy, monkeypatch):
-    import workbench.sampling as sampling
+    import workbench.prompt_layout as prompt_layout
 
     system = "You are in a mode with a long shared system prompt. " * 3
     prompts = tiny_policy.format_prompts(["Make 22 from 3 5 7.\n", "Pay 12 with 2 5.\n"], system)
     rows = [p for p in prompts for _ in range(3)]
-    assert sampling.common_prefix_length(rows) >= len(system)
+    assert prompt_layout.common_prefix_length(rows) >= len(system)
     sampler = Sampler(tiny_policy.model, tiny_policy.tokenizer.eos_token_id, tiny_policy.tokenizer.pad_token_id)
     shared = sampler.generate(prompts, 3, max_new_tokens=16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         lp_shared, h_shared = tiny_policy.token_logprobs(rows, shared.ids)
-    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", 10**9)  # the plain path: every row in full
+    monkeypatch.setattr(prompt_layout, "MIN_SHARED_PREFIX", 10**9)  # the plain path: every row in full
     plain = sampler.generate(prompts, 3, max_new_tokens=16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         lp_plain, h_plain = tiny_policy.token_logprobs(rows, shared.ids)
@@ -106,10 +106,10 @@ def test_gradients_flow_through_the_shared_prefix(tiny_policy):
     completion = torch.tensor([tiny_policy.encode(["1+2=3"])[0]] * 2)
     grads = []
     for share in (True, False):
-        import workbench.sampling as sampling
+        import workbench.prompt_layout as prompt_layout
 
-        old = sampling.MIN_SHARED_PREFIX
-        sampling.MIN_SHARED_PREFIX = 16 if share else 10**9
+        old = prompt_layout.MIN_SHARED_PREFIX
+        prompt_layout.MIN_SHARED_PREFIX = 16 if share else 10**9
         try:
             tiny_policy.model.zero_grad()
             with torch.no_grad():  # move B off zero so every LoRA matrix gets a gradient
@@ -120,6 +120,6 @@ def test_gradients_flow_through_the_shared_prefix(tiny_policy):
             logp.sum().backward()
             grads.append({n: p.grad.clone() for n, p in tiny_policy.trainable_parameters().items()})
         finally:
-            sampling.MIN_SHARED_PREFIX = old
+            prompt_layout.MIN_SHARED_PREFIX = old
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name

@@ -7,6 +7,7 @@ import torch
 
 from workbench import RunConfig, Trainer
 from workbench.config import ConfigError
+from workbench import update
 from workbench.store import RunStore
 
 QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=1)
@@ -113,9 +114,11 @@ def test_gradient_accumulation_equals_one_big_batch():
             return original_step(*args, **kwargs)
 
         trainer.optimizer.step = step_recording_gradients
-        original_chunks = trainer._micro_batches
-        trainer._micro_batches = lambda *a, **k: chunk_counts.append(len(c := original_chunks(*a, **k))) or c
-        trainer.step()
+        original_chunks = update.split_into_micro_batches
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(update, "split_into_micro_batches",
+                          lambda *a, **k: chunk_counts.append(len(c := original_chunks(*a, **k))) or c)
+            trainer.step()
         gradients.append(seen)
     assert chunk_counts == [1, 2]  # the default token budget holds this batch whole
     one, two = gradients
@@ -202,6 +205,36 @@ def test_fork_starts_from_the_same_adapter_and_history():
         trainer.fork(lora_r=4)
 
 
+def test_a_fork_trains_on_the_task_it_is_given():
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()
+    branch = trainer.fork(task="coins")
+    assert branch.task.name == "coins" and trainer.task.name == "countdown"
+    assert branch.train_problems()[0].id.startswith("coins")
+    branch.step()
+    assert branch.last_batch.problems[0].id.startswith("coins") and branch.cfg.task == "coins"
+
+
+def test_a_fork_takes_the_new_weight_decay_and_learning_rate():
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.step()
+    branch = trainer.fork(weight_decay=0.5, learning_rate=1e-2)
+    assert [(g["lr"], g["weight_decay"]) for g in branch.optimizer.param_groups] == [(1e-2, 0.5)]
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.0]
+    # the decay acts: the same step with and without it ends on different adapters
+    plain = trainer.fork(learning_rate=1e-2)
+    branch.step(), plain.step()
+    a, b = branch.policy.adapter_state(), plain.policy.adapter_state()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("field,value", [("model", "other"), ("lora_r", 4), ("device", "cuda"), ("dtype", "float16")])
+def test_a_fork_refuses_what_would_change_the_model_and_names_it(field, value):
+    trainer = Trainer(RunConfig(**QUICK))
+    with pytest.raises(ConfigError, match=f"^{field}=.*a fork keeps the model"):
+        trainer.fork(**{field: value})
+
+
 def test_evaluate_returns_the_whole_pass_at_k_curve():
     from workbench.metrics import pass_at_k_grid
 
@@ -209,3 +242,24 @@ def test_evaluate_returns_the_whole_pass_at_k_curve():
     result = Trainer(RunConfig(**QUICK)).evaluate("test", n_samples=4, num_prompts=2)
     assert [key for key in result if key.startswith("pass@")] == ["pass@1", "pass@2", "pass@4"]
     assert result["pass@1"] <= result["pass@2"] <= result["pass@4"]
+
+
+def test_a_step_cursor_walks_the_phases_and_a_second_open_step_is_refused():
+    from workbench.step_cursor import StepCursor
+
+    trainer = Trainer(RunConfig(**QUICK))
+    before = {k: v.clone() for k, v in trainer.policy.adapter_state().items()}
+    cursor, other = StepCursor(trainer), StepCursor(trainer)
+    assert cursor.next_phase().name == "sample" and cursor.is_open
+    with pytest.raises(RuntimeError, match="already part-way"):
+        other.next_phase()
+    with pytest.raises(RuntimeError, match="already part-way"):
+        trainer.step()
+    assert not other.is_open
+    assert [cursor.next_phase().name for _ in range(3)] == ["score", "advantage", "update"]
+    cursor.discard()  # abandoned after the update: the adapter goes back
+    assert not cursor.is_open and trainer.step_index == 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.policy.adapter_state().items())
+    names = [other.next_phase().name for _ in range(5)]
+    assert names == ["sample", "score", "advantage", "update", "metrics"] and not other.is_open
+    assert trainer.step_index == 1 and trainer.step().metrics["step"] == 1

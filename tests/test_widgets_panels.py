@@ -11,9 +11,8 @@ import torch
 from widgets import DiversityPanel, HyperparameterPanel, PolicySplitView, RunComparison
 from widgets._live import Throttle
 from widgets.comparison import ema
-from widgets.hyperparameters import CHOICES, RANGES
-from workbench import RunConfig, Trainer, metrics
-from workbench.config import ConfigError
+from workbench import RunConfig, Trainer, methods, metrics
+from workbench.config import OPTIONS, ConfigError
 from workbench.store import RunStore
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=16)
@@ -225,13 +224,13 @@ def test_hyperparameter_panel_edits_a_config():
     panel.fields["epsilon_high"].input.value = ""
 
     clip = panel.option_fields["unlearn_max_grad_norm"]  # a number, or empty for no clipping
-    assert clip.input.value == "0.3" and "empty (none) or a number > 0" in clip.input.tooltip
+    assert clip.input.value == "0.3" and "empty: the paper's plain step; else a number in (0.0, inf)" in clip.input.tooltip
     clip.input.value = ""
     assert panel.config.method_options == {"gate": "always", "unlearn_max_grad_norm": None}
     clip.input.value = "0.5"
     assert panel.config.method_options == {"gate": "always", "unlearn_max_grad_norm": 0.5}
     clip.input.value = "tight"
-    with pytest.raises(ConfigError, match="method_options.unlearn_max_grad_norm='tight'.*empty \\(none\\) or a number > 0"):
+    with pytest.raises(ConfigError, match=r"method_options.unlearn_max_grad_norm='tight'.*a number in \(0.0, inf\), or None"):
         panel.config
     clip.input.value = "-1"
     with pytest.raises(ConfigError, match="unlearn_max_grad_norm=-1.0"):
@@ -247,9 +246,12 @@ def test_hyperparameter_panel_edits_a_config():
         HyperparameterPanel({"method": "grpo"})
 
 
-@pytest.mark.parametrize("name", sorted(RANGES))
-def test_control_ranges_are_the_ones_validate_enforces(name):
-    r = RANGES[name]
+NUMERIC = sorted(name for name, o in OPTIONS.items() if o.kind in ("int", "float"))
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_declared_ranges_are_the_ones_validate_enforces(name):
+    r = OPTIONS[name]
 
     def allowed(value):
         try:
@@ -259,7 +261,7 @@ def test_control_ranges_are_the_ones_validate_enforces(name):
             return False
         return True
 
-    if r.integer:
+    if r.kind == "int":
         assert allowed(int(r.low)) and not allowed(int(r.low) - 1)
         return
     eps = 1e-9
@@ -275,12 +277,22 @@ def test_control_ranges_are_the_ones_validate_enforces(name):
         assert allowed(-1e12)
 
 
-@pytest.mark.parametrize("name", sorted(CHOICES))
-def test_control_choices_are_the_ones_validate_enforces(name):
-    for choice in CHOICES[name]:
+@pytest.mark.parametrize("name", sorted(name for name, o in OPTIONS.items() if o.kind == "choice"))
+def test_declared_choices_are_the_ones_validate_enforces(name):
+    for choice in OPTIONS[name].choices:
         RunConfig(**{name: choice})
     with pytest.raises(ConfigError, match=name):
         RunConfig(**{name: "bogus"})
+
+
+def test_every_control_says_what_its_declaration_allows():
+    panel = HyperparameterPanel(RunConfig(method="eepo"))
+    for name, field in {**panel.fields, **{f"method_options.{k}": f for k, f in panel.option_fields.items()}}.items():
+        option = OPTIONS.get(name) or methods.get("eepo").OPTIONS[name.removeprefix("method_options.")]
+        assert option.help in field.input.tooltip, name
+    assert panel.fields["learning_rate"].input.tooltip.startswith("AdamW learning rate")
+    assert "a number in [0.0, 1.0]" in panel.fields["learning_rate"].row.children[1].value
+    assert "empty: the paper&#x27;s plain step" in panel.option_fields["unlearn_max_grad_norm"].row.children[1].value
 
 
 # --- RunComparison ---------------------------------------------------------------------------------

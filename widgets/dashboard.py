@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from workbench.metrics import fit_reward_entropy
 from workbench.metrics.entropy import FIT_MIN_POINTS
+from workbench.step_cursor import StepCursor
 
 from ._live import Throttle
 from .style import FONT_SIZE, panel_layout, series_color
@@ -136,8 +137,7 @@ class TrainingDashboard(W.VBox):
         self.state = "idle"
 
         self._seen = 0  # trainer records already in self.history
-        self._gen = None  # the trainer.phases() generator of an unfinished step
-        self._gen_step = 0
+        self._cursor = StepCursor(trainer)  # the trainer's step, one phase at a time
         self._pause = threading.Event()
         self._discard = False
         self._drive_lock = threading.Lock()  # one driver of trainer.phases() at a time
@@ -326,7 +326,7 @@ class TrainingDashboard(W.VBox):
     def _show(self) -> None:
         t = self.trainer
         parts = [f"<b style='color:{STATE_COLOR[self.state]}'>{self.state}</b>", f"step {t.step_index}"]
-        if self._gen is not None and self.last_phase is not None:
+        if self._cursor.is_open and self.last_phase is not None:
             parts.append(f"unfinished step, last phase <code>{html.escape(self.last_phase.name)}</code>")
         elif self.last_phase is not None:
             parts.append(f"last phase <code>{html.escape(self.last_phase.name)}</code>")
@@ -346,7 +346,7 @@ class TrainingDashboard(W.VBox):
         for name in ("start", "step", "step_phase"):
             self.buttons[name].disabled = running
         self.buttons["pause"].disabled = not running
-        self.buttons["stop"].disabled = not running and self._gen is None
+        self.buttons["stop"].disabled = not running and not self._cursor.is_open
 
     # --- driving the trainer -------------------------------------------------------------------
     @property
@@ -428,24 +428,13 @@ class TrainingDashboard(W.VBox):
 
     def _advance(self) -> bool:
         """Run one phase; True when it finished a step."""
-        if self._gen is None:
-            self._gen, self._gen_step = self.trainer.phases(), self.trainer.step_index
-        try:
-            self.last_phase = next(self._gen)
-        except BaseException:
-            self._gen = None  # the generator is finished and has restored the policy
-            raise
-        if self.trainer.step_index > self._gen_step:  # the step is recorded: its generator is done
-            self._gen.close()
-            self._gen = None
-            return True
-        return False
+        self.last_phase = self._cursor.next_phase()
+        return self.last_phase.name == "metrics"
 
     def _finish(self, state: str) -> None:
-        if self._discard and self._gen is not None:
+        if self._discard and self._cursor.is_open:
             with self._drive_lock:
-                self._gen.close()  # runs the trainer's restore
-                self._gen = None
+                self._cursor.discard()  # the trainer restores the adapter and optimizer
         self.state = state
         if len(self.trainer.records) != self._seen:  # the final redraw: nothing waits on the throttle
             self.redraw()

@@ -16,6 +16,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from workbench import metrics
+from workbench.tasks import is_success
 
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
@@ -208,7 +209,7 @@ class DiversityPanel(w.VBox):
         key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
         self.prompt_text.value = (f"<div style='font-size:{FONT_SIZE}px'><b>prompt</b> <code>{esc(problem.prompt)}"
                                   f"</code> (step {self._batch_step}{key})</div>")
-        correct = [float(batch.rewards[i]) > 0.5 for i in rows]
+        correct = [is_success(float(batch.rewards[i])) for i in rows]
         labels = [UNPARSED if batch.strategies[i] is None else batch.strategies[i] for i in rows]
         order = sorted(set(labels), key=lambda s: (-labels.count(s), s))
         with self.strategy_figure.batch_update():

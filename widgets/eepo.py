@@ -15,6 +15,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 
 from workbench.config import ConfigError
+from workbench.step_cursor import StepCursor
 
 from ._live import update_prompt_selector
 from .style import FONT_SIZE, OKABE_ITO, panel_layout, series_color
@@ -45,7 +46,7 @@ class EEPOStepper(W.VBox):
         self.phase = None  # the last phase drawn
         self.stage1 = None  # the stage-1 batch of the step in progress
         self.unlearn_numbers: dict | None = None
-        self._gen = None
+        self._cursor = StepCursor(trainer)
 
         self.button = W.Button(description="Next phase", icon="step-forward", button_style="primary")
         self.button.on_click(lambda _: self.next_phase())
@@ -66,16 +67,9 @@ class EEPOStepper(W.VBox):
     # --- stepping ---------------------------------------------------------------------------
     def next_phase(self):
         """Run the next phase of the current step (a new step after ``metrics``); returns it."""
-        if self._gen is None:
-            self._gen, self.stage1, self.unlearn_numbers = self.trainer.phases(), None, None
-        try:
-            phase = next(self._gen)
-        except BaseException:
-            self._gen = None  # the trainer restored the policy as before the step
-            raise
-        if phase.name == "metrics":
-            self._gen.close()
-            self._gen = None
+        if not self._cursor.is_open:
+            self.stage1, self.unlearn_numbers = None, None
+        phase = self._cursor.next_phase()  # an error closes the step: the trainer restored the policy
         self.phase = phase
         if phase.name == "sample_stage1":
             self.stage1 = phase.batch
@@ -92,9 +86,7 @@ class EEPOStepper(W.VBox):
     def close(self) -> None:
         """Abandon an unfinished step (the trainer restores the adapter) and close the widgets."""
         if self._ready:  # ipywidgets also calls close() on an instance whose __init__ raised
-            if self._gen is not None:
-                self._gen.close()
-                self._gen = None
+            self._cursor.discard()
             for fig in self.figures.values():
                 fig.close()
         super().close()

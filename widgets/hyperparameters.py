@@ -10,89 +10,22 @@ applied or forked.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import typing
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
 
 from workbench import methods, tasks
-from workbench.config import ConfigError, RunConfig
-from workbench.methods.eepo import BEHAVIOUR, GATES
-from workbench.methods.erpo import VARIANTS
-from workbench.methods.policy_split import CLAMP_FORMS
-from workbench.methods.poly_epo import CLUSTERERS, REDUCE
-from workbench.trainer import LIVE_FIELDS
+from workbench.config import DEVICES, OPTIONS, ConfigError, RunConfig
+from workbench.methods.poly_epo import CLUSTERERS
+from workbench.options import Option
+from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
 
 from ._live import esc, set_status, status_line
 from .style import FONT_SIZE
 
 
-@dataclass(frozen=True)
-class Range:
-    """An allowed interval; ``integer`` ranges are closed integer intervals."""
-
-    low: float
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-
-    @property
-    def text(self) -> str:
-        if self.integer:
-            return f"an integer ≥ {self.low}"
-        low = "(" if self.low_open else "["
-        high = ")" if self.high_open or self.high == math.inf else "]"
-        return f"{low}{_number(self.low)}, {_number(self.high)}{high}"
-
-
-# RunConfig.validate() enforces its ranges in code and config.py keeps no table of them, so they
-# are restated here, in this one place; tests/test_widgets_panels.py checks every bound against
-# validate() so the two cannot drift apart unnoticed.
-RANGES: dict[str, Range] = {
-    **{name: Range(low, integer=True) for name, low in (
-        ("seed", 0), ("num_prompts", 1), ("num_generations", 2), ("max_completion_length", 1), ("top_k", 0),
-        ("num_iterations", 1), ("gradient_accumulation_steps", 1), ("micro_batch_tokens", 1), ("lora_r", 1),
-        ("lora_alpha", 1),
-        ("checkpoint_every", 0), ("threads", 0),
-    )},
-    "temperature": Range(0.0, low_open=True),
-    "top_p": Range(0.0, 1.0, low_open=True),
-    "learning_rate": Range(0.0, 1.0),
-    "weight_decay": Range(0.0, 1.0),
-    "max_grad_norm": Range(0.0, low_open=True),
-    "epsilon": Range(0.0, 1.0, low_open=True),
-    "epsilon_high": Range(0.0, low_open=True),
-    "beta": Range(0.0),
-    "entropy_coef": Range(0.0),
-    "top_entropy_quantile": Range(0.0, 1.0, low_open=True),
-    "lora_dropout": Range(0.0, 1.0, high_open=True),
-    "pivot_z_threshold": Range(-math.inf),
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "loss_type": ("dapo", "grpo", "dr_grpo"),
-    "scale_rewards": ("group", "batch", "none"),
-    "device": ("auto", "cpu", "cuda", "mps"),
-    "dtype": ("auto", "float32", "bfloat16", "float16"),
-}
-# method options whose values are names; the other options' ranges are the method's validate()'s
-OPTION_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("eepo", "gate"): GATES,
-    ("eepo", "behaviour_logprobs"): BEHAVIOUR,
-    ("erpo", "variant"): VARIANTS,
-    ("policy_split", "clamp_form"): CLAMP_FORMS,
-    ("poly_epo", "reduce"): REDUCE,
-}
-# fields a fork cannot change: Trainer.fork copies the model and adapter (model, lora_*,
-# target_modules, device, dtype; it refuses those) and hands the branch the parent's task
-# object and model (so a new task or gradient_checkpointing would not take effect)
-REBUILD_FIELDS = ("model", "task", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "device", "dtype",
-                  "gradient_checkpointing")
 HINT_LIVE = "applies to the running trainer from its next step (Apply)"
 HINT_FORK = "fixed for a running trainer: fork to change"
 HINT_REBUILD = "fixed by the model, adapter or task: start a new run to change"
@@ -122,10 +55,8 @@ class HyperparameterPanel(w.VBox):
         self.fork_dir = None if fork_dir is None else Path(fork_dir)
         self.forks: list = []
         self._loading = False
-        hints = typing.get_type_hints(RunConfig)
         self.fields: dict[str, _Field] = {
-            f.name: _field(f.name, hints[f.name], self._hint(f.name))
-            for f in dataclasses.fields(RunConfig) if f.name != "method_options"
+            name: _field(option, name, self._hint(name)) for name, option in OPTIONS.items() if name != "method_options"
         }
         self.option_fields: dict[str, _Field] = {}
         self.options_box = w.GridBox(layout=_grid())
@@ -164,7 +95,7 @@ class HyperparameterPanel(w.VBox):
             return ""
         if name in LIVE_FIELDS:
             return HINT_LIVE
-        return HINT_REBUILD if name in REBUILD_FIELDS else HINT_FORK
+        return HINT_REBUILD if name in FORK_REFUSES else HINT_FORK
 
     def revert(self) -> None:
         """Set every control to the trainer's current config (or the starting config)."""
@@ -182,10 +113,11 @@ class HyperparameterPanel(w.VBox):
         self._enable()
 
     def _build_options(self, method: str, options: dict) -> None:
+        declared = methods.get(method).OPTIONS
         defaults = methods.get(method).defaults
         self.option_fields = {
-            key: _option_field(method, key, default, self._hint("method_options"))
-            for key, default in defaults.items()
+            key: _field(option, f"method_options.{key}", self._hint("method_options"))
+            for key, option in declared.items()
         }
         for key, field in self.option_fields.items():
             field.set(options.get(key, defaults[key]))
@@ -200,7 +132,7 @@ class HyperparameterPanel(w.VBox):
             return
         unlocked = self.unlock.value
         for name, field in self.fields.items():
-            field.input.disabled = name in REBUILD_FIELDS or (name not in LIVE_FIELDS and not unlocked)
+            field.input.disabled = name in FORK_REFUSES or (name not in LIVE_FIELDS and not unlocked)
 
     def _unlock_changed(self, change) -> None:
         if not change["new"]:  # locking again: the fixed fields go back to the run's values
@@ -335,13 +267,13 @@ class _Field:
     """One control: ``input`` (the ipywidget), ``row`` (it and its allowed values), ``get``/``set``
     converting between the control's value and the config's."""
 
-    def __init__(self, name: str, input: w.ValueWidget, allowed: str, hint: str,
+    def __init__(self, name: str, input: w.ValueWidget, allowed: str, help: str, hint: str,
                  get: Callable[[Any], Any] = lambda v: v, put: Callable[[Any], Any] = lambda v: v):
         self.name, self.input, self._get, self._put = name, input, get, put
         input.description = name.removeprefix("method_options.")  # the section title names the method
         input.style = DESCRIPTION
         input.layout = w.Layout(width=CONTROL_WIDTH)
-        input.tooltip = "; ".join(x for x in (allowed, hint) if x)
+        input.tooltip = "; ".join(x for x in (help, allowed, hint) if x)
         # the section titles say live / fork; only a field not even a fork can change says so here
         note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
         self.row = w.HBox([input, w.HTML(f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>{note}</span>")])
@@ -357,47 +289,33 @@ class _Field:
             self.input.value = value
 
 
-def _field(name: str, kind, hint: str) -> _Field:
-    if name in CHOICES or name == "method":
-        choices = CHOICES.get(name) or tuple(methods.names())
-        return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
+def _field(option: Option, name: str, hint: str) -> _Field:
+    """The control of one declared option, labelled ``name``; its note says what is allowed."""
+    allowed = option.allowed()
+    if option.name == "clusterer":
+        return _ClustererField(name, option.help, hint)
+    if option.kind == "choice":
+        return _Field(name, _OpenDropdown(options=option.choices), allowed, option.help, hint)
+    if name == "device":
+        return _Field(name, _OpenDropdown(options=DEVICES), allowed, option.help, hint)
     if name == "task":
         return _Field(name, w.Combobox(options=tuple(tasks.names()), ensure_option=False),
-                      f"{', '.join(tasks.names())} or a data file", hint)
-    if kind is bool:
-        return _Field(name, w.Checkbox(indent=True), "true or false", hint)
-    if kind is int:
-        return _Field(name, w.IntText(), RANGES[name].text, hint)
-    if kind is float:
-        return _Field(name, w.FloatText(), f"a number in {RANGES[name].text}", hint)
-    if kind == float | None:
-        return _Field(name, w.Text(placeholder="none"), f"empty (none) or a number in {RANGES[name].text}", hint,
-                      get=lambda text: _optional_number(name, text, f"a number in {RANGES[name].text}"),
-                      put=lambda v: "" if v is None else repr(v))
-    if kind == str | list[str]:
-        return _Field(name, w.Text(), "a name, or names separated by commas", hint,
+                      f"{', '.join(tasks.names())}, reasoning_gym:NAME or a data file", option.help, hint)
+    if name == "target_modules":
+        return _Field(name, w.Text(), "a name, or names separated by commas", option.help, hint,
                       get=_names, put=lambda v: v if isinstance(v, str) else ", ".join(v))
-    return _Field(name, w.Text(), "text", hint)
-
-
-def _option_field(method: str, key: str, default: Any, hint: str) -> _Field:
-    name = f"method_options.{key}"
-    if (method, key) in OPTION_CHOICES:
-        choices = OPTION_CHOICES[method, key]
-        return _Field(name, _OpenDropdown(options=choices), f"one of {', '.join(choices)}", hint)
-    if key == "clusterer":
-        return _ClustererField(name, hint)
-    if allowed := methods.get(method).optional_numbers.get(key):  # None (left empty) switches it off
-        return _Field(name, w.Text(placeholder="none"), f"empty (none) or {allowed} (default {default})", hint,
-                      get=lambda text: _optional_number(name, text, allowed), put=lambda v: "" if v is None else repr(v))
-    if isinstance(default, bool):
-        return _Field(name, w.Checkbox(indent=True), "true or false", hint)
-    if isinstance(default, int):
-        return _Field(name, w.IntText(), f"an integer (default {default})", hint)
-    if isinstance(default, float):
-        return _Field(name, w.FloatText(), f"a number (default {_number(default)})", hint)
-    return _Field(name, w.Text(placeholder="none"), f"empty (none) or an integer (default {default})", hint,
-                  get=lambda text: _optional_integer(name, text), put=lambda v: "" if v is None else str(v))
+    if option.kind == "bool":
+        return _Field(name, w.Checkbox(indent=True), allowed, option.help, hint)
+    if option.optional and option.kind in ("int", "float"):  # None (left empty) switches it off
+        read = int if option.kind == "int" else float
+        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {allowed.split(', or None')[0]}",
+                      option.help, hint, get=lambda text: _optional(name, text, read, allowed),
+                      put=lambda v: "" if v is None else repr(v))
+    if option.kind == "int":
+        return _Field(name, w.IntText(), allowed, option.help, hint)
+    if option.kind == "float":
+        return _Field(name, w.FloatText(), allowed, option.help, hint)
+    return _Field(name, w.Text(), allowed, option.help, hint)
 
 
 class _OpenDropdown(w.Dropdown):
@@ -413,9 +331,9 @@ class _ClustererField(_Field):
     """A clusterer is a name (suggested: the built-in ones) or a callable set in code; a callable
     is shown by name and kept as it is (a text box cannot hold a function)."""
 
-    def __init__(self, name: str, hint: str):
+    def __init__(self, name: str, help: str, hint: str):
         super().__init__(name, w.Combobox(options=CLUSTERERS, ensure_option=False),
-                         f"{', '.join(CLUSTERERS)}, a registered name, or a callable set in code", hint)
+                         f"{', '.join(CLUSTERERS)}, a registered name, or a callable set in code", help, hint)
         self._callable = None
 
     def get(self) -> Any:
@@ -427,24 +345,14 @@ class _ClustererField(_Field):
         self.input.value = getattr(value, "__name__", repr(value)) if callable(value) else value
 
 
-def _optional_number(name: str, text: str, allowed: str) -> float | None:
+def _optional(name: str, text: str, read: type, allowed: str) -> float | int | None:
     text = text.strip()
     if text.lower() in ("", "none"):
         return None
     try:
-        return float(text)
+        return read(text)
     except ValueError:
-        raise ConfigError(name, text, f"empty (none) or {allowed}") from None
-
-
-def _optional_integer(name: str, text: str) -> int | None:
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(name, text, "empty (none) or an integer") from None
+        raise ConfigError(name, text, allowed) from None
 
 
 def _names(text: str) -> str | list[str]:
@@ -452,10 +360,6 @@ def _names(text: str) -> str | list[str]:
     if "," not in text:
         return text.strip()
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _number(x: float) -> str:
-    return "∞" if x == math.inf else "-∞" if x == -math.inf else f"{x:g}"
 
 
 def _summary(changes: dict[str, Any]) -> str:

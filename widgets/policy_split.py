@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from workbench.tasks import is_success
+
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
 from .style import FONT_SIZE, OKABE_ITO, panel_layout
@@ -163,7 +165,7 @@ def _table(batch, rows: Sequence[int]) -> str:
     for i in rows:
         reward = float(batch.rewards[i])
         body.append(
-            f"<tr><td>{reward:.2f} {'✓' if reward > 0.5 else '✗'}</td><td>{esc(batch.answers[i])}</td>"
+            f"<tr><td>{reward:.2f} {'✓' if is_success(reward) else '✗'}</td><td>{esc(batch.answers[i])}</td>"
             f"<td>{esc(batch.strategies[i])}</td><td class='wb-text'>{esc(batch.text[i])}</td></tr>"
         )
     # the class scopes the style to these tables

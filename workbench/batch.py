@@ -38,6 +38,7 @@ class RolloutBatch:
     token_advantages: torch.Tensor | None = None  # [N, T]
     gate: torch.Tensor | None = None  # [N, T] token gate weight (ERPO), ones otherwise
     pivots: torch.Tensor | None = None  # [N, T] bool critical decision pivots
+    ref_logprobs: torch.Tensor | None = None  # [N, T] the reference's log-probs, when a method already ran it (ERPO)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific per-token values
 
     @classmethod

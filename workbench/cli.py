@@ -1,6 +1,8 @@
-"""The ``workbench`` command: train, eval, report, compare, build-tiny.
+"""The ``workbench`` command: train, eval, report, compare, options, build-tiny.
 
     workbench train --preset quick --method grpo --steps 30 --out runs/demo --set learning_rate=1e-3
+    workbench train --method eepo --set method_options.gate=always --out runs/eepo
+    workbench options --method eepo
     workbench eval runs/demo --split test --n-samples 16
     workbench report runs/demo
     workbench compare --methods grpo,eepo,erpo --seeds 3 --steps 100 --out runs/study
@@ -19,12 +21,16 @@ import yaml
 
 
 def _overrides(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option."""
     values = {}
     for pair in pairs:
         if "=" not in pair:
             raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
         key, raw = pair.split("=", 1)
-        values[key] = _scalar(raw)
+        if key.startswith("method_options."):
+            values.setdefault("method_options", {})[key.removeprefix("method_options.")] = _scalar(raw)
+        else:
+            values[key] = _scalar(raw)
     return values
 
 
@@ -46,10 +52,29 @@ def _config(args):
     for name in ("model", "task", "method"):
         if getattr(args, name):
             overrides[name] = getattr(args, name)
+    base = RunConfig.from_yaml(args.config).to_dict() if args.config else {}
+    if isinstance(overrides.get("method_options"), dict) and isinstance(base.get("method_options"), dict):
+        overrides["method_options"] = {**base["method_options"], **overrides["method_options"]}
     if args.config:
-        base = RunConfig.from_yaml(args.config).to_dict()
         return RunConfig.from_dict({**base, **overrides})
     return RunConfig.preset(args.preset, **overrides)
+
+
+def cmd_options(args) -> int:
+    """Every RunConfig field (or one method's options) with its default, what it allows and its help."""
+    from . import methods
+    from .config import OPTIONS, options_markdown
+
+    if args.markdown:
+        print(options_markdown(), end="")
+        return 0
+    declared = methods.get(args.method).OPTIONS if args.method else OPTIONS
+    prefix = "method_options." if args.method else ""
+    if args.method and not declared:
+        print(f"method {args.method!r} has no options of its own")
+    for key, option in declared.items():
+        print(f"{prefix}{key} = {option.default!r}\n    {option.help}\n    allowed: {option.allowed()}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -130,17 +155,20 @@ def cmd_build_tiny(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .config import OPTIONS
+
     p = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp):
         sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
         sp.add_argument("--config", help="a YAML RunConfig file")
-        sp.add_argument("--model", help="tiny (the default), smollm2-135m (a real instruct model, offline), a local "
-                        "directory or a hub name")
-        sp.add_argument("--task", help="countdown (the default), coins, reasoning_gym:NAME, or a data file")
-        sp.add_argument("--method", help="grpo, entropy_bonus, clip_higher, top_entropy, ...")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RunConfig field")
+        for name in ("model", "task", "method"):
+            option = OPTIONS[name]
+            sp.add_argument(f"--{name}", help=f"{option.help} (default {option.default}; {option.allowed()})")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a RunConfig field, or one method option as method_options.KEY=VALUE "
+                             "(`workbench options` lists them all)")
 
     t = sub.add_parser("train", help="train and write a run directory")
     config_args(t)
@@ -171,8 +199,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
     c.add_argument("--eval-prompts", type=int, default=32, help="evaluation prompts per split")
     c.add_argument("--eval-samples", type=int, default=64, help="samples per prompt: pass@k up to this k")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a RunConfig field for every run")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RunConfig field for every run (`workbench options` lists them)")
     c.set_defaults(func=cmd_compare)
+
+    o = sub.add_parser("options", help="every RunConfig field, or one method's options: default, allowed values, help")
+    o.add_argument("--method", choices=sorted(OPTIONS["method"].choices), help="that method's method_options instead")
+    o.add_argument("--markdown", action="store_true", help="all of them as the markdown tables of docs/methods.md")
+    o.set_defaults(func=cmd_options)
 
     b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 20 minutes on 2 cores)")
     b.add_argument("--out", help="where to write it (default: the package's checkpoint directory)")

@@ -1,88 +1,105 @@
 """Run configuration: one dataclass, named presets, YAML load/save and validation.
 
+Every field is declared once (``workbench.options``): its type, range or choices, default and
+one line of help. Validation, YAML and ``--set`` parsing, ``workbench options``, the
+hyperparameter panel and the options table of ``docs/methods.md`` read the declarations.
 Option names follow TRL's ``GRPOConfig`` where the concept is the same (``num_generations``,
 ``temperature``, ``max_completion_length``, ``beta``, ``epsilon``, ``epsilon_high``,
 ``loss_type``, ``scale_rewards``, ``top_entropy_quantile``, ``learning_rate``).
-Method-specific coefficients live in ``method_options`` and are validated by the method.
+Method-specific coefficients live in ``method_options`` and are declared by each method.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import methods, tasks
+from .core import LOSS_TYPES, SCALE_REWARDS
+from .options import ConfigError, anything, choice, config_field, flag, integer, number, of_dataclass, text
 
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message names the field, the value and what is."""
-
-    def __init__(self, field_name: str, value: Any, allowed: str):
-        self.field, self.value, self.allowed = field_name, value, allowed
-        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
 class RunConfig:
     # what to train
-    model: str = "tiny"
-    task: str = "countdown"
-    method: str = "grpo"
-    seed: int = 0
+    model: str = config_field(text("tiny", "the policy: 'tiny' (embedded), 'smollm2-135m', a model directory or a hub name",
+                                   "'tiny', 'smollm2-135m', a local model directory or a Hugging Face hub name"))
+    task: str = config_field(text("countdown", "the task: a built-in name, reasoning_gym:NAME[?field=value] or a data file",
+                                  "a built-in task, reasoning_gym:NAME or a data file path"))
+    method: str = config_field(choice("grpo", "the training method (GRPO, a baseline or an exploration method)",
+                                      methods.names()))
+    seed: int = config_field(integer(0, "seeds the adapter's initialisation, the prompts and every sampling stream"))
     # sampling
-    num_prompts: int = 8
-    num_generations: int = 8
-    max_completion_length: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    num_prompts: int = config_field(integer(8, "prompts a step", low=1))
+    num_generations: int = config_field(integer(8, "responses a prompt (the group size G)", low=2))
+    max_completion_length: int = config_field(integer(32, "most tokens a response", low=1))
+    temperature: float = config_field(number(1.0, "sampling temperature (also divides the logits of the loss)",
+                                             low=0.0, low_open=True))
+    top_p: float = config_field(number(1.0, "nucleus sampling: keep the smallest set of tokens of this probability",
+                                       low=0.0, high=1.0, low_open=True))
+    top_k: int = config_field(integer(0, "sample among the k most likely tokens (0: all)"))
     # optimisation
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    num_iterations: int = 1
-    gradient_accumulation_steps: int = 1
-    # most rows x longest row one forward pass of the update holds (rows are grouped by length)
-    micro_batch_tokens: int = 4096
-    # the loss (METHODS.md section 0 and 1)
-    loss_type: str = "dapo"
-    scale_rewards: str = "group"
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    beta: float = 0.0
-    entropy_coef: float = 0.0
-    top_entropy_quantile: float = 1.0
+    learning_rate: float = config_field(number(2e-3, "AdamW learning rate of the adapter", low=0.0, high=1.0))
+    weight_decay: float = config_field(number(0.0, "AdamW weight decay", low=0.0, high=1.0))
+    max_grad_norm: float = config_field(number(1.0, "clip the gradient to this norm", low=0.0, low_open=True))
+    num_iterations: int = config_field(integer(1, "updates on each batch (PPO epochs; 1: on-policy)", low=1))
+    gradient_accumulation_steps: int = config_field(integer(1, "split each update into this many micro-batches "
+                                                            "at least", low=1))
+    micro_batch_tokens: int = config_field(integer(4096, "most rows x longest row one forward pass of the update "
+                                                   "holds (rows are grouped by length)", low=1))
+    # the loss (docs/methods.md sections 0 and 1)
+    loss_type: str = config_field(choice("dapo", "how token losses are averaged: dapo (over all tokens), grpo "
+                                         "(per response), dr_grpo (by the length limit)", LOSS_TYPES))
+    scale_rewards: str = config_field(choice("group", "divide advantages by the std of the group, of the batch, "
+                                             "or not at all", SCALE_REWARDS))
+    epsilon: float = config_field(number(0.2, "PPO clip range below (and above, unless epsilon_high)",
+                                         low=0.0, high=1.0, low_open=True))
+    epsilon_high: float | None = config_field(number(None, "PPO clip range above (clip-higher)", low=0.0,
+                                                     low_open=True, optional=True, none_means="epsilon"))
+    beta: float = config_field(number(0.0, "weight of the KL to the reference in the loss", low=0.0))
+    entropy_coef: float = config_field(number(0.0, "weight of the entropy bonus in the loss", low=0.0))
+    top_entropy_quantile: float = config_field(number(1.0, "train only on this top fraction of tokens by entropy",
+                                                      low=0.0, high=1.0, low_open=True))
     # LoRA
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    lora_r: int = config_field(integer(8, "LoRA rank", low=1))
+    lora_alpha: int = config_field(integer(16, "LoRA alpha (the adapter is scaled by alpha / r)", low=1))
+    lora_dropout: float = config_field(number(0.0, "LoRA dropout", low=0.0, high=1.0, high_open=True))
+    target_modules: str | list[str] = config_field(anything(
+        "all-linear", "the layers that get an adapter", '"all-linear", a module name, or a non-empty list of module names'))
     # telemetry and storage
-    track_kl: bool = True
-    pivot_z_threshold: float = 1.0
-    save_rollouts: bool = True
-    checkpoint_every: int = 0
+    track_kl: bool = config_field(flag(True, "measure the KL to the reference even when beta is 0 (telemetry)"))
+    pivot_z_threshold: float = config_field(number(1.0, "a token is a pivot when its entropy is this many stds "
+                                                   "above its group's"))
+    save_rollouts: bool = config_field(flag(True, "write every step's rollouts to the run directory"))
+    checkpoint_every: int = config_field(integer(0, "save a checkpoint every this many steps (0: only when a run ends)"))
     # hardware
-    device: str = "auto"
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    threads: int = 0
+    device: str = config_field(text("auto", "where to train: auto, cpu, cuda, cuda:N or mps",
+                                    "auto, cpu, cuda, cuda:N or mps"))
+    dtype: str = config_field(choice("auto", "autocast dtype (auto: bfloat16 on a GPU that has it, else float32)",
+                                     DTYPES))
+    gradient_checkpointing: bool = config_field(flag(False, "recompute activations in the backward pass (less "
+                                                     "memory, slower)"))
+    threads: int = config_field(integer(0, "CPU threads (0: all cores)"))
     # method-specific coefficients, e.g. {"alpha": 0.3} for EEPO
-    method_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, Any] = config_field(
+        anything({}, "the method's own options (see the method's table)", "a mapping of option name to value"),
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
 
     # --- validation -----------------------------------------------------------------
     def validate(self) -> "RunConfig":
-        from . import methods, tasks
-
-        _text("model", self.model, "'tiny', a local model directory or a Hugging Face hub name")
-        _choice("method", self.method, methods.names())
-        _text("task", self.task, f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME or a data file path")
+        for name, option in OPTIONS.items():
+            option.check(getattr(self, name))
+        builtin = ", ".join(tasks.names())
         if self.task.startswith(tasks.REASONING_GYM_PREFIX):
             try:
                 tasks.get(self.task)
@@ -90,47 +107,13 @@ class RunConfig:
                 raise ConfigError("task", self.task, f"reasoning_gym:NAME[?field=value&...] of a reasoning-gym "
                                   f"dataset and its config fields ({e})") from None
         elif self.task not in tasks.names() and not Path(self.task).is_file():
-            raise ConfigError("task", self.task, f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME "
+            raise ConfigError("task", self.task, f"a built-in task ({builtin}), reasoning_gym:NAME "
                               "or an existing .jsonl/.json/.parquet/.csv file with prompt and answer columns")
-        _choice("loss_type", self.loss_type, ("dapo", "grpo", "dr_grpo"))
-        _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
-        _text("device", self.device, "auto, cpu, cuda, cuda:N or mps")
-        _choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
-        for name, low in (
-            ("seed", 0),
-            ("num_prompts", 1),
-            ("num_generations", 2),
-            ("max_completion_length", 1),
-            ("top_k", 0),
-            ("num_iterations", 1),
-            ("gradient_accumulation_steps", 1),
-            ("micro_batch_tokens", 1),
-            ("lora_r", 1),
-            ("lora_alpha", 1),
-            ("checkpoint_every", 0),
-            ("threads", 0),
-        ):
-            _integer(name, getattr(self, name), low)
-        _number("temperature", self.temperature, 0.0, math.inf, low_open=True)
-        _number("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _number("learning_rate", self.learning_rate, 0.0, 1.0)
-        _number("weight_decay", self.weight_decay, 0.0, 1.0)
-        _number("max_grad_norm", self.max_grad_norm, 0.0, math.inf, low_open=True)
-        _number("epsilon", self.epsilon, 0.0, 1.0, low_open=True)
-        if self.epsilon_high is not None:
-            _number("epsilon_high", self.epsilon_high, 0.0, math.inf, low_open=True)
-        _number("beta", self.beta, 0.0, math.inf)
-        _number("entropy_coef", self.entropy_coef, 0.0, math.inf)
-        _number("top_entropy_quantile", self.top_entropy_quantile, 0.0, 1.0, low_open=True)
-        _number("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
-        _number("pivot_z_threshold", self.pivot_z_threshold, -math.inf, math.inf)
-        for name in ("track_kl", "save_rollouts", "gradient_checkpointing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, getattr(self, name), "true or false")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError("device", self.device, OPTIONS["device"].allowed())
         _target_modules(self.target_modules)
         if not isinstance(self.method_options, dict):
-            raise ConfigError("method_options", self.method_options, "a mapping of option name to value")
+            raise ConfigError("method_options", self.method_options, OPTIONS["method_options"].allowed())
         methods.get(self.method).validate(self)
         return self
 
@@ -191,23 +174,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _choice(name: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(name, value, f"one of {', '.join(map(str, allowed))}")
-
-
-def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, value, f"an integer >= {low}")
-    if value < low:
-        raise ConfigError(name, value, f"an integer >= {low}")
-
-
-def _text(name: str, value: Any, allowed: str) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(name, value, allowed)
-
-
 def _target_modules(value: Any) -> None:
     """PEFT's target_modules: "all-linear" (or one module name), or a non-empty list of names."""
     names = [value] if isinstance(value, str) else value
@@ -215,10 +181,16 @@ def _target_modules(value: Any) -> None:
         raise ConfigError("target_modules", value, '"all-linear", a module name, or a non-empty list of module names')
 
 
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == math.inf else ']'}"
-    # infinities are out of range too: the bounds above are open at +-inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, value, f"a number in {bounds}")
-    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-        raise ConfigError(name, value, f"a number in {bounds}")
+OPTIONS = of_dataclass(RunConfig)  # every field's declaration, by name
+
+
+def options_markdown() -> str:
+    """The options tables of ``docs/methods.md``: every RunConfig field, then each method's options."""
+    from .options import markdown_table
+
+    parts = ["### RunConfig", "", markdown_table(OPTIONS)]
+    for name in methods.names():
+        declared = methods.get(name).OPTIONS
+        if declared:
+            parts += ["", f"### method_options of `{name}`", "", markdown_table(declared, prefix="method_options.")]
+    return "\n".join(parts) + "\n"

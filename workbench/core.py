@@ -1,7 +1,7 @@
 """Shared tensor core of every method: advantages, log-probs, entropy, PPO-clip, aggregation, KL, masks.
 
 Pure torch, no model or UI code. Response tensors are [B, T] with a ``mask`` [B, T]
-(float or bool, 1 = valid response token). Formulas follow METHODS.md sections 0 and 1.
+(float or bool, 1 = valid response token). The formulas are those of docs/methods.md.
 """
 
 from __future__ import annotations
@@ -26,10 +26,20 @@ __all__ = [
     "entropy_advantage",
     "clip_cov_mask",
     "kl_cov_mask",
+    "derive_seed",
 ]
 
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """The seed of one random stream of a run: (run seed, step, what the stream is for, ...)
+    alone, never what ran before, so a resumed run draws exactly what it would have."""
+    value = seed
+    for p in parts:
+        value = (value * 1_000_003 + p) % (2**63 - 1)
+    return value
 
 
 # --- advantages ---------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import prompt_layout
+from .prompt_layout import common_prefix_length, left_pad
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
 
@@ -169,14 +172,12 @@ class MergedDecoder:
         """Run the prompts ``rows``: the prefix they all share once, each distinct prompt once,
         and return (cache with room for ``extra_capacity`` more tokens per row, last hidden
         state of each row [N, hidden])."""
-        from .sampling import MIN_SHARED_PREFIX, common_prefix_length, left_pad
-
         distinct = list(dict.fromkeys(tuple(r) for r in rows))
         index = {r: i for i, r in enumerate(distinct)}
         row_of = torch.tensor([index[tuple(r)] for r in rows], device=self.device)
         # a prefix all distinct prompts share (a system prompt) runs once; each keeps >= 1 token of its own
         shared = min(common_prefix_length([list(r) for r in distinct]), min(len(r) for r in distinct) - 1)
-        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        shared = shared if shared >= prompt_layout.MIN_SHARED_PREFIX else 0
         rest_ids, rest_mask = left_pad([list(r[shared:]) for r in distinct], pad_id)
         rest_ids, rest_valid = rest_ids.to(self.device), rest_mask.to(self.device).bool()
         capacity = shared + rest_ids.shape[1]

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from . import prompt_layout
 from .merged_decoder import MergedDecoder
+from .prompt_layout import common_prefix_length, left_pad
 
 
 @dataclass
@@ -33,33 +35,6 @@ class Samples:
     finished: torch.Tensor  # [N] bool: ended with EOS (else truncated)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask for a list of token-id lists."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-# Below this many shared leading tokens, prefilling them once is not worth a second call.
-MIN_SHARED_PREFIX = 16
-
-
-def common_prefix_length(rows: list[list[int]]) -> int:
-    """Number of leading tokens every row shares (e.g. a system prompt)."""
-    if len(rows) < 2:
-        return 0
-    first, n = rows[0], min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows):
-            return i
-    return n
-
-
 def prefill_shared_prefix(model, rows: list[list[int]], pad_id: int, device):
     """Run the prefix all ``rows`` share ONCE, then lay out the rest of each row after it.
 
@@ -71,7 +46,7 @@ def prefill_shared_prefix(model, rows: list[list[int]], pad_id: int, device):
     """
     # every row keeps at least one token of its own, which the next forward pass needs
     shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
-    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    shared = shared if shared >= prompt_layout.MIN_SHARED_PREFIX else 0
     rest_ids, rest_mask = left_pad([r[shared:] for r in rows], pad_id)
     rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
     attention = torch.cat([torch.ones((len(rows), shared), dtype=rest_mask.dtype, device=device), rest_mask], dim=1)

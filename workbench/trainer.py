@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import core, methods, metrics, tasks
-from .batch import RolloutBatch, micro_batches
+from . import core, evaluation, methods, metrics, tasks, update
+from .batch import RolloutBatch
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
 from .policy import LoraSettings, Policy, PolicyLoadError
@@ -76,6 +76,7 @@ class Trainer:
         self._history: list[dict] = []
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
+        self._step_open = False  # a phases() generator is part-way through a step
         self.store = store
         if store is not None:
             store.create(cfg)
@@ -93,10 +94,7 @@ class Trainer:
 
     # --- the shared stages ------------------------------------------------------------------
     def _seed(self, *parts: int) -> int:
-        value = self.cfg.seed
-        for p in parts:
-            value = (value * 1_000_003 + p) % (2**63 - 1)
-        return value
+        return core.derive_seed(self.cfg.seed, *parts)
 
     def generator(self, *parts: int) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(self._seed(*parts))
@@ -105,6 +103,23 @@ class Trainer:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter="policy", grad: bool = False,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [N, T] (float32) of ``ids`` after ``prompt_ids``, and their
+        entropies when asked: THE way every method and the update score tokens. ``adapter``:
+        "policy" (the current adapter), "reference" (adapter off) or a dict of moved adapter
+        tensors (EEPO's unlearned policy); the config's temperature and autocast apply; a graph
+        is kept only with ``grad=True``."""
+        if adapter == "policy":
+            weights = contextlib.nullcontext()
+        elif adapter == "reference":
+            weights = self.policy.reference()
+        else:
+            weights = self.policy.swapped_adapter(adapter)
+        with (contextlib.nullcontext() if grad else torch.no_grad()), weights, self.autocast():
+            logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
+        return logp.float(), None if entropy is None else entropy.float()
 
     def sample_group(
         self,
@@ -149,7 +164,12 @@ class Trainer:
 
     # --- one step ---------------------------------------------------------------------------
     def phases(self) -> Iterator[Phase]:
-        """Run one step, yielding a ``Phase`` after each named phase."""
+        """Run one step, yielding a ``Phase`` after each named phase. One step at a time: starting
+        a second while one is part-way (another widget's or cursor's) raises RuntimeError."""
+        if self._step_open:
+            raise RuntimeError("a step of this trainer is already part-way through (a widget or StepCursor holds it): "
+                               "finish it or discard it first")
+        self._step_open = True
         started = time.perf_counter()
         adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
         nan_skips = self.nan_skips
@@ -161,7 +181,7 @@ class Trainer:
                                                                      "reward_errors": reward_errors}))
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
-            numbers = self._update(batch)
+            numbers = update.update(self, batch)
             yield self._emit(Phase("update", self.step_index, batch, numbers))
             step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
             self._record(batch, step_metrics)
@@ -169,6 +189,7 @@ class Trainer:
             self._checkpoint_if_due()
             yield self._emit(Phase("metrics", step_metrics["step"], batch, step_metrics))
         finally:
+            self._step_open = False
             if not committed:
                 self.policy.load_adapter_state(adapter)
                 self.optimizer.load_state_dict(optimizer_state)
@@ -215,146 +236,8 @@ class Trainer:
         """Ask ``run`` to stop after the current step."""
         self._stop = True
 
-    # --- the update -------------------------------------------------------------------------
-    def _update(self, batch: RolloutBatch) -> dict[str, float]:
-        cfg, settings = self.cfg, self.method.loss_settings()
-        batch = self.method.training_batch(batch)
-        self.policy.model.train()
-        n = len(batch)
-        valid_tokens = batch.mask.sum().clamp(min=1)
-        keep = batch.mask.bool()
-        if settings["top_entropy_quantile"] < 1.0:
-            keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
-        with_entropy = settings["entropy_coef"] > 0
-        precomputed = self.method.precomputed_logprobs(batch, with_entropy)
-        chunks = self._micro_batches(batch, skip=precomputed[0] if precomputed else None)
-        if precomputed:
-            chunks.insert(0, precomputed[0])
-        use_ref = settings["beta"] > 0 or cfg.track_kl
-        # The KL in the loss needs every row's reference log-probs; at beta 0 the KL is
-        # telemetry only and is measured on one response per group (a 1/G-size pass).
-        exact_kl = settings["beta"] > 0 or "ref_logprobs" in batch.extras
-        kl_rows = torch.ones(n, dtype=torch.bool) if exact_kl else self._one_per_group(batch)
-        kl_tokens = float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1))
-        old_logps: list[torch.Tensor] = []
-        ref_logps: list[torch.Tensor] = []
-        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
-        skipped, grad_norm = False, float("nan")
-        for iteration in range(cfg.num_iterations):
-            record = iteration == cfg.num_iterations - 1  # report what the last pass saw
-            self.optimizer.zero_grad(set_to_none=True)
-            for c, rows in enumerate(chunks):
-                mask = batch.mask[rows]
-                prompt_ids = [batch.prompt_ids[i] for i in rows.tolist()]
-                entropy = None
-                if precomputed and iteration == 0 and c == 0:
-                    logp = precomputed[1]
-                else:
-                    # only as wide as this micro-batch's longest row; zeros after it (masked out)
-                    width = max(1, int(mask.sum(-1).max()))
-                    with self.autocast():
-                        logp, entropy = self.policy.token_logprobs(prompt_ids, batch.ids[rows, :width],
-                                                                   cfg.temperature, with_entropy=with_entropy)
-                    pad = (0, mask.shape[1] - width)
-                    logp = torch.nn.functional.pad(logp, pad)
-                    entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
-                logp = logp.float()
-                if iteration == 0:
-                    old_logps.append(self.method.old_logprobs(batch, rows, logp.detach()))
-                    if use_ref and "ref_logprobs" in batch.extras:  # a method already ran the reference
-                        ref_logps.append(batch.extras["ref_logprobs"][rows].float())
-                    elif use_ref:  # the reference never moves: one pass per step
-                        ref_logps.append(self._reference_logprobs(batch, rows[kl_rows[rows]], rows))
-                token_loss, clipped = self.method.token_loss(
-                    logp, old_logps[c], batch.token_advantages[rows], mask, settings,
-                    generator=self.generator(self.step_index, 11, iteration, c),
-                )
-                token_loss = token_loss * keep[rows]
-                if use_ref:
-                    kl = core.kl_k3(logp, ref_logps[c])
-                    if settings["beta"] > 0:
-                        token_loss = token_loss + settings["beta"] * kl
-                    if record:
-                        totals["kl"] += float((kl.detach() * mask * kl_rows[rows, None].to(mask.device)).sum())
-                # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
-                weight = float(mask.sum() / valid_tokens) if cfg.loss_type == "dapo" else len(rows) / n
-                loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
-                if entropy is not None:  # the entropy bonus, with its gradient
-                    loss = loss - settings["entropy_coef"] * (entropy.float() * mask).sum() / valid_tokens
-                if not torch.isfinite(loss):
-                    skipped = True
-                    break
-                loss.backward()
-                if record:
-                    totals["loss"] += float(loss.detach())
-                    totals["clipped"] += float((clipped & mask.bool()).sum())
-            if not skipped:
-                params = list(self.policy.trainable_parameters().values())
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                skipped = not torch.isfinite(torch.tensor(grad_norm))
-            if skipped:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.nan_skips += 1
-                break
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.policy.model.eval()
-        tokens = float(valid_tokens)
-        return {
-            "loss": float("nan") if skipped else totals["loss"],
-            "clip_fraction": totals["clipped"] / tokens,
-            "kl": totals["kl"] / kl_tokens if use_ref else float("nan"),
-            "grad_norm": grad_norm,
-            "skipped": float(skipped),
-        }
-
-    def _reference_logprobs(self, batch: RolloutBatch, measured: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Reference log-probs [len(rows), T] of the ``measured`` rows, 0 for the others (never counted)."""
-        ref = torch.zeros(len(rows), batch.mask.shape[1])
-        if len(measured):
-            width = max(1, int(batch.mask[measured].sum(-1).max()))
-            with torch.no_grad(), self.policy.reference(), self.autocast():
-                values = self.policy.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
-                                                    batch.ids[measured, :width], self.cfg.temperature,
-                                                    with_entropy=False)[0]
-            ref[torch.isin(rows, measured), :width] = values.float().to(ref.device)
-        return ref.to(batch.mask.device)
-
-    @staticmethod
-    def _one_per_group(batch: RolloutBatch) -> torch.Tensor:
-        """[N] bool: the first row of each group in each context and stage."""
-        first = {}
-        for i, key in enumerate(zip(batch.group.tolist(), batch.mode, batch.stage)):
-            first.setdefault(key, i)
-        chosen = torch.zeros(len(batch), dtype=torch.bool)
-        chosen[list(first.values())] = True
-        return chosen
-
-    def _micro_batches(self, batch: RolloutBatch, skip: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Row indices of each micro-batch of the update, rows in ``skip`` left out.
-
-        Micro-batches never mix contexts (a long system prompt is then computed once per
-        micro-batch) nor EEPO stages; within one, rows of similar length go together and
-        ``micro_batch_tokens`` bounds rows x longest row (``gradient_accumulation_steps``
-        splits further).
-        """
-        lengths = batch.mask.sum(-1).long().tolist()
-        skipped = set() if skip is None else set(skip.tolist())
-        blocks = list(zip(batch.mode, batch.stage))
-        chunks = []
-        for block in dict.fromkeys(blocks):
-            members = [i for i, b in enumerate(blocks) if b == block and i not in skipped]
-            if not members:
-                continue
-            block_lengths = [lengths[i] for i in members]
-            # gradient_accumulation_steps=k cuts the block's padded rows x longest into k or more pieces
-            padded = len(members) * max(block_lengths)
-            budget = min(self.cfg.micro_batch_tokens, max(1, -(-padded // self.cfg.gradient_accumulation_steps)))
-            chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
-        return chunks
-
     # --- metrics ------------------------------------------------------------------------------
-    def _metrics(self, batch: RolloutBatch, update: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
+    def _metrics(self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
         batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
         if batch.gate is None:
             batch.gate = torch.ones_like(batch.entropy)
@@ -364,14 +247,14 @@ class Trainer:
             "step": self.step_index,
             "reward_mean": float(batch.rewards.mean()),
             "reward_std": float(batch.rewards.std(correction=0)),
-            "accuracy": float((batch.rewards > 0.5).float().mean()),  # as evaluate() counts a success
+            "accuracy": float(tasks.is_success(batch.rewards).float().mean()),  # as evaluate() counts
             "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
             "parsed_fraction": float(batch.parsed.float().mean()),
             **metrics.entropy_stats(batch.entropy, batch.mask),
             "response_length": float(batch.response_lengths().mean()),
             **metrics.group_diversity(groups, batch.answers, batch.strategies, batch.rewards.tolist()),
             **metrics.pivot_stats(batch.entropy, batch.mask, batch.pivots),
-            **update,
+            **update_numbers,
             "nan_skips": float(self.nan_skips),
             # reward-function failures scored 0 in this step (reward_errors="zero")
             "reward_errors": float(reward_errors),
@@ -407,48 +290,10 @@ class Trainer:
         return list(self._history)
 
     # --- evaluation -----------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
                  max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
-        """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
-
-        ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
-        itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
-        k = metrics.pass_at_k_grid(n_samples) if k is None else k
-        from .methods.policy_split import MODES
-
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
-        problems = self.task.prompts(split, num_prompts, seed=12345)
-        per_call = max(1, max_batch // n_samples)
-        correct, entropies, lengths, strategies, answers = [], [], [], [], []
-        from tqdm.auto import tqdm
-
-        for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
-            chunk = problems[start : start + per_call]
-            batch = self.sample_group(chunk, n_samples, system=MODES[mode], mode=mode,
-                                      generator=self.generator(10**6 + start, len(split)))
-            self.score(batch)
-            for rows in batch.group_rows():
-                rows_l = rows.tolist()
-                rewards = batch.rewards[rows]
-                correct.append(int((rewards > 0.5).sum()))
-                strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if batch.rewards[i] > 0.5]))
-                answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
-            entropies.append(batch.entropy[batch.mask.bool()])
-            lengths.append(batch.response_lengths())
-        result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
-        result.update(
-            {
-                "accuracy": sum(correct) / (len(correct) * n_samples),
-                "entropy_mean": float(torch.cat(entropies).mean()),
-                "distinct_correct_strategies": sum(strategies) / len(strategies),
-                "unique_answers": sum(answers) / len(answers),
-                "response_length": float(torch.cat(lengths).mean()),
-                "samples": len(correct) * n_samples,
-            }
-        )
-        return result
+        """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
+        return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
 
     # --- changing course ----------------------------------------------------------------------
     def set_live(self, **changes) -> RunConfig:
@@ -464,26 +309,36 @@ class Trainer:
         cfg = self.cfg.replace(**changes)  # validates the whole config, method options included
         self.cfg = self.method.cfg = cfg
         self.method.options = {**self.method.defaults, **cfg.method_options}
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate
+        self._apply_optimizer_settings()
         if self.store is not None:
             self.store.write_config(cfg)
         return cfg
 
+    def _apply_optimizer_settings(self) -> None:
+        """The config decides the optimizer's settings, also after a state dict (which carries
+        the parent's or the checkpoint's) was loaded."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.learning_rate
+            group["weight_decay"] = self.cfg.weight_decay
+
     def fork(self, out_dir: str | Path | None = None, **changes) -> "Trainer":
         """A new run that starts from this one's adapter, optimizer state and step, with any
-        config ``changes`` (all fields, not only live ones): a branch to compare against."""
+        config ``changes`` (all fields, not only live ones): a branch to compare against. Every
+        field it accepts takes effect (a new task is built; the optimizer takes the new learning
+        rate and weight decay); those that would change the model or the adapter's shape are
+        refused."""
         cfg = self.cfg.replace(**changes)
-        rebuild = any(getattr(cfg, f) != getattr(self.cfg, f) for f in ("model", "lora_r", "lora_alpha", "lora_dropout",
-                                                                         "target_modules", "device", "dtype"))
+        rebuild = [f for f in FORK_REFUSES if getattr(cfg, f) != getattr(self.cfg, f)]
         if rebuild:
-            raise ConfigError("fork", sorted(changes), "changes that keep the model and adapter shape "
-                              "(not model, lora_*, target_modules, device, dtype)")
+            raise ConfigError(rebuild[0], getattr(cfg, rebuild[0]), "the parent's value: a fork keeps the model and "
+                              f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it")
         policy = copy.deepcopy(self.policy)
-        branch = Trainer(cfg, policy=policy, task=self.task, out_dir=out_dir)
+        if self.cfg.gradient_checkpointing and not cfg.gradient_checkpointing:
+            policy.model.gradient_checkpointing_disable()
+        task = self.task if cfg.task == self.cfg.task else None  # None: the branch builds its own
+        branch = Trainer(cfg, policy=policy, task=task, out_dir=out_dir)
         branch.optimizer.load_state_dict(self.optimizer.state_dict())
-        for group in branch.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate
+        branch._apply_optimizer_settings()
         branch.step_index, branch.nan_skips = self.step_index, self.nan_skips
         branch._history = [dict(r) for r in self._history]
         if branch.store is not None:
@@ -526,11 +381,13 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this "
                                   f"adapter: {error}") from error
-        for group in self.optimizer.param_groups:  # config.yaml decides: set_live rewrites it
-            group["lr"] = self.cfg.learning_rate
+        self._apply_optimizer_settings()  # config.yaml decides: set_live rewrites it
         self.step_index = checkpoint.step
         self.nan_skips = checkpoint.state.get("nan_skips", 0)
 
+
+# RunConfig fields a fork cannot change: they shape the model and the adapter it copies
+FORK_REFUSES = ("model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "device", "dtype")
 
 # RunConfig fields a running trainer can change between steps (Trainer.set_live); the others
 # shape what was built (model, adapter, batch layout, method) and need a fork.

@@ -19,7 +19,7 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Method]:
-    from ..config import ConfigError
+    from ..options import ConfigError
 
     if name not in _REGISTRY:
         raise ConfigError("method", name, f"one of {', '.join(names())}")

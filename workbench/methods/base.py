@@ -7,22 +7,26 @@ with several sampling phases (EEPO, Policy Split) can be stepped through.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from typing import Any, ClassVar
 
 from .. import core
 from ..batch import RolloutBatch
-from ..config import ConfigError
 from ..events import Phase
+from ..options import ConfigError, Option, named
 
 
 class Method:
     name: ClassVar[str] = "grpo"
-    # method_options this method understands, with their defaults
+    # the method_options this method understands, each declared once (workbench.options)
+    OPTIONS: ClassVar[dict[str, Option]] = {}
+    # their defaults, derived from OPTIONS
     defaults: ClassVar[dict[str, Any]] = {}
-    # numeric options that also take None (which switches the feature off): what else they allow
-    optional_numbers: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.OPTIONS = named(cls.OPTIONS)
+        cls.defaults = {key: option.default for key, option in cls.OPTIONS.items()}
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -30,15 +34,15 @@ class Method:
 
     @classmethod
     def validate(cls, cfg) -> None:
-        unknown = sorted(set(cfg.method_options) - set(cls.defaults))
+        """Each option against its declaration; a method adds the checks that involve several
+        settings (EEPO's even num_generations, Poly-EPO's set size below it)."""
+        unknown = sorted(set(cfg.method_options) - set(cls.OPTIONS))
         if unknown:
-            allowed = ", ".join(sorted(cls.defaults)) or "none"
+            allowed = ", ".join(sorted(cls.OPTIONS)) or "none"
             raise ConfigError(f"method_options.{unknown[0]}", cfg.method_options[unknown[0]],
                               f"an option of method {cls.name!r}; its options: {allowed}")
         for key, value in cfg.method_options.items():
-            if value is None and key in cls.optional_numbers:
-                continue
-            _check_numeric_type(key, value, cls.defaults[key])
+            cls.OPTIONS[key].check(value, f"method_options.{key}")
 
     # --- hooks ------------------------------------------------------------------------
     def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
@@ -85,22 +89,3 @@ class Method:
 
     def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
         return {}
-
-
-def _check_numeric_type(key: str, value: Any, default: Any) -> None:
-    """An option whose default is a number takes a finite number (an integer where the default
-    is one): a NaN or a string would otherwise only fail mid-step, or silently pass a range check."""
-    if isinstance(default, bool) or not isinstance(default, (int, float)):
-        return
-    integer = isinstance(default, int)
-    kind = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-        raise ConfigError(f"method_options.{key}", value, "an integer" if integer else "a finite number")
-
-
-def check_range(key: str, value: float, low: float = -math.inf, high: float = math.inf,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Raise a ConfigError naming ``method_options.key`` unless low <= value <= high (open where said)."""
-    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
-        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
-        raise ConfigError(f"method_options.{key}", value, f"a number in {bounds}")

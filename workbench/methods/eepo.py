@@ -34,7 +34,7 @@ import torch
 
 from .. import core
 from ..batch import RolloutBatch
-from ..config import ConfigError
+from ..options import ConfigError, choice, integer, number
 from ..events import Phase
 from ..metrics import distinct
 from .base import Method
@@ -55,38 +55,24 @@ def unlearning_loss(logprobs: torch.Tensor, mask: torch.Tensor, eps: float = 0.0
 
 class EEPO(Method):
     name = "eepo"
-    defaults = {
-        "alpha": 0.3,  # gate threshold on the moving average of stage-1 entropy (nats)
-        "window": 3,  # m: steps in the moving average, the current one included
-        "gate": "entropy",  # or "always" / "never"
-        "unlearn_lr": 1.0,  # plain SGD step size on the adapter (see the module docstring)
-        "unlearn_max_grad_norm": 0.3,  # clip the unlearning gradient to this norm (None: the paper's plain step)
-        "eps": 0.01,  # p is clipped to 1 - eps in the complementary loss
-        "behaviour_logprobs": "A",  # A: each stage's sampling model; B: the restored policy
+    OPTIONS = {
+        "alpha": number(0.3, "gate threshold on the moving average of stage-1 entropy (nats)", low=0.0),
+        "window": integer(3, "m: steps in the moving average, the current one included", low=1),
+        "gate": choice("entropy", "when to unlearn: entropy (below alpha), always, never", GATES),
+        "unlearn_lr": number(1.0, "plain SGD step size of the unlearning step on the adapter", low=0.0),
+        "unlearn_max_grad_norm": number(0.3, "clip the unlearning gradient to this norm", low=0.0, low_open=True,
+                                        optional=True, none_means="the paper's plain step"),
+        "eps": number(0.01, "p is clipped to 1 - eps in the complementary loss", low=0.0, high=1.0,
+                      low_open=True, high_open=True),
+        "behaviour_logprobs": choice("A", "old log-probs of stage-2 rows: A, each stage's sampling model; "
+                                     "B, the restored policy", BEHAVIOUR),
     }
-    optional_numbers = {"unlearn_max_grad_norm": "a number > 0"}
 
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
         if cfg.num_generations % 2:
             raise ConfigError("num_generations", cfg.num_generations, "an even number for EEPO (half per stage)")
-        if o["gate"] not in GATES:
-            raise ConfigError("method_options.gate", o["gate"], f"one of {', '.join(GATES)}")
-        if o["behaviour_logprobs"] not in BEHAVIOUR:
-            raise ConfigError("method_options.behaviour_logprobs", o["behaviour_logprobs"], "A or B")
-        if not isinstance(o["window"], int) or o["window"] < 1:
-            raise ConfigError("method_options.window", o["window"], "an integer >= 1")
-        for key in ("alpha", "unlearn_lr"):
-            if not isinstance(o[key], (int, float)) or o[key] < 0:
-                raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
-        clip = o["unlearn_max_grad_norm"]
-        if clip is not None and clip <= 0:  # its type is checked with the other numeric options
-            raise ConfigError("method_options.unlearn_max_grad_norm", clip,
-                              f"{cls.optional_numbers['unlearn_max_grad_norm']}, or None for no clipping")
-        if not isinstance(o["eps"], (int, float)) or not 0 < o["eps"] < 1:
-            raise ConfigError("method_options.eps", o["eps"], "a number in (0, 1)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -133,10 +119,7 @@ class EEPO(Method):
         """One plain SGD step with the complementary loss of the stage-1 tokens: the moved
         adapter tensors, by name. The policy's own tensors are not written."""
         params = trainer.policy.trainable_parameters()
-        with trainer.autocast():
-            logp, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
-                                                    with_entropy=False)
-        logp = logp.float()
+        logp, _ = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, grad=True)
         loss = unlearning_loss(logp, stage1.mask, self.options["eps"])
         # The update needs these same log-probs of the stage-1 rows (the policy has not moved by
         # then): keep the graph and hand it over instead of running the forward pass again.
@@ -154,12 +137,9 @@ class EEPO(Method):
 
     def unlearning_effect(self, trainer, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
         """How far the step moved the stage-1 tokens: mean log-prob drop and k3 KL(policy || rollout)."""
-        with torch.no_grad(), trainer.policy.swapped_adapter(moved), trainer.autocast():
-            after, _ = trainer.policy.token_logprobs(stage1.prompt_ids, stage1.ids, self.cfg.temperature,
-                                                     with_entropy=False)
+        after, _ = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, adapter=moved)
         before = stage1.logprobs.float()  # the sampler's: the policy before the step
         valid = stage1.mask.bool()
-        after = after.float()
         lengths = stage1.mask.sum(-1).clamp(min=1)
         return {
             "unlearning_loss": self._unlearning_loss,

@@ -14,7 +14,7 @@ tokens where a response could have gone another way (critical decision pivots):
     redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
 
 logp_old is the sampler's behaviour log-prob (the pre-update policy). The reference pass
-is stored in ``batch.extras["ref_logprobs"]``, which the trainer's KL term reuses, so
+is stored in ``batch.ref_logprobs``, which the trainer's KL term reuses, so
 ERPO costs no forward pass beyond what ``track_kl`` already runs. The method option
 ``beta`` is the progress scale above, not the KL coefficient ``RunConfig.beta``.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..options import choice, integer, number
 from ..metrics.pivots import group_zscore
 from .base import Method
 
@@ -104,25 +104,13 @@ def token_advantages(
 
 class ERPO(Method):
     name = "erpo"
-    defaults = {
-        "gamma": 5.0,  # gate sharpness on the group-z-scored entropy
-        "beta": 0.1,  # progress scale: s = beta (logp_old - logp_ref)
-        "eta": 0.2,  # weight of Psi in the token advantage
-        "num_buckets": 10,  # K relative-position buckets for normalising s
-        "variant": "additive",  # or "redistribute"
+    OPTIONS = {
+        "gamma": number(5.0, "gate sharpness on the group-z-scored entropy", low=0.0),
+        "beta": number(0.1, "progress scale: s = beta (logp_old - logp_ref)", low=0.0),
+        "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
+        "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
+        "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate", VARIANTS),
     }
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
-        for key in ("gamma", "beta", "eta"):
-            if isinstance(o[key], bool) or not isinstance(o[key], (int, float)) or not o[key] >= 0:
-                raise ConfigError(f"method_options.{key}", o[key], "a number >= 0")
-        if isinstance(o["num_buckets"], bool) or not isinstance(o["num_buckets"], int) or o["num_buckets"] < 1:
-            raise ConfigError("method_options.num_buckets", o["num_buckets"], "an integer >= 1")
-        if o["variant"] not in VARIANTS:
-            raise ConfigError("method_options.variant", o["variant"], f"one of {', '.join(VARIANTS)}")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -131,15 +119,13 @@ class ERPO(Method):
     def advantages(self, trainer, batch):
         numbers = super().advantages(trainer, batch)
         o, mask = self.options, batch.mask
-        with torch.no_grad(), trainer.policy.reference(), trainer.autocast():
-            ref = trainer.policy.token_logprobs(batch.prompt_ids, batch.ids, self.cfg.temperature, with_entropy=False)[0]
-        ref = ref.float().to(batch.logprobs.device)
+        ref = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
         progress = o["beta"] * (batch.logprobs.float() - ref) * mask
         normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group)
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
         batch.gate = gate
         batch.token_advantages = token_advantages(batch.advantages, gate, normalized, mask, o["eta"], o["variant"])
-        batch.extras["ref_logprobs"] = ref
+        batch.ref_logprobs = ref
         batch.extras["erpo_progress"] = progress
         batch.extras["erpo_progress_normalized"] = normalized
         valid = mask.bool()

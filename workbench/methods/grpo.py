@@ -1,4 +1,4 @@
-"""GRPO and the baselines of METHODS.md section 1.
+"""GRPO and the baselines (docs/methods.md).
 
 GRPO is ``Method`` unchanged. Three baselines differ only in the coefficients of the loss:
 the entropy bonus (``entropy_coef`` 0.01 unless set), clip-higher (``epsilon_high`` 0.28
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from .. import core
-from .base import Method, check_range
+from ..options import ConfigError, number
+from .base import Method
 
 
 class GRPO(Method):
@@ -47,14 +48,10 @@ class EntropyAdvantage(GRPO):
     """A~ = A + min(alpha H.detach(), |A| / kappa), with H the entropy recorded at sampling."""
 
     name = "entropy_advantage"
-    defaults = {"alpha": 0.4, "kappa": 2.0}
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
-        check_range("alpha", o["alpha"], low=0.0)
-        check_range("kappa", o["kappa"], low=0.0, low_open=True)
+    OPTIONS = {
+        "alpha": number(0.4, "weight of the entropy term alpha H", low=0.0),
+        "kappa": number(2.0, "the term is at most |A| / kappa", low=0.0, low_open=True),
+    }
 
     def advantages(self, trainer, batch):
         numbers = super().advantages(trainer, batch)
@@ -67,14 +64,18 @@ class ClipCov(GRPO):
     """Zero the loss of max(1, floor(ratio N)) random unclipped tokens with low < cov < high."""
 
     name = "clip_cov"
-    defaults = {"ratio": 0.0002, "cov_low": 1.0, "cov_high": 5.0}
+    OPTIONS = {
+        "ratio": number(0.0002, "fraction of tokens whose loss is dropped", low=0.0, high=1.0, low_open=True),
+        "cov_low": number(1.0, "lower end of the covariance band of droppable tokens"),
+        "cov_high": number(5.0, "upper end of the band (at least cov_low)"),
+    }
 
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
         o = {**cls.defaults, **cfg.method_options}
-        check_range("ratio", o["ratio"], 0.0, 1.0, low_open=True)
-        check_range("cov_high", o["cov_high"], low=o["cov_low"])  # an empty band would drop nothing
+        if o["cov_high"] < o["cov_low"]:  # an empty band would drop nothing
+            raise ConfigError("method_options.cov_high", o["cov_high"], f"a number >= cov_low = {o['cov_low']:g}")
 
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         loss, clipped = super().token_loss(logp, logp_old, advantages, mask, settings)
@@ -87,14 +88,11 @@ class KLCov(GRPO):
     """Unclipped -A rho on every token, plus kl_coef |logp - logp_old| on the top tokens by cov."""
 
     name = "kl_cov"
-    defaults = {"ratio": 0.0002, "kl_coef": 1.0}
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
-        check_range("ratio", o["ratio"], 0.0, 1.0, low_open=True)
-        check_range("kl_coef", o["kl_coef"], low=0.0)
+    OPTIONS = {
+        "ratio": number(0.0002, "fraction of tokens (largest covariance) that get the KL penalty",
+                        low=0.0, high=1.0, low_open=True),
+        "kl_coef": number(1.0, "weight of |logp - logp_old| on those tokens", low=0.0),
+    }
 
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         ratio = torch.exp(logp - logp_old)

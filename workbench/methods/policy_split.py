@@ -27,8 +27,9 @@ import torch
 
 from .. import core
 from ..batch import RolloutBatch
-from ..config import ConfigError
+from ..options import ConfigError, choice, number
 from ..events import Phase
+from ..tasks import is_success
 from .base import Method
 
 HIGH_ENTROPY_PROMPT = (
@@ -69,21 +70,19 @@ def high_entropy_bonus(adv, logp_he, logp_normal, mask, alpha=0.5, eta=0.03, kap
 
 class PolicySplit(Method):
     name = "policy_split"
-    defaults = {"alpha": 0.5, "eta": 0.03, "kappa": 2.0, "clamp_form": "code"}
+    OPTIONS = {
+        "alpha": number(0.5, "weight of -logp_HE in the bonus b (1 - alpha: of -logp_N)", low=0.0, high=1.0),
+        "eta": number(0.03, "scale of the high-entropy bonus on high-entropy-context rows", low=0.0, low_open=True),
+        "kappa": number(2.0, "the bonus is at most |A| / kappa", low=0.0, low_open=True),
+        "clamp_form": choice("code", "code: clamp(eta B), as the official code; paper: eta clamp(B), as printed",
+                             CLAMP_FORMS),
+    }
 
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
         if cfg.num_generations % 2:
             raise ConfigError("num_generations", cfg.num_generations, "an even number for Policy Split (half per mode)")
-        if o["clamp_form"] not in CLAMP_FORMS:
-            raise ConfigError("method_options.clamp_form", o["clamp_form"], f"one of {', '.join(CLAMP_FORMS)}")
-        if not isinstance(o["alpha"], (int, float)) or not 0 <= o["alpha"] <= 1:
-            raise ConfigError("method_options.alpha", o["alpha"], "a number in [0, 1]")
-        for key in ("eta", "kappa"):
-            if not isinstance(o[key], (int, float)) or o[key] <= 0:
-                raise ConfigError(f"method_options.{key}", o[key], "a number > 0")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -106,11 +105,7 @@ class PolicySplit(Method):
         prompts = [p.prompt for p in batch.problems]
         per_problem = {mode: trainer.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
         contexts = {mode: [ids[g] for g in batch.group.tolist()] for mode, ids in per_problem.items()}
-        with torch.no_grad(), trainer.autocast():
-            self._logps = {
-                mode: trainer.policy.token_logprobs(ids, batch.ids, self.cfg.temperature, with_entropy=False)[0].float()
-                for mode, ids in contexts.items()
-            }
+        self._logps = {mode: trainer.token_logprobs(ids, batch.ids)[0] for mode, ids in contexts.items()}
         bonus = torch.zeros_like(batch.mask)
         o = self.options
         for rows in batch.group_rows():
@@ -142,7 +137,7 @@ class PolicySplit(Method):
             valid = batch.mask[rows].bool()
             out[f"{m}_accuracy"] = float(batch.rewards[rows].mean())
             out[f"{m}_entropy"] = float(batch.entropy[rows][valid].mean())
-            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and batch.rewards[i] > 0.5})
+            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and is_success(batch.rewards[i])})
                        for g in groups]
             out[f"{m}_unique_correct_answers"] = sum(correct) / len(groups)
             # KL(own mode || other mode), estimated (k3) on tokens the own mode sampled

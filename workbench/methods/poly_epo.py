@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ..config import ConfigError
+from ..options import ConfigError, anything, choice, integer, number
 from .base import Method
 
 REDUCE = ("sum", "mean")
@@ -199,8 +199,17 @@ def _validate_clustering(o) -> None:
     if not callable(o["clusterer"]) and o["clusterer"] not in _clusterer_names():
         raise ConfigError("method_options.clusterer", o["clusterer"], f"one of {', '.join(_clusterer_names())}, a "
                           "name given to register_clusterer, or a callable (texts, problem) -> list[int]")
-    if isinstance(o["degenerate_cluster"], bool) or not isinstance(o["degenerate_cluster"], int):
-        raise ConfigError("method_options.degenerate_cluster", o["degenerate_cluster"], "an integer")
+
+
+def _clustering_options() -> dict:
+    """The clustering options Poly-EPO and GRPO+DIV share."""
+    return {
+        "clusterer": anything("strategy", "what makes two responses the same: strategy, answer, a registered "
+                              "name, or a callable (texts, problem) -> list[int]",
+                              "strategy, answer, a name given to register_clusterer, or a callable"),
+        "degenerate_cluster": integer(DEGENERATE_CLUSTER, "the cluster id of responses that count for nothing "
+                                      "(unparsed)", low=-math.inf),
+    }
 
 
 def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
@@ -209,28 +218,24 @@ def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
 
 class PolyEPO(Method):
     name = "poly_epo"
-    defaults = {
-        "set_size": 4,  # n responses per set
-        "reduce": "sum",  # or "mean" over the sets containing the response
-        "num_sets": None,  # None: all C(N, n) sets; an integer: that many sampled sets
-        "clusterer": "strategy",  # "answer", a registered name, or a callable (texts, problem) -> list[int]
-        "degenerate_cluster": DEGENERATE_CLUSTER,
+    OPTIONS = {
+        "set_size": integer(4, "n: responses per set (2 to num_generations - 1)", low=2),
+        "reduce": choice("sum", "combine a response's advantage over the sets containing it", REDUCE),
+        "num_sets": integer(None, "sets sampled per group", low=1, optional=True, none_means="all C(N, n) sets"),
+        **_clustering_options(),
     }
 
     @classmethod
     def validate(cls, cfg) -> None:
-        super().validate(cfg)
         o = {**cls.defaults, **cfg.method_options}
         N, n = cfg.num_generations, o["set_size"]
-        # n = N leaves one set, equal to its own baseline: every advantage is 0 (M = 0)
+        # first, to name the group's own bound: n = N leaves one set, equal to its own baseline,
+        # so every advantage is 0 (M = 0)
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n < N:
             raise ConfigError("method_options.set_size", n, f"an integer from 2 to num_generations - 1 = {N - 1} "
                               "(set_size = num_generations gives one set and zero advantages)")
-        if o["reduce"] not in REDUCE:
-            raise ConfigError("method_options.reduce", o["reduce"], f"one of {', '.join(REDUCE)}")
+        super().validate(cfg)
         k = o["num_sets"]
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigError("method_options.num_sets", k, "None (all sets) or an integer >= 1")
         if k is None and math.comb(N, n) > MAX_ENUMERATED_SETS:
             raise ConfigError("method_options.num_sets", k, f"an integer: C({N}, {n}) = {math.comb(N, n)} sets are "
                               f"too many to enumerate (limit {MAX_ENUMERATED_SETS})")
@@ -251,7 +256,7 @@ class PolyEPO(Method):
         for g, rows in enumerate(batch.group_rows()):
             clusters = strategy_clusters(batch, rows, o["clusterer"], o["degenerate_cluster"])
             # seeded by (seed, step, group) alone, so a resumed run draws the same sets
-            seed = (self.cfg.seed * 1_000_003 + trainer.step_index) * 1_000_003 + g
+            seed = core.derive_seed(self.cfg.seed, trainer.step_index, g)
             index = set_indices(len(rows), o["set_size"], o["num_sets"], seed)
             group_adv, f = _marginal(batch.rewards[rows].double().cpu(), clusters, index, o["reduce"],
                                      o["degenerate_cluster"])
@@ -270,18 +275,15 @@ class PolyEPO(Method):
 
 class GRPODiv(Method):
     name = "grpo_div"
-    defaults = {
-        "div_coef": 0.5,  # lambda: weight of the diversity bonus d_i added to the reward
-        "clusterer": "strategy",
-        "degenerate_cluster": DEGENERATE_CLUSTER,
+    OPTIONS = {
+        "div_coef": number(0.5, "lambda: weight of the diversity bonus d_i added to the reward", low=0.0),
+        **_clustering_options(),
     }
 
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
         o = {**cls.defaults, **cfg.method_options}
-        if isinstance(o["div_coef"], bool) or not isinstance(o["div_coef"], (int, float)) or not o["div_coef"] >= 0:
-            raise ConfigError("method_options.div_coef", o["div_coef"], "a number >= 0")
         _validate_clustering(o)
 
     def __init__(self, cfg):

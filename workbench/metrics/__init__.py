@@ -1,12 +1,13 @@
-"""Telemetry: entropy statistics, critical decision pivots, diversity and pass@k."""
+"""Telemetry: entropy statistics, critical decision pivots, diversity and pass@k (pure functions; the
+experiments that sample, evaluation and pivot sensitivity, are in ``workbench.evaluation``)."""
 
 from .diversity import distinct, distinct_n, group_diversity, pairwise_similarity, self_bleu, strategy_count, unique_answers
 from .entropy import entropy_stats, fit_reward_entropy
 from .passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
-from .pivots import find_pivots, group_zscore, pivot_sensitivity, pivot_stats
+from .pivots import find_pivots, group_zscore, pivot_stats
 
 __all__ = [
     "distinct", "distinct_n", "entropy_stats", "find_pivots", "fit_reward_entropy", "group_diversity", "group_zscore",
-    "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_sensitivity", "pivot_stats", "self_bleu",
+    "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats", "self_bleu",
     "strategy_count", "unique_answers",
 ]

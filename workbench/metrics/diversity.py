@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..tasks.base import is_success
+
 
 def distinct(labels: Sequence[object]) -> int:
     """Number of distinct labels, ignoring None (unparsed responses)."""
@@ -27,7 +29,7 @@ def group_diversity(groups: Sequence[Sequence[int]], answers, strategies, reward
     for rows in groups:
         unique_answers.append(distinct([answers[i] for i in rows]))
         strategies_n.append(distinct([strategies[i] for i in rows]))
-        correct_n.append(distinct([strategies[i] for i in rows if rewards[i] > 0.5]))
+        correct_n.append(distinct([strategies[i] for i in rows if is_success(rewards[i])]))
     n = max(1, len(groups))
     return {
         "unique_answers": sum(unique_answers) / n,
@@ -103,13 +105,13 @@ def unique_answers(answers: Sequence[object]) -> int:
 def strategy_count(strategies: Sequence[object], correct: Sequence[object] | None = None,
                    correct_only: bool = False) -> int:
     """Number of distinct strategies (None not counted); with ``correct_only``, only among the
-    responses whose ``correct`` entry (a bool or a reward) is above 0.5."""
+    responses whose ``correct`` entry (a bool or a reward) is a success (above 0.5)."""
     if not correct_only:
         return distinct(strategies)
     if correct is None or len(correct) != len(strategies):
         raise ValueError(f"correct_only=True needs one correct flag or reward per strategy: got "
                          f"{None if correct is None else len(correct)} for {len(strategies)} strategies")
-    return distinct([s for s, c in zip(strategies, correct) if float(c) > 0.5])
+    return distinct([s for s, c in zip(strategies, correct) if is_success(float(c))])
 
 
 def _char_trigrams(text: str) -> set[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import SPLITS, UNPARSED, Problem, Score, Task
+from .base import SPLITS, SUCCESS_THRESHOLD, UNPARSED, Problem, Score, Task, is_success
 from .coins import Coins
 from .countdown import Countdown
 from .dataset import DatasetTask

@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 SPLITS = ("train", "test", "ood")
+# a reward above this is a success: accuracy, pass@k, distinct correct strategies, pivot flips
+SUCCESS_THRESHOLD = 0.5
+
+
+def is_success(reward):
+    """Whether a reward (a float or a tensor of them) counts as solved."""
+    return reward > SUCCESS_THRESHOLD
 
 
 @dataclass(frozen=True)

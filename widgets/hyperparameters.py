@@ -308,7 +308,7 @@ def _field(option: Option, name: str, hint: str) -> _Field:
         return _Field(name, w.Checkbox(indent=True), allowed, option.help, hint)
     if option.optional and option.kind in ("int", "float"):  # None (left empty) switches it off
         read = int if option.kind == "int" else float
-        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {allowed.split(', or None')[0]}",
+        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {option.allowed(with_none=False)}",
                       option.help, hint, get=lambda text: _optional(name, text, read, allowed),
                       put=lambda v: "" if v is None else repr(v))
     if option.kind == "int":

@@ -54,8 +54,9 @@ class Option:
         high = ")" if self.high_open or self.high == math.inf else "]"
         return f"{low}{float(self.low)}, {float(self.high)}{high}"
 
-    def allowed(self) -> str:
-        """What a value may be, in words (the end of every error message about this option)."""
+    def allowed(self, with_none: bool = True) -> str:
+        """What a value may be, in words (the end of every error message about this option);
+        ``with_none=False`` leaves out an optional option's None."""
         if self.kind == "int":
             text = ("an integer" if self.low == -math.inf else f"an integer >= {int(self.low)}") if self.high == math.inf \
                 else f"an integer from {int(self.low)} to {int(self.high)}"
@@ -67,7 +68,7 @@ class Option:
             text = f"one of {', '.join(self.choices)}"
         else:
             text = self.allowed_text or "any value"
-        return f"{text}, or None ({self.none_means})" if self.optional else text
+        return f"{text}, or None ({self.none_means})" if self.optional and with_none else text
 
     def check(self, value: Any, label: str | None = None) -> None:
         """Raise a ConfigError naming ``label`` (default: the option's name) unless ``value`` is allowed."""

@@ -50,9 +50,8 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
         record = iteration == trainer.cfg.num_iterations - 1  # report what the last pass saw
         trainer.optimizer.zero_grad(set_to_none=True)
         for c in range(len(plan.chunks)):
-            loss, clipped, kl_sum = micro_batch_loss(trainer, batch, plan, c, iteration, settings)
-            if record:
-                totals["kl"] += kl_sum
+            loss, clipped, kl_sum = micro_batch_loss(trainer, batch, plan, c, iteration, settings, record)
+            totals["kl"] += kl_sum
             if not torch.isfinite(loss):
                 skipped = True
                 break
@@ -102,9 +101,9 @@ def plan_update(trainer, batch: RolloutBatch, settings: dict) -> UpdatePlan:
     )
 
 def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, iteration: int,
-                     settings: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+                     settings: dict, record: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(loss of micro-batch ``c`` with its graph, its clipped valid tokens [rows, T], the
-    sum of its measured KL). The first pass also fixes each micro-batch's old and reference
+    sum of its measured KL when ``record``, else 0). The first pass also fixes each micro-batch's old and reference
     log-probs in ``plan``."""
     cfg, rows = trainer.cfg, plan.chunks[c]
     mask = batch.mask[rows]  # [rows, T]
@@ -135,13 +134,15 @@ def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, ite
         kl = core.kl_k3(logp, plan.ref_logps[c])
         if settings["beta"] > 0:
             token_loss = token_loss + settings["beta"] * kl
-        kl_sum = float((kl.detach() * mask * plan.kl_rows[rows, None].to(mask.device)).sum())
+        if record:  # telemetry of the last pass only: no sync on the others
+            kl_sum = float((kl.detach() * mask * plan.kl_rows[rows, None].to(mask.device)).sum())
     # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
     weight = float(mask.sum() / plan.valid_tokens) if cfg.loss_type == "dapo" else len(rows) / len(batch)
     loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
     if entropy is not None:  # the entropy bonus, with its gradient
         loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / plan.valid_tokens
     return loss, clipped & mask.bool(), kl_sum
+
 
 def reference_logprobs(trainer, batch: RolloutBatch, measured: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Reference log-probs [len(rows), T] of the ``measured`` rows, 0 for the others (never counted)."""

@@ -91,6 +91,30 @@ def test_a_background_run_pauses_within_one_phase(trainer, dashboard):
     assert dashboard.state == "idle"
 
 
+def buttons_enabled(dashboard):
+    return {name for name, button in dashboard.buttons.items() if not button.disabled}
+
+
+@pytest.mark.parametrize("how", ["pause", "step"])
+def test_the_buttons_come_back_after_a_background_run_ends(trainer, dashboard, how):
+    # the last state change comes from the worker thread while it is still alive: the buttons
+    # must follow the state, not whether that thread has ended yet
+    if how == "pause":
+        start = dashboard.phase_count
+        dashboard.buttons["start"].click()
+        while dashboard.phase_count < start + 1:
+            time.sleep(0.01)
+        dashboard.buttons["pause"].click()
+    else:
+        dashboard.buttons["step"].click()
+    assert dashboard.wait(timeout=120)
+    assert dashboard.state == ("paused" if how == "pause" else "idle")
+    expected = {"start", "step", "step_phase"} | ({"stop"} if dashboard.runner.cursor.is_open else set())
+    assert buttons_enabled(dashboard) == expected
+    dashboard.step()  # and training goes on from where it stopped
+    assert dashboard.state == "idle" and not dashboard.runner.cursor.is_open
+
+
 def test_running_twice_is_refused(dashboard):
     dashboard.start(50)
     try:

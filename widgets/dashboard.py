@@ -1,7 +1,8 @@
 """TrainingDashboard: run a trainer from buttons and watch its recorded metrics live.
 
-Training runs in a background thread that drives ``trainer.phases()`` one phase at a time and
-checks a pause flag between phases, so Pause and Stop take effect within one phase. The
+Training runs on a background thread (``_runner.BackgroundRunner``) that advances the trainer
+one phase at a time and checks a pause flag between phases, so Pause and Stop take effect
+within one phase. The
 figures draw only ``trainer.records`` (and the phases the trainer announces): nothing here
 touches the model. Redraws are throttled and coalesced, and each series keeps at most
 ``max_points`` points (old steps are thinned), so a 10,000-step run costs the same to draw as
@@ -24,6 +25,7 @@ from workbench.metrics.entropy import FIT_MIN_POINTS
 from workbench.step_cursor import StepCursor
 
 from ._live import Throttle
+from ._runner import BackgroundRunner
 from .style import FONT_SIZE, panel_layout, series_color
 
 # (column, legend name, colour index, dash, secondary y): the series each figure draws when
@@ -133,17 +135,10 @@ class TrainingDashboard(W.VBox):
         self.phase_count = 0  # phases announced by the trainer while subscribed
         self.last_phase = None
         self.redraws = 0
-        self.error: BaseException | None = None
-        self.state = "idle"
 
         self._seen = 0  # trainer records already in self.history
-        self._cursor = StepCursor(trainer)  # the trainer's step, one phase at a time
-        self._pause = threading.Event()
-        self._discard = False
-        self._drive_lock = threading.Lock()  # one driver of trainer.phases() at a time
+        self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="TrainingDashboard")
         self._draw_lock = threading.Lock()  # the history vs a redraw on the timer thread
-        self._worker: threading.Thread | None = None
-        self._progress_text = ""
 
         self.steps_control = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps",
                                               layout=W.Layout(width="150px"))
@@ -178,7 +173,7 @@ class TrainingDashboard(W.VBox):
         self._unsubscribe = None
         self.attach()
         self.redraw()
-        self._show()
+        self._on_runner_change()
         self._ready = True
 
     # --- figures ----------------------------------------------------------------------------
@@ -326,12 +321,12 @@ class TrainingDashboard(W.VBox):
     def _show(self) -> None:
         t = self.trainer
         parts = [f"<b style='color:{STATE_COLOR[self.state]}'>{self.state}</b>", f"step {t.step_index}"]
-        if self._cursor.is_open and self.last_phase is not None:
+        if self.runner.cursor.is_open and self.last_phase is not None:
             parts.append(f"unfinished step, last phase <code>{html.escape(self.last_phase.name)}</code>")
         elif self.last_phase is not None:
             parts.append(f"last phase <code>{html.escape(self.last_phase.name)}</code>")
-        if self._progress_text:
-            parts.append(self._progress_text)
+        if self.runner.progress_text:
+            parts.append(self.runner.progress_text)
         last = t.records[-1] if t.records else None
         if last:
             parts.append(f"reward {last['reward_mean']:.3f} · entropy {last['entropy_mean']:.3f} nats"
@@ -346,98 +341,52 @@ class TrainingDashboard(W.VBox):
         for name in ("start", "step", "step_phase"):
             self.buttons[name].disabled = running
         self.buttons["pause"].disabled = not running
-        self.buttons["stop"].disabled = not running and not self._cursor.is_open
+        self.buttons["stop"].disabled = not running and not self.runner.cursor.is_open
 
-    # --- driving the trainer -------------------------------------------------------------------
+    # --- driving the trainer (the runner holds the thread; see _runner.py) ----------------------
+    @property
+    def state(self) -> str:
+        """idle, running, paused, stopped or error."""
+        return self.runner.state
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.runner.error
+
     @property
     def running(self) -> bool:
         """A background run is in progress."""
-        return self._worker is not None and self._worker.is_alive()
+        return self.runner.running
 
     def start(self, steps: int | None = None) -> None:
         """Train ``steps`` steps (default: the step-count control) in the background."""
-        self._launch(steps=steps or self.steps_control.value, phases=None, wait=False)
+        self.runner.launch(steps=steps or self.steps_control.value, phases=None, wait=False)
 
     def step(self, wait: bool = True) -> None:
         """One training step (the rest of an unfinished one, if any)."""
-        self._launch(steps=1, phases=None, wait=wait)
+        self.runner.launch(steps=1, phases=None, wait=wait)
 
     def step_phase(self, wait: bool = True):
         """One phase; returns its ``Phase`` when ``wait``."""
-        self._launch(steps=None, phases=1, wait=wait)
-        return self.last_phase if wait else None
+        self.runner.launch(steps=None, phases=1, wait=wait)
+        return self.runner.last_phase if wait else None
 
     def pause(self) -> None:
         """Stop a background run after the current phase; the unfinished step is kept."""
-        self._pause.set()
+        self.runner.pause()
 
     def stop(self) -> None:
         """Stop after the current phase and discard the unfinished step: the trainer's
         ``phases()`` restores the adapter and optimizer, as if the step never began."""
-        self._discard = True
-        self._pause.set()
-        if self._worker is not None:
-            self._worker.join()  # at most the phase in flight
-        self._finish("stopped")
+        self.runner.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a background run to end; True if it has. Raises the run's error, if any."""
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-            if worker.is_alive():
-                return False
-        if self.error is not None:
-            raise self.error
-        return True
+        return self.runner.wait(timeout)
 
-    def _launch(self, steps: int | None, phases: int | None, wait: bool) -> None:
-        if self.running:
-            raise RuntimeError("a background run is in progress: pause() or stop() it first")
-        self._pause.clear()
-        self._discard = False
-        self.error = None
-        self.state = "running"
-        if wait:
-            self._drive(steps, phases)
-            if self.error is not None:
-                raise self.error
-        else:
-            self._worker = threading.Thread(target=self._drive, args=(steps, phases), daemon=True,
-                                            name="TrainingDashboard")
-            self._worker.start()
-        self._show()
-
-    def _drive(self, steps: int | None, phases: int | None) -> None:
-        done_steps = done_phases = 0
-        try:
-            with self._drive_lock:
-                while not self._pause.is_set():
-                    if steps is not None and done_steps >= steps or phases is not None and done_phases >= phases:
-                        break
-                    done_steps += self._advance()
-                    done_phases += 1
-                    if steps is not None and steps > 1:
-                        self._progress_text = f"{done_steps}/{steps} steps"
-        except Exception as error:  # shown in the status line; wait() and synchronous calls raise it
-            self.error = error
-        finally:
-            self._progress_text = ""
-            self._finish("error" if self.error else "stopped" if self._discard
-                         else "paused" if self._pause.is_set() else "idle")
-
-    def _advance(self) -> bool:
-        """Run one phase; True when it finished a step."""
-        self.last_phase = self._cursor.next_phase()
-        return self.last_phase.name == "metrics"
-
-    def _finish(self, state: str) -> None:
-        if self._discard and self._cursor.is_open:
-            with self._drive_lock:
-                self._cursor.discard()  # the trainer restores the adapter and optimizer
-        self.state = state
-        if len(self.trainer.records) != self._seen:  # the final redraw: nothing waits on the throttle
-            self.redraw()
+    def _on_runner_change(self) -> None:
+        if not self.runner.running and len(self.trainer.records) != self._seen:
+            self.redraw()  # the final redraw of a run: nothing waits on the throttle
         self._show()
 
     def detach(self) -> None:

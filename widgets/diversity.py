@@ -56,42 +56,14 @@ class DiversityPanel(w.VBox):
         self.evaluate_button.on_click(lambda _: self.evaluate())
         self.status = status_line()
 
-        self.passk_figure = go.FigureWidget(layout=panel_layout(
-            "pass@k per split", height=340, width=FULL_WIDTH,
-            # ticks at k = 1, 2, 4, ...
-            xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
-            yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
-            hovermode="closest",
-        ))
+        self.passk_figure = _passk_figure()
 
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_group(), names="value")
         self.prompt_text = w.HTML()
-        self.strategy_figure = go.FigureWidget(layout=panel_layout(
-            "strategies of this prompt's responses", height=340, width=HALF_WIDTH, barmode="stack",
-            hovermode="closest",
-            xaxis={"title": {"text": "strategy"}, "type": "category"},
-            yaxis={"title": {"text": "responses"}, "dtick": 1},
-        ))
-        self.strategy_figure.add_bar(name="correct", marker_color=CORRECT_COLOR, x=[], y=[])
-        self.strategy_figure.add_bar(name="incorrect", marker_color=INCORRECT_COLOR, x=[], y=[])
-        self.strategy_figure.layout.legend.traceorder = "normal"  # plotly lists stacked bars in reverse
-        self.similarity_figure = go.FigureWidget(layout=panel_layout(
-            "pairwise similarity of the responses", height=340, width=HALF_WIDTH, hovermode="closest",
-            xaxis={"title": {"text": "response"}, "type": "category"},
-            yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
-        ))
-        self.similarity_figure.add_heatmap(
-            z=[], zmin=0, zmax=1, colorscale=SEQUENTIAL, hovertemplate="%{text}<extra></extra>",
-            colorbar={"title": {"text": "Jaccard of<br>char 3-grams"}},
-        )
-        self.distinct_figure = go.FigureWidget(layout=panel_layout(
-            "distinct-n of each prompt's responses (mean over prompts)", height=300, width=FULL_WIDTH,
-            xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
-        ))
-        for i, n in enumerate(self.distinct_ns):
-            self.distinct_figure.add_scatter(name=f"distinct-{n}", mode="lines+markers", x=[], y=[],
-                                             line={"color": series_color(i)})
+        self.strategy_figure = _strategy_figure()
+        self.similarity_figure = _similarity_figure()
+        self.distinct_figure = _distinct_figure(self.distinct_ns)
 
         if self._batch is not None:  # a trainer that has already stepped
             self._record(self._batch_step, self._batch)
@@ -251,3 +223,48 @@ def _row_tag(batch, row: int, k: int, correct: bool) -> str:
     if correct:
         parts.append("✓")
     return " ".join(parts)
+
+
+# --- the empty figures the panel fills --------------------------------------------------------------
+def _passk_figure() -> go.FigureWidget:
+    return go.FigureWidget(layout=panel_layout(
+        "pass@k per split", height=340, width=FULL_WIDTH,
+        # ticks at k = 1, 2, 4, ...
+        xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
+        yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
+        hovermode="closest",
+    ))
+
+
+def _strategy_figure() -> go.FigureWidget:
+    fig = go.FigureWidget(layout=panel_layout(
+        "strategies of this prompt's responses", height=340, width=HALF_WIDTH, barmode="stack",
+        hovermode="closest",
+        xaxis={"title": {"text": "strategy"}, "type": "category"},
+        yaxis={"title": {"text": "responses"}, "dtick": 1},
+    ))
+    fig.add_bar(name="correct", marker_color=CORRECT_COLOR, x=[], y=[])
+    fig.add_bar(name="incorrect", marker_color=INCORRECT_COLOR, x=[], y=[])
+    fig.layout.legend.traceorder = "normal"  # plotly lists stacked bars in reverse
+    return fig
+
+
+def _similarity_figure() -> go.FigureWidget:
+    fig = go.FigureWidget(layout=panel_layout(
+        "pairwise similarity of the responses", height=340, width=HALF_WIDTH, hovermode="closest",
+        xaxis={"title": {"text": "response"}, "type": "category"},
+        yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
+    ))
+    fig.add_heatmap(z=[], zmin=0, zmax=1, colorscale=SEQUENTIAL, hovertemplate="%{text}<extra></extra>",
+                    colorbar={"title": {"text": "Jaccard of<br>char 3-grams"}})
+    return fig
+
+
+def _distinct_figure(distinct_ns: Sequence[int]) -> go.FigureWidget:
+    fig = go.FigureWidget(layout=panel_layout(
+        "distinct-n of each prompt's responses (mean over prompts)", height=300, width=FULL_WIDTH,
+        xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
+    ))
+    for i, n in enumerate(distinct_ns):
+        fig.add_scatter(name=f"distinct-{n}", mode="lines+markers", x=[], y=[], line={"color": series_color(i)})
+    return fig

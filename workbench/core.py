@@ -16,6 +16,7 @@ __all__ = [
     "group_advantages",
     "selective_log_softmax",
     "token_entropy",
+    "entropy_from_logprobs",
     "logprobs_and_entropy",
     "ppo_clip_token_loss",
     "aggregate_loss",
@@ -123,8 +124,7 @@ class _LogpEntropy(torch.autograd.Function):
             if need_logp:
                 logp[r0 : r0 + n] = z.gather(-1, flat_ids[r0 : r0 + n, None].long()).squeeze(-1) - lz
             if need_entropy:
-                p = torch.exp(z - lz[:, None])
-                ent[r0 : r0 + n] = lz - (p * z).sum(-1)
+                ent[r0 : r0 + n] = entropy_from_logprobs(z - lz[:, None])
         ctx.save_for_backward(logits, flat_ids if need_logp else None, lse, ent)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.set_materialize_grads(False)
@@ -158,6 +158,16 @@ class _LogpEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+def entropy_from_logprobs(logp: Tensor) -> Tensor:
+    """H = -sum_v p_v log p_v over the last dim, from log-probs (nats), with 0 log 0 = 0.
+
+    The one entropy formula: the sampler applies it to its log-softmax, ``token_entropy`` to
+    each chunk. Summing p log p term by term keeps a peaked distribution's small H accurate,
+    where logsumexp(z) - E_p[z] would subtract two nearly equal numbers.
+    """
+    return -(logp.exp() * logp).nan_to_num().sum(-1)
+
+
 def _check_chunking(temperature: float, chunk_size: int) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature={temperature!r} must be > 0")
@@ -178,7 +188,7 @@ def selective_log_softmax(logits: Tensor, ids: Tensor, temperature: float = 1.0,
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
-    """H = logsumexp(z) - sum_v softmax(z)_v z_v with z = logits / temperature (nats), shape logits[..., 0].
+    """H = -sum_v p_v log p_v with p = softmax(logits / temperature) (nats), shape logits[..., 0].
 
     Chunks of ``chunk_size`` flat rows, so the fp32 softmax is never materialized whole; differentiable.
     """

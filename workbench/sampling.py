@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from . import prompt_layout
+from . import core, prompt_layout
 from .merged_decoder import MergedDecoder
 from .prompt_layout import common_prefix_length, left_pad
 
@@ -158,8 +158,7 @@ class Sampler:
             chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
             out_logp[:, t] = torch.where(alive, chosen_logp, torch.zeros_like(chosen_logp))
             if self.telemetry:
-                # -sum p log p, with 0 log 0 = 0 for tokens of probability exactly zero.
-                entropy = -(probs * logp_all).nan_to_num().sum(-1)
+                entropy = core.entropy_from_logprobs(logp_all)
                 out_entropy[:, t] = torch.where(alive, entropy, torch.zeros_like(entropy))
                 top = torch.topk(logp_all, k, dim=-1)
                 out_topk_ids[:, t] = top.indices

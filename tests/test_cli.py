@@ -23,11 +23,14 @@ def test_train_report_eval(tmp_path, capsys):
     assert result["samples"] == 8 and 0 <= result["pass@1"] <= result["pass@2"] <= 1
 
 
-def test_refuses_to_overwrite_a_run(tmp_path):
+def test_refuses_to_overwrite_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", "--preset", "quick", "--steps", "1", "--out", str(out)])
-    with pytest.raises(SystemExit, match="already holds a run"):
-        main(["train", "--preset", "quick", "--steps", "1", "--out", str(out)])
+    capsys.readouterr()
+    assert main(["train", "--preset", "quick", "--steps", "1", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("workbench: ") and error.count("\n") == 1
+    assert "holds a run (its last checkpoint is at step 1)" in error and "--resume" in error
 
 
 def test_bad_override_is_a_clear_error(tmp_path, capsys):
@@ -41,7 +44,7 @@ def test_run_directory_is_readable_with_pandas(tmp_path):
     out = tmp_path / "run"
     main(["train", "--preset", "quick", "--steps", "2", "--out", str(out)])
     store = RunStore(out)
-    assert store.rollout_steps() == [0, 1] and store.checkpoint_steps() == [2]
+    assert store.rollout_steps() == [0, 1] and store.checkpoint_steps() == [0, 2]  # where it began, where it ended
     frame = store.read_rollouts()
     assert len(frame) == 16 and set(frame["step"]) == {1}
     assert all(len(t) == n for t, n in zip(frame["entropy"], frame["length"]))

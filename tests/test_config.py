@@ -36,7 +36,7 @@ def test_unknown_yaml_key_lists_the_valid_ones(tmp_path):
     [
         ("num_generations", 1, "integer >= 2"),
         ("num_generations", 2.5, "integer"),
-        ("temperature", 0.0, r"\(0.0, inf\)"),
+        ("temperature", 0.0, r"\[0.01, 100.0\]"),
         ("top_p", 1.5, r"\(0.0, 1.0\]"),
         ("epsilon", "big", "number"),
         ("loss_type", "mean", "dapo, grpo, dr_grpo"),

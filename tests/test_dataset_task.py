@@ -14,6 +14,7 @@ import pytest
 from workbench.tasks import (
     Coins,
     Countdown,
+    DatasetError,
     DatasetTask,
     Problem,
     RewardFunctionError,
@@ -151,7 +152,7 @@ def test_bad_inputs(jsonl, tmp_path):
         DatasetTask.from_file(jsonl, match="fuzzy")
     with pytest.raises(ValueError, match="test_fraction"):
         DatasetTask.from_file(jsonl, test_fraction=1.0)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetError, match="nope.jsonl: no such data file"):
         DatasetTask.from_file(tmp_path / "nope.jsonl")
     (tmp_path / "data.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported"):

@@ -74,5 +74,5 @@ def test_a_stopped_study_resumes_where_it_stopped(tmp_path):
 def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
     out = tmp_path / "study"
     run_study(out, small_plan(methods=["grpo"], seeds=[0], steps=1), progress=False)
-    with pytest.raises(ValueError, match="steps=1, not 2"):
+    with pytest.raises(ValueError, match=r"steps=2 is not allowed: the plan of the study .* \(steps=1\)"):
         run_study(out, small_plan(methods=["grpo"], seeds=[0], steps=2), progress=False)

@@ -90,6 +90,7 @@ def test_resume_continues_exactly(tmp_path, method):
     straight.run(4, progress=False)
     first = Trainer(cfg, out_dir=tmp_path / "run")
     first.run(2, progress=False)  # run() checkpoints at its end
+    first.close()  # one writer at a time: let go of the run directory
     resumed = Trainer.resume(tmp_path / "run")
     assert resumed.step_index == 2
     resumed.run(2, progress=False)

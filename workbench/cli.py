@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -25,7 +27,7 @@ def _overrides(pairs: list[str]) -> dict:
     values = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
         key, raw = pair.split("=", 1)
         if key.startswith("method_options."):
             values.setdefault("method_options", {})[key.removeprefix("method_options.")] = _scalar(raw)
@@ -35,29 +37,36 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _scalar(raw: str):
-    """YAML parsing, plus the numbers YAML 1.1 leaves as strings (``1e-3``)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    """A ``--set`` value as YAML 1.2 reads it: ``1e-3`` a number, ``010`` ten, ``{a: 1}`` a mapping."""
+    from . import yaml12
+
+    try:
+        return yaml12.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise UsageError(f"--set value {raw!r} is not valid YAML ({' '.join(str(error).split())})") from None
+
+
+def _requested(args) -> dict:
+    """The RunConfig fields the command line names (--config file, --preset, --set, --model,
+    --task, --method), without the defaults: what a --resume is asked to change."""
+    from .config import PRESETS, ConfigError, RunConfig
+
+    if args.preset not in PRESETS:
+        raise ConfigError("preset", args.preset, f"one of {', '.join(sorted(PRESETS))}")
+    values = RunConfig.from_yaml(args.config).to_dict() if args.config else dict(PRESETS[args.preset])
+    overrides = _overrides(args.set)
+    for name in ("model", "task", "method"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    if isinstance(overrides.get("method_options"), dict) and isinstance(values.get("method_options"), dict):
+        overrides["method_options"] = {**values["method_options"], **overrides["method_options"]}
+    return {**values, **overrides}
 
 
 def _config(args):
     from .config import RunConfig
 
-    overrides = _overrides(args.set)
-    for name in ("model", "task", "method"):
-        if getattr(args, name):
-            overrides[name] = getattr(args, name)
-    base = RunConfig.from_yaml(args.config).to_dict() if args.config else {}
-    if isinstance(overrides.get("method_options"), dict) and isinstance(base.get("method_options"), dict):
-        overrides["method_options"] = {**base["method_options"], **overrides["method_options"]}
-    if args.config:
-        return RunConfig.from_dict({**base, **overrides})
-    return RunConfig.preset(args.preset, **overrides)
+    return RunConfig.from_dict(_requested(args))
 
 
 def cmd_options(args) -> int:
@@ -78,38 +87,63 @@ def cmd_options(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .store import RunStore
     from .trainer import Trainer
 
-    cfg = _config(args)
     out = Path(args.out)
-    if (out / "config.yaml").exists() and not args.resume:
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    trainer = Trainer.resume(out) if args.resume else Trainer(cfg, out_dir=out)
-    evaluation = {}
-    if args.eval and trainer.step_index == 0:
-        evaluation["base"] = {"test": trainer.evaluate("test", progress=True)}
-    trainer.run(args.steps - trainer.step_index if args.resume else args.steps, progress=True)
-    if args.eval:
-        evaluation["final"] = {"test": trainer.evaluate("test", progress=True)}
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
-        for name, result in evaluation.items():
-            print(f"{name:>5} test: " + ", ".join(f"{k} {v:.3f}" for k, v in result["test"].items() if k.startswith("pass@")))
-    last = trainer.history.iloc[-1]
-    print(f"run {out}: {trainer.step_index} steps, reward {last['reward_mean']:.3f}, entropy {last['entropy_mean']:.3f} nats")
+    if args.resume:
+        trainer = Trainer.resume(out, **_requested(args))  # live fields applied, the rest refused
+    else:
+        trainer = Trainer(_config(args), out_dir=out)  # refuses a directory that holds a run
+    store = RunStore(out)
+    try:
+        if args.eval and trainer.step_index == 0 and "base" not in store.read_evaluations():
+            store.add_evaluation("base", "test", trainer.evaluate("test", progress=True))
+        trainer.run(max(0, args.steps - trainer.step_index) if args.resume else args.steps, progress=True)
+        if args.eval:
+            store.add_evaluation("final", "test", trainer.evaluate("test", progress=True))
+            for name, result in store.read_evaluations().items():
+                if "test" in result:
+                    print(f"{name:>5} test: " + ", ".join(f"{k} {v:.3f}" for k, v in result["test"].items()
+                                                          if k.startswith("pass@")))
+    finally:
+        trainer.close()
+    if trainer.records:
+        last = trainer.records[-1]
+        print(f"run {out}: {trainer.step_index} steps, reward {last['reward_mean']:.3f}, "
+              f"entropy {last['entropy_mean']:.3f} nats")
     return 0
 
 
 def cmd_eval(args) -> int:
+    from .store import RunStore
     from .trainer import Trainer
 
-    if args.run_dir:
-        trainer = Trainer.resume(args.run_dir)
+    ks = _ks(args.k)
+    if ks and not all(1 <= k <= args.n_samples for k in ks):  # before a model is loaded
+        raise UsageError(f"--k {args.k}: each k from 1 to --n-samples ({args.n_samples}); sample more for a larger k")
+    if args.run_dir:  # the last checkpoint, read only: a live or read-only run is never written to
+        trainer = Trainer.resume(args.run_dir, read_only=True)
     else:
         trainer = Trainer(_config(args))
-    ks = tuple(int(k) for k in args.k.split(",")) if args.k else None
     result = trainer.evaluate(args.split, k=ks, n_samples=args.n_samples, num_prompts=args.num_prompts, progress=True)
     print(json.dumps(result, indent=2))
+    if args.run_dir:
+        try:
+            path = RunStore(args.run_dir).add_evaluation(f"step-{trainer.step_index}", args.split, result)
+            print(f"added to {path} as step-{trainer.step_index}", file=sys.stderr)
+        except OSError as error:
+            print(f"workbench: note: the result was not saved in the run ({error.strerror or error})", file=sys.stderr)
     return 0
+
+
+def _ks(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise UsageError(f"--k {text!r}: expected comma-separated integers, e.g. --k 1,4,16") from None
 
 
 def cmd_report(args) -> int:
@@ -149,16 +183,39 @@ def cmd_compare(args) -> int:
 def cmd_build_tiny(args) -> int:
     from .tiny.build import BuildConfig, build
 
-    cfg = BuildConfig(steps=args.steps) if args.steps else BuildConfig()
+    cfg = BuildConfig(steps=args.steps) if args.steps is not None else BuildConfig()
     build(args.out, cfg) if args.out else build(cfg=cfg)
     return 0
+
+
+class UsageError(Exception):
+    """A command-line value that is not allowed; printed as one line."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``workbench:`` line (``--help`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"workbench: {self.prog.removeprefix('workbench').strip() or 'usage'}: {message} "
+                     f"(workbench {self.prog.removeprefix('workbench').strip()} --help)\n".replace("  ", " "))
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
     from .config import OPTIONS
 
-    p = argparse.ArgumentParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _OneLineParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     def config_args(sp):
         sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
@@ -172,9 +229,10 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train and write a run directory")
     config_args(t)
-    t.add_argument("--steps", type=int, default=60)
+    t.add_argument("--steps", type=_at_least_one, default=60, help="train until this many steps (with --resume: in all)")
     t.add_argument("--out", default="runs/latest")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; --set "
+                   "may change the fields that can change mid-run (recorded in its config.yaml)")
     t.add_argument("--eval", action="store_true", help="evaluate pass@k on the test split before and after (eval.json)")
     t.set_defaults(func=cmd_train)
 
@@ -183,8 +241,8 @@ def parser() -> argparse.ArgumentParser:
     config_args(e)
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
     e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
-    e.add_argument("--n-samples", type=int, default=16)
-    e.add_argument("--num-prompts", type=int, default=64)
+    e.add_argument("--n-samples", type=_at_least_one, default=16)
+    e.add_argument("--num-prompts", type=_at_least_one, default=64)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison of several")
@@ -194,11 +252,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
     c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
-    c.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
-    c.add_argument("--steps", type=int, default=100)
+    c.add_argument("--seeds", type=_at_least_one, default=3, help="number of seeds (0, 1, ...)")
+    c.add_argument("--steps", type=_at_least_one, default=100)
     c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
-    c.add_argument("--eval-prompts", type=int, default=32, help="evaluation prompts per split")
-    c.add_argument("--eval-samples", type=int, default=64, help="samples per prompt: pass@k up to this k")
+    c.add_argument("--eval-prompts", type=_at_least_one, default=32, help="evaluation prompts per split")
+    c.add_argument("--eval-samples", type=_at_least_one, default=64, help="samples per prompt: pass@k up to this k")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a RunConfig field for every run (`workbench options` lists them)")
     c.set_defaults(func=cmd_compare)
@@ -210,24 +268,52 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 20 minutes on 2 cores)")
     b.add_argument("--out", help="where to write it (default: the package's checkpoint directory)")
-    b.add_argument("--steps", type=int, help="training steps (default: the shipped model's)")
+    b.add_argument("--steps", type=_at_least_one, help="training steps (default: the shipped model's)")
     b.set_defaults(func=cmd_build_tiny)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .policy import PolicyLoadError
-    from .store import CheckpointError
-    from .tasks import RewardFunctionError
-
+    """Run a command. Every error is one line starting ``workbench:`` with exit code 2 (the
+    traceback with ``--debug``); Ctrl-C or a SIGTERM stop a run after saving it (exit code 130)."""
     args = parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
-    except (ConfigError, PolicyLoadError, CheckpointError, RewardFunctionError) as error:
-        # errors in what the user gave (config, model, checkpoint, data): the message, not a traceback
-        print(f"workbench: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        run = getattr(args, "out", None) if args.command == "train" else None
+        saved = f"; the run in {run} is saved: continue it with workbench train --resume --out {run}" if run else ""
+        print(f"workbench: interrupted{saved}", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"workbench: {_one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # a SIGTERM stops a run as Ctrl-C does: it saves itself first
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: the message of the errors the workbench raises for bad input, the
+    type and message (and --debug) for anything else."""
+    from .config import ConfigError
+    from .policy import PolicyLoadError
+    from .store import CheckpointError, RunLockedError
+    from .tasks import DatasetError, RewardFunctionError
+
+    message = " ".join(str(error).split())
+    if isinstance(error, (ConfigError, PolicyLoadError, CheckpointError, RunLockedError, RewardFunctionError,
+                          DatasetError, UsageError)):
+        return message
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return f"{type(error).__name__}: {message} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

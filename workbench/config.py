@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import methods, tasks
+from . import methods, tasks, yaml12
 from .core import LOSS_TYPES, SCALE_REWARDS
 from .options import ConfigError, anything, choice, config_field, flag, integer, number, of_dataclass, text
 
@@ -35,13 +35,15 @@ class RunConfig:
                                   "a built-in task, reasoning_gym:NAME or a data file path"))
     method: str = config_field(choice("grpo", "the training method (GRPO, a baseline or an exploration method)",
                                       methods.names()))
-    seed: int = config_field(integer(0, "seeds the adapter's initialisation, the prompts and every sampling stream"))
+    seed: int = config_field(integer(0, "seeds the adapter's initialisation, the prompts and every sampling stream",
+                                     high=2**63 - 2))
     # sampling
     num_prompts: int = config_field(integer(8, "prompts a step", low=1))
     num_generations: int = config_field(integer(8, "responses a prompt (the group size G)", low=2))
     max_completion_length: int = config_field(integer(32, "most tokens a response", low=1))
+    # below about 0.01 the logits / temperature of a float32 model overflow to inf and sampling breaks
     temperature: float = config_field(number(1.0, "sampling temperature (also divides the logits of the loss)",
-                                             low=0.0, low_open=True))
+                                             low=0.01, high=100.0))
     top_p: float = config_field(number(1.0, "nucleus sampling: keep the smallest set of tokens of this probability",
                                        low=0.0, high=1.0, low_open=True))
     top_k: int = config_field(integer(0, "sample among the k most likely tokens (0: all)"))
@@ -78,7 +80,8 @@ class RunConfig:
     pivot_z_threshold: float = config_field(number(1.0, "a token is a pivot when its entropy is this many stds "
                                                    "above its group's"))
     save_rollouts: bool = config_field(flag(True, "write every step's rollouts to the run directory"))
-    checkpoint_every: int = config_field(integer(0, "save a checkpoint every this many steps (0: only when a run ends)"))
+    checkpoint_every: int = config_field(integer(0, "save a checkpoint every this many steps (0: when a run starts, "
+                                                 "ends or is interrupted only)"))
     # hardware
     device: str = config_field(text("auto", "where to train: auto, cpu, cuda, cuda:N or mps",
                                     "auto, cpu, cuda, cuda:N or mps"))
@@ -87,12 +90,20 @@ class RunConfig:
     gradient_checkpointing: bool = config_field(flag(False, "recompute activations in the backward pass (less "
                                                      "memory, slower)"))
     threads: int = config_field(integer(0, "CPU threads (0: all cores)"))
+    check_memory: bool = config_field(flag(True, "refuse a run whose step cannot fit in the free memory (an "
+                                                 "estimate from the sizes, made before anything is allocated)"))
     # method-specific coefficients, e.g. {"alpha": 0.3} for EEPO
     method_options: dict[str, Any] = config_field(
         anything({}, "the method's own options (see the method's table)", "a mapping of option name to value"),
         default_factory=dict)
 
     def __post_init__(self) -> None:
+        # numpy scalars become the Python numbers they stand for (so YAML can write them)
+        for name, option in OPTIONS.items():
+            setattr(self, name, option.coerce(getattr(self, name)))
+        declared = methods.get(self.method).OPTIONS if self.method in methods.names() else {}
+        if isinstance(self.method_options, dict):
+            self.method_options = {k: declared[k].coerce(v) if k in declared else v for k, v in self.method_options.items()}
         self.validate()
 
     # --- validation -----------------------------------------------------------------
@@ -107,8 +118,10 @@ class RunConfig:
                 raise ConfigError("task", self.task, f"reasoning_gym:NAME[?field=value&...] of a reasoning-gym "
                                   f"dataset and its config fields ({e})") from None
         elif self.task not in tasks.names() and not Path(self.task).is_file():
+            relative = "" if Path(self.task).is_absolute() else (
+                f" (a relative path is read from the current directory, {Path.cwd()}; give the absolute path)")
             raise ConfigError("task", self.task, f"a built-in task ({builtin}), reasoning_gym:NAME "
-                              "or an existing .jsonl/.json/.parquet/.csv file with prompt and answer columns")
+                              f"or an existing .jsonl/.json/.parquet/.csv file with prompt and answer columns{relative}")
         if self.device.split(":")[0] not in DEVICES:
             raise ConfigError("device", self.device, OPTIONS["device"].allowed())
         _target_modules(self.target_modules)
@@ -136,11 +149,12 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml12.safe_load(Path(path).read_text())
         except yaml.YAMLError as error:  # a syntax error: say where, not a parser traceback
             raise ConfigError("config", str(path), f"valid YAML ({' '.join(str(error).split())})") from error
-        if not isinstance(data, dict):
-            raise ConfigError("config", str(path), "a YAML mapping of field: value")
+        if not isinstance(data, dict) or not data:
+            raise ConfigError("config", str(path), "a YAML mapping of field: value (this file is "
+                              f"{'empty' if data is None or data == {} else 'a ' + type(data).__name__})")
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

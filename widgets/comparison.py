@@ -8,11 +8,11 @@ from pathlib import Path
 
 import ipywidgets as w
 import pandas as pd
-import plotly.graph_objects as go
 
 from workbench.store import RunStore
 
 from ._live import FULL_WIDTH, downsample, esc, metric_title, set_status, status_line, step_ticks
+from .live_figure import LiveFigure
 from .style import panel_layout, series_color
 
 
@@ -45,7 +45,7 @@ class RunComparison(w.VBox):
         self.reload_button = w.Button(description="Reload", icon="refresh", tooltip="read every run again")
         self.reload_button.on_click(lambda _: self.reload())
         self.status = status_line()
-        self.figure = go.FigureWidget(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
+        self.figure = LiveFigure(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
                                                            xaxis={"title": {"text": "step"}}))
         for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
             color = series_color(i)

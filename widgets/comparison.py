@@ -13,7 +13,7 @@ from workbench.store import RunStore
 
 from ._live import FULL_WIDTH, downsample, esc, metric_title, set_status, status_line, step_ticks
 from .live_figure import LiveFigure
-from .style import panel_layout, series_color
+from .style import panel_layout, run_color
 
 
 class RunComparison(w.VBox):
@@ -48,7 +48,7 @@ class RunComparison(w.VBox):
         self.figure = LiveFigure(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
                                                            xaxis={"title": {"text": "step"}}))
         for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
-            color = series_color(i)
+            color = run_color(i)  # the runs' colours in any notebook figure of the same runs
             self.figure.add_scatter(name=esc(label), legendgroup=str(i), showlegend=False, mode="lines",
                                     line={"color": color, "width": 1}, opacity=0.3, hoverinfo="skip", x=[], y=[])
             self.figure.add_scatter(name=esc(label), legendgroup=str(i), mode="lines", line={"color": color},

@@ -16,11 +16,10 @@ from workbench.tasks import is_success
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
 from .live_figure import LiveFigure
-from .style import FONT_SIZE, OKABE_ITO, panel_layout
+from .style import FONT_SIZE, MODES, panel_layout
 
 MODES = ("normal", "high_entropy")
 MODE_NAMES = {"normal": "normal", "high_entropy": "high-entropy"}
-MODE_COLORS = {"normal": OKABE_ITO[0], "high_entropy": OKABE_ITO[1]}
 # the metrics Policy Split records each step (workbench.methods.policy_split.extra_metrics)
 ACCURACY = {m: f"{m}_accuracy" for m in MODES}
 KL = {m: f"kl_{m}_to_other" for m in MODES}
@@ -57,7 +56,7 @@ class PolicySplitView(w.VBox):
         for m in MODES:
             self.entropy_figure.add_histogram(
                 name=MODE_NAMES[m], x=[], histnorm="probability", bingroup="entropy", opacity=0.6,
-                marker_color=MODE_COLORS[m],
+                marker_color=MODES[m],
                 hovertemplate=f"{MODE_NAMES[m]}<br>%{{x}} nats: %{{y:.3f}} of tokens<extra></extra>",
             )
         self.accuracy_figure = LiveFigure(layout=panel_layout(
@@ -71,9 +70,9 @@ class PolicySplitView(w.VBox):
         ))
         for m in MODES:
             self.accuracy_figure.add_scatter(name=MODE_NAMES[m], mode="lines+markers", x=[], y=[],
-                                             line={"color": MODE_COLORS[m]})
+                                             line={"color": MODES[m]})
             self.kl_figure.add_scatter(name=KL_NAMES[m], mode="lines+markers", x=[], y=[],
-                                       line={"color": MODE_COLORS[m]})
+                                       line={"color": MODES[m]})
 
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_examples(), names="value")
@@ -89,7 +88,7 @@ class PolicySplitView(w.VBox):
             self.entropy_figure,
             w.HBox([self.accuracy_figure, self.kl_figure]),
             self.prompt,
-            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
+            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODES[m]}'>"
                                    f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
                     for m in MODES]),
         ])

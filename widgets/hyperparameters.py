@@ -93,6 +93,7 @@ class HyperparameterPanel(w.VBox):
                         _title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]
             buttons = [self.apply_button, self.fork_button, self.revert_button]
         super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
+        self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
         self.revert()
         self._follower = Every(FOLLOW_INTERVAL, self._follow, "HyperparameterPanel") if self.trainer else None
 

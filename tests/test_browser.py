@@ -1,5 +1,9 @@
-"""The dashboard, the token view and the EEPO stepper in a real browser: JupyterLab on 127.0.0.1 with a token,
-driven by headless Debian Chromium through Playwright. Saves the screenshots under docs/img/.
+"""The widgets in a real browser: JupyterLab on 127.0.0.1 with a token, driven by headless Debian
+Chromium through Playwright, at a 1,366 x 768 laptop's size. The test clicks as a participant
+would: Start, Pause, Start again, Step, Step phase and Stop on the dashboard; Next phase through
+a whole EEPO step; a live change made in code that the hyperparameter panel must show. Any error
+in the browser console fails it, also after reloading the page while the kernel's widgets live.
+Saves the screenshots under docs/img/.
 
 Skips (one line) when Chromium or Playwright is missing; with CI=true it fails instead, so CI
 can never pass without having rendered the widgets."""
@@ -24,26 +28,26 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 IMAGES = ROOT / "docs" / "img"
 DONE = "WB-NOTEBOOK-DONE"
+SMALL = "num_prompts=2, num_generations=4, max_completion_length=16"
 CELLS = [
     "from workbench import RunConfig, Trainer\n"
     "from widgets import TokenView, TrainingDashboard\n\n"
-    "trainer = Trainer(RunConfig(num_prompts=2, num_generations=4, max_completion_length=16))\n"
-    "dash = TrainingDashboard(trainer, steps=3)\n"
+    f"trainer = Trainer(RunConfig({SMALL}))\n"
+    "dash = TrainingDashboard(trainer, steps=200)\n"
     "dash",
-    "for _ in range(3):\n"
-    "    dash.step()\n"
-    "dash.redraw()",
+    "dash.step()\n"
     "view = TokenView(trainer)\n"
     "view",
     "from widgets import EEPOStepper\n\n"
-    "eepo = Trainer(RunConfig(num_prompts=2, num_generations=8, max_completion_length=16, method='eepo',\n"
-    "                         method_options={'gate': 'always'}))\n"
+    f"eepo = Trainer(RunConfig({SMALL.replace('4', '8', 1)}, method='eepo', method_options={{'gate': 'always'}}))\n"
     "stepper = EEPOStepper(eepo)\n"
-    "for _ in range(4):  # sample_stage1, unlearn, sample_stage2, score\n"
-    "    stepper.next_phase()\n"
     "stepper",
+    "from widgets import HyperparameterPanel\n\n"
+    "panel = HyperparameterPanel(trainer)\n"
+    "panel",
     f"print({DONE!r})",
 ]
+VIEWPORT = {"width": 1366, "height": 768}  # the laptop the compact layouts are for
 # JupyterLab settings for a quiet, deterministic page: no news or update checks (nothing
 # leaves 127.0.0.1) and every cell kept in the DOM (no windowing), so all outputs render.
 SETTINGS = {
@@ -249,10 +253,12 @@ def test_a_participant_clicks_through_the_widgets(page, tmp_path):
     expect(temperature).to_have_value("1")
     run_in_kernel(page, "trainer.set_live(temperature=1.3)")
     expect(temperature).to_have_value("1.3", timeout=10_000)
-    panel.screenshot(path=str(tmp_path / "hyperparameter-panel.png"))  # for a person to look at
+    panel.locator(".widget-gridbox").first.screenshot(path=str(tmp_path / "panel-live-fields.png"))  # to look at
 
-    # a reload while the kernel's figures live restores every widget model at once (item 9)
-    page.reload(wait_until="domcontentloaded")
-    open_lab(page, page.url)
-    page.wait_for_timeout(8000)  # anywidget gives a model 2 s to initialize
+    # A reload while the kernel's figures live restores every widget model at once (item 9):
+    # anywidget gives each model 2 s to load its module, and stock plotly's (5 MB, once per figure)
+    # takes longer on a busy 2-core machine.
+    page.reload()
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+    page.wait_for_timeout(12_000)
     assert not page.errors, f"browser console errors: {page.errors[:5]}"

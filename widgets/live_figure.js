@@ -1,24 +1,35 @@
-// The browser side of widgets.live_figure.LiveFigure: plotly's own FigureWidget code, loaded once per
-// page and never while anywidget is waiting.
+// The browser side of widgets.live_figure.LiveFigure: plotly's own FigureWidget code, evaluated once
+// per page, and never while anywidget is waiting for a model.
 //
-// anywidget gives a model's initialize() 2 s; plotly's widget module is plotly.js whole (5 MB),
-// which takes longer to evaluate on a busy 2-core laptop, and stock FigureWidget evaluates it once
-// per figure. A model that misses the 2 s logs "[anywidget] Failed to initialize model." and
-// drops every later update from Python. Here initialize() only starts the load (shared by every
-// figure on the page), and the updates that arrive before plotly is ready are replayed to it.
+// anywidget gives each model 2 s to import its module and initialize. Stock FigureWidget's module
+// is plotly.js whole (5 MB), evaluated once per figure: on a busy 2-core laptop one evaluation
+// takes longer, and while it runs (one long task) every other model waits too. A model that
+// misses the 2 s logs "[anywidget] Failed to initialize model." and drops every later update from
+// Python. This module is small and its initialize() returns at once; plotly's module (sent as the
+// model's _plotly_module) is evaluated once, after a quiet spell in which no figure model was
+// created (so no model's 2 s run during that long task), and the updates that arrived meanwhile
+// are replayed to it.
 const KEY = Symbol.for("workbench.plotly-figure-widget");
-const PLOTLY_WIDGET = __PLOTLY_WIDGET__;  // plotly's widgetbundle.js, as a string (Python fills it in)
+const QUIET_MS = 2500;  // longer than anywidget's 2 s wait
 // the model attributes plotly's FigureModel reacts to (its initialize() listens to these)
 const MESSAGES = ["_widget_data", "_widget_layout", "_py2js_addTraces", "_py2js_deleteTraces",
   "_py2js_moveTraces", "_py2js_restyle", "_py2js_relayout", "_py2js_update", "_py2js_animate",
   "_py2js_removeLayoutProps", "_py2js_removeTraceProps"];
 
-function plotlyWidgetModule() {
-  if (!globalThis[KEY]) {
-    const url = URL.createObjectURL(new Blob([PLOTLY_WIDGET], { type: "text/javascript" }));
-    globalThis[KEY] = import(/* webpackIgnore: true */ url).finally(() => URL.revokeObjectURL(url));
+function plotlyWidgetModule(code) {
+  const shared = (globalThis[KEY] ??= {});
+  if (!shared.promise) {
+    shared.promise = new Promise((resolve) => { shared.start = resolve; });
   }
-  return globalThis[KEY];
+  if (shared.start) {  // not evaluated yet: a new figure restarts the quiet spell
+    clearTimeout(shared.timer);
+    shared.timer = setTimeout(() => {
+      const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
+      shared.start(import(/* webpackIgnore: true */ url).finally(() => URL.revokeObjectURL(url)));
+      shared.start = null;
+    }, QUIET_MS);
+  }
+  return shared.promise;
 }
 
 export default () => {
@@ -30,7 +41,7 @@ export default () => {
       for (const name of MESSAGES) {
         model.on(`change:${name}`, () => { if (!plotly) early.push([name, model.get(name)]); });
       }
-      loaded = plotlyWidgetModule().then((module) => {
+      loaded = plotlyWidgetModule(model.get("_plotly_module")).then((module) => {
         const widget = module.default();
         widget.initialize({ model });
         plotly = widget;
@@ -39,7 +50,6 @@ export default () => {
           if (name.startsWith("_py2js_")) model.set(name, null);  // a message, as Python sends it
         }
       });
-      // not awaited: anywidget would time out waiting for plotly.js
     },
     async render({ model, el }) {
       await loaded;

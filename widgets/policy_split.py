@@ -16,7 +16,8 @@ from workbench.tasks import is_success
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
 from .live_figure import LiveFigure
-from .style import FONT_SIZE, MODES, panel_layout
+from .style import FONT_SIZE, panel_layout
+from .style import MODES as MODE_COLORS  # this module's MODES are the mode names
 
 MODES = ("normal", "high_entropy")
 MODE_NAMES = {"normal": "normal", "high_entropy": "high-entropy"}
@@ -56,7 +57,7 @@ class PolicySplitView(w.VBox):
         for m in MODES:
             self.entropy_figure.add_histogram(
                 name=MODE_NAMES[m], x=[], histnorm="probability", bingroup="entropy", opacity=0.6,
-                marker_color=MODES[m],
+                marker_color=MODE_COLORS[m],
                 hovertemplate=f"{MODE_NAMES[m]}<br>%{{x}} nats: %{{y:.3f}} of tokens<extra></extra>",
             )
         self.accuracy_figure = LiveFigure(layout=panel_layout(
@@ -70,9 +71,9 @@ class PolicySplitView(w.VBox):
         ))
         for m in MODES:
             self.accuracy_figure.add_scatter(name=MODE_NAMES[m], mode="lines+markers", x=[], y=[],
-                                             line={"color": MODES[m]})
+                                             line={"color": MODE_COLORS[m]})
             self.kl_figure.add_scatter(name=KL_NAMES[m], mode="lines+markers", x=[], y=[],
-                                       line={"color": MODES[m]})
+                                       line={"color": MODE_COLORS[m]})
 
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_examples(), names="value")
@@ -88,7 +89,7 @@ class PolicySplitView(w.VBox):
             self.entropy_figure,
             w.HBox([self.accuracy_figure, self.kl_figure]),
             self.prompt,
-            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODES[m]}'>"
+            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
                                    f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
                     for m in MODES]),
         ])

@@ -1,5 +1,9 @@
-"""The dashboard, the token view and the EEPO stepper in a real browser: JupyterLab on 127.0.0.1 with a token,
-driven by headless Debian Chromium through Playwright. Saves the screenshots under docs/img/.
+"""The widgets in a real browser: JupyterLab on 127.0.0.1 with a token, driven by headless Debian
+Chromium through Playwright, at a 1,366 x 768 laptop's size. The test clicks as a participant
+would: Start, Pause, Start again, Step, Step phase and Stop on the dashboard; Next phase through
+a whole EEPO step; a live change made in code that the hyperparameter panel must show. Any error
+in the browser console fails it, also after reloading the page while the kernel's widgets live.
+Saves the screenshots under docs/img/.
 
 Skips (one line) when Chromium or Playwright is missing; with CI=true it fails instead, so CI
 can never pass without having rendered the widgets."""
@@ -7,6 +11,7 @@ can never pass without having rendered the widgets."""
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -23,26 +28,26 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 IMAGES = ROOT / "docs" / "img"
 DONE = "WB-NOTEBOOK-DONE"
+SMALL = "num_prompts=2, num_generations=4, max_completion_length=16"
 CELLS = [
     "from workbench import RunConfig, Trainer\n"
     "from widgets import TokenView, TrainingDashboard\n\n"
-    "trainer = Trainer(RunConfig(num_prompts=2, num_generations=4, max_completion_length=16))\n"
-    "dash = TrainingDashboard(trainer, steps=3)\n"
+    f"trainer = Trainer(RunConfig({SMALL}))\n"
+    "dash = TrainingDashboard(trainer, steps=200)\n"
     "dash",
-    "for _ in range(3):\n"
-    "    dash.step()\n"
-    "dash.redraw()",
+    "dash.step()\n"
     "view = TokenView(trainer)\n"
     "view",
     "from widgets import EEPOStepper\n\n"
-    "eepo = Trainer(RunConfig(num_prompts=2, num_generations=8, max_completion_length=16, method='eepo',\n"
-    "                         method_options={'gate': 'always'}))\n"
+    f"eepo = Trainer(RunConfig({SMALL.replace('4', '8', 1)}, method='eepo', method_options={{'gate': 'always'}}))\n"
     "stepper = EEPOStepper(eepo)\n"
-    "for _ in range(4):  # sample_stage1, unlearn, sample_stage2, score\n"
-    "    stepper.next_phase()\n"
     "stepper",
+    "from widgets import HyperparameterPanel\n\n"
+    "panel = HyperparameterPanel(trainer)\n"
+    "panel",
     f"print({DONE!r})",
 ]
+VIEWPORT = {"width": 1366, "height": 768}  # the laptop the compact layouts are for
 # JupyterLab settings for a quiet, deterministic page: no news or update checks (nothing
 # leaves 127.0.0.1) and every cell kept in the DOM (no windowing), so all outputs render.
 SETTINGS = {
@@ -114,56 +119,146 @@ def lab(tmp_path, browser_ready):
         log.close()
 
 
-@pytest.mark.slow
-def test_widgets_render_in_jupyterlab(lab):
+@pytest.fixture
+def page(lab):
+    """A Chromium page on the notebook after Run All, with every console error collected in
+    ``page.errors`` (and no request that leaves 127.0.0.1: a workshop is offline)."""
     from playwright.sync_api import sync_playwright
 
-    outside = []  # requests that would leave the machine: a workshop is offline
+    outside = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page = browser.new_page(viewport=VIEWPORT)
+            page.errors = []
+            page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
             page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
                     else outside.append(r.url))
-            page.goto(lab, wait_until="domcontentloaded", timeout=120_000)
-            page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
-            page.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel",
-                                   timeout=120_000)
-            page.evaluate("window.jupyterapp.shell.collapseLeft()")
+            open_lab(page, lab)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             # the kernel aborts the queued cells after an error, so the marker means all ran cleanly
             page.get_by_text(DONE, exact=True).last.wait_for(timeout=300_000)
-
-            dashboard = page.locator(".wb-dashboard")
-            dashboard.locator(".js-plotly-plot").nth(3).wait_for(timeout=60_000)
-            page.locator(".wb-token").first.wait_for(timeout=60_000)
-            # each figure holds its traces, and the reward curve has the three steps run
-            page.wait_for_function(
-                "Array.from(document.querySelectorAll('.wb-dashboard .js-plotly-plot'))"
-                ".every(d => (d.data || []).length > 0)"
-                " && (document.querySelector('.wb-dashboard .js-plotly-plot').data || [])"
-                ".some(t => t.meta === 'reward_mean' && t.x.length === 3)", timeout=60_000)
-            traces = page.evaluate("Array.from(document.querySelectorAll('.wb-dashboard .js-plotly-plot'))"
-                                   ".map(d => d.querySelectorAll('.scatterlayer .trace').length)")
-            assert len(traces) == 4 and all(n > 0 for n in traces), traces
-            tokens = page.locator(".wb-token-view .wb-token").count()
-            assert tokens > 0
-            stepper = page.locator(".wb-eepo-stepper")
-            assert stepper.locator(".wb-token").count() > 0
-            assert all(n > 0 for n in page.evaluate(
-                "Array.from(document.querySelectorAll('.wb-eepo-stepper .js-plotly-plot'))"
-                ".map(d => d.querySelectorAll('.trace').length)"))
-
-            IMAGES.mkdir(parents=True, exist_ok=True)
-            for widget, name in ((dashboard, "dashboard"), (page.locator(".wb-token-view"), "token-view"),
-                                 (stepper, "eepo-stepper")):
-                # the notebook scrolls inside the page: make the page tall enough to show all of the widget
-                height = int(widget.bounding_box()["height"])
-                page.set_viewport_size({"width": 1500, "height": max(1000, height + 250)})
-                widget.scroll_into_view_if_needed()
-                page.wait_for_timeout(500)  # let plotly finish relayouts
-                widget.screenshot(path=str(IMAGES / f"{name}.png"))
+            yield page
         finally:
             browser.close()
     assert not outside, f"the page loaded from outside 127.0.0.1: {outside[:5]}"
+
+
+def open_lab(page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+    page.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel",
+                           timeout=120_000)
+    page.evaluate("window.jupyterapp.shell.collapseLeft()")
+
+
+def run_in_kernel(page, code: str) -> None:
+    """Run ``code`` in the notebook's kernel as another cell would (the notebook is not changed)."""
+    page.evaluate("code => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                  ".requestExecute({code}).done", code)
+
+
+def status_step(widget) -> int:
+    return int(re.search(r"\bstep (\d+)", widget.locator(".widget-html").first.inner_text()).group(1))
+
+
+def wait_for_status(widget, pattern: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = widget.locator(".widget-html").first.inner_text()
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"the status never matched {pattern!r}; it reads: {text!r}")
+
+
+def shoot(page, widget, name: str, folder: Path = IMAGES) -> None:
+    widget.scroll_into_view_if_needed()
+    page.wait_for_timeout(700)  # let plotly finish relayouts
+    box = widget.bounding_box()
+    # the main view fits the laptop's screen (details are a tab away)
+    assert box["width"] <= VIEWPORT["width"] and box["height"] <= VIEWPORT["height"] - 100, (name, box)
+    folder.mkdir(parents=True, exist_ok=True)
+    widget.screenshot(path=str(folder / f"{name}.png"))
+
+
+@pytest.mark.slow
+def test_a_participant_clicks_through_the_widgets(page, tmp_path):
+    from playwright.sync_api import expect
+
+    dash = page.locator(".wb-dashboard")
+    button = {name: dash.locator("button", has_text=name).first for name in ("Start", "Pause", "Stop")}
+    button["Step"] = dash.locator("button", has_text=re.compile(r"^\s*Step\s*$"))
+    button["Step phase"] = dash.locator("button", has_text="Step phase")
+    page.wait_for_function("Array.from(document.querySelectorAll('.wb-dashboard .js-plotly-plot'))"
+                           ".some(d => (d.data || []).some(t => t.meta === 'reward_mean' && t.x.length === 1))",
+                           timeout=120_000)
+
+    # Start, Pause: the buttons come back (item 1), Start again: training resumes
+    for round_ in range(2):
+        before = status_step(dash)
+        button["Start"].click()
+        wait_for_status(dash, r"running")
+        expect(button["Pause"]).to_be_enabled()
+        wait_for_status(dash, rf"\bstep (?!{before}\b)\d+")  # a step finished
+        button["Pause"].click()
+        wait_for_status(dash, r"^paused")
+        for name in ("Start", "Step", "Step phase"):
+            expect(button[name]).to_be_enabled(timeout=10_000)
+        expect(button["Pause"]).to_be_disabled()
+        assert status_step(dash) > before, f"round {round_}: training did not resume"
+    before = status_step(dash)
+    button["Step"].click()
+    wait_for_status(dash, rf"^idle · step {before + 1}\b")
+    expect(button["Start"]).to_be_enabled(timeout=10_000)
+    button["Step phase"].click()
+    wait_for_status(dash, r"unfinished step, last phase sample")
+    expect(button["Stop"]).to_be_enabled(timeout=10_000)
+    button["Stop"].click()
+    wait_for_status(dash, rf"^stopped · step {before + 1}\b")
+    steps = before + 1
+    page.wait_for_function("n => Array.from(document.querySelectorAll('.wb-dashboard .js-plotly-plot'))"
+                           ".some(d => (d.data || []).some(t => t.meta === 'reward_mean' && t.x.length === n))",
+                           arg=steps, timeout=60_000)
+    shoot(page, dash, "dashboard")
+    page.locator(".wb-token-view .wb-token").first.wait_for(timeout=60_000)
+    shoot(page, page.locator(".wb-token-view"), "token-view")
+
+    # the EEPO stepper through a whole step; a double click runs one phase, not two (item 5)
+    stepper = page.locator(".wb-eepo-stepper")
+    next_phase = stepper.locator("button", has_text="Next phase")
+    timeline = stepper.locator(".wb-timeline")
+    next_phase.dblclick()
+    expect(timeline).to_contain_text("✔ sample_stage1", timeout=120_000)
+    expect(next_phase).to_be_enabled(timeout=10_000)
+    expect(timeline).to_contain_text("▶ unlearn (next)")
+    for name in ("unlearn", "sample_stage2", "score", "advantage", "update", "metrics"):
+        next_phase.click()
+        expect(timeline).to_contain_text(f"✔ {name}", timeout=120_000)
+        expect(next_phase).to_be_enabled(timeout=10_000)
+        if name == "unlearn":
+            expect(stepper.locator(".js-plotly-plot .bars .point").first).to_be_visible(timeout=30_000)
+            shoot(page, stepper, "eepo-stepper-gate", tmp_path)  # for a person to look at
+    expect(timeline).to_contain_text("step done")
+    assert stepper.locator(".wb-token").count() > 0
+    stepper.get_by_role("tab", name="rollouts").click()
+    shoot(page, stepper, "eepo-stepper")
+
+    # a live change made in code shows in the panel (item 4)
+    panel = page.locator(".wb-hyperparameter-panel")
+    temperature = panel.locator(".widget-inline-hbox", has=page.locator("label", has_text=re.compile(
+        r"^temperature$"))).locator("input").first
+    expect(temperature).to_have_value("1")
+    run_in_kernel(page, "trainer.set_live(temperature=1.3)")
+    expect(temperature).to_have_value("1.3", timeout=10_000)
+    panel.locator(".widget-gridbox").first.screenshot(path=str(tmp_path / "panel-live-fields.png"))  # to look at
+
+    # A reload while the kernel's figures live restores every widget model at once (item 9):
+    # anywidget gives each model 2 s to load its module, and stock plotly's (5 MB, once per figure)
+    # takes longer on a busy 2-core machine.
+    page.reload()
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=120_000)
+    page.wait_for_timeout(12_000)
+    assert not page.errors, f"browser console errors: {page.errors[:5]}"

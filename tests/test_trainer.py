@@ -264,3 +264,9 @@ def test_a_step_cursor_walks_the_phases_and_a_second_open_step_is_refused():
     names = [other.next_phase().name for _ in range(5)]
     assert names == ["sample", "score", "advantage", "update", "metrics"] and not other.is_open
     assert trainer.step_index == 1 and trainer.step().metrics["step"] == 1
+
+
+def test_the_progress_bar_names_the_method_and_the_run(capsys):
+    trainer = Trainer(RunConfig(**QUICK))
+    trainer.run(1, label="branch: entropy bonus 0.05")
+    assert "grpo · branch: entropy bonus 0.05" in capsys.readouterr().err

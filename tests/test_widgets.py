@@ -257,16 +257,22 @@ def eepo_trainer():
 def test_eepo_stepper_one_phase_per_press(eepo_trainer):
     stepper = EEPOStepper(eepo_trainer)
     step = eepo_trainer.step_index
+    stepper.button.click()  # the phase runs on a thread: the button waits, a second click is refused
+    assert stepper.button.disabled and "running phase <code>sample_stage1</code>" in stepper.status.value
     stepper.button.click()
-    assert stepper.phase.name == "sample_stage1"
+    assert stepper.wait(timeout=120)
+    assert stepper.phase.name == "sample_stage1" and not stepper.button.disabled
+    assert "Next phase runs unlearn" in stepper.status.value
     stage1 = stepper.phase.batch
     group0 = [i for i in range(len(stage1)) if stage1.group[i] == 0]
     assert len(spans(stepper.rollouts.value)) == int(stage1.mask[group0].sum())
     assert "not sampled yet" in stepper.rollouts.value
 
     stepper.button.click()
+    assert stepper.wait(timeout=120)
     u = stepper.phase.numbers
     assert stepper.phase.name == "unlearn" and u["gate"]
+    assert stepper.tabs.selected_index == 1  # the tab the phase just filled: gate and unlearning
     window = stepper.figures["window"]
     np.testing.assert_allclose(window.data[0].y, u["entropy_window"])
     assert list(window.data[1].y) == [0.3, 0.3]  # alpha, the default
@@ -297,6 +303,9 @@ def test_eepo_stepper_one_phase_per_press(eepo_trainer):
     assert names == ["advantage", "update", "metrics"]
     assert eepo_trainer.step_index == step + 1 and "step done" in stepper.timeline.value
     assert stepper.next_phase().name == "sample_stage1"  # the next press starts a new step
+    for fig in stepper.figures.values():  # the figures still hold step 0's unlearn, and say so
+        assert f"from step {step}: this step's unlearn has not run yet" in fig.layout.title.text
+        assert all(trace.opacity < 1 for trace in fig.data)
     stepper.close()  # abandons it: the trainer restores its adapter
     assert eepo_trainer.step_index == step + 1
 

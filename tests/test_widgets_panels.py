@@ -180,6 +180,23 @@ def test_hyperparameter_panel_applies_live_values(split_trainer):
     assert panel.fields["num_prompts"].input.value == 2 and panel.changes() == {}
 
 
+def test_hyperparameter_panel_follows_the_trainer_whoever_changes_it(trainer):
+    panel = HyperparameterPanel(trainer)
+    try:
+        panel.fields["learning_rate"].input.value = 7e-4  # an edit pending in another control is kept
+        before = trainer.cfg.temperature
+        trainer.set_live(temperature=before + 0.2)  # in code, not through the panel
+        deadline = time.monotonic() + 10
+        while panel.fields["temperature"].get() != before + 0.2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the follower looks every FOLLOW_INTERVAL seconds
+        assert panel.fields["temperature"].get() == pytest.approx(before + 0.2)
+        assert "the trainer changed: temperature=" in panel.status.value
+        assert panel.fields["learning_rate"].get() == 7e-4 and panel.sync() == []
+    finally:
+        panel.close()
+        trainer.set_live(temperature=before)
+
+
 def test_hyperparameter_panel_forks_with_the_same_adapter(trainer, tmp_path):
     if trainer.last_batch is None:
         trainer.step()
@@ -293,6 +310,8 @@ def test_every_control_says_what_its_declaration_allows():
     assert panel.fields["learning_rate"].input.tooltip.startswith("AdamW learning rate")
     assert "a number in [0.0, 1.0]" in panel.fields["learning_rate"].row.children[1].value
     assert "empty: the paper&#x27;s plain step" in panel.option_fields["unlearn_max_grad_norm"].row.children[1].value
+    assert panel.fields["pivot_z_threshold"].row.children[1].value.endswith(">any number</span>")  # not [-inf, inf)
+    assert panel.fields["gradient_checkpointing"].input.layout.width == "auto"  # its name is never cut off
 
 
 # --- RunComparison ---------------------------------------------------------------------------------

@@ -123,3 +123,29 @@ def metric_title(name: str) -> str:
     if name.endswith("_time"):
         return f"{name} (s)"
     return name
+
+
+SPINNER_CSS = ("@keyframes wb-spin { to { transform: rotate(360deg); } } .wb-spinner { display:inline-block; "
+               "width:0.75em; height:0.75em; margin-right:5px; border:2px solid #bbb; border-top-color:#0072B2; "
+               "border-radius:50%; animation:wb-spin 0.9s linear infinite; vertical-align:-1px; }")
+
+
+def busy(html_text: str) -> str:
+    """``html_text`` after a spinning mark: the widget is working and its buttons wait."""
+    return f"<style>{SPINNER_CSS}</style><span class='wb-spinner'></span>{html_text}"
+
+
+class Every:
+    """Call ``fn`` every ``interval`` seconds on a daemon thread until ``cancel()``."""
+
+    def __init__(self, interval: float, fn: Callable[[], None], name: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval, fn), daemon=True, name=name)
+        self._thread.start()
+
+    def _loop(self, interval: float, fn: Callable[[], None]) -> None:
+        while not self._stop.wait(interval):
+            fn()
+
+    def cancel(self) -> None:
+        self._stop.set()

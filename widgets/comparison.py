@@ -8,12 +8,12 @@ from pathlib import Path
 
 import ipywidgets as w
 import pandas as pd
-import plotly.graph_objects as go
 
 from workbench.store import RunStore
 
 from ._live import FULL_WIDTH, downsample, esc, metric_title, set_status, status_line, step_ticks
-from .style import panel_layout, series_color
+from .live_figure import LiveFigure
+from .style import panel_layout, run_color
 
 
 class RunComparison(w.VBox):
@@ -45,10 +45,10 @@ class RunComparison(w.VBox):
         self.reload_button = w.Button(description="Reload", icon="refresh", tooltip="read every run again")
         self.reload_button.on_click(lambda _: self.reload())
         self.status = status_line()
-        self.figure = go.FigureWidget(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
+        self.figure = LiveFigure(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
                                                            xaxis={"title": {"text": "step"}}))
         for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
-            color = series_color(i)
+            color = run_color(i)  # the runs' colours in any notebook figure of the same runs
             self.figure.add_scatter(name=esc(label), legendgroup=str(i), showlegend=False, mode="lines",
                                     line={"color": color, "width": 1}, opacity=0.3, hoverinfo="skip", x=[], y=[])
             self.figure.add_scatter(name=esc(label), legendgroup=str(i), mode="lines", line={"color": color},

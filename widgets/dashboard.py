@@ -17,90 +17,20 @@ from collections.abc import Iterable, Mapping
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from workbench.metrics import fit_reward_entropy
 from workbench.metrics.entropy import FIT_MIN_POINTS
 from workbench.step_cursor import StepCursor
 
-from ._live import Throttle
+from ._live import Throttle, busy
 from ._runner import BackgroundRunner
-from .style import FONT_SIZE, panel_layout, series_color
+from .dashboard_figures import COLUMNS, OPTIONAL, SERIES, add_series, figure
+from .style import FONT_SIZE, STATES
+from .thinned_history import ThinnedHistory
 
-# (column, legend name, colour index, dash, secondary y): the series each figure draws when
-# the history holds the column. Columns listed under OPTIONAL appear only for methods that record them.
-SERIES = {
-    "reward": [
-        ("reward_mean", "reward (mean)", 0, "solid", False),
-        ("parsed_fraction", "parsed (well-formed)", 7, "dot", False),
-    ],
-    "entropy": [
-        ("entropy_mean", "mean", 0, "solid", False),
-    ],
-    "kl": [
-        ("kl", "KL to reference (nats/token)", 0, "solid", False),
-        ("clip_fraction", "clip fraction", 1, "dash", True),
-    ],
-    "diversity": [
-        ("distinct_strategies", "distinct strategies", 2, "solid", False),
-        ("distinct_correct_strategies", "distinct correct strategies", 2, "dot", False),
-        ("unique_answers", "unique answers", 4, "solid", False),
-    ],
-}
-OPTIONAL = {
-    "reward": [
-        ("accuracy", "accuracy", 1, "solid", False),
-        ("stage1_accuracy", "accuracy, EEPO stage 1", 2, "dash", False),
-        ("stage2_accuracy", "accuracy, EEPO stage 2", 3, "dash", False),
-        ("normal_accuracy", "accuracy, normal mode", 2, "dash", False),
-        ("high_entropy_accuracy", "accuracy, high-entropy mode", 3, "dash", False),
-    ],
-}
-BAND = ("entropy_p50", "entropy_p95")  # the entropy quantiles the trainer records (metrics.entropy_stats)
-TITLES = {
-    "reward": ("reward and accuracy", "reward · fraction"),
-    "entropy": ("token entropy (mean, p50–p95 band)", "entropy (nats)"),
-    "kl": ("KL and clip fraction", "KL (nats/token)"),
-    "diversity": ("diversity per group", "count per group"),
-}
-COLUMNS = ("step", *BAND, *(c for specs in (*SERIES.values(), *OPTIONAL.values()) for c, *_ in specs))
-STATE_COLOR = {"idle": "#555", "running": "#0072B2", "paused": "#E69F00", "stopped": "#555", "error": "#D55E00"}
-
-
-class ThinnedHistory:
-    """Numeric history columns for drawing, at most ``cap`` points per column.
-
-    When full, the oldest half keeps every other point: recent steps stay exact and older
-    ones thin out geometrically, so memory and drawing cost stay flat however long the run."""
-
-    def __init__(self, columns: Iterable[str], cap: int = 2000):
-        if cap < 4:
-            raise ValueError(f"cap={cap!r} is not allowed: an integer >= 4")
-        self.cap = cap
-        self.columns: dict[str, list[float]] = {c: [] for c in columns}
-        self.present: set[str] = set()  # columns some record actually held
-
-    def __len__(self) -> int:
-        return len(self.columns["step"])
-
-    def extend(self, records: Iterable[Mapping]) -> None:
-        for record in records:
-            for name, values in self.columns.items():
-                value = record.get(name)
-                if value is not None:
-                    self.present.add(name)
-                values.append(float("nan") if value is None else float(value))
-            if len(self) > self.cap:
-                self._thin()
-
-    def _thin(self) -> None:
-        half = len(self) // 2
-        for name, values in self.columns.items():
-            self.columns[name] = values[:half:2] + values[half:]
-
-    def array(self, name: str) -> np.ndarray:
-        return np.asarray(self.columns[name], dtype=float)
+# below this share of the reward's variance explained, the fit is not extrapolated to a ceiling
+FIT_MIN_R2 = 0.5
+TABS = {"reward · entropy": ("reward", "entropy"), "KL · diversity": ("kl", "diversity")}
 
 
 class TrainingDashboard(W.VBox):
@@ -110,7 +40,7 @@ class TrainingDashboard(W.VBox):
     ``pause()`` stops after the current phase and keeps the unfinished step; ``step()`` and
     ``step_phase()`` advance one step / one phase (synchronously unless ``wait=False``);
     ``stop()`` discards an unfinished step (the policy is as after the last finished one);
-    ``wait()`` joins a background run. ``figures`` holds the four ``go.FigureWidget``s,
+    ``wait()`` joins a background run. ``figures`` holds the figures (``live_figure.LiveFigure``),
     ``status`` the status line.
     """
 
@@ -139,6 +69,7 @@ class TrainingDashboard(W.VBox):
         self._seen = 0  # trainer records already in self.history
         self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="TrainingDashboard")
         self._draw_lock = threading.Lock()  # the history vs a redraw on the timer thread
+        self._show_lock = threading.Lock()
 
         self.steps_control = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps",
                                               layout=W.Layout(width="150px"))
@@ -162,12 +93,13 @@ class TrainingDashboard(W.VBox):
         self.status = W.HTML()
         self.fit_line = W.HTML()
 
-        self.figures = {name: self._figure(name) for name in SERIES}
-        # two figures a row on a wide screen, one on a laptop: fixed-width panels that wrap
-        grid = W.HBox(list(self.figures.values()), layout=W.Layout(flex_flow="row wrap", grid_gap="8px"))
+        self.figures = {name: figure(name) for name in SERIES}
+        # the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
+        self.tabs = W.Tab(children=[W.HBox([self.figures[n] for n in names], layout=W.Layout(grid_gap="8px"))
+                                    for names in TABS.values()], titles=tuple(TABS))
         controls = W.HBox([*self.buttons.values(), self.steps_control, self.fit_control],
                           layout=W.Layout(flex_flow="row wrap", align_items="center", grid_gap="6px"))
-        super().__init__([controls, self.status, self.fit_line, grid], layout=W.Layout(width="100%"))
+        super().__init__([controls, self.status, self.fit_line, self.tabs], layout=W.Layout(width="100%"))
         self.add_class("wb-dashboard")  # a stable hook for styling and browser tests
 
         self._unsubscribe = None
@@ -177,41 +109,6 @@ class TrainingDashboard(W.VBox):
         self._ready = True
 
     # --- figures ----------------------------------------------------------------------------
-    def _figure(self, name: str) -> go.FigureWidget:
-        title, y_title = TITLES[name]
-        secondary = any(spec[4] for spec in SERIES[name])
-        base = make_subplots(specs=[[{"secondary_y": True}]]) if secondary else go.Figure()
-        base.update_layout(**panel_layout(title, right_axis=secondary))
-        base.update_xaxes(title_text="step", rangemode="tozero")
-        base.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
-        if secondary:
-            base.update_yaxes(title_text="clip fraction", secondary_y=True, showgrid=False, rangemode="nonnegative",
-                              tickformat=".1%", tickmode="auto")
-        fig = go.FigureWidget(base)
-        if name == "entropy":
-            # the band first, so the mean draws on top: p95 as the upper edge, p50 filled up to it
-            fig.add_scatter(x=[], y=[], meta=BAND[1], name="p95", mode="lines",
-                            line={"width": 0.5, "color": series_color(5)}, showlegend=False, hoverinfo="skip")
-            fig.add_scatter(x=[], y=[], meta=BAND[0], name="p50–p95", mode="lines", fill="tonexty",
-                            line={"width": 0.5, "color": series_color(5)}, fillcolor="rgba(86,180,233,0.3)")
-        if name == "reward":
-            fig.add_scatter(x=[], y=[], meta="fit_ceiling", name="ceiling b − a (fit)", mode="lines",
-                            line={"color": series_color(3), "dash": "longdash", "width": 1.5}, visible=False)
-            fig.add_scatter(x=[], y=[], meta="skipped_update", name="update skipped (NaN/inf loss)", mode="markers",
-                            marker={"symbol": "x", "size": 11, "color": STATE_COLOR["error"]}, visible=False)
-        for spec in SERIES[name]:
-            self._add_series(fig, spec)
-        return fig
-
-    def _add_series(self, fig: go.FigureWidget, spec) -> None:
-        column, label, color, dash, secondary = spec
-        trace = go.Scatter(x=[], y=[], meta=column, name=label, mode="lines",
-                           line={"color": series_color(color), "dash": dash, "width": 2})
-        if secondary:
-            fig.add_trace(trace, secondary_y=True)
-        else:
-            fig.add_trace(trace)
-
     def trace(self, column: str):
         """The trace that draws a history column (``meta`` holds the column name)."""
         for fig in self.figures.values():
@@ -271,12 +168,23 @@ class TrainingDashboard(W.VBox):
                 fig.layout.xaxis.dtick = dtick
                 for spec in OPTIONAL.get(name, []):
                     if spec[0] in h.present and spec[0] not in drawn:
-                        self._add_series(fig, spec)
+                        add_series(fig, spec)
                 for trace in fig.data:
                     if trace.meta in h.columns:
                         trace.x, trace.y = x, h.array(trace.meta)
         self._draw_skips()
+        self._label_reward()
         self._draw_fit(x)
+
+    def _label_reward(self) -> None:
+        """With 0/1 rewards (countdown) accuracy is the reward: one line, named for both, instead
+        of the accuracy line hiding the reward line under it."""
+        h = self.history
+        same = "accuracy" in h.present and np.allclose(h.array("accuracy"), h.array("reward_mean"), equal_nan=True)
+        with self.figures["reward"].batch_update():
+            self.trace("reward_mean").name = "reward = accuracy (0/1 rewards)" if same else "reward (mean)"
+            if "accuracy" in h.present:
+                self.trace("accuracy").visible = not same
 
     def _note_skips(self, records: Iterable[Mapping]) -> None:
         for record in records:
@@ -293,21 +201,23 @@ class TrainingDashboard(W.VBox):
     def _draw_fit(self, x: np.ndarray) -> None:
         h = self.history
         self.fit = fit_reward_entropy(h.array("entropy_mean"), h.array("reward_mean")) if len(h) else None
+        meaningful = self.fit is not None and self.fit["r2"] >= FIT_MIN_R2
         ceiling = self.trace("fit_ceiling")
-        show = self.fit_control.value and self.fit is not None
+        show = self.fit_control.value and meaningful
         with self.figures["reward"].batch_update():
             ceiling.visible = show
             if show:
                 ceiling.x, ceiling.y = [x[0], x[-1]], [self.fit["ceiling"]] * 2
-        if not self.fit_control.value:
-            self.fit_line.value = ""
-        elif self.fit is None:
-            self.fit_line.value = _small(
-                f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies")
-        else:
-            f = self.fit
-            self.fit_line.value = _small(
-                f"fit R = −a·exp(H) + b over {f['n']} points: a = {f['a']:.3g}, b = {f['b']:.3g}, "
+        self.fit_line.value = _small(self._fit_text()) if self.fit_control.value else ""
+
+    def _fit_text(self) -> str:
+        f = self.fit
+        if f is None:
+            return f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies"
+        if f["r2"] < FIT_MIN_R2:
+            return (f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
+                    f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})")
+        return (f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
                 f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
 
     # --- events -----------------------------------------------------------------------------
@@ -319,12 +229,27 @@ class TrainingDashboard(W.VBox):
             self.request_redraw()
 
     def _show(self) -> None:
+        """Status line and buttons from the runner's state, the one place both threads update."""
+        with self._show_lock:  # the worker thread (phases, the run's end) and the UI thread (clicks)
+            self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{self._status_text()}</div>"
+            running = self.running
+            for name in ("start", "step", "step_phase"):
+                self.buttons[name].disabled = running
+            self.buttons["pause"].disabled = not running
+            self.buttons["stop"].disabled = not running and not self.runner.cursor.is_open
+
+    def _status_text(self) -> str:
         t = self.trainer
-        parts = [f"<b style='color:{STATE_COLOR[self.state]}'>{self.state}</b>", f"step {t.step_index}"]
-        if self.runner.cursor.is_open and self.last_phase is not None:
-            parts.append(f"unfinished step, last phase <code>{html.escape(self.last_phase.name)}</code>")
-        elif self.last_phase is not None:
-            parts.append(f"last phase <code>{html.escape(self.last_phase.name)}</code>")
+        state = f"<b style='color:{STATES[self.state]}'>{self.state}</b>"
+        parts = [busy(state) if self.running else state, f"step {t.step_index}"]
+        phase = html.escape(self.last_phase.name) if self.last_phase is not None else None
+        if self.running:
+            parts.append(f"running step {t.step_index}" + (f", after phase <code>{phase}</code>"
+                                                            if self.runner.cursor.is_open and phase else "") + "…")
+        elif self.runner.cursor.is_open and phase:
+            parts.append(f"unfinished step, last phase <code>{phase}</code>")
+        elif phase:
+            parts.append(f"last phase <code>{phase}</code>")
         if self.runner.progress_text:
             parts.append(self.runner.progress_text)
         last = t.records[-1] if t.records else None
@@ -332,16 +257,11 @@ class TrainingDashboard(W.VBox):
             parts.append(f"reward {last['reward_mean']:.3f} · entropy {last['entropy_mean']:.3f} nats"
                          f" · {last['step_time']:.2f} s/step")
         if self.skipped:
-            parts.append(f"<span style='color:{STATE_COLOR['error']}'>⚠ {_skips_text(self.skipped)}</span>")
+            parts.append(f"<span style='color:{STATES['error']}'>⚠ {_skips_text(self.skipped)}</span>")
         if self.error is not None:
-            parts.append(f"<span style='color:{STATE_COLOR['error']}'>"
+            parts.append(f"<span style='color:{STATES['error']}'>"
                          f"{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</span>")
-        self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{' · '.join(parts)}</div>"
-        running = self.running
-        for name in ("start", "step", "step_phase"):
-            self.buttons[name].disabled = running
-        self.buttons["pause"].disabled = not running
-        self.buttons["stop"].disabled = not running and not self.runner.cursor.is_open
+        return " · ".join(parts)
 
     # --- driving the trainer (the runner holds the thread; see _runner.py) ----------------------
     @property

@@ -20,6 +20,7 @@ from workbench.tasks import is_success
 
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
+from .live_figure import LiveFigure
 from .style import FONT_SIZE, OKABE_ITO, SEQUENTIAL, panel_layout, series_color
 
 CORRECT_COLOR, INCORRECT_COLOR = OKABE_ITO[2], OKABE_ITO[3]
@@ -226,8 +227,8 @@ def _row_tag(batch, row: int, k: int, correct: bool) -> str:
 
 
 # --- the empty figures the panel fills --------------------------------------------------------------
-def _passk_figure() -> go.FigureWidget:
-    return go.FigureWidget(layout=panel_layout(
+def _passk_figure() -> LiveFigure:
+    return LiveFigure(layout=panel_layout(
         "pass@k per split", height=340, width=FULL_WIDTH,
         # ticks at k = 1, 2, 4, ...
         xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
@@ -236,8 +237,8 @@ def _passk_figure() -> go.FigureWidget:
     ))
 
 
-def _strategy_figure() -> go.FigureWidget:
-    fig = go.FigureWidget(layout=panel_layout(
+def _strategy_figure() -> LiveFigure:
+    fig = LiveFigure(layout=panel_layout(
         "strategies of this prompt's responses", height=340, width=HALF_WIDTH, barmode="stack",
         hovermode="closest",
         xaxis={"title": {"text": "strategy"}, "type": "category"},
@@ -249,8 +250,8 @@ def _strategy_figure() -> go.FigureWidget:
     return fig
 
 
-def _similarity_figure() -> go.FigureWidget:
-    fig = go.FigureWidget(layout=panel_layout(
+def _similarity_figure() -> LiveFigure:
+    fig = LiveFigure(layout=panel_layout(
         "pairwise similarity of the responses", height=340, width=HALF_WIDTH, hovermode="closest",
         xaxis={"title": {"text": "response"}, "type": "category"},
         yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
@@ -260,8 +261,8 @@ def _similarity_figure() -> go.FigureWidget:
     return fig
 
 
-def _distinct_figure(distinct_ns: Sequence[int]) -> go.FigureWidget:
-    fig = go.FigureWidget(layout=panel_layout(
+def _distinct_figure(distinct_ns: Sequence[int]) -> LiveFigure:
+    fig = LiveFigure(layout=panel_layout(
         "distinct-n of each prompt's responses (mean over prompts)", height=300, width=FULL_WIDTH,
         xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
     ))

@@ -5,6 +5,11 @@ recorded: the stage-1 rollouts, the entropy gate with its window against alpha, 
 unlearning step's effect on the stage-1 log-probs and the KL(policy || rollout model), and the
 stage-2 rollouts beside stage 1 with the answers and strategies the two stages share marked.
 Everything comes from the phases' batches and numbers: the model is never run here.
+
+A press runs the phase on a thread (``_runner.BackgroundRunner``): the button is disabled and the
+status names the phase until it is done, so a click while a phase runs is refused rather than
+queued. The main view fits a 1,366 x 768 screen: the rollouts and the gate/unlearning figures are
+two tabs, and the tab the phase just filled is shown.
 """
 
 from __future__ import annotations
@@ -12,24 +17,28 @@ from __future__ import annotations
 import html
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from workbench.config import ConfigError
 from workbench.step_cursor import StepCursor
 
-from ._live import update_prompt_selector
-from .style import FONT_SIZE, OKABE_ITO, panel_layout, series_color
+from ._live import busy, set_status, status_line, update_prompt_selector
+from ._runner import BackgroundRunner
+from .live_figure import LiveFigure
+from .style import BLACK, FONT_SIZE, GATE, QUANTITY, STAGES, panel_layout, rgba
 from .tokens import CSS, ColorScale, TokenDecoder, legend, row_header, token_strip
 
 PHASES = ("sample_stage1", "unlearn", "sample_stage2", "score", "advantage", "update", "metrics")
 SHARED = ("#56B4E9", "#000")  # badge colours: sky blue for shared, bluish green for new (Okabe-Ito)
 NEW = ("#009E73", "#fff")
+FIGURE = {"width": 580, "height": 330}  # two side by side in a 1,366-px screen
+TABS = ("rollouts", "gate · unlearning")
 STEPPER_CSS = f"""
 .wb-stages {{ display:grid; grid-template-columns:repeat(2, minmax(0, 1fr)); gap:16px; }}
 .wb-stages h4 {{ margin:4px 0; font-size:{FONT_SIZE + 1}px; }}
 .wb-badge {{ display:inline-block; padding:0 6px; border-radius:8px; font-size:{FONT_SIZE - 3}px; margin-left:4px; }}
 .wb-timeline span {{ margin-right:10px; font-size:{FONT_SIZE - 1}px; }}
 .wb-numbers {{ font-size:{FONT_SIZE - 1}px; }}
+.wb-stepper-rollouts {{ max-height:330px; overflow-y:auto; }}
 """
 
 
@@ -46,47 +55,85 @@ class EEPOStepper(W.VBox):
         self.phase = None  # the last phase drawn
         self.stage1 = None  # the stage-1 batch of the step in progress
         self.unlearn_numbers: dict | None = None
-        self._cursor = StepCursor(trainer)
+        self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="EEPOStepper")
 
-        self.button = W.Button(description="Next phase", icon="step-forward", button_style="primary")
-        self.button.on_click(lambda _: self.next_phase())
+        self.button = W.Button(description="Next phase", icon="step-forward", button_style="primary",
+                               tooltip="run the next phase of EEPO's step")
+        self.button.on_click(lambda _: None if self.runner.running else self.next_phase(wait=False))
         self.prompt_control = W.Dropdown(description="prompt", layout=W.Layout(width="420px"))
         self.prompt_control.observe(lambda _: self._draw_rollouts(), names="value")
+        self.status = status_line()
         self.timeline = W.HTML()
         self.numbers = W.HTML()
         self.rollouts = W.HTML()
+        self.rollouts.add_class("wb-stepper-rollouts")
         self.figures = {"window": self._window_figure(), "unlearning": self._unlearning_figure()}
-        figs = W.HBox(list(self.figures.values()), layout=W.Layout(flex_flow="row wrap", grid_gap="8px"))
-        super().__init__([W.HBox([self.button, self.prompt_control]), self.timeline, self.numbers, figs,
-                          self.rollouts], layout=W.Layout(width="100%"))
+        figs = W.HBox(list(self.figures.values()), layout=W.Layout(grid_gap="8px"))
+        self.tabs = W.Tab(children=[self.rollouts, figs], titles=TABS)
+        super().__init__([W.HBox([self.button, self.prompt_control]), self.status, self.timeline, self.numbers,
+                          self.tabs], layout=W.Layout(width="100%"))
         self.add_class("wb-eepo-stepper")  # a stable hook for styling and browser tests
         self._draw_timeline()
         self.rollouts.value = f"<style>{CSS}{STEPPER_CSS}</style><i>press Next phase to sample stage 1</i>"
+        self._on_runner_change()
         self._ready = True
 
     # --- stepping ---------------------------------------------------------------------------
-    def next_phase(self):
-        """Run the next phase of the current step (a new step after ``metrics``); returns it."""
-        if not self._cursor.is_open:
+    def next_phase(self, wait: bool = True):
+        """Run the next phase of the current step (a new step after ``metrics``); returns it when
+        ``wait``, else runs it on a thread (the button's way: ``wait()`` joins it)."""
+        if not self.runner.cursor.is_open and not self.runner.running:
             self.stage1, self.unlearn_numbers = None, None
-        phase = self._cursor.next_phase()  # an error closes the step: the trainer restored the policy
+        self.runner.launch(steps=None, phases=1, wait=wait)
+        return self.phase if wait else None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a phase started by the button; True if it has ended. Raises its error, if any."""
+        return self.runner.wait(timeout)
+
+    @property
+    def next_name(self) -> str:
+        """The phase the next press runs."""
+        done = PHASES.index(self.phase.name) if self.runner.cursor.is_open and self.phase is not None else -1
+        return PHASES[done + 1]
+
+    def _on_runner_change(self) -> None:
+        # called by the runner: when a phase starts (state "running") and when it has ended
+        phase = self.runner.last_phase
+        if not self.runner.running and phase is not None and phase is not self.phase:
+            self._show_phase(phase)
+        self.button.disabled = self.runner.running
+        if self.runner.running:
+            self.status.value = busy(f"<span style='font-size:{FONT_SIZE}px'>running phase "
+                                     f"<code>{self.next_name}</code> of step {self.trainer.step_index}…</span>")
+        elif self.runner.error is not None:
+            set_status(self.status, f"{type(self.runner.error).__name__}: {self.runner.error} (the step was "
+                                    "discarded; the policy is as before it)", error=True)
+        else:
+            set_status(self.status, f"ready: Next phase runs {self.next_name}")
+
+    def _show_phase(self, phase) -> None:
         self.phase = phase
         if phase.name == "sample_stage1":
             self.stage1 = phase.batch
             update_prompt_selector(self.prompt_control, phase.batch)
+            self._mark_stale()
         elif phase.name == "unlearn":
             self.unlearn_numbers = dict(phase.numbers)
             self._draw_window(phase)
             self._draw_unlearning(phase)
+        if phase.name in ("sample_stage1", "sample_stage2"):
+            self.tabs.selected_index = 0
+        elif phase.name == "unlearn":
+            self.tabs.selected_index = 1
         self._draw_timeline()
         self._draw_numbers()
         self._draw_rollouts()
-        return phase
 
     def close(self) -> None:
         """Abandon an unfinished step (the trainer restores the adapter) and close the widgets."""
         if self._ready:  # ipywidgets also calls close() on an instance whose __init__ raised
-            self._cursor.discard()
+            self.runner.stop()
             for fig in self.figures.values():
                 fig.close()
         super().close()
@@ -98,7 +145,7 @@ class EEPOStepper(W.VBox):
         marks = []
         for i, name in enumerate(PHASES):
             if i <= done:
-                marks.append(f"<span style='color:{OKABE_ITO[2]}'>✔ {name}</span>")
+                marks.append(f"<span style='color:{GATE['open']}'>✔ {name}</span>")
             elif i == done + 1:
                 marks.append(f"<span><b>▶ {name}</b> (next)</span>")
             else:
@@ -131,26 +178,37 @@ class EEPOStepper(W.VBox):
                 f"{html.escape(k)} {v:.3g}" for k, v in shown.items()))
         self.numbers.value = "<div class='wb-numbers'>" + "<br>".join(parts) + "</div>"
 
-    def _window_figure(self) -> go.FigureWidget:
-        fig = go.FigureWidget(layout=panel_layout("entropy gate: window of stage-1 entropy"))
+    def _window_figure(self) -> LiveFigure:
+        fig = LiveFigure(layout=panel_layout("entropy gate: window of stage-1 entropy", **FIGURE))
         fig.update_layout(hovermode="closest", bargap=0.35)
         fig.update_xaxes(title_text="step", dtick=1)
         fig.update_yaxes(title_text="stage-1 entropy (nats)", rangemode="tozero")
-        fig.add_bar(x=[], y=[], name="stage-1 entropy", marker_color=series_color(0), meta="window")
+        fig.add_bar(x=[], y=[], name="stage-1 entropy", marker_color=QUANTITY["entropy"], meta="window")
         fig.add_scatter(x=[], y=[], mode="lines", name="α (gate threshold)", meta="alpha",
-                        line={"color": series_color(3), "dash": "dash", "width": 2})
+                        line={"color": QUANTITY["threshold"], "dash": "dash", "width": 2})
         fig.add_scatter(x=[], y=[], mode="lines", name="window mean", meta="window_mean",
-                        line={"color": series_color(1), "width": 2})
+                        line={"color": BLACK, "width": 2})
         return fig
 
-    def _unlearning_figure(self) -> go.FigureWidget:
-        fig = go.FigureWidget(layout=panel_layout("unlearning: stage-1 log-prob per token"))
+    def _unlearning_figure(self) -> LiveFigure:
+        fig = LiveFigure(layout=panel_layout("unlearning: stage-1 log-prob per token", **FIGURE))
         fig.update_layout(hovermode="closest", bargap=0.25)
         fig.update_xaxes(title_text="stage-1 response (prompt · #)", type="category")
         fig.update_yaxes(title_text="mean log-prob (nats/token)")
-        fig.add_bar(x=[], y=[], name="before the step (recorded)", marker_color=series_color(0), meta="before")
-        fig.add_bar(x=[], y=[], name="after the step", marker_color=series_color(3), meta="after")
+        fig.add_bar(x=[], y=[], name="policy (recorded)", marker_color=STAGES[1], meta="before")
+        fig.add_bar(x=[], y=[], name="rollout model (after the step)", marker_color=STAGES[2], meta="after")
         return fig
+
+    def _mark_stale(self) -> None:
+        """A new step has begun: the figures still hold the last unlearn's numbers, and say so."""
+        if self.unlearn_numbers is not None or all(f.data[0].y is None or not len(f.data[0].y) for f in self.figures.values()):
+            return
+        for fig in self.figures.values():
+            with fig.batch_update():
+                fig.layout.title.text = f"{fig.layout.meta}<br><sup>from step {self.phase.step - 1}: " \
+                                        f"this step's unlearn has not run yet</sup>"
+                for trace in fig.data:
+                    trace.opacity = 0.35
 
     def _draw_window(self, phase) -> None:
         window = list(phase.numbers["entropy_window"])
@@ -159,12 +217,14 @@ class EEPOStepper(W.VBox):
         fig = self.figures["window"]
         with fig.batch_update():
             fig.data[0].x, fig.data[0].y = steps, window
-            fig.data[0].marker.color = [series_color(5)] * (len(window) - 1) + [series_color(0)]
+            earlier = rgba(QUANTITY["entropy"], 0.45)
+            fig.data[0].marker.color = [earlier] * (len(window) - 1) + [QUANTITY["entropy"]]
             ends = [steps[0] - 0.5, steps[-1] + 0.5]  # across the bars, even a single one
             fig.data[1].x, fig.data[1].y = ends, [alpha, alpha]
             fig.data[2].x, fig.data[2].y = ends, [phase.numbers["window_mean"]] * 2
-            fig.layout.title.text = (f"entropy gate {'ON' if phase.numbers['gate'] else 'off'}: "
-                                     f"window of stage-1 entropy vs α")
+            gate = "<span style='color:{}'>{}</span>".format(*((GATE["open"], "ON") if phase.numbers["gate"]
+                                                               else (GATE["shut"], "off")))
+            _set_title(fig, f"step {phase.step} · entropy gate {gate}: window of stage-1 entropy vs α")
 
     def _draw_unlearning(self, phase) -> None:
         # Both bars are the engine's numbers: each stage-1 response's mean token log-prob before
@@ -176,8 +236,8 @@ class EEPOStepper(W.VBox):
         with fig.batch_update():
             fig.data[0].x, fig.data[0].y = labels[: len(before)], before
             fig.data[1].x, fig.data[1].y = labels[: len(after)], after
-            fig.layout.title.text = (f"unlearning: log-prob drop {phase.numbers['logp_drop']:.3f}, "
-                                     f"KL {phase.numbers['kl_policy_rollout']:.4f} nats/token")
+            _set_title(fig, f"step {phase.step} · unlearning: log-prob drop {phase.numbers['logp_drop']:.3f}, "
+                            f"KL {phase.numbers['kl_policy_rollout']:.4f} nats/token")
 
     def _draw_rollouts(self) -> None:
         if self.stage1 is None or self.prompt_control.value is None:
@@ -206,6 +266,13 @@ class EEPOStepper(W.VBox):
                                f"{_badge('shared', SHARED)} also found by the other stage · "
                                f"{_badge('new', NEW)} a strategy stage 1 did not find</div>"
                                f"<div class='wb-stages'>{''.join(columns)}</div></div>")
+
+
+def _set_title(fig: LiveFigure, title: str) -> None:
+    """A fresh title (kept in ``layout.meta`` for the stale note) and full-strength traces."""
+    fig.layout.meta, fig.layout.title.text = title, title
+    for trace in fig.data:
+        trace.opacity = 1.0
 
 
 def _index_in_group(group: list[int]) -> list[int]:

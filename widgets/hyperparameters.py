@@ -5,11 +5,14 @@ Given a ``Trainer``, the fields in ``workbench.trainer.LIVE_FIELDS`` apply to th
 trainer (Apply -> ``trainer.set_live``); the other fields are fixed for it and "Fork" branches
 a new run from its current adapter and optimizer with the new values (``trainer.fork``).
 Validation is ``RunConfig``'s own: an invalid value shows its ``ConfigError`` and nothing is
-applied or forked.
+applied or forked. The panel follows the trainer whoever changes it (``trainer.set_live`` in
+code, another panel): every ``FOLLOW_INTERVAL`` seconds it shows the fields that changed.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from workbench.methods.poly_epo import CLUSTERERS
 from workbench.options import Option
 from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
 
-from ._live import esc, set_status, status_line
+from ._live import Every, esc, set_status, status_line
 from .style import FONT_SIZE
 
 
@@ -31,6 +34,7 @@ HINT_FORK = "fixed for a running trainer: fork to change"
 HINT_REBUILD = "fixed by the model, adapter or task: start a new run to change"
 DESCRIPTION = {"description_width": "220px"}
 CONTROL_WIDTH = "370px"
+FOLLOW_INTERVAL = 0.5  # seconds between looks at the trainer's config
 
 
 class HyperparameterPanel(w.VBox):
@@ -55,6 +59,8 @@ class HyperparameterPanel(w.VBox):
         self.fork_dir = None if fork_dir is None else Path(fork_dir)
         self.forks: list = []
         self._loading = False
+        self._shown: dict | None = None  # the trainer's config as the controls last showed it
+        self._sync_lock = threading.Lock()  # the follower thread vs the buttons
         self.fields: dict[str, _Field] = {
             name: _field(option, name, self._hint(name)) for name, option in OPTIONS.items() if name != "method_options"
         }
@@ -87,7 +93,9 @@ class HyperparameterPanel(w.VBox):
                         _title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]
             buttons = [self.apply_button, self.fork_button, self.revert_button]
         super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
+        self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
         self.revert()
+        self._follower = Every(FOLLOW_INTERVAL, self._follow, "HyperparameterPanel") if self.trainer else None
 
     # --- reading and writing the controls --------------------------------------------------
     def _hint(self, name: str) -> str:
@@ -103,14 +111,52 @@ class HyperparameterPanel(w.VBox):
         set_status(self.status, "")
 
     def _load(self, cfg: RunConfig) -> None:
-        self._loading = True
-        try:
-            for name, field in self.fields.items():
-                field.set(getattr(cfg, name))
-            self._build_options(cfg.method, cfg.method_options)
-        finally:
-            self._loading = False
+        with self._sync_lock:
+            self._loading = True
+            try:
+                for name, field in self.fields.items():
+                    field.set(getattr(cfg, name))
+                self._build_options(cfg.method, cfg.method_options)
+            finally:
+                self._loading = False
+            if self.trainer is not None:
+                self._shown = cfg.to_dict()
         self._enable()
+
+    def sync(self) -> list[str]:
+        """Show the fields of the trainer's config that changed since the controls last showed it
+        (a ``set_live`` in code, another panel); edits pending in other controls are kept.
+        Returns the names shown."""
+        with self._sync_lock:
+            cfg = self.trainer.cfg
+            current = cfg.to_dict()
+            changed = [name for name in current if current[name] != self._shown.get(name)]
+            if not changed:
+                return []
+            self._loading = True
+            try:
+                for name in changed:
+                    if name in self.fields:
+                        self.fields[name].set(getattr(cfg, name))
+                if "method" in changed or "method_options" in changed:
+                    self._build_options(cfg.method, cfg.method_options)
+            finally:
+                self._loading = False
+            self._shown = current
+        set_status(self.status, f"the trainer changed: {_summary({n: current[n] for n in changed})} (shown)")
+        return changed
+
+    def _follow(self) -> None:
+        try:
+            self.sync()
+        except Exception as error:  # a follower thread must not die silently: say so, keep following
+            set_status(self.status, f"could not follow the trainer: {error}", error=True)
+
+    def close(self) -> None:
+        """Stop following the trainer and close the widgets."""
+        if getattr(self, "_follower", None) is not None:
+            self._follower.cancel()
+        super().close()
 
     def _build_options(self, method: str, options: dict) -> None:
         declared = methods.get(method).OPTIONS
@@ -272,7 +318,8 @@ class _Field:
         self.name, self.input, self._get, self._put = name, input, get, put
         input.description = name.removeprefix("method_options.")  # the section title names the method
         input.style = DESCRIPTION
-        input.layout = w.Layout(width=CONTROL_WIDTH)
+        # a checkbox's name sits right of the box, after the indent: let it take the room it needs
+        input.layout = w.Layout(width="auto" if isinstance(input, w.Checkbox) else CONTROL_WIDTH)
         input.tooltip = "; ".join(x for x in (help, allowed, hint) if x)
         # the section titles say live / fork; only a field not even a fork can change says so here
         note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
@@ -291,7 +338,7 @@ class _Field:
 
 def _field(option: Option, name: str, hint: str) -> _Field:
     """The control of one declared option, labelled ``name``; its note says what is allowed."""
-    allowed = option.allowed()
+    allowed = _allowed(option)
     if option.name == "clusterer":
         return _ClustererField(name, option.help, hint)
     if option.kind == "choice":
@@ -308,7 +355,7 @@ def _field(option: Option, name: str, hint: str) -> _Field:
         return _Field(name, w.Checkbox(indent=True), allowed, option.help, hint)
     if option.optional and option.kind in ("int", "float"):  # None (left empty) switches it off
         read = int if option.kind == "int" else float
-        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {option.allowed(with_none=False)}",
+        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {_allowed(option, with_none=False)}",
                       option.help, hint, get=lambda text: _optional(name, text, read, allowed),
                       put=lambda v: "" if v is None else repr(v))
     if option.kind == "int":
@@ -343,6 +390,15 @@ class _ClustererField(_Field):
         self._callable = value if callable(value) else None
         self.input.disabled = self._callable is not None
         self.input.value = getattr(value, "__name__", repr(value)) if callable(value) else value
+
+
+def _allowed(option: Option, with_none: bool = True) -> str:
+    """``option.allowed()`` in the words a control's note needs: an unbounded number is "any number"
+    (not "a number in [-inf, inf)")."""
+    text = option.allowed(with_none)
+    if option.kind == "float" and option.low == -math.inf and option.high == math.inf:
+        return text.replace(f"a number in {option.bounds}", "any number")
+    return text
 
 
 def _optional(name: str, text: str, read: type, allowed: str) -> float | int | None:

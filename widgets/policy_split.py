@@ -10,17 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import ipywidgets as w
-import plotly.graph_objects as go
 
 from workbench.tasks import is_success
 
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
-from .style import FONT_SIZE, OKABE_ITO, panel_layout
+from .live_figure import LiveFigure
+from .style import FONT_SIZE, panel_layout
+from .style import MODES as MODE_COLORS  # this module's MODES are the mode names
 
 MODES = ("normal", "high_entropy")
 MODE_NAMES = {"normal": "normal", "high_entropy": "high-entropy"}
-MODE_COLORS = {"normal": OKABE_ITO[0], "high_entropy": OKABE_ITO[1]}
 # the metrics Policy Split records each step (workbench.methods.policy_split.extra_metrics)
 ACCURACY = {m: f"{m}_accuracy" for m in MODES}
 KL = {m: f"kl_{m}_to_other" for m in MODES}
@@ -48,7 +48,7 @@ class PolicySplitView(w.VBox):
             self._record(record)
 
         self.status = status_line()
-        self.entropy_figure = go.FigureWidget(layout=panel_layout(
+        self.entropy_figure = LiveFigure(layout=panel_layout(
             "token entropy of each mode's responses (last batch)", height=320, width=FULL_WIDTH, barmode="overlay",
             hovermode="closest",
             xaxis={"title": {"text": "token entropy (nats)"}},
@@ -60,12 +60,12 @@ class PolicySplitView(w.VBox):
                 marker_color=MODE_COLORS[m],
                 hovertemplate=f"{MODE_NAMES[m]}<br>%{{x}} nats: %{{y:.3f}} of tokens<extra></extra>",
             )
-        self.accuracy_figure = go.FigureWidget(layout=panel_layout(
+        self.accuracy_figure = LiveFigure(layout=panel_layout(
             "accuracy of each mode", height=300, width=HALF_WIDTH,
             xaxis={"title": {"text": "step"}},
             yaxis={"title": {"text": "accuracy (fraction correct)"}, "range": [0, 1.02]},
         ))
-        self.kl_figure = go.FigureWidget(layout=panel_layout(
+        self.kl_figure = LiveFigure(layout=panel_layout(
             "KL between the modes", height=300, width=HALF_WIDTH,
             xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "KL, k3 estimate (nats / token)"}},
         ))

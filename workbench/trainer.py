@@ -231,13 +231,15 @@ class Trainer(RunLifecycle):
             pass
         return StepResult(phase.step, phase.numbers, phase.batch)
 
-    def run(self, steps: int, progress: bool = True) -> pd.DataFrame:
-        """Train ``steps`` steps (or until ``stop()``), with a progress bar; returns the history."""
+    def run(self, steps: int, progress: bool = True, label: str | None = None) -> pd.DataFrame:
+        """Train ``steps`` steps (or until ``stop()``), with a progress bar labelled by the method
+        and ``label`` (which run this is: a branch, a sweep point); returns the history."""
         from tqdm.auto import tqdm
 
         self._stop = False
+        desc = self.cfg.method if label is None else f"{self.cfg.method} · {label}"
         try:
-            with tqdm(total=steps, desc=f"{self.cfg.method}", disable=not progress) as bar:
+            with tqdm(total=steps, desc=desc, disable=not progress) as bar:
                 for _ in range(steps):
                     if self._stop:
                         break

@@ -24,6 +24,8 @@ from workbench.cli import main
 from workbench.models import resolve
 from workbench.report import _read_metrics
 from workbench.store import CheckpointError, DamagedMetricsWarning, RunLockedError, RunStore
+from workbench.study import StudyPlan
+from workbench.study import _claim as _claim_study
 from workbench.tasks import RewardFunctionError
 
 SMALL = dict(num_prompts=2, num_generations=2, max_completion_length=8, seed=5, threads=1)
@@ -296,6 +298,11 @@ def cli_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
     out = str(tmp_path / "out")
+    broken_model = Path(shutil.copytree(resolve("tiny"), tmp_path / "broken-model"))
+    weights = broken_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    study = tmp_path / "study"
+    _claim_study(study, StudyPlan(methods=["grpo"], seeds=[0], steps=3))
     return {
         "steps 0": (["train", "--steps", "0"], "--steps: 0 is not allowed"),
         "build-tiny steps 0": (["build-tiny", "--steps", "0"], "--steps: 0 is not allowed"),
@@ -314,6 +321,9 @@ def cli_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "too big": (["train", "--out", out, "--set", "num_prompts=1000000"], "GB free"),
         "cold": (["train", "--out", out, "--set", "temperature=1e-40"], "temperature=1e-40 is not allowed"),
         "bad set": (["train", "--out", out, "--set", "learning_rate"], "expected KEY=VALUE"),
+        "corrupt weights": (["train", "--out", out, "--model", str(broken_model)], "could not load model"),
+        "changed compare plan": (["compare", "--methods", "grpo", "--seeds", "1", "--steps", "5", "--out", str(study)],
+                                 "steps=5 is not allowed: the plan of the study"),
     }
 
 
@@ -336,6 +346,19 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(self, cfg):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.dir / "config.yaml"))
+
+    monkeypatch.setattr(RunStore, "create", full)
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "run"), *SMALL_SET]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert err[-1] == f"workbench: No space left on device: {tmp_path / 'run' / 'config.yaml'}"
+    assert not (tmp_path / "run").exists()  # the lock's empty directory is taken back
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -196,8 +196,9 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse, with its errors as one ``workbench:`` line (``--help`` shows the usage)."""
 
     def error(self, message):
-        self.exit(2, f"workbench: {self.prog.removeprefix('workbench').strip() or 'usage'}: {message} "
-                     f"(workbench {self.prog.removeprefix('workbench').strip()} --help)\n".replace("  ", " "))
+        command = self.prog.removeprefix("workbench").strip()  # "train", or "" for the top level
+        help_command = f"workbench {command} --help" if command else "workbench --help"
+        self.exit(2, f"workbench: {command or 'usage'}: {message} ({help_command})\n")
 
 
 def _at_least_one(text: str) -> int:
@@ -210,6 +211,20 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _config_args(sp) -> None:
+    """The options that build a RunConfig: --preset, --config, --model, --task, --method, --set."""
+    from .config import OPTIONS
+
+    sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
+    sp.add_argument("--config", help="a YAML RunConfig file")
+    for name in ("model", "task", "method"):
+        option = OPTIONS[name]
+        sp.add_argument(f"--{name}", help=f"{option.help} (default {option.default}; {option.allowed()})")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a RunConfig field, or one method option as method_options.KEY=VALUE "
+                         "(`workbench options` lists them all)")
+
+
 def parser() -> argparse.ArgumentParser:
     from .config import OPTIONS
 
@@ -217,18 +232,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
-    def config_args(sp):
-        sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
-        sp.add_argument("--config", help="a YAML RunConfig file")
-        for name in ("model", "task", "method"):
-            option = OPTIONS[name]
-            sp.add_argument(f"--{name}", help=f"{option.help} (default {option.default}; {option.allowed()})")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a RunConfig field, or one method option as method_options.KEY=VALUE "
-                             "(`workbench options` lists them all)")
-
     t = sub.add_parser("train", help="train and write a run directory")
-    config_args(t)
+    _config_args(t)
     t.add_argument("--steps", type=_at_least_one, default=60, help="train until this many steps (with --resume: in all)")
     t.add_argument("--out", default="runs/latest")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; --set "
@@ -238,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="pass@k, entropy and diversity on a split")
     e.add_argument("run_dir", nargs="?", help="a run directory (its last checkpoint); omit to evaluate the base model")
-    config_args(e)
+    _config_args(e)
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
     e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
     e.add_argument("--n-samples", type=_at_least_one, default=16)

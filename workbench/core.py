@@ -158,14 +158,15 @@ class _LogpEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def entropy_from_logprobs(logp: Tensor) -> Tensor:
+def entropy_from_logprobs(logp: Tensor, probs: Tensor | None = None) -> Tensor:
     """H = -sum_v p_v log p_v over the last dim, from log-probs (nats), with 0 log 0 = 0.
 
     The one entropy formula: the sampler applies it to its log-softmax, ``token_entropy`` to
     each chunk. Summing p log p term by term keeps a peaked distribution's small H accurate,
-    where logsumexp(z) - E_p[z] would subtract two nearly equal numbers.
+    where logsumexp(z) - E_p[z] would subtract two nearly equal numbers. ``probs``: exp(logp),
+    when the caller has it already (the sampler), so it is not computed twice.
     """
-    return -(logp.exp() * logp).nan_to_num().sum(-1)
+    return -((logp.exp() if probs is None else probs) * logp).nan_to_num().sum(-1)
 
 
 def _check_chunking(temperature: float, chunk_size: int) -> None:

@@ -158,7 +158,7 @@ class Sampler:
             chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
             out_logp[:, t] = torch.where(alive, chosen_logp, torch.zeros_like(chosen_logp))
             if self.telemetry:
-                entropy = core.entropy_from_logprobs(logp_all)
+                entropy = core.entropy_from_logprobs(logp_all, probs)
                 out_entropy[:, t] = torch.where(alive, entropy, torch.zeros_like(entropy))
                 top = torch.topk(logp_all, k, dim=-1)
                 out_topk_ids[:, t] = top.indices

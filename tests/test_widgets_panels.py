@@ -343,6 +343,7 @@ def test_run_comparison_overlays_a_run_directory_and_a_trainer(trainer, tmp_path
     comparison.reload_button.click()
     assert len(smoothed[1].x) == 2
     assert len(closed.distinct_records) == 1  # a closed panel no longer listens to the trainer
+    comparison.close()  # stops following the run directory
     with pytest.raises(TypeError, match="run=int"):
         RunComparison([3])
 

@@ -1,7 +1,8 @@
 """The UI layer: ipywidgets + plotly dashboards that draw what a ``workbench.Trainer`` recorded.
 
 It imports ``workbench``; the engine never imports it, and no widget recomputes the model:
-each draws the trainer's history, its last batch and the phases it announces.
+each draws the trainer's history, its last batch and the phases it announces, or what a run
+directory holds.
 
     TrainingDashboard(trainer)     buttons, live reward / entropy / KL / diversity figures
     TokenView(batch)               token strips coloured by a per-token value, pivots outlined
@@ -10,6 +11,9 @@ each draws the trainer's history, its last batch and the phases it announces.
     DiversityPanel(trainer)        pass@k curves, strategy histograms, similarity, distinct-n
     HyperparameterPanel(trainer)   change live settings, fork a run with new ones
     RunComparison(runs)            overlay the metrics of several trainers or run directories
+
+``TrainingDashboard``, ``TokenView``, ``DiversityPanel`` and ``RunComparison`` also take a run
+directory (a str or Path) and follow it while another process writes it (``following.py``).
 """
 
 from __future__ import annotations

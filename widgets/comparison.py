@@ -1,17 +1,20 @@
-"""RunComparison: one metric of several runs overlaid, from trainers or run directories."""
+"""RunComparison: one metric of several runs overlaid, from trainers or run directories, the
+directories followed live while other processes write them."""
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import ipywidgets as w
 import pandas as pd
 
+from workbench.run_follower import RunFollower
 from workbench.store import RunStore
 
-from ._live import FULL_WIDTH, downsample, esc, metric_title, set_status, status_line, step_ticks
+from ._live import FULL_WIDTH, Every, downsample, esc, metric_title, set_status, status_line, step_ticks
+from .following import FOLLOW_INTERVAL, is_run_directory
 from .live_figure import LiveFigure
 from .style import panel_layout, run_color
 
@@ -21,16 +24,21 @@ class RunComparison(w.VBox):
     has, and an exponential-moving-average smoothing slider (0 = raw).
 
     ``runs``: trainers (their ``history``) and run directories (their ``metrics.jsonl``), as a
-    list (labelled by method and directory name) or a {label: run} mapping. Reload re-reads them.
+    list (labelled by method and directory name) or a {label: run} mapping. Run directories are
+    followed (``workbench.run_follower.RunFollower``, which never locks or writes them): polled
+    every ``interval`` seconds, or at once by ``poll()``; the status line says where each is.
+    Reload re-reads every run, trainers included; ``close()`` stops following.
     """
 
+    _timer: Every | None = None
+
     def __init__(self, runs: Sequence | Mapping, metric: str = "reward_mean", smoothing: float = 0.0,
-                 max_points: int = 2000):
+                 max_points: int = 2000, interval: float = FOLLOW_INTERVAL):
         items = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
         if not items:
             raise ValueError("runs=[] is not allowed: pass at least one trainer or run directory")
         for _, run in items:
-            if not isinstance(run, (str, Path)) and not hasattr(run, "history"):
+            if not is_run_directory(run) and not hasattr(run, "history"):
                 raise TypeError(f"run={type(run).__name__} is not allowed: a workbench Trainer or a run directory "
                                 "(str or Path)")
         self.runs = items
@@ -38,6 +46,10 @@ class RunComparison(w.VBox):
                                for i, (label, run) in enumerate(items)])
         self.max_points = max_points
         self.frames: dict[str, pd.DataFrame] = {}
+        self.followers: dict[str, RunFollower] = {}  # the run directories, by label
+        self.error: Exception | None = None  # of the last poll
+        self._rows: dict[str, list[dict]] = {}  # the rows each followed directory has had
+        self._polling = threading.Lock()  # the timer's polls, direct ones and reloads, one at a time
         self.metric = w.Dropdown(description="metric", layout=w.Layout(width="360px"))
         self.smoothing = w.FloatSlider(value=smoothing, min=0.0, max=0.99, step=0.01, description="smoothing",
                                        tooltip="exponential moving average weight (0 = raw values)",
@@ -57,10 +69,56 @@ class RunComparison(w.VBox):
         self.metric.observe(lambda _: self._draw(), names="value")
         self.smoothing.observe(lambda _: self._draw(), names="value")
         super().__init__([w.HBox([self.metric, self.smoothing, self.reload_button]), self.status, self.figure])
+        if self.followers:
+            self._timer = Every(interval, self._tick, "RunComparison")
 
     def reload(self, metric: str | None = None) -> None:
-        """Read every run again; keep the selected metric (or select ``metric``) if all have it."""
-        self.frames = {label: _numeric(_metrics(run)) for label, (_, run) in zip(self.labels, self.runs)}
+        """Read every run again from its start; keep the selected metric (or select ``metric``) if
+        all have it."""
+        with self._polling:
+            self.followers = {label: RunFollower(run) for label, (_, run) in zip(self.labels, self.runs)
+                              if is_run_directory(run)}
+            self._rows = {label: [] for label in self.followers}
+            self.frames = {label: pd.DataFrame() if label in self.followers else _numeric(run.history)
+                           for label, (_, run) in zip(self.labels, self.runs)}
+            self._poll_directories()
+        self._select(metric)
+
+    def poll(self) -> None:
+        """Read what each run directory wrote since the last poll, and draw it."""
+        with self._polling:
+            try:
+                changed = self._poll_directories()
+                self.error = None
+            except Exception as error:
+                self.error = error
+                raise
+            finally:
+                self._show_status()
+        if changed:
+            self._select(None)
+
+    def _tick(self) -> None:
+        try:
+            self.poll()
+        except Exception:  # shown in the status line by poll(); the next poll tries again
+            pass
+
+    def _poll_directories(self) -> bool:
+        """Add each directory's new rows to its frame; whether any frame changed."""
+        changed = False
+        for label, follower in self.followers.items():
+            update = follower.poll()
+            if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
+                self._rows[label] = []
+            if update.rows or update.restarted:
+                self._rows[label] += update.rows
+                self.frames[label] = _numeric(pd.DataFrame(self._rows[label]))
+                changed = True
+        return changed
+
+    def _select(self, metric: str | None) -> None:
+        """Offer the metrics every run has; keep the selected one (or select ``metric``); draw."""
         filled = [f for f in self.frames.values() if len(f)]
         common = [c for c in filled[0].columns if c != "step" and all(c in f for f in filled[1:])] if filled else []
         want = metric or self.metric.value
@@ -92,12 +150,27 @@ class RunComparison(w.VBox):
                 smooth.x, smooth.y = downsample(steps, values, self.max_points)
             self.figure.layout.yaxis.title.text = metric_title(metric) if metric else ""
             self.figure.layout.xaxis.update(step_ticks(drawn_steps))
-        empty = [label for label, f in self.frames.items() if not len(f)]
-        if metric is None:
-            set_status(self.status, "no metric common to every run", error=True)
-        else:
-            waiting = f"; no steps yet: {', '.join(empty)}" if empty else ""
-            set_status(self.status, f"{len(self.labels)} runs{waiting}")
+        self._show_status()
+
+    def _show_status(self) -> None:
+        """How many runs, where each followed directory is, and what is wrong."""
+        parts = [f"{len(self.labels)} runs"]
+        parts += [f"{label}: {follower.describe()}" for label, follower in self.followers.items()]
+        empty = [label for label, f in self.frames.items() if not len(f) and label not in self.followers]
+        if empty:
+            parts.append(f"no steps yet: {', '.join(empty)}")
+        problem = "no metric common to every run" if self.metric.value is None and any(
+            len(f) for f in self.frames.values()) else None
+        if self.error is not None:
+            problem = f"{type(self.error).__name__}: {self.error}"
+        set_status(self.status, "; ".join(parts + ([problem] if problem else [])), error=problem is not None)
+
+    def close(self) -> None:
+        """Stop following the run directories, and close the widget."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().close()
 
 
 def ema(values: Sequence[float], weight: float) -> list[float]:
@@ -113,12 +186,6 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
-def _metrics(run) -> pd.DataFrame:
-    if isinstance(run, (str, Path)):
-        return pd.DataFrame(RunStore(run).read_metrics())
-    return run.history
-
-
 def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
     """The numeric columns: metrics.jsonl stores NaN as null and infinities as "inf" strings."""
     out = frame.apply(pd.to_numeric, errors="coerce")
@@ -127,8 +194,10 @@ def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _label(run, index: int) -> str:
     """Method and run directory name, e.g. ``eepo · run-3``."""
-    if isinstance(run, (str, Path)):
-        return f"{RunStore(run).config().method} · {Path(run).name}"
+    if is_run_directory(run):  # a run not started yet has no config to name its method
+        store = RunStore(run)
+        started = (store.dir / "config.yaml").exists()
+        return f"{store.config().method} · {store.dir.name}" if started else store.dir.name
     store = getattr(run, "store", None)
     return f"{run.cfg.method} · {store.dir.name if store is not None else f'run {index}'}"
 

@@ -1,14 +1,21 @@
-"""The dashboard's four figures: which history columns each draws, in which colour, and how.
+"""The dashboard's four figures: which history columns each draws, in which colour, and how;
+and ``DashboardDrawing``, which draws a history into them.
 
 A series is (column, legend name, colour, dash, secondary y). Colours are the quantities of
 ``style.QUANTITY``: reward blue, entropy green, KL purple, diversity orange."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
+import numpy as np
 from plotly.subplots import make_subplots
 
+from workbench.metrics import fit_reward_entropy
+from workbench.metrics.entropy import FIT_MIN_POINTS
+
 from .live_figure import LiveFigure
-from .style import BLACK, GREY, MODES, ORANGE, PURPLE, QUANTITY, STAGES, STATES, panel_layout, rgba
+from .style import BLACK, FONT_SIZE, GREY, MODES, ORANGE, PURPLE, QUANTITY, STAGES, STATES, panel_layout, rgba
 
 SERIES = {
     "reward": [
@@ -46,6 +53,8 @@ TITLES = {
     "diversity": ("diversity per group", "count per group"),
 }
 COLUMNS = ("step", *BAND, *(c for specs in (*SERIES.values(), *OPTIONAL.values()) for c, *_ in specs))
+# below this share of the reward's variance explained, the fit is not extrapolated to a ceiling
+FIT_MIN_R2 = 0.5
 # two panels side by side in a tab fit a 1,366-px laptop screen with JupyterLab's side bar folded
 PANEL = {"width": 580, "height": 330}
 
@@ -87,3 +96,84 @@ def add_series(fig: LiveFigure, spec) -> None:
     else:
         fig.add_scatter(**trace)
 
+
+class DashboardDrawing:
+    """The dashboard's drawing: ``history`` (and ``skipped``) into ``figures``, and the fit of the
+    reward on the entropy. A mixin of ``TrainingDashboard``, which holds those attributes and
+    ``fit_control`` / ``fit_line``."""
+
+    def trace(self, column: str):
+        """The trace that draws a history column (``meta`` holds the column name)."""
+        for fig in self.figures.values():
+            for trace in fig.data:
+                if trace.meta == column:
+                    return trace
+        raise KeyError(f"column={column!r} has no trace; drawn: "
+                       f"{', '.join(t.meta for f in self.figures.values() for t in f.data)}")
+
+    def _draw(self) -> None:
+        h = self.history
+        x = h.array("step")
+        # integer step ticks while there are few steps (plotly would tick 0.5, 1.5, ...)
+        dtick = 1 if len(h) and x[-1] - x[0] < 10 else None
+        for name, fig in self.figures.items():
+            drawn = {t.meta for t in fig.data}
+            with fig.batch_update():
+                fig.layout.xaxis.dtick = dtick
+                for spec in OPTIONAL.get(name, []):
+                    if spec[0] in h.present and spec[0] not in drawn:
+                        add_series(fig, spec)
+                for trace in fig.data:
+                    if trace.meta in h.columns:
+                        trace.x, trace.y = x, h.array(trace.meta)
+        self._draw_skips()
+        self._label_reward()
+        self._draw_fit(x)
+
+    def _label_reward(self) -> None:
+        """With 0/1 rewards (countdown) accuracy is the reward: one line, named for both, instead
+        of the accuracy line hiding the reward line under it."""
+        h = self.history
+        same = "accuracy" in h.present and np.allclose(h.array("accuracy"), h.array("reward_mean"), equal_nan=True)
+        with self.figures["reward"].batch_update():
+            self.trace("reward_mean").name = "reward = accuracy (0/1 rewards)" if same else "reward (mean)"
+            if "accuracy" in h.present:
+                self.trace("accuracy").visible = not same
+
+    def _note_skips(self, records: Iterable[Mapping]) -> None:
+        for record in records:
+            if record.get("skipped"):  # the trainer's flag: this step's update was not applied
+                reward = record.get("reward_mean")
+                self.skipped.append((int(record["step"]), float("nan") if reward is None else float(reward)))
+
+    def _draw_skips(self) -> None:
+        marker = self.trace("skipped_update")
+        with self.figures["reward"].batch_update():
+            marker.visible = bool(self.skipped)
+            marker.x, marker.y = [s for s, _ in self.skipped], [r for _, r in self.skipped]
+
+    def _draw_fit(self, x: np.ndarray) -> None:
+        h = self.history
+        self.fit = fit_reward_entropy(h.array("entropy_mean"), h.array("reward_mean")) if len(h) else None
+        meaningful = self.fit is not None and self.fit["r2"] >= FIT_MIN_R2
+        ceiling = self.trace("fit_ceiling")
+        show = self.fit_control.value and meaningful
+        with self.figures["reward"].batch_update():
+            ceiling.visible = show
+            if show:
+                ceiling.x, ceiling.y = [x[0], x[-1]], [self.fit["ceiling"]] * 2
+        self.fit_line.value = _small(self._fit_text()) if self.fit_control.value else ""
+
+    def _fit_text(self) -> str:
+        f = self.fit
+        if f is None:
+            return f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies"
+        if f["r2"] < FIT_MIN_R2:
+            return (f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
+                    f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})")
+        return (f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
+                f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
+
+
+def _small(text: str) -> str:
+    return f"<div style='font-size:{FONT_SIZE - 1}px;color:#333'>{text}</div>"

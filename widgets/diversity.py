@@ -3,7 +3,8 @@ responses, and distinct-n over steps.
 
 Everything drawn comes from the trainer: ``trainer.evaluate`` (the Evaluate button, or results
 handed to ``show_pass_at_k``), ``trainer.last_batch`` and the batches announced by its
-``metrics`` phase. Distinct-n is text statistics of recorded completions, never a model pass.
+``metrics`` phase; or from a run directory: its eval.json and rollouts files. Distinct-n is text
+statistics of recorded completions, never a model pass.
 """
 
 from __future__ import annotations
@@ -16,36 +17,48 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from workbench import metrics
+from workbench.batch import RolloutBatch
 from workbench.tasks import is_success
 
 from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
                     update_prompt_selector)
+from .following import FOLLOW_INTERVAL, RunWatch, is_run_directory
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, OKABE_ITO, SEQUENTIAL, panel_layout, series_color
 
 CORRECT_COLOR, INCORRECT_COLOR = OKABE_ITO[2], OKABE_ITO[3]
 SPLIT_DASHES = ("solid", "dash", "dot", "dashdot")
 UNPARSED = "(unparsed)"
+FILES_PER_POLL = 8  # rollouts files a poll reads: a long run's history fills in without blocking the panel
 
 
 class DiversityPanel(w.VBox):
     """pass@k curves per split, strategy histogram and similarity heatmap of one prompt's group
-    in the last batch, and distinct-n over steps.
+    in the last batch, and distinct-n over steps, of ``source``: a trainer, or a run directory
+    (a str or Path) another process writes.
 
-    ``splits`` are evaluated by the Evaluate button with the panel's samples-per-prompt and
-    prompts settings; ``distinct_ns`` are the n of distinct-n (the mean over groups of each
-    group's distinct-n); ``redraw_interval`` seconds throttles the live redraws.
+    A trainer: ``splits`` are evaluated by the Evaluate button with the panel's samples-per-prompt
+    and prompts settings. A run directory: followed every ``interval`` seconds (``poll()`` at
+    once); pass@k is what its eval.json records (``workbench eval RUN_DIR`` adds to it), the last
+    batch is its newest rollouts file, and distinct-n is read from every rollouts file, the newest
+    first, ``FILES_PER_POLL`` a poll. ``distinct_ns`` are the n of distinct-n (the mean over groups
+    of each group's distinct-n); ``redraw_interval`` seconds throttles the live redraws.
     """
 
-    def __init__(self, trainer, splits: Sequence[str] = ("test", "ood"), n_samples: int = 8, num_prompts: int = 16,
-                 distinct_ns: Sequence[int] = (1, 2, 3), redraw_interval: float = 0.5, max_points: int = 2000):
-        self.trainer = trainer
+    watch: RunWatch | None = None
+
+    def __init__(self, source, splits: Sequence[str] = ("test", "ood"), n_samples: int = 8, num_prompts: int = 16,
+                 distinct_ns: Sequence[int] = (1, 2, 3), redraw_interval: float = 0.5, max_points: int = 2000,
+                 interval: float = FOLLOW_INTERVAL):
+        self.trainer = None if is_run_directory(source) else source
         self.splits = tuple(splits)
         self.distinct_ns = tuple(distinct_ns)
         self.max_points = max_points
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.distinct_records: list[dict[str, float]] = []
-        self._batch, self._batch_step = trainer.last_batch, trainer.step_index - 1
+        self._batch, self._batch_step = (None, -1) if self.trainer is None else (
+            source.last_batch, source.step_index - 1)
+        self._backlog: list[int] = []  # steps of a followed run whose rollouts are still to be read
 
         self.n_samples = w.IntText(value=n_samples, description="samples / prompt",
                                    style={"description_width": "initial"}, layout=w.Layout(width="190px"))
@@ -55,10 +68,7 @@ class DiversityPanel(w.VBox):
         self.evaluate_button = w.Button(description="Evaluate", button_style="primary", icon="play",
                                         tooltip=f"pass@k of the current policy on {', '.join(self.splits)}")
         self.evaluate_button.on_click(lambda _: self.evaluate())
-        self.status = status_line()
-
         self.passk_figure = _passk_figure()
-
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_group(), names="value")
         self.prompt_text = w.HTML()
@@ -69,13 +79,22 @@ class DiversityPanel(w.VBox):
         if self._batch is not None:  # a trainer that has already stepped
             self._record(self._batch_step, self._batch)
         self._throttle = Throttle(self._redraw, redraw_interval)
-        self._unsubscribe = trainer.subscribe(self._on_phase)
+        if self.trainer is not None:
+            self._unsubscribe = self.trainer.subscribe(self._on_phase)
+            self.status = status_line()
+            evaluation = w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button])
+        else:
+            self._unsubscribe = None
+            self.watch = RunWatch(source, self._on_run_update, interval=interval, detail=self._backlog_text,
+                                  name="DiversityPanel")
+            self.status = self.watch.status
+            evaluation = w.HTML("the run's evaluations (its eval.json: <code>workbench eval RUN_DIR</code> adds one)")
         self._redraw()
         self._draw_pass_at_k()
 
         super().__init__([
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>pass@k</b>"),
-            w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button]),
+            evaluation,
             self.status,
             self.passk_figure,
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>one prompt of the last batch</b>"),
@@ -84,11 +103,16 @@ class DiversityPanel(w.VBox):
             w.HBox([self.strategy_figure, self.similarity_figure]),
             self.distinct_figure,
         ])
+        if self.watch is not None:
+            self.watch.start()
 
     # --- pass@k -----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Run ``trainer.evaluate`` on each split with the panel's settings and add the curves
         under the panel's label; returns {split: result}, or {} when a setting is invalid."""
+        if self.trainer is None:
+            raise RuntimeError(f"this panel follows {self.watch.follower.dir}, with no policy to evaluate: "
+                               "`workbench eval RUN_DIR` evaluates its last checkpoint into eval.json, shown here")
         n, prompts = self.n_samples.value, self.num_prompts.value
         for name, value in (("samples / prompt", n), ("prompts", prompts)):
             if value < 1:
@@ -151,16 +175,50 @@ class DiversityPanel(w.VBox):
         self._throttle()
 
     def _record(self, step: int, batch) -> None:
+        """Distinct-n of a step's batch, in the step order (a step recorded again is replaced)."""
         groups = [[batch.text[i] for i in rows.tolist()] for rows in batch.group_rows()]
         record = {"step": step}
         for n in self.distinct_ns:
             record[f"distinct_{n}"] = sum(metrics.distinct_n(texts, n) for texts in groups) / len(groups)
-        self.distinct_records.append(record)
+        kept = [r for r in self.distinct_records if r["step"] != step]
+        self.distinct_records = sorted([*kept, record], key=lambda r: r["step"])
 
     def refresh(self) -> None:
-        """Redraw from the trainer's last batch now (the live redraws are throttled)."""
+        """Redraw now (the live redraws are throttled), from the trainer's last batch or with what
+        the followed run directory wrote since the last poll."""
+        if self.trainer is None:
+            self.poll()
+            return
         self._batch, self._batch_step = self.trainer.last_batch, self.trainer.step_index - 1
         self._throttle.flush()
+
+    # --- a followed run directory ------------------------------------------------------------
+    def poll(self) -> None:
+        """Read what the followed run directory wrote since the last poll, and draw it now."""
+        if self.watch is None:
+            raise RuntimeError("this panel draws a trainer, not a run directory: refresh() redraws its last batch")
+        self.watch.poll()
+        self._throttle.flush()
+
+    def _on_run_update(self, update) -> None:
+        """Evaluations and rollouts a poll found: the newest rollouts file first, the rest a few a poll."""
+        if update.restarted:  # resumed from an earlier checkpoint: the steps after it are gone
+            self.distinct_records, self._backlog, self._batch, self._batch_step = [], [], None, -1
+        if update.evaluations is not None:
+            self.show_pass_at_k(update.evaluations)
+        self._backlog = sorted({*self._backlog, *update.rollout_steps})
+        reading = self._backlog[-FILES_PER_POLL:]
+        for step in reversed(reading):
+            batch = RolloutBatch.from_frame(self.watch.follower.rollouts(step))
+            self._record(step, batch)
+            if step >= self._batch_step:
+                self._batch, self._batch_step = batch, step
+        del self._backlog[len(self._backlog) - len(reading):]
+        if reading or update.restarted:
+            self._throttle()
+
+    def _backlog_text(self) -> str:
+        return f"distinct-n: rollouts of {len(self._backlog)} earlier steps still to read" if self._backlog else ""
 
     def _redraw(self) -> None:
         update_prompt_selector(self.prompt, self._batch)
@@ -176,7 +234,8 @@ class DiversityPanel(w.VBox):
     def _draw_group(self) -> None:
         batch, rows = self._batch, self.group_rows()
         if not rows:
-            self.prompt_text.value = "<i>no batch yet: take a training step</i>"
+            self.prompt_text.value = ("<i>no batch yet: take a training step</i>" if self.trainer is not None
+                                      else "<i>no rollouts recorded yet</i>")
             return
         problem = batch.problems[self.prompt.value]
         key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
@@ -208,8 +267,11 @@ class DiversityPanel(w.VBox):
             self.distinct_figure.layout.xaxis.update(step_ticks(steps))
 
     def close(self) -> None:
-        """Stop listening to the trainer and close the widget."""
-        self._unsubscribe()
+        """Stop listening to the trainer, or following the run directory, and close the widget."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self.watch is not None:
+            self.watch.close()
         self._throttle.cancel()
         super().close()
 

@@ -1,29 +1,26 @@
 """TokenView: the responses of one prompt as token strips coloured by a recorded per-token value.
 
 Every value comes from the ``RolloutBatch`` (entropy, behaviour log-prob, token advantage,
-ERPO gate, Policy Split bonus): nothing is recomputed. Model text is untrusted: every
-token, prompt, answer and strategy goes through ``html.escape`` before it reaches the page.
-
-Tokens are shown as readable text (``display_token``), the same in the strip and in the hover:
-every space as a faint ``␣``, a newline as ``↵`` followed by a line break in the strip, a tab as
-``⇥``; other invisible characters as ``<U+200B>``; the bytes of a character that a byte-level
-BPE split over several tokens as ``<0xF0>`` (the hover gives the character they make
-together); special tokens (``<|im_end|>``) boxed and in italics.
+ERPO gate, Policy Split bonus), or from a run directory's rollouts files: nothing is
+recomputed. Model text is untrusted: every token, prompt, answer and strategy goes through
+``html.escape`` before it reaches the page. How a token reads is ``token_text``.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
-from dataclasses import dataclass
 
 import ipywidgets as W
 import numpy as np
 from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
 
+from workbench.batch import RecordedTokens, RolloutBatch
+
 from ._live import update_prompt_selector
+from .following import FOLLOW_INTERVAL, RunWatch, is_run_directory
 from .style import DIVERGING, FONT_SIZE, PIVOT_OUTLINE, SEQUENTIAL, TOKEN_VALUES
+from .token_text import ShownToken, TokenDecoder, display_token  # noqa: F401 (display_token: also read from here)
 
 CSS = f"""
 .wb-tokens {{ font-size:{FONT_SIZE}px; line-height:1.9; }}
@@ -40,8 +37,6 @@ CSS = f"""
 .wb-byte {{ opacity:0.8; font-size:0.8em; }}
 .wb-special {{ border:1px solid currentColor; border-radius:3px; padding:0 2px; font-style:italic; font-size:0.85em; }}
 """
-# visible stand-ins for characters that would otherwise vanish inside a strip
-VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 NEWLINE_BREAKS = 2  # at most this many line breaks drawn after a token that holds newlines
 LUT_SIZE = 256
 
@@ -94,133 +89,6 @@ class ColorScale:
 def _luminance(rgb: str) -> float:
     r, g, b = (c / 255 for c in unlabel_rgb(rgb))
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet, character -> byte: a printable character stands for each
-    byte (``Ġ`` for a space, ``Ċ`` for a newline), so a piece that splits a character still maps
-    back to its bytes."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    moved = [b for b in range(256) if b not in kept]
-    return {**{chr(b): b for b in kept}, **{chr(256 + i): b for i, b in enumerate(moved)}}
-
-
-BYTE_DECODER = _byte_decoder()
-_BYTE_PIECES = re.compile(r"(?:<0x[0-9A-Fa-f]{2}>)+")  # SentencePiece byte fallback: <0xE2>
-_Segment = tuple[str, str]  # (text, "" | "mark" | "byte"): plain text, a stand-in, a byte
-
-
-def _text_segments(text: str) -> list[_Segment]:
-    """Text with its invisible characters replaced by marks."""
-    out: list[_Segment] = []
-    for ch in text:
-        if ch in VISIBLE:
-            out.append((VISIBLE[ch], "mark"))
-        elif ch == "\ufffd" or not ch.isprintable():
-            out.append((f"<U+{ord(ch):04X}>", "mark"))
-        elif out and out[-1][1] == "":
-            out[-1] = (out[-1][0] + ch, "")
-        else:
-            out.append((ch, ""))
-    return out
-
-
-def _bytes_segments(data: bytes) -> list[_Segment]:
-    """UTF-8 bytes as text, each byte that is not part of a whole character as ``<0xF0>``."""
-    out: list[_Segment] = []
-    i = 0
-    while i < len(data):
-        for n in range(1, 5):  # UTF-8 is prefix-free: the shortest prefix that decodes is one character
-            try:
-                out += _text_segments(data[i:i + n].decode("utf-8"))
-                i += n
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            out.append((f"<0x{data[i]:02X}>", "byte"))
-            i += 1
-    return out
-
-
-def _token_segments(tokenizer, token_id: int) -> tuple[list[_Segment], str, int]:
-    """(segments, kind, newlines) of one token; see ``display_token``."""
-    if tokenizer is None:
-        return [(f"⟨{token_id}⟩", "")], "text", 0
-    try:
-        piece = tokenizer.convert_ids_to_tokens(token_id)
-    except (AttributeError, TypeError, ValueError, IndexError, OverflowError):
-        piece = None
-    piece = piece if isinstance(piece, str) else None
-    if token_id in set(getattr(tokenizer, "all_special_ids", None) or ()):
-        return _text_segments(piece or tokenizer.decode([token_id])) or [("∅", "mark")], "special", 0
-    text = tokenizer.decode([token_id])
-    if "\ufffd" in text and (piece is None or "\ufffd" not in piece):  # part of a multi-byte character
-        if piece and _BYTE_PIECES.fullmatch(piece):  # SentencePiece byte fallback
-            segments = [(piece.upper().replace("0X", "0x"), "byte")]
-        elif piece and all(c in BYTE_DECODER for c in piece):  # byte-level BPE: the piece's own bytes
-            segments = _bytes_segments(bytes(BYTE_DECODER[c] for c in piece))
-        else:  # no way back to the bytes: say which characters were cut
-            segments = [(s, k) if s != "<U+FFFD>" else ("<0x?>", "byte") for s, k in _text_segments(text)]
-        kind = "bytes" if any(k == "byte" for _, k in segments) else "text"
-        return segments, kind, text.count("\n")
-    if piece and piece[0] in "Ġ▁" and not text.startswith(" "):  # a single-token decode dropped the space
-        text = " " + text
-    return _text_segments(text) or [("∅", "mark")], "text", text.count("\n")
-
-
-def display_token(tokenizer, token_id: int) -> tuple[str, str]:
-    """How a token reads on the page: ``(text, kind)``, kind one of "text", "special", "bytes".
-
-    Spaces, newlines and tabs become ``␣ ↵ ⇥`` (other invisible characters ``<U+200B>``, an
-    empty token ``∅``), so ``" world"`` reads ``␣world``. A token that holds only part of a
-    multi-byte character (it decodes to U+FFFD alone) shows the bytes it cannot complete,
-    ``<0xF0><0x9F>``: kind "bytes". Special tokens (``tokenizer.all_special_ids``) read as
-    their piece, ``<|im_end|>``: kind "special". No tokenizer: the id, ``⟨17⟩``. The text is
-    plain, not HTML-escaped."""
-    segments, kind, _ = _token_segments(tokenizer, int(token_id))
-    return "".join(s for s, _ in segments), kind
-
-
-@dataclass(frozen=True)
-class ShownToken:
-    text: str  # plain readable text (display_token)
-    kind: str  # "text", "special" or "bytes"
-    html: str  # escaped, stand-ins in a faint style, special tokens boxed
-    newlines: int  # newlines in the token's text: line breaks to draw after it
-
-    def label(self) -> str:
-        """The plain text for a hover, the kind named when it is not plain text."""
-        return self.text + {"special": " (special)", "bytes": " (bytes)"}.get(self.kind, "")
-
-
-def _segments_html(segments: list[_Segment], kind: str) -> str:
-    inner = "".join(html.escape(s) if not k else f"<span class='wb-{k}'>{html.escape(s)}</span>"
-                    for s, k in segments)
-    return f"<span class='wb-special'>{inner}</span>" if kind == "special" else inner
-
-
-class TokenDecoder:
-    """Token id -> ``ShownToken`` (readable text, kind, HTML), cached; ids in angle brackets
-    when there is no tokenizer."""
-
-    def __init__(self, tokenizer=None):
-        self.tokenizer = tokenizer
-        self._cache: dict[int, ShownToken] = {}
-
-    def __call__(self, token_id: int) -> ShownToken:
-        shown = self._cache.get(token_id)
-        if shown is None:
-            segments, kind, newlines = _token_segments(self.tokenizer, int(token_id))
-            shown = ShownToken("".join(s for s, _ in segments), kind, _segments_html(segments, kind), newlines)
-            self._cache[token_id] = shown
-        return shown
-
-    def joined(self, ids: list[int]) -> str:
-        """Several tokens decoded together, readable: the characters a run of byte pieces makes."""
-        if self.tokenizer is None:
-            return ""
-        return "".join(s if s != "<U+FFFD>" else "<0x?>" for s, _ in _text_segments(self.tokenizer.decode(list(ids))))
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -282,7 +150,7 @@ def token_strip(batch, row: int, decode: TokenDecoder, value: str, values: dict,
         if t in runs:
             start, end = runs[t]
             head += f"\nbytes of a character split over tokens {start + 1}-{end}: {decode.joined(ids[start:end])}"
-        title = f"{head}\n{described}\ntop-{len(top_ids[t])}:{alternatives}"
+        title = f"{head}\n{described}" + (f"\ntop-{len(top_ids[t])}:{alternatives}" if top_ids[t] else "")
         css = "wb-token wb-pivot" if pivots[t] else "wb-token"
         spans.append(f"<span class='{css}' style='background:{background};color:{color}' "
                      f"data-value='{shown:.6g}' title='{html.escape(title)}'>{token.html}</span>"
@@ -295,8 +163,9 @@ MARKS_KEY = ("<span>· <span class='wb-mark'>␣</span> space <span class='wb-ma
              "character · <span class='wb-special'>&lt;|special|&gt;</span> special token</span>")
 
 
-def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True) -> str:
-    """The colour bar, the pivot outline and (``marks``) the key to how tokens are written."""
+def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True, top_k: int = 5) -> str:
+    """The colour bar, the pivot outline and (``marks``) the key to how tokens are written;
+    ``top_k``: the alternatives each token's hover lists (0: a recorded step, which has none)."""
     label, unit, _ = TOKEN_VALUES[value]
     unit = f" ({unit})" if unit else ""
     return (f"<div class='wb-legend'><span>colour = {html.escape(label)}{html.escape(unit)}:</span>"
@@ -304,28 +173,89 @@ def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True) ->
             f"<span>{scale.high:.3g}</span>"
             f"<span class='wb-token wb-pivot' style='background:#fff'>pivot</span> outlined"
             f"{MARKS_KEY if marks else ''}"
-            f"<span>· hover a token for its values and top-5 alternatives{html.escape(note)}</span></div>")
+            f"<span>· hover a token for its values{f' and top-{top_k} alternatives' if top_k else ''}"
+            f"{html.escape(note)}</span></div>")
 
 
 class TokenView(W.VBox):
     """The responses of one prompt of a ``RolloutBatch`` as stacked token strips.
 
-    ``source`` is a batch or a Trainer (its ``last_batch`` and tokenizer). ``value`` colours
-    the tokens: one of the per-token values the batch holds (``token_values``)."""
+    ``source`` is a batch, a Trainer (its ``last_batch`` and tokenizer), or a run directory (a str
+    or Path) another process writes: then the view follows it (polled every ``interval`` seconds,
+    ``poll()`` at once) and shows the newest step's rollouts file, with a step selector that grows
+    as steps arrive (pick an older step to stay on it); tokens read as the run recorded them
+    unless a ``tokenizer`` is given. ``value`` colours the tokens: one of the per-token values
+    the batch holds (``token_values``). ``close()`` stops following."""
 
-    def __init__(self, source, tokenizer=None, value: str = "entropy", prompt: int = 0):
+    def __init__(self, source, tokenizer=None, value: str = "entropy", prompt: int = 0,
+                 interval: float = FOLLOW_INTERVAL):
         self.tokenizer = tokenizer
         self._source = source
         self.prompt_control = W.Dropdown(description="prompt", layout=W.Layout(width="420px"))
         self.value_control = W.Dropdown(description="colour by", layout=W.Layout(width="300px"))
         self.legend = W.HTML()
         self.strips = W.HTML()
-        super().__init__([W.HBox([self.prompt_control, self.value_control]), self.legend, self.strips])
+        self.watch: RunWatch | None = None
+        controls, head = [self.prompt_control, self.value_control], []
+        if is_run_directory(source):
+            self.watch = RunWatch(source, self._on_run_update, interval=interval, name="TokenView")
+            self.step_control = W.Dropdown(description="step", layout=W.Layout(width="180px"))
+            self.step_control.observe(lambda change: self.show_step(change["new"]), names="value")
+            controls, head = [self.step_control, *controls], [self.watch.status]
+            self._given_tokenizer, self._first = tokenizer, {"value": value, "prompt": prompt}
+        super().__init__([*head, W.HBox(controls), self.legend, self.strips])
         self.add_class("wb-token-view")  # a stable hook for styling and browser tests
         self._updating = False
         self.prompt_control.observe(self._on_control, names="value")
         self.value_control.observe(self._on_control, names="value")
-        self.update(source, value=value, prompt=prompt)
+        if self.watch is None:
+            self.update(source, value=value, prompt=prompt)
+        else:
+            self.batch = self.shown_step = None
+            self.render()
+            self.watch.start()
+
+    # --- a followed run directory --------------------------------------------------------------
+    def poll(self) -> None:
+        """Read what the followed run directory wrote since the last poll, and show it."""
+        if self.watch is None:
+            raise RuntimeError("this view shows a batch or a trainer, not a run directory: update() shows a new batch")
+        self.watch.poll()
+
+    def _on_run_update(self, update) -> None:
+        """New rollouts files: the newest is shown if the newest was shown (or none yet)."""
+        known = [] if update.restarted else list(self.step_control.options)
+        steps = sorted({*known, *update.rollout_steps})
+        chosen = self.step_control.value
+        stay = known and chosen != known[-1] and chosen in steps  # an older step picked: kept
+        target = chosen if stay else steps[-1] if steps else None
+        self._updating = True  # the options and the choice change together; shown once, below
+        try:
+            self.step_control.options = steps
+            self.step_control.value = target
+        finally:
+            self._updating = False
+        if target is None:
+            self.batch = self.shown_step = None
+            self.render()
+        elif target != self.shown_step or target in update.rollout_steps:  # new, or its file written again
+            self.show_step(target)
+
+    def show_step(self, step: int | None) -> None:
+        """Show the rollouts of ``step`` of the followed run directory."""
+        if self._updating or step is None:
+            return
+        frame = self.watch.follower.rollouts(step)
+        self.tokenizer = self._given_tokenizer or (RecordedTokens(frame) if "tokens" in frame else None)
+        first, self._first = self._first, {}  # the constructor's value and prompt apply to the first step shown
+        self.shown_step = step
+        self.update(RolloutBatch.from_frame(frame), **first)
+
+    def close(self) -> None:
+        """Stop following the run directory, and close the widget."""
+        if getattr(self, "watch", None) is not None:
+            self.watch.close()
+        super().close()
 
     def _on_control(self, _change) -> None:
         if not self._updating:  # update() sets both controls, then renders once
@@ -362,10 +292,14 @@ class TokenView(W.VBox):
     def render(self) -> None:
         """Redraw the strips of the selected prompt, coloured by the selected value."""
         batch, value = self.batch, self.value_control.value
+        if batch is None:
+            self.legend.value, self.strips.value = "", "<i>no rollouts recorded yet</i>"
+            return
         signed = TOKEN_VALUES[value][2]
         scale = ColorScale(self.values[value].float().cpu().numpy(), batch.mask.cpu().numpy(), signed)
         note = "" if self.tokenizer is not None else " (no tokenizer: token ids shown)"
-        self.legend.value = f"<style>{CSS}</style>{legend(value, scale, note, marks=self.tokenizer is not None)}"
+        marks, top_k = self.tokenizer is not None, batch.topk_ids.shape[-1]
+        self.legend.value = f"<style>{CSS}</style>{legend(value, scale, note, marks=marks, top_k=top_k)}"
         group = self.prompt_control.value
         rows = [i for i, g in enumerate(batch.group.tolist()) if g == group]
         body = [f"<div class='wb-prompt'>{html.escape(batch.problems[group].prompt)}</div>"]

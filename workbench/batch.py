@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -169,6 +170,51 @@ class RolloutBatch:
             frame["tokens"] = [self.tokens(i, tokenizer) for i in range(len(self))]
         return frame
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "RolloutBatch":
+        """The batch a rollouts frame (``to_frame``, a rollouts/step-N.parquet) records, to draw a
+        step another process ran. What the file does not hold stays empty: no top-k alternatives
+        (k = 0), no prompt ids, problems without their answer key or verifier data, no method extras."""
+        missing = sorted({"group", "prompt", "completion", "mode", "stage", "token_ids", "entropy", "logprob"}
+                         - set(frame.columns))
+        if missing:
+            raise ValueError(f"a rollouts frame needs the columns {', '.join(missing)}: "
+                             "the frame RolloutBatch.to_frame writes")
+        frame = frame.reset_index(drop=True)
+        lengths = [len(ids) for ids in frame["token_ids"]]
+        n, width = len(frame), max(lengths, default=0)
+
+        def per_token(column: str, dtype: torch.dtype) -> torch.Tensor | None:
+            values = frame[column].tolist() if column in frame else [None] * n
+            if all(v is None for v in values):
+                return None
+            out = torch.zeros((n, width), dtype=dtype)
+            for i, v in enumerate(values):
+                out[i, :lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
+            return out
+
+        first = frame.drop_duplicates("group").set_index("group")
+        ids = per_token("token_ids", torch.long)
+        rewards = _column(frame, "reward", torch.float32)
+        scored = rewards is not None  # before scoring a batch has no answers and no strategies
+        return cls(
+            problems=[Problem(id=str(first.at[g, "problem_id"]) if "problem_id" in first else f"group {g}",
+                              prompt=str(first.at[g, "prompt"])) for g in range(int(frame["group"].max()) + 1)],
+            group=torch.tensor(frame["group"].to_numpy(), dtype=torch.long),
+            prompt_ids=[[] for _ in range(n)],
+            ids=ids if ids is not None else torch.zeros((n, 0), dtype=torch.long),
+            mask=torch.as_tensor([[1] * k + [0] * (width - k) for k in lengths], dtype=torch.long).view(n, width),
+            logprobs=per_token("logprob", torch.float32), entropy=per_token("entropy", torch.float32),
+            topk_ids=torch.zeros((n, width, 0), dtype=torch.long), topk_probs=torch.zeros((n, width, 0)),
+            text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
+            rewards=rewards,
+            answers=frame["answer"].tolist() if scored and "answer" in frame else None,
+            strategies=frame["strategy"].tolist() if scored and "strategy" in frame else None,
+            parsed=_column(frame, "parsed", torch.bool), advantages=_column(frame, "advantage", torch.float32),
+            token_advantages=per_token("token_advantage", torch.float32), gate=per_token("gate", torch.float32),
+            pivots=per_token("pivot", torch.bool),
+        )
+
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     if t.shape[1] == width:
@@ -207,3 +253,28 @@ def micro_batches(lengths: list[int], max_tokens: int, overhead_tokens: int = 25
         runs.append(order[cut[j]:j])
         j = cut[j]
     return runs[::-1]
+
+
+def _column(frame: pd.DataFrame, column: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """One value per row as a tensor; None when the frame has no such column or no value in it."""
+    if column not in frame or frame[column].isna().all():
+        return None
+    return torch.tensor(frame[column].astype(float).to_numpy()).to(dtype)
+
+
+class RecordedTokens:
+    """The text of each token id as a rollouts frame recorded it (its ``tokens`` column, written
+    when the run had a tokenizer): what is needed to show a recorded step's tokens without
+    loading the model's tokenizer. ``decode`` is the one tokenizer method it has; an id the
+    frame never recorded reads ``⟨id⟩``."""
+
+    def __init__(self, frame: pd.DataFrame):
+        if "tokens" not in frame:
+            raise ValueError("the rollouts frame has no tokens column: its run was written without a tokenizer")
+        self.text: dict[int, str] = {}
+        for ids, texts in zip(frame["token_ids"], frame["tokens"]):
+            if texts is not None:
+                self.text.update(zip((int(i) for i in ids), texts))
+
+    def decode(self, ids) -> str:
+        return "".join(self.text.get(int(i), f"⟨{int(i)}⟩") for i in ids)

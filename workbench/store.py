@@ -7,6 +7,7 @@ RUN_DIR/rollouts/step-N.parquet  every response of step N with its token telemet
 RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json
 RUN_DIR/eval.json                evaluations by name ("base", "final", "step-N"), merged, never replaced
 RUN_DIR/.lock                    held (flock) by the one process that writes the run; who, as JSON
+                                 (run_lock.py)
 RUN_DIR/metrics.jsonl.corrupt    damaged metrics lines a resume set aside, with their line numbers
 ```
 
@@ -25,18 +26,13 @@ line number and skipped, never taken as the end of the data: every reader sees t
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import socket
-import sys
-import time
 import warnings
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +41,7 @@ import torch
 from safetensors.torch import load_file
 
 from .config import RunConfig
+from .run_lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
 
 CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.pt", "state.json")
 HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256
@@ -52,10 +49,6 @@ HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records the
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or corrupt; the message names the file."""
-
-
-class RunLockedError(RuntimeError):
-    """Another process (or another trainer in this one) is writing the run directory."""
 
 
 class DamagedMetricsWarning(UserWarning):
@@ -69,39 +62,24 @@ class RunStore:
         self.rollouts_dir = self.dir / "rollouts"
         self.checkpoints_dir = self.dir / "checkpoints"
         self.damaged_lines: list[tuple[int, str]] = []  # (line number, text) of the last read_metrics
-        self._lock_fd: int | None = None
+        self._lock = RunLock(self.dir)
 
     # --- one writer ---------------------------------------------------------------
     def lock(self) -> None:
-        """Take the run's writer lock (an OS lock, released when this process ends or ``unlock``).
-
-        Raises RunLockedError naming the holder when another writer has it."""
-        if self._lock_fd is not None:
+        """Take the run's writer lock (``run_lock.RunLock``: an OS lock, released when this process
+        ends or on ``unlock``). Raises RunLockedError naming the holder when another writer has it."""
+        if self._lock.held:
             return
         self._made_dir = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunLockedError(f"{self.dir} is being written by {_holder(path)}: one process writes a run at a "
-                                 "time. Wait for it to finish or stop it (a stopped run saves itself and can be "
-                                 "resumed); to read the run meanwhile, use workbench eval/report or a widget") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                                 "command": " ".join(sys.argv)[:300]}).encode())
-        self._lock_fd = fd
-        self._release = weakref.finalize(self, os.close, fd)  # a store dropped without unlock() lets go too
+        self._lock.acquire()
 
     def unlock(self) -> None:
         """Let go of the writer lock; a directory ``lock`` created that holds no run is removed again."""
-        if self._lock_fd is None:
+        if not self._lock.held:
             return
-        self._release()
-        self._lock_fd = None
-        if self._made_dir and not self.holds_run() and {p.name for p in self.dir.iterdir()} <= {".lock"}:
+        self._lock.release()
+        if self._made_dir and not self.holds_run() and {p.name for p in self.dir.iterdir()} <= {LOCK_NAME}:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def holds_run(self) -> bool:
@@ -147,7 +125,7 @@ class RunStore:
         if not self.metrics_path.exists():
             self.damaged_lines = []
             return []
-        by_step, self.damaged_lines = _parse_metrics(self.metrics_path.read_bytes())
+        by_step, self.damaged_lines = parse_metrics(self.metrics_path.read_bytes())
         if self.damaged_lines:
             numbers = ", ".join(str(n) for n, _ in self.damaged_lines[:10])
             more = f" and {len(self.damaged_lines) - 10} more" if len(self.damaged_lines) > 10 else ""
@@ -191,9 +169,12 @@ class RunStore:
 
     # --- rollouts -----------------------------------------------------------------
     def write_rollouts(self, step: int, frame: pd.DataFrame) -> Path:
+        """Write rollouts/step-N.parquet whole: into a temporary (which ``rollout_steps`` never
+        lists), then renamed into place, so a reader in another process never sees half a file."""
         path = self.rollouts_dir / f"step-{step}.parquet"
         tmp = path.with_suffix(".parquet.tmp")
         frame.to_parquet(tmp, index=False)
+        _fsync(tmp)  # on disk before the name is, or a crash could leave an empty file under it
         os.replace(tmp, path)
         return path
 
@@ -281,11 +262,12 @@ class Checkpoint:
     state: dict
 
 
-def _parse_metrics(data: bytes) -> tuple[dict[int, dict], list[tuple[int, str]]]:
-    """{step: row} of the lines that are a step's metrics (the later of a step written twice),
-    and (line number, text) of those that are not. Blank lines are neither."""
+def parse_metrics(data: bytes, first_line: int = 1) -> tuple[dict[int, dict], list[tuple[int, str]]]:
+    """{step: row} of the lines of metrics.jsonl in ``data`` that are a step's metrics (the later
+    of a step written twice), and (line number, text) of those that are not, counting lines from
+    ``first_line``. Blank lines are neither."""
     by_step, damaged = {}, []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
         if not raw.strip():
             continue
         text = raw.decode("utf-8", errors="replace")
@@ -298,18 +280,6 @@ def _parse_metrics(data: bytes) -> tuple[dict[int, dict], list[tuple[int, str]]]
         else:
             damaged.append((number, text))
     return by_step, damaged
-
-
-def _holder(lock_path: Path) -> str:
-    """Who holds a run's lock, in words, from what the holder wrote into it."""
-    try:
-        who = json.loads(lock_path.read_text())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who["since"]))
-        mine = " (this process: close the other Trainer with .close(), or restart the kernel)" \
-            if who["pid"] == os.getpid() and who["host"] == socket.gethostname() else ""
-        return f"pid {who['pid']} on {who['host']} since {since}{mine}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 def _read_state(path: Path, step: int) -> dict:

@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. Every error is one line starting ``workbench:`` with exit code 2 (the
     traceback with ``--debug``); Ctrl-C or a SIGTERM stop a run after saving it (exit code 130)."""
     args = parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    # SIGINT too: a shell starts background jobs (`workbench train ... &`, CI) with it ignored
+    stops = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, _interrupt) for signum in stops}
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -296,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"workbench: {_one_line(error)}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _interrupt(signum, frame):

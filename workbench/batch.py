@@ -164,6 +164,9 @@ class RolloutBatch:
                 "token_advantage": per_token(self.token_advantages),
                 "gate": per_token(self.gate),
                 "pivot": per_token(self.pivots),
+                # the top-k alternatives of each token, flattened [length * k] (k = their length / "length")
+                "topk_ids": [self.topk_ids[i, :n].reshape(-1).cpu().numpy() for i, n in enumerate(lengths)],
+                "topk_probs": [self.topk_probs[i, :n].reshape(-1).float().cpu().numpy() for i, n in enumerate(lengths)],
             }
         )
         if tokenizer is not None:
@@ -174,7 +177,8 @@ class RolloutBatch:
     def from_frame(cls, frame: pd.DataFrame) -> "RolloutBatch":
         """The batch a rollouts frame (``to_frame``, a rollouts/step-N.parquet) records, to draw a
         step another process ran. What the file does not hold stays empty: no top-k alternatives
-        (k = 0), no prompt ids, problems without their answer key or verifier data, no method extras."""
+        (k = 0 in a file written before they were recorded), no prompt ids, problems without their
+        answer key or verifier data, no method extras."""
         missing = sorted({"group", "prompt", "completion", "mode", "stage", "token_ids", "entropy", "logprob"}
                          - set(frame.columns))
         if missing:
@@ -203,9 +207,10 @@ class RolloutBatch:
             group=torch.tensor(frame["group"].to_numpy(), dtype=torch.long),
             prompt_ids=[[] for _ in range(n)],
             ids=ids if ids is not None else torch.zeros((n, 0), dtype=torch.long),
-            mask=torch.as_tensor([[1] * k + [0] * (width - k) for k in lengths], dtype=torch.long).view(n, width),
+            mask=torch.as_tensor([[1.0] * k + [0.0] * (width - k) for k in lengths]).view(n, width),  # float, as sampled
             logprobs=per_token("logprob", torch.float32), entropy=per_token("entropy", torch.float32),
-            topk_ids=torch.zeros((n, width, 0), dtype=torch.long), topk_probs=torch.zeros((n, width, 0)),
+            topk_ids=_alternatives(frame, "topk_ids", lengths, width, torch.long),
+            topk_probs=_alternatives(frame, "topk_probs", lengths, width, torch.float32),
             text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
             rewards=rewards,
             answers=frame["answer"].tolist() if scored and "answer" in frame else None,
@@ -214,6 +219,16 @@ class RolloutBatch:
             token_advantages=per_token("token_advantage", torch.float32), gate=per_token("gate", torch.float32),
             pivots=per_token("pivot", torch.bool),
         )
+
+
+def _alternatives(frame: pd.DataFrame, column: str, lengths: list[int], width: int, dtype: torch.dtype) -> torch.Tensor:
+    """[N, T, k] from a frame's flattened per-response top-k column; k = 0 when it has none."""
+    flat = frame[column].tolist() if column in frame else []
+    k = next((len(v) // n for v, n in zip(flat, lengths) if n), 0)
+    out = torch.zeros((len(lengths), width, k), dtype=dtype)
+    for i, (v, n) in enumerate(zip(flat, lengths)):
+        out[i, :n] = torch.as_tensor(np.array(v)).to(dtype).reshape(n, k)
+    return out
 
 
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:

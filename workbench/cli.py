@@ -22,12 +22,13 @@ from pathlib import Path
 import yaml
 
 
-def _overrides(pairs: list[str]) -> dict:
-    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option."""
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
+    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option.
+    (``--trl`` pairs, GRPOConfig fields, are read the same way.)"""
     values = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-3")
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} learning_rate=1e-3")
         key, raw = pair.split("=", 1)
         if key.startswith("method_options."):
             values.setdefault("method_options", {})[key.removeprefix("method_options.")] = _scalar(raw)
@@ -91,6 +92,10 @@ def cmd_train(args) -> int:
     from .trainer import Trainer
 
     out = Path(args.out)
+    if args.backend == "trl":
+        return _train_on_trl(args, out)
+    if args.trl:
+        raise UsageError("--trl FIELD=VALUE sets TRL's GRPOConfig: it needs --backend trl")
     if args.resume:
         trainer = Trainer.resume(out, **_requested(args))  # live fields applied, the rest refused
     else:
@@ -113,6 +118,42 @@ def cmd_train(args) -> int:
         print(f"run {out}: {trainer.step_index} steps, reward {last['reward_mean']:.3f}, "
               f"entropy {last['entropy_mean']:.3f} nats")
     return 0
+
+
+def _train_on_trl(args, out: Path) -> int:
+    """``train --backend trl``: TRL's GRPOTrainer runs the method (alone or under accelerate launch)."""
+    from .config import ConfigError
+    from .store import RunStore
+
+    try:
+        from .integrations.trl import WorkbenchGRPOTrainer
+    except ImportError as error:
+        raise UsageError(f"--backend trl needs TRL and accelerate ({error.name} is missing): "
+                         "pip install -e '.[scale]'") from None
+    if args.eval:
+        raise UsageError("--eval runs on the workbench backend; evaluate a TRL run with workbench eval")
+    cfg = _config(args)
+    if args.resume:
+        recorded = RunStore(out).config()
+        changed = sorted(k for k, v in cfg.to_dict().items() if v != getattr(recorded, k) and k in _requested_names(args))
+        if changed:
+            raise ConfigError(changed[0], getattr(cfg, changed[0]), f"the value in {out / 'config.yaml'} "
+                              f"({getattr(recorded, changed[0])!r}): a TRL run resumes as it was configured")
+        cfg = recorded
+    trainer = WorkbenchGRPOTrainer(cfg, out, steps=args.steps, resume=args.resume, **_overrides(args.trl, "--trl"))
+    trainer.train(resume=args.resume)
+    if trainer.accelerator.is_main_process:
+        rows = RunStore(out).read_metrics()
+        if rows:
+            processes = trainer.accelerator.num_processes
+            print(f"run {out}: {len(rows)} steps on TRL ({processes} process{'es' if processes > 1 else ''}), "
+                  f"reward {rows[-1]['reward_mean']:.3f}, entropy {rows[-1]['entropy_mean']:.3f} nats")
+    return 0
+
+
+def _requested_names(args) -> set[str]:
+    """The RunConfig fields the command line itself names (--set, --model, --task, --method)."""
+    return set(_overrides(args.set)) | {name for name in ("model", "task", "method") if getattr(args, name)}
 
 
 def cmd_eval(args) -> int:
@@ -239,6 +280,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; --set "
                    "may change the fields that can change mid-run (recorded in its config.yaml)")
     t.add_argument("--eval", action="store_true", help="evaluate pass@k on the test split before and after (eval.json)")
+    t.add_argument("--backend", choices=("workbench", "trl"), default="workbench",
+                   help="trl: TRL's GRPOTrainer runs the method (also under accelerate launch; the [scale] extra)")
+    t.add_argument("--trl", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a further trl.GRPOConfig field for --backend trl, e.g. --trl use_vllm=true")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="pass@k, entropy and diversity on a split")

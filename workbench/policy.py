@@ -166,6 +166,19 @@ class Policy:
             texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
         return texts
 
+    @contextlib.contextmanager
+    def adapter(self, which="policy"):
+        """Run with the adapter ``which``: "policy" (the current one), "reference" (off) or a dict
+        of moved adapter tensors (EEPO's unlearned policy, see ``swapped_adapter``)."""
+        if which == "policy":
+            yield self.model
+        elif which == "reference":
+            with self.reference() as model:
+                yield model
+        else:
+            with self.swapped_adapter(which):
+                yield self.model
+
     def token_logprobs(
         self,
         prompt_ids: list[list[int]],
@@ -181,15 +194,21 @@ class Policy:
         Llama-family model scores through :class:`MergedDecoder` (same numbers, less overhead)
         unless ``merged=False``.
         """
+        completion_ids = completion_ids.to(self.device)
+        logits = self.completion_logits(prompt_ids, completion_ids, merged)
+        if with_entropy:
+            return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
+        return core.selective_log_softmax(logits, completion_ids, temperature), None
+
+    def completion_logits(self, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+                          merged: bool | None = None) -> torch.Tensor:
+        """The logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
         from .merged_decoder import MergedDecoder
         from .sampling import prefill_shared_prefix
 
         completion_ids = completion_ids.to(self.device)
         if not torch.is_grad_enabled() and merged is not False and MergedDecoder.supports(self.model):
-            logits = MergedDecoder(self.model).completion_logits(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
-            if with_entropy:
-                return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
-            return core.selective_log_softmax(logits, completion_ids, temperature), None
+            return MergedDecoder(self.model).completion_logits(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
         # Each distinct prompt runs once (a group's G rows share it), then its cache is
         # repeated for its rows and the completions run after it; gradients flow through both.
         distinct = list(dict.fromkeys(tuple(r) for r in prompt_ids))
@@ -213,8 +232,5 @@ class Policy:
             use_cache=False,
             logits_to_keep=width,
         ).logits
-        logits = torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
-        if with_entropy:
-            return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
-        return core.selective_log_softmax(logits, completion_ids, temperature), None
+        return torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
 

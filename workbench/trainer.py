@@ -68,7 +68,7 @@ class Trainer(RunLifecycle):
         if cfg.gradient_checkpointing:
             self.policy.model.gradient_checkpointing_enable()
             self.policy.model.enable_input_require_grads()
-        self.task = task or _task(cfg.task)
+        self.task = task or tasks.from_config(cfg.task)
         if reward_funcs is not None:
             self.task = tasks.RewardFunctionTask(self.task, reward_funcs, reward_errors=reward_errors)
         self.method = methods.get(cfg.method)(cfg)
@@ -121,13 +121,7 @@ class Trainer(RunLifecycle):
         "policy" (the current adapter), "reference" (adapter off) or a dict of moved adapter
         tensors (EEPO's unlearned policy); the config's temperature and autocast apply; a graph
         is kept only with ``grad=True``."""
-        if adapter == "policy":
-            weights = contextlib.nullcontext()
-        elif adapter == "reference":
-            weights = self.policy.reference()
-        else:
-            weights = self.policy.swapped_adapter(adapter)
-        with (contextlib.nullcontext() if grad else torch.no_grad()), weights, self.autocast():
+        with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), self.autocast():
             logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
         return logp.float(), None if entropy is None else entropy.float()
 
@@ -263,19 +257,9 @@ class Trainer(RunLifecycle):
         batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
         if batch.gate is None:
             batch.gate = torch.ones_like(batch.entropy)
-        rewards = batch.grouped(batch.rewards)
-        groups = [rows.tolist() for rows in batch.group_rows()]
         out = {
             "step": self.step_index,
-            "reward_mean": float(batch.rewards.mean()),
-            "reward_std": float(batch.rewards.std(correction=0)),
-            "accuracy": float(tasks.is_success(batch.rewards).float().mean()),  # as evaluate() counts
-            "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
-            "parsed_fraction": float(batch.parsed.float().mean()),
-            **metrics.entropy_stats(batch.entropy, batch.mask),
-            "response_length": float(batch.response_lengths().mean()),
-            **metrics.group_diversity(groups, batch.answers, batch.strategies, batch.rewards.tolist()),
-            **metrics.pivot_stats(batch.entropy, batch.mask, batch.pivots),
+            **metrics.rollout_metrics(batch),
             **update_numbers,
             "nan_skips": float(self.nan_skips),
             # reward-function failures scored 0 in this step (reward_errors="zero")
@@ -330,9 +314,3 @@ def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return None if name == "float32" else getattr(torch, name)
-
-
-def _task(name: str) -> tasks.Task:
-    if name in tasks.names() or name.startswith(tasks.REASONING_GYM_PREFIX):
-        return tasks.get(name)
-    return tasks.DatasetTask.from_file(name)

@@ -5,9 +5,10 @@ from .diversity import distinct, distinct_n, group_diversity, pairwise_similarit
 from .entropy import entropy_stats, fit_reward_entropy
 from .passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
 from .pivots import find_pivots, group_zscore, pivot_stats
+from .rollout import rollout_metrics
 
 __all__ = [
     "distinct", "distinct_n", "entropy_stats", "find_pivots", "fit_reward_entropy", "group_diversity", "group_zscore",
-    "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats", "self_bleu",
+    "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats", "rollout_metrics", "self_bleu",
     "strategy_count", "unique_answers",
 ]

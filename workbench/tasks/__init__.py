@@ -31,8 +31,15 @@ def get(name: str, **options) -> Task:
     return _BUILTIN[name](**options)
 
 
+def from_config(name: str) -> Task:
+    """The task ``RunConfig.task`` names: a built-in, ``reasoning_gym:NAME`` or a data file."""
+    if name in names() or name.startswith(REASONING_GYM_PREFIX):
+        return get(name)
+    return DatasetTask.from_file(name)
+
+
 __all__ = [
-    "SPLITS", "UNPARSED", "Problem", "Score", "Task", "Coins", "Countdown", "get", "names",
+    "SPLITS", "UNPARSED", "Problem", "Score", "Task", "Coins", "Countdown", "from_config", "get", "names",
     "DatasetError", "DatasetTask", "ReasoningGymTask", "REASONING_GYM_PREFIX", "RewardFunctionTask", "RewardFunctionError",
     "score_batch",
 ]

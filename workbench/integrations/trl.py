@@ -1,0 +1,270 @@
+"""WorkbenchGRPOTrainer: the workbench's methods and telemetry on TRL's GRPOTrainer.
+
+TRL keeps its loop, its accelerate integration (DDP, DeepSpeed, FSDP) and its generation (HF or
+vLLM); the workbench takes four of its extension points:
+
+    _tokenize_prompts                prompts as the workbench formats them (one formatter, same ids)
+    _generate_and_score_completions  after TRL generated and rewarded: this process's rows as a
+                                     RolloutBatch with its telemetry (entropy, log-probs, top-k
+                                     alternatives from one scoring pass), the method's token
+                                     advantages [B, T], and the rows sent to the main process
+    _compute_loss                    the workbench's loss (``core`` and the method's ``token_loss``)
+                                     on TRL's micro-batch, normalised over all processes
+    log                              the main process writes the step: rollouts of every process,
+                                     one metrics row with the workbench's column names
+
+Each process samples whole groups (a group never spans two processes), so every advantage is
+computed where its group is. Methods that sample in phases of their own (EEPO's two stages,
+Policy Split's two contexts) are not on this backend yet; ``SUPPORTED`` says which are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOConfig, GRPOTrainer
+
+from .. import core, methods, metrics, models, tasks
+from ..batch import RolloutBatch
+from ..config import ConfigError, RunConfig
+from ..methods.base import Method
+from ..policy import LoraSettings, Policy
+from ..store import RunStore
+from .trl_config import grpo_config
+
+TOP_ALTERNATIVES = 5  # as the workbench's sampler records
+SCORING_ROWS = 8  # rows per scoring pass: bounds its [rows, T, vocabulary] logits
+
+
+def supported(name: str) -> bool:
+    """Whether method ``name`` runs on TRL: its sampling is a plain group (TRL's generation)."""
+    cls = methods.get(name)
+    return all(getattr(cls, hook) is getattr(Method, hook)
+               for hook in ("sample", "training_batch", "precomputed_logprobs", "old_logprobs"))
+
+
+SUPPORTED = tuple(name for name in methods.names() if supported(name))
+
+
+class WorkbenchGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer running the workbench method ``cfg.method`` for ``steps`` steps and writing
+    the workbench run directory ``out_dir`` (on the main process only).
+
+    ``policy`` defaults to ``cfg.model`` with a new LoRA adapter seeded by ``cfg.seed`` (the
+    workbench Trainer's), ``task`` to ``cfg.task``; ``trl`` are further GRPOConfig fields (vLLM,
+    DeepSpeed, ...); the fields a RunConfig sets are refused there. Step s trains on the prompts
+    the workbench Trainer's step s draws."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, steps: int, policy: Policy | None = None,
+                 task: tasks.Task | None = None, resume: bool = False, **trl):
+        cfg.validate()
+        if not supported(cfg.method):
+            raise ConfigError("method", cfg.method, f"a method that runs on the TRL backend: {', '.join(SUPPORTED)} "
+                              "(EEPO and Policy Split sample in phases of their own: use the workbench's Trainer)")
+        self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
+        self.settings = self.method.loss_settings()
+        self.policy = policy or _new_policy(cfg)
+        self.task = task or tasks.from_config(cfg.task)
+        self.problems = [p for step in range(steps) for p in
+                         self.task.prompts("train", cfg.num_prompts, seed=core.derive_seed(cfg.seed, step, 7))]
+        self.run_store = RunStore(out_dir)
+        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl)
+        from datasets import Dataset
+
+        dataset = Dataset.from_dict({"prompt": [p.prompt for p in self.problems], "problem": list(range(len(self.problems)))})
+        self._scores: list[tasks.Score] = []
+        self._pending: dict | None = None  # the step being trained: its rollouts and numbers, until it is logged
+        # this step's clipped tokens, valid tokens, KL sum and tokens it was measured on (all processes)
+        self._loss_numbers = torch.zeros(4)
+        super().__init__(model=self.policy.model, reward_funcs=[self.reward], args=args, train_dataset=dataset,
+                         processing_class=self.policy.tokenizer)
+        if self.accelerator.is_main_process:
+            self._claim(resume)
+
+    def _claim(self, resume: bool) -> None:
+        """Take the run directory's writer lock; a new run writes its config, a resumed one drops
+        the metrics rows after its last checkpoint (they are trained again)."""
+        store = self.run_store
+        if resume:
+            store.lock()
+            store.truncate_metrics(self.last_checkpoint_step() - 1)
+        else:
+            from ..lifecycle import claim_run_directory
+
+            claim_run_directory(store.dir)
+            store.create(self.cfg)
+
+    def last_checkpoint_step(self) -> int:
+        """The global step of the newest TRL checkpoint in the run directory (0: none)."""
+        steps = [int(p.name.split("-")[1]) for p in (self.run_store.dir / "trl").glob("checkpoint-*")
+                 if p.name.split("-")[1].isdigit()]
+        return max(steps, default=0)
+
+    def train(self, resume: bool = False, **kwargs):
+        """Train (from the newest checkpoint when ``resume``); the run directory's lock is let go at the end."""
+        try:
+            return super().train(resume_from_checkpoint=bool(resume and self.last_checkpoint_step()) or None, **kwargs)
+        finally:
+            if self.accelerator.is_main_process:
+                self.run_store.unlock()
+
+    # --- what the method hooks see of a trainer ----------------------------------------------------
+    @property
+    def step_index(self) -> int:
+        return self.state.global_step
+
+    def generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator().manual_seed(core.derive_seed(self.cfg.seed, *parts))
+
+    def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False):
+        """As ``Trainer.token_logprobs``: per-token log-probs [N, T] (and entropies) under ``adapter``."""
+        with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), \
+                self.accelerator.autocast():
+            logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
+        return logp.float(), None if entropy is None else entropy.float()
+
+    # --- TRL's extension points ----------------------------------------------------------------------
+    def _tokenize_prompts(self, prompts: list):
+        return self.policy.format_prompts(prompts), None, {}
+
+    def reward(self, prompts, completions, problem, **_):
+        """The task's verifier on this process's rows (TRL's reward function); keeps the scores."""
+        self._scores = tasks.score_batch(self.task, [self.problems[i] for i in problem], completions)
+        return [s.reward for s in self._scores]
+
+    def _generate_and_score_completions(self, inputs):
+        started = time.perf_counter()
+        out = super()._generate_and_score_completions(inputs)
+        batch = self.rollout_batch([x["problem"] for x in inputs], out)
+        numbers = self.method.advantages(self, batch)
+        device = out["completion_ids"].device
+        out["advantages"] = batch.token_advantages.to(device)  # [B, T]
+        keep = batch.mask.bool()
+        if self.settings["top_entropy_quantile"] < 1.0:
+            keep = core.top_entropy_mask(batch.entropy, batch.mask, self.settings["top_entropy_quantile"])
+        out["keep"] = keep.to(device)
+        if batch.ref_logprobs is not None:
+            out["ref_logprobs"] = batch.ref_logprobs.to(device)
+        batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
+        if batch.gate is None:
+            batch.gate = torch.ones_like(batch.entropy)
+        self._collect(batch, {**numbers, **self.method.extra_metrics(self, batch)}, started)
+        return out
+
+    def rollout_batch(self, problem_index: list[int], out: dict) -> RolloutBatch:
+        """This process's rows as a scored RolloutBatch, with the telemetry of one scoring pass."""
+        g = self.cfg.num_generations
+        prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
+        mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
+        ids = out["completion_ids"].cpu() * mask.long()  # [B, T]
+        logp, entropy, topk_ids, topk_probs = self.telemetry(prompt_ids, ids)
+        batch = RolloutBatch(
+            problems=[self.problems[i] for i in problem_index[::g]],
+            group=torch.arange(len(ids) // g).repeat_interleave(g), prompt_ids=prompt_ids,
+            ids=ids, mask=mask, logprobs=logp, entropy=entropy, topk_ids=topk_ids, topk_probs=topk_probs,
+            text=self.policy.decode(ids, mask), mode=["normal"] * len(ids), stage=[1] * len(ids),
+        )
+        batch.rewards = torch.tensor([s.reward for s in self._scores], dtype=torch.float32)
+        batch.answers = [s.answer for s in self._scores]
+        batch.strategies = [s.strategy for s in self._scores]
+        batch.parsed = torch.tensor([s.parsed for s in self._scores], dtype=torch.bool)
+        return batch
+
+    @torch.no_grad()
+    def telemetry(self, prompt_ids: list[list[int]], ids: torch.Tensor):
+        """(log-probs, entropy [B, T], top-k ids and probabilities [B, T, k]) of the sampled tokens
+        under the current policy at the sampling temperature: what the workbench's sampler records."""
+        parts = []
+        with self.accelerator.autocast():
+            for start in range(0, len(ids), SCORING_ROWS):
+                rows = slice(start, start + SCORING_ROWS)
+                logits = self.policy.completion_logits(prompt_ids[rows], ids[rows]).float()  # [rows, T, V]
+                logp, entropy = core.logprobs_and_entropy(logits, ids[rows].to(logits.device), self.cfg.temperature)
+                top = torch.topk(torch.log_softmax(logits / self.cfg.temperature, dim=-1), TOP_ALTERNATIVES, dim=-1)
+                parts.append((logp.cpu(), entropy.cpu(), top.indices.cpu(), top.values.exp().cpu()))
+        return tuple(torch.cat(p) for p in zip(*parts))
+
+    def _collect(self, batch: RolloutBatch, numbers: dict, started: float) -> None:
+        """Send this process's rows and numbers to the main process (every process takes part)."""
+        frames = gather_object([batch.to_frame(self.state.global_step, self.policy.tokenizer)])
+        numbers = gather_object([numbers])
+        if self.accelerator.is_main_process:
+            self._pending = {"frames": frames, "numbers": numbers, "started": started}
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        mask = inputs["completion_mask"]  # [B, T]
+        s = self.settings
+        with_entropy = s["entropy_coef"] > 0
+        logp, entropy, _ = self._get_per_token_logps_and_entropies(
+            model, torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], mask], dim=1), completion_ids.size(1), compute_entropy=with_entropy)
+        old = inputs.get("old_per_token_logps")  # a second pass over the batch (num_iterations > 1)
+        old = logp.detach() if old is None else old
+        token_loss, clipped = self.method.token_loss(
+            logp, old, inputs["advantages"], mask, s, generator=self.generator(self.state.global_step, 11, self._step))
+        token_loss = token_loss * inputs["keep"]
+        ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))
+        kl_sum, kl_tokens = torch.zeros((), device=logp.device), torch.zeros((), device=logp.device)
+        if ref is not None:  # the KL is measured where a reference pass ran (beta > 0, or ERPO's)
+            kl = core.kl_k3(logp, ref)
+            kl_sum, kl_tokens = (kl.detach() * mask).sum(), mask.sum()
+            if s["beta"] > 0:
+                token_loss = token_loss + s["beta"] * kl
+        loss = self.normalised(token_loss, mask, inputs["num_items_in_batch"])
+        if with_entropy:  # the entropy bonus, with its gradient
+            loss = loss - s["entropy_coef"] * self.normalised(entropy, mask, inputs["num_items_in_batch"], "dapo")
+        counts = torch.stack([(clipped & mask.bool()).sum(), mask.sum(), kl_sum, kl_tokens]).float()
+        self._loss_numbers += self.accelerator.gather(counts[None]).sum(0).cpu()
+        return loss
+
+    def normalised(self, token_values: torch.Tensor, mask: torch.Tensor, tokens_in_batch, loss_type: str | None = None):
+        """This micro-batch's share of the step's loss: summed over micro-batches and averaged over
+        processes (DDP), it is ``core.aggregate_loss`` over the whole generation batch."""
+        loss_type = loss_type or self.cfg.loss_type
+        if loss_type == "dapo":  # over every valid token of every process
+            return (token_values * mask).sum() / (tokens_in_batch / self.accelerator.num_processes)
+        return core.aggregate_loss(token_values, mask, loss_type, self.cfg.max_completion_length) \
+            / self.current_gradient_accumulation_steps
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if self._pending is None or "loss" not in logs or not self.model.training:
+            return
+        step = self.state.global_step - 1  # the workbench counts steps from 0
+        frame = _joined(self._pending["frames"], self.cfg.num_generations)
+        batch = RolloutBatch.from_frame(frame)
+        clipped, tokens, kl_sum, kl_tokens = self._loss_numbers.tolist()
+        numbers = pd.DataFrame(self._pending["numbers"]).mean().to_dict()
+        row = {"step": step, **metrics.rollout_metrics(batch), **numbers,
+               "loss": float(logs["loss"]), "clip_fraction": clipped / max(tokens, 1.0),
+               "kl": kl_sum / kl_tokens if kl_tokens else float("nan"), "grad_norm": float(logs.get("grad_norm", "nan")),
+               "skipped": 0.0, "nan_skips": 0.0, "reward_errors": 0.0, "learning_rate": float(logs["learning_rate"]),
+               "step_time": time.perf_counter() - self._pending["started"]}
+        if self.cfg.save_rollouts:
+            self.run_store.write_rollouts(step, frame)
+        self.run_store.append_metrics(row)  # last: a step is on record once its row is
+        self._pending = None
+        self._loss_numbers.zero_()
+
+
+def _joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
+    """The processes' rollout frames as one, group numbers made distinct (process order), each row
+    marked with the process that sampled it."""
+    parts, offset = [], 0
+    for process, frame in enumerate(frames):
+        parts.append(frame.assign(group=frame["group"] + offset, process=process))
+        offset += len(frame) // num_generations
+    return pd.concat(parts, ignore_index=True)
+
+
+def _new_policy(cfg: RunConfig) -> Policy:
+    """``cfg.model`` with a new LoRA adapter, initialised as the workbench Trainer's (``cfg.seed``)."""
+    model, tokenizer = models.load(cfg.model)
+    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+    return Policy.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)

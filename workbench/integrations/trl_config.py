@@ -1,0 +1,70 @@
+"""The GRPOConfig a RunConfig means: one step = one generation of ``num_prompts`` x ``num_generations``
+rows, split over the processes by whole groups, with the RunConfig's sampling, optimiser and loss
+settings. Everything else TRL offers (vLLM, DeepSpeed, logging) is the user's, by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, RunConfig
+
+
+def on_cpu(cfg: RunConfig) -> bool:
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+
+
+def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int) -> dict:
+    """The GRPOConfig fields the run's config decides."""
+    per_process = cfg.num_prompts // processes * cfg.num_generations
+    cpu = on_cpu(cfg)
+    half = None if cpu and cfg.dtype == "auto" else ("bfloat16" if cfg.dtype == "auto" else cfg.dtype)
+    return {
+        "output_dir": str(output_dir), "max_steps": steps, "seed": cfg.seed,
+        # one generation a step, cut into gradient_accumulation_steps micro-batches
+        "per_device_train_batch_size": per_process // cfg.gradient_accumulation_steps,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "lr_scheduler_type": "constant", "warmup_steps": 0,  # the workbench's AdamW at a constant rate
+        "num_iterations": cfg.num_iterations, "loss_type": cfg.loss_type, "scale_rewards": cfg.scale_rewards,
+        "epsilon": settings["epsilon"], "epsilon_high": settings["epsilon_high"] or settings["epsilon"],
+        "beta": settings["beta"],
+        "use_cpu": cpu, "bf16": half == "bfloat16", "fp16": half == "float16",
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        # the workbench's own choices: rows in the order sampled, truncated responses trained on
+        "shuffle_dataset": False, "mask_truncated_completions": False, "remove_unused_columns": False,
+        "logging_steps": 1, "save_strategy": "steps", "save_steps": cfg.checkpoint_every or steps,
+        "report_to": "none", "dataloader_num_workers": 0,
+    }
+
+
+def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None,
+                **trl) -> "GRPOConfig":  # noqa: F821 (trl is imported here, by the caller's extra)
+    """The GRPOConfig of a run of ``cfg`` for ``steps`` steps on ``processes`` processes (default:
+    accelerate's), with ``trl`` further GRPOConfig fields; ``settings`` are the method's loss settings."""
+    from accelerate import PartialState
+    from trl import GRPOConfig
+
+    # told about the CPU before anything else asks: the first PartialState decides, and only a CPU
+    # one joins the processes a launcher started over gloo
+    processes = processes or PartialState(cpu=on_cpu(cfg)).num_processes
+    if cfg.num_prompts % processes:
+        raise ConfigError("num_prompts", cfg.num_prompts, f"a multiple of the {processes} processes, so that each "
+                          "process samples whole groups")
+    per_process = cfg.num_prompts // processes * cfg.num_generations
+    if per_process % cfg.gradient_accumulation_steps:
+        raise ConfigError("gradient_accumulation_steps", cfg.gradient_accumulation_steps,
+                          f"a divisor of the {per_process} rows each process trains a step")
+    owned = _owned_fields(cfg, settings, output_dir, steps, processes)
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for name, value in trl.items():
+        if name in owned:
+            raise ConfigError(f"trl.{name}", value, "a GRPOConfig field the run's config does not set; "
+                              f"{name} is set by the workbench (use --set FIELD=VALUE for the RunConfig's fields)")
+        if name not in known:
+            raise ConfigError(f"trl.{name}", value, "a field of trl.GRPOConfig")
+    return GRPOConfig(**owned, **trl)

@@ -83,9 +83,14 @@ def _load_run(d: Path, name: str) -> dict:
     config = yaml12.safe_load(config_path.read_text()) if config_path.exists() else {}
     evals = json.loads(eval_path.read_text()) if eval_path.exists() else {}
     steps = {int(p.stem[5:]): p for p in (d / "rollouts").glob("step-*.parquet") if p.stem[5:].isdigit()}
+    backend = RunStore(d).backend()
+    config = config if isinstance(config, dict) else {}
+    if backend:  # a run TRL trained: say so beside its config
+        processes = backend.get("processes", 1)
+        config = {"backend": f"{backend['backend']} · {processes} process{'es' if processes > 1 else ''}", **config}
     return {
         "name": name,
-        "config": config if isinstance(config, dict) else {},
+        "config": config,
         "metrics": _read_metrics(d / "metrics.jsonl"),
         "eval": evals if isinstance(evals, dict) else {},
         "rollouts": steps[max(steps)] if steps else None,

@@ -5,6 +5,7 @@ RUN_DIR/config.yaml              the RunConfig
 RUN_DIR/metrics.jsonl            one JSON object per step, appended and flushed every step
 RUN_DIR/rollouts/step-N.parquet  every response of step N with its token telemetry
 RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json
+RUN_DIR/backend.json             the engine, when not the in-process Trainer (TRL: processes, versions, fields)
 RUN_DIR/eval.json                evaluations by name ("base", "final", "step-N"), merged, never replaced
 RUN_DIR/.lock                    held (flock) by the one process that writes the run; who, as JSON
                                  (run_lock.py)
@@ -45,6 +46,7 @@ from .run_lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLocke
 
 CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.pt", "state.json")
 HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256
+BACKEND_FILE = "backend.json"
 
 
 class CheckpointError(RuntimeError):
@@ -94,6 +96,15 @@ class RunStore:
 
     def write_config(self, cfg: RunConfig) -> None:
         _atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+
+    def write_backend(self, info: dict) -> None:
+        """backend.json: the engine that trains a run not trained in process (TRL: its processes,
+        versions and the GRPOConfig fields the user set), so that nothing about a run is lost."""
+        _atomic_write_text(self.dir / BACKEND_FILE, json.dumps(info, indent=1, default=str) + "\n")
+
+    def backend(self) -> dict | None:
+        path = self.dir / BACKEND_FILE
+        return json.loads(path.read_text()) if path.exists() else None
 
     def config(self) -> RunConfig:
         path = self.dir / "config.yaml"

@@ -24,8 +24,10 @@ import contextlib
 import time
 from pathlib import Path
 
+import accelerate
 import pandas as pd
 import torch
+import trl
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
@@ -56,12 +58,12 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     the workbench run directory ``out_dir`` (on the main process only).
 
     ``policy`` defaults to ``cfg.model`` with a new LoRA adapter seeded by ``cfg.seed`` (the
-    workbench Trainer's), ``task`` to ``cfg.task``; ``trl`` are further GRPOConfig fields (vLLM,
+    workbench Trainer's), ``task`` to ``cfg.task``; ``trl_fields`` are further GRPOConfig fields (vLLM,
     DeepSpeed, ...); the fields a RunConfig sets are refused there. Step s trains on the prompts
     the workbench Trainer's step s draws."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, steps: int, policy: Policy | None = None,
-                 task: tasks.Task | None = None, resume: bool = False, **trl):
+                 task: tasks.Task | None = None, resume: bool = False, **trl_fields):
         cfg.validate()
         if not supported(cfg.method):
             raise ConfigError("method", cfg.method, f"a method that runs on the TRL backend: {', '.join(SUPPORTED)} "
@@ -73,7 +75,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self.problems = [p for step in range(steps) for p in
                          self.task.prompts("train", cfg.num_prompts, seed=core.derive_seed(cfg.seed, step, 7))]
         self.run_store = RunStore(out_dir)
-        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl)
+        self.user_fields = trl_fields
+        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl_fields)
         from datasets import Dataset
 
         dataset = Dataset.from_dict({"prompt": [p.prompt for p in self.problems], "problem": list(range(len(self.problems)))})
@@ -98,6 +101,10 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
             claim_run_directory(store.dir)
             store.create(self.cfg)
+        store.write_backend({"backend": "trl", "processes": self.accelerator.num_processes,
+                             "distributed_type": str(self.accelerator.distributed_type),
+                             "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
+                             "trl_fields": self.user_fields})
 
     def last_checkpoint_step(self) -> int:
         """The global step of the newest TRL checkpoint in the run directory (0: none)."""

@@ -151,7 +151,7 @@ def run_trl(s: Setting, queue) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from workbench import tasks
@@ -182,15 +182,6 @@ def run_trl(s: Setting, queue) -> None:
         scores = tasks.score_batch(task, [by_prompt[text(p)] for p in prompts], [text(c) for c in completions])
         return [score.reward for score in scores]
 
-    times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
-
     model = AutoModelForCausalLM.from_pretrained(s.model_dir, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
@@ -207,7 +198,6 @@ def run_trl(s: Setting, queue) -> None:
             train_dataset=Dataset.from_dict({"prompt": [as_prompt(p.prompt) for p in problems]}),
             peft_config=LoraConfig(r=s.lora_r, lora_alpha=2 * s.lora_r, lora_dropout=0.0, target_modules="all-linear",
                                    task_type="CAUSAL_LM"),
-            callbacks=[StepTimer()],
         )
         same_ids = True  # TRL's own tokenisation of the first step's prompts against the workbench's
         if hasattr(trainer, "_tokenize_prompts"):
@@ -215,22 +205,64 @@ def run_trl(s: Setting, queue) -> None:
             theirs = trainer._tokenize_prompts([as_prompt(t) for t in first])[0]
             same_ids = [list(r) for r in theirs] == Policy(model=None, tokenizer=tokenizer).format_prompts(first)
         checkpointing = bool(getattr(trainer.model, "is_gradient_checkpointing", False))  # must stay off, as ours
-        sampling: list[float] = []
-        generate = trainer._generate
-
-        def timed_generate(*a, **kw):  # TRL logs no generation time of its own
-            started = time.perf_counter()
-            result = generate(*a, **kw)
-            sampling.append(time.perf_counter() - started)
-            return result
-
-        trainer._generate = timed_generate
+        times, sampling = timed_trl(trainer)
         trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     same_prompts = same_ids and seen == [{p.prompt for p in step} for step in schedule]
     queue.put({"times": times, "sampling": sampling, "same_prompts": same_prompts,
                "gradient_checkpointing": checkpointing,
                "tokens": lengths[-1] * s.prompts * s.generations if lengths else float("nan"), **_peaks()})
+
+
+def timed_trl(trainer) -> tuple[list[float], list[float]]:
+    """Lists that fill with each step's time and each generation's time as a TRL trainer trains."""
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+    sampling: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
+
+    trainer.add_callback(StepTimer())
+    generate = trainer._generate
+
+    def timed_generate(*a, **kw):  # TRL logs no generation time of its own
+        started = time.perf_counter()
+        result = generate(*a, **kw)
+        sampling.append(time.perf_counter() - started)
+        return result
+
+    trainer._generate = timed_generate
+    return times, sampling
+
+
+def run_workbench_trl(s: Setting, queue) -> None:
+    """The workbench's GRPO on TRL (``WorkbenchGRPOTrainer``): run_trl's work plus the workbench's
+    telemetry (a scoring pass for entropy and top-5 alternatives, pivots, rollouts written)."""
+    import torch
+
+    from workbench import RunConfig
+    from workbench.integrations.trl import WorkbenchGRPOTrainer
+
+    if s.device == "cpu":
+        torch.set_num_threads(s.threads or os.cpu_count() or 1)
+    cfg = RunConfig(model=s.model_dir, task=s.task, num_prompts=s.prompts, num_generations=s.generations,
+                    max_completion_length=s.length, learning_rate=s.learning_rate, beta=0.0, loss_type="dapo",
+                    lora_r=s.lora_r, lora_alpha=2 * s.lora_r, threads=s.threads, device=s.device,
+                    dtype="bfloat16" if s.bf16 else "float32", track_kl=False)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = WorkbenchGRPOTrainer(cfg, Path(out) / "run", steps=s.steps,
+                                       generation_kwargs={"min_new_tokens": s.length})
+        times, sampling = timed_trl(trainer)
+        trainer.train()
+        rows = trainer.run_store.read_metrics()
+    queue.put({"times": times, "sampling": sampling,
+               "tokens": rows[-1]["response_length"] * s.prompts * s.generations, **_peaks()})
 
 
 def _peaks() -> dict:

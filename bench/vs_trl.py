@@ -11,7 +11,8 @@ an EOS id no token has), LoRA r=8 / alpha=16 on all linear layers, one update pe
 beta=0, the DAPO loss, learning rate 2e-3, temperature 1, float32 on ``--threads`` CPU threads.
 TRL runs on its HF-generate path with gradient checkpointing off (its default is on; the
 workbench's is off) and its own telemetry (entropy logging); the workbench with all of its
-telemetry on (entropy, top-5 alternatives, pivots, KL to the reference).
+telemetry on (entropy, top-5 alternatives, pivots, KL to the reference); and the workbench's
+GRPO on TRL (``workbench-trl``: TRL's step plus a scoring pass for the telemetry, rollouts written).
 
 Each system runs in a fresh child process (so its peak resident memory is its own). Prints,
 per system, the median step time over ``--steps`` steps after ``--warmup`` (and its sampling
@@ -37,7 +38,8 @@ def main() -> None:
           f"median of {args.steps} steps after {args.warmup} warm-up, {args.threads} threads")
     setting = harness.setting(args)
     results = {}
-    for name, target in (("trl", harness.run_trl), ("workbench", harness.run_workbench)):
+    for name, target in (("trl", harness.run_trl), ("workbench", harness.run_workbench),
+                         ("workbench-trl", harness.run_workbench_trl)):
         r = results[name] = harness.summary(harness.in_child(target, setting), args.warmup,
                                             args.prompts * args.generations * args.length)
         phases = ", ".join(f"{p} {t:.3f}" for p, t in r.get("phases_s", {"sample": r["sampling_s"]}).items())
@@ -51,6 +53,8 @@ def main() -> None:
     results["rss_ratio"] = results["workbench"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
     print(f"workbench / trl: step {results['step_ratio']:.2f}x (target <= 0.5x), "
           f"peak RSS {results['rss_ratio']:.2f}x (target <= 0.7x)")
+    results["trl_backend_ratio"] = results["workbench-trl"]["median_s"] / results["trl"]["median_s"]
+    print(f"workbench on trl / trl: step {results['trl_backend_ratio']:.2f}x (the telemetry's cost; target <= 1.1x)")
     harness.write_json(args.json, args, results)
 
 

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("trl", reason="the TRL backend needs the [scale] extra")
 
-from workbench import RunConfig, Trainer, update  # noqa: E402
+from workbench import RolloutBatch, RunConfig, Trainer, update  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
 from workbench.integrations.trl import SUPPORTED, WorkbenchGRPOTrainer  # noqa: E402
 from workbench.store import RunStore  # noqa: E402
@@ -89,6 +89,12 @@ def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path)
     assert [s.reward for s in tr._scores] == batch.rewards.tolist()
     trl_advantages = out["advantages"].cpu()[:, :width]
     torch.testing.assert_close(trl_advantages[mask], batch.token_advantages[mask], atol=2e-4, rtol=1e-4)
+
+    # the telemetry the main process will write: the sampler's numbers, from TRL's side's scoring pass
+    recorded = RolloutBatch.from_frame(tr._pending["frames"][0])
+    for name in ("logprobs", "entropy", "topk_probs"):
+        torch.testing.assert_close(getattr(recorded, name)[mask], getattr(batch, name)[mask], atol=1e-4, rtol=1e-4)
+    assert (recorded.topk_ids[mask][:, 0] == batch.topk_ids[mask][:, 0]).float().mean() > 0.99  # ties may swap
 
     loss = tr.compute_loss(tr.model, out)
     loss.backward()

@@ -37,10 +37,10 @@ from ..config import ConfigError, RunConfig
 from ..methods.base import Method
 from ..policy import LoraSettings, Policy
 from ..store import RunStore
-from .trl_config import grpo_config
+from .trl_config import grpo_config, half_precision
 
 TOP_ALTERNATIVES = 5  # as the workbench's sampler records
-SCORING_ROWS = 8  # rows per scoring pass: bounds its [rows, T, vocabulary] logits
+SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this
 
 
 def supported(name: str) -> bool:
@@ -70,13 +70,14 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
                               "(EEPO and Policy Split sample in phases of their own: use the workbench's Trainer)")
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
+        self.run_store = RunStore(out_dir)
+        self.user_fields = trl_fields
+        # before the model loads: a DeepSpeed ZeRO-3 config then shards it as it loads (zero3_init_flag)
+        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl_fields)
         self.policy = policy or _new_policy(cfg)
         self.task = task or tasks.from_config(cfg.task)
         self.problems = [p for step in range(steps) for p in
                          self.task.prompts("train", cfg.num_prompts, seed=core.derive_seed(cfg.seed, step, 7))]
-        self.run_store = RunStore(out_dir)
-        self.user_fields = trl_fields
-        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl_fields)
         from datasets import Dataset
 
         dataset = Dataset.from_dict({"prompt": [p.prompt for p in self.problems], "problem": list(range(len(self.problems)))})
@@ -187,13 +188,19 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         """(log-probs, entropy [B, T], top-k ids and probabilities [B, T, k]) of the sampled tokens
         under the current policy at the sampling temperature: what the workbench's sampler records."""
         parts = []
+        vocabulary = self.policy.model.get_output_embeddings().weight.shape[0]
+        step = max(1, SCORING_BYTES // (4 * vocabulary * max(1, ids.shape[1])))  # rows a pass
         with self.accelerator.autocast():
-            for start in range(0, len(ids), SCORING_ROWS):
-                rows = slice(start, start + SCORING_ROWS)
+            for start in range(0, len(ids), step):
+                rows = slice(start, start + step)
                 logits = self.policy.completion_logits(prompt_ids[rows], ids[rows]).float()  # [rows, T, V]
                 logp, entropy = core.logprobs_and_entropy(logits, ids[rows].to(logits.device), self.cfg.temperature)
-                top = torch.topk(torch.log_softmax(logits / self.cfg.temperature, dim=-1), TOP_ALTERNATIVES, dim=-1)
-                parts.append((logp.cpu(), entropy.cpu(), top.indices.cpu(), top.values.exp().cpu()))
+                # the top-k of log_softmax(z / temperature) are the top-k logits, less the log-normaliser
+                top = torch.topk(logits, TOP_ALTERNATIVES, dim=-1)  # [rows, T, k]
+                normaliser = torch.logsumexp(logits / self.cfg.temperature, dim=-1, keepdim=True)  # [rows, T, 1]
+                probs = torch.exp(top.values / self.cfg.temperature - normaliser)
+                parts.append((logp.cpu(), entropy.cpu(), top.indices.cpu(), probs.cpu()))
+                del logits
         return tuple(torch.cat(p) for p in zip(*parts))
 
     def _collect(self, batch: RolloutBatch, numbers: dict, started: float) -> None:
@@ -216,6 +223,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         token_loss, clipped = self.method.token_loss(
             logp, old, inputs["advantages"], mask, s, generator=self.generator(self.state.global_step, 11, self._step))
         token_loss = token_loss * inputs["keep"]
+        if "importance_sampling_ratio" in inputs:  # vLLM sampled: correct for its numerics, as TRL does
+            token_loss = token_loss * inputs["importance_sampling_ratio"]
         ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))
         kl_sum, kl_tokens = torch.zeros((), device=logp.device), torch.zeros((), device=logp.device)
         if ref is not None:  # the KL is measured where a reference pass ran (beta > 0, or ERPO's)
@@ -271,7 +280,9 @@ def _joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
 
 
 def _new_policy(cfg: RunConfig) -> Policy:
-    """``cfg.model`` with a new LoRA adapter, initialised as the workbench Trainer's (``cfg.seed``)."""
-    model, tokenizer = models.load(cfg.model)
+    """``cfg.model`` with a new LoRA adapter, initialised as the workbench Trainer's (``cfg.seed``).
+    The frozen base is loaded in the run's half precision, when it has one (half the memory)."""
+    half = half_precision(cfg)
+    model, tokenizer = models.load(cfg.model, dtype=getattr(torch, half) if half else None)
     lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     return Policy.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)

@@ -16,11 +16,18 @@ def on_cpu(cfg: RunConfig) -> bool:
     return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
 
 
+def half_precision(cfg: RunConfig) -> str | None:
+    """The run's half-precision dtype ("bfloat16", "float16"), None for float32: ``dtype="auto"``
+    is bfloat16 on a GPU and float32 on the CPU, as for the workbench's Trainer."""
+    if cfg.dtype == "auto":
+        return None if on_cpu(cfg) else "bfloat16"
+    return cfg.dtype if cfg.dtype in ("bfloat16", "float16") else None
+
+
 def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int) -> dict:
     """The GRPOConfig fields the run's config decides."""
     per_process = cfg.num_prompts // processes * cfg.num_generations
-    cpu = on_cpu(cfg)
-    half = None if cpu and cfg.dtype == "auto" else ("bfloat16" if cfg.dtype == "auto" else cfg.dtype)
+    cpu, half = on_cpu(cfg), half_precision(cfg)
     return {
         "output_dir": str(output_dir), "max_steps": steps, "seed": cfg.seed,
         # one generation a step, cut into gradient_accumulation_steps micro-batches
@@ -60,6 +67,9 @@ def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, pr
         raise ConfigError("gradient_accumulation_steps", cfg.gradient_accumulation_steps,
                           f"a divisor of the {per_process} rows each process trains a step")
     owned = _owned_fields(cfg, settings, output_dir, steps, processes)
+    # transformers' Trainer turns the model's KV cache off (for the training passes); generation
+    # needs it, or every new token runs the whole sequence again (26x slower on the smoke model)
+    trl["generation_kwargs"] = {"use_cache": True, **(trl.get("generation_kwargs") or {})}
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     for name, value in trl.items():
         if name in owned:

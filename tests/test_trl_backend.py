@@ -6,6 +6,7 @@ engines see the same model, adapter, prompts and tokens; what may differ is only
 path (TRL's fused log-prob head against the workbench's shared-prefix pass), hence tolerances."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ pytest.importorskip("trl", reason="the TRL backend needs the [scale] extra")
 
 from workbench import RolloutBatch, RunConfig, Trainer, update  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
-from workbench.integrations.trl import SUPPORTED, WorkbenchGRPOTrainer  # noqa: E402
+from workbench.integrations.trl import WorkbenchGRPOTrainer, samples_on_its_own  # noqa: E402
 from workbench.store import RunStore  # noqa: E402
 
 # long enough that responses end at different lengths (the loss types then differ)
@@ -27,6 +28,9 @@ CASES = {
     "grpo": {}, "erpo": {}, "poly_epo": {}, "grpo_div": {}, "entropy_advantage": {}, "entropy_bonus": {},
     "top_entropy": {}, "clip_higher": {}, "kl_cov": {},
     "grpo-kl": {"beta": 0.04}, "grpo-dr_grpo": {"loss_type": "dr_grpo"}, "erpo-grpo_loss": {"loss_type": "grpo"},
+    "eepo-A": {"method_options": {"gate": "always"}},
+    "eepo-B": {"method_options": {"gate": "always", "behaviour_logprobs": "B"}},
+    "policy_split": {},
 }
 
 
@@ -41,36 +45,49 @@ class InjectedCompletions(WorkbenchGRPOTrainer):
 
 
 def workbench_step(cfg: RunConfig):
-    """A workbench Trainer one step in (so the adapter is off the reference), step 1's batch with its
-    advantages, and the loss and adapter gradient of its update (without the optimizer step)."""
+    """A workbench Trainer one step in (so the adapter is off the reference), step 1's batch and
+    training rows with their advantages, and the loss and adapter gradient of the update (without
+    the optimizer step)."""
     wb = Trainer(cfg)
     wb.step()
     adapter = wb.policy.adapter_state()
     problems = wb.train_problems()
-    batch = wb.sample_group(problems, cfg.num_generations)
+    phases = wb.method.sample(wb, problems)
+    try:
+        while True:
+            next(phases)
+    except StopIteration as done:
+        batch = done.value
     wb.score(batch)
     wb.method.advantages(wb, batch)
     settings = wb.method.loss_settings()
-    train_batch = wb.method.training_batch(batch)
-    plan = update.plan_update(wb, train_batch, settings)
+    train = wb.method.training_batch(batch)
+    plan = update.plan_update(wb, train, settings)
     wb.policy.model.train()
     wb.optimizer.zero_grad(set_to_none=True)
     loss = 0.0
     for c in range(len(plan.chunks)):
-        part, _, _ = update.micro_batch_loss(wb, train_batch, plan, c, 0, settings, record=True)
+        part, _, _ = update.micro_batch_loss(wb, train, plan, c, 0, settings, record=True)
         part.backward()
         loss += float(part.detach())
     grads = {n: p.grad.detach().clone() for n, p in wb.policy.trainable_parameters().items()}
-    return adapter, problems, batch, loss, grads
+    return adapter, problems, batch, train, loss, grads
+
+
+def trl_rows(batch) -> list[int]:
+    """The workbench batch's rows in TRL's order: group-major, the method's order within a group."""
+    return sorted(range(len(batch)), key=lambda i: (int(batch.group[i]), i))
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path):
     method = case.split("-")[0]
     cfg = RunConfig(method=method, **SMALL, **CASES[case])
-    adapter, problems, batch, wb_loss, wb_grads = workbench_step(cfg)
-
-    tr = InjectedCompletions(cfg, tmp_path / "run", steps=2)
+    adapter, problems, batch, train, wb_loss, wb_grads = workbench_step(cfg)
+    own = samples_on_its_own(method)
+    # a method that samples on its own samples again on TRL's side, with the same seeds and adapter;
+    # TRL's generation gets the workbench's completions injected
+    tr = (WorkbenchGRPOTrainer if own else InjectedCompletions)(cfg, tmp_path / "run", steps=2)
     tr.policy.load_adapter_state(adapter)
     lengths = batch.mask.sum(-1).long().tolist()
     assert len(set(lengths)) > 1
@@ -82,19 +99,28 @@ def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path)
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1
     out = tr._generate_and_score_completions(inputs)
+    assert tr.model.training  # sampling on its own must not leave the model in eval mode
 
-    mask = batch.mask.bool()
-    width = batch.mask.shape[1]
+    order = trl_rows(batch) if own else list(range(len(batch)))
+    batch = batch.select(order)
+    if own:
+        assert torch.equal(tr._sampled.ids, batch.ids)  # the same tokens sampled on both sides
+    train = train.select(order + [len(order) + i for i in order] if len(train) > len(order) else order)
+    mask = train.mask.bool()
+    width = train.mask.shape[1]
     assert torch.equal(out["completion_mask"].bool()[:, :width].cpu(), mask[:, :out["completion_mask"].shape[1]])
     assert [s.reward for s in tr._scores] == batch.rewards.tolist()
     trl_advantages = out["advantages"].cpu()[:, :width]
-    torch.testing.assert_close(trl_advantages[mask], batch.token_advantages[mask], atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(trl_advantages[mask], train.token_advantages[mask], atol=2e-4, rtol=1e-4)
 
-    # the telemetry the main process will write: the sampler's numbers, from TRL's side's scoring pass
+    # the telemetry the main process will write: the sampler's numbers (from TRL's side's scoring
+    # pass, or its own sampler)
     recorded = RolloutBatch.from_frame(tr._pending["frames"][0])
+    sampled = batch.mask.bool()
     for name in ("logprobs", "entropy", "topk_probs"):
-        torch.testing.assert_close(getattr(recorded, name)[mask], getattr(batch, name)[mask], atol=1e-4, rtol=1e-4)
-    assert (recorded.topk_ids[mask][:, 0] == batch.topk_ids[mask][:, 0]).float().mean() > 0.99  # ties may swap
+        torch.testing.assert_close(getattr(recorded, name)[sampled], getattr(batch, name)[sampled], atol=1e-4, rtol=1e-4)
+    assert (recorded.topk_ids[sampled][:, 0] == batch.topk_ids[sampled][:, 0]).float().mean() > 0.99  # ties may swap
+    assert recorded.stage == batch.stage and recorded.mode == batch.mode
 
     loss = tr.compute_loss(tr.model, out)
     loss.backward()
@@ -109,10 +135,10 @@ def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path)
     assert (flat_trl - flat_wb).norm() <= 1e-4 * flat_wb.norm(), float((flat_trl - flat_wb).norm() / flat_wb.norm())
 
 
-def test_methods_that_sample_in_phases_of_their_own_are_refused_by_name(tmp_path):
-    assert set(SUPPORTED) >= {"grpo", "erpo", "poly_epo"} and not {"eepo", "policy_split"} & set(SUPPORTED)
-    with pytest.raises(ConfigError, match="method=.eepo.*Trainer"):
-        WorkbenchGRPOTrainer(RunConfig(method="eepo", **SMALL), tmp_path / "run", steps=1)
+def test_methods_that_sample_on_their_own_cannot_use_vllm(tmp_path):
+    assert samples_on_its_own("eepo") and samples_on_its_own("policy_split") and not samples_on_its_own("erpo")
+    with pytest.raises(ConfigError, match="trl.use_vllm=True.*eepo.*workbench's sampler"):
+        WorkbenchGRPOTrainer(RunConfig(method="eepo", **SMALL), tmp_path / "run", steps=1, use_vllm=True)
     assert not (tmp_path / "run").exists()
 
 
@@ -149,12 +175,14 @@ def accelerate_train(run: Path, method: str, steps: int, *extra: str) -> subproc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["erpo", "poly_epo"])
+@pytest.mark.parametrize("method", ["erpo", "poly_epo", "eepo", "policy_split"])
 def test_two_processes_under_accelerate_write_one_run_directory(method, tmp_path):
     from workbench.run_lock import lock_held
 
     run = tmp_path / "run"
     small = ["--set", "num_prompts=2", "--set", "num_generations=6", "--set", "max_completion_length=16"]
+    if method == "eepo":  # the unlearning step between the stages, every step
+        small += ["--set", "method_options.gate=always"]
     done = accelerate_train(run, method, 2, *small)
     assert done.stdout.count(f"run {run}: 2 steps on TRL (2 processes)") == 1  # the main process reports
     store = RunStore(run)
@@ -168,6 +196,13 @@ def test_two_processes_under_accelerate_write_one_run_directory(method, tmp_path
         assert all(len(e) == n == len(ids) for e, n, ids in zip(frame["entropy"], frame["length"], frame["token_ids"]))
         assert all(len(k) == 5 * n for k, n in zip(frame["topk_ids"], frame["length"]))
     assert lock_held(run) is False  # let go at the end: one writer, and it is done
+    rows = store.read_metrics()
+    if method == "eepo":  # both stages on both processes, the unlearning step taken
+        assert sorted(store.read_rollouts(0).groupby(["process", "stage"]).size().tolist()) == [3, 3, 3, 3]
+        assert all(row["eepo_gate"] == 1.0 and row["eepo_logp_drop"] > 0 for row in rows)
+    if method == "policy_split":
+        assert sorted(store.read_rollouts(0).groupby(["process", "mode"]).size().tolist()) == [3, 3, 3, 3]
+        assert all(math.isfinite(row["he_bonus_abs_mean"]) for row in rows)
     if method != "erpo":
         return
     # resumable: from TRL's checkpoint at step 2, one more step, nothing written twice

@@ -14,8 +14,10 @@ vLLM); the workbench takes four of its extension points:
                                      one metrics row with the workbench's column names
 
 Each process samples whole groups (a group never spans two processes), so every advantage is
-computed where its group is. Methods that sample in phases of their own (EEPO's two stages,
-Policy Split's two contexts) are not on this backend yet; ``SUPPORTED`` says which are.
+computed where its group is. Methods that sample in phases of their own (EEPO's two stages with
+the unlearning step between, Policy Split's two modes) sample with the workbench's own sampler
+inside TRL's step (``_generate_single_turn``), and their training rows (Policy Split trains each
+response in two contexts) replace TRL's batch before the loss (``training_inputs``).
 """
 
 from __future__ import annotations
@@ -36,21 +38,20 @@ from ..batch import RolloutBatch
 from ..config import ConfigError, RunConfig
 from ..methods.base import Method
 from ..policy import LoraSettings, Policy
+from ..prompt_layout import left_pad
+from ..sampling import Sampler
 from ..store import RunStore
+from ..trainer import Trainer
 from .trl_config import grpo_config, half_precision
 
 TOP_ALTERNATIVES = 5  # as the workbench's sampler records
 SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this
 
 
-def supported(name: str) -> bool:
-    """Whether method ``name`` runs on TRL: its sampling is a plain group (TRL's generation)."""
-    cls = methods.get(name)
-    return all(getattr(cls, hook) is getattr(Method, hook)
-               for hook in ("sample", "training_batch", "precomputed_logprobs", "old_logprobs"))
-
-
-SUPPORTED = tuple(name for name in methods.names() if supported(name))
+def samples_on_its_own(name: str) -> bool:
+    """Whether method ``name`` samples in phases of its own (EEPO, Policy Split) rather than one
+    plain group, which TRL's generation (HF or vLLM) can do."""
+    return methods.get(name).sample is not Method.sample
 
 
 class WorkbenchGRPOTrainer(GRPOTrainer):
@@ -65,9 +66,10 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     def __init__(self, cfg: RunConfig, out_dir: str | Path, steps: int, policy: Policy | None = None,
                  task: tasks.Task | None = None, resume: bool = False, **trl_fields):
         cfg.validate()
-        if not supported(cfg.method):
-            raise ConfigError("method", cfg.method, f"a method that runs on the TRL backend: {', '.join(SUPPORTED)} "
-                              "(EEPO and Policy Split sample in phases of their own: use the workbench's Trainer)")
+        self.own_sampling = samples_on_its_own(cfg.method)
+        if self.own_sampling and trl_fields.get("use_vllm"):
+            raise ConfigError("trl.use_vllm", True, f"false for {cfg.method}: it samples in phases of its own, "
+                              "with the workbench's sampler (vLLM generates plain groups only)")
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
         self.run_store = RunStore(out_dir)
@@ -82,6 +84,11 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
         dataset = Dataset.from_dict({"prompt": [p.prompt for p in self.problems], "problem": list(range(len(self.problems)))})
         self._scores: list[tasks.Score] = []
+        self._step_problems: list[tasks.Problem] = []  # this process's problems of the step, one per group
+        self._sampled: RolloutBatch | None = None  # what the method sampled (own sampling), in TRL's row order
+        self.sampler = Sampler(self.policy.model, self.policy.tokenizer.eos_token_id, self.policy.tokenizer.pad_token_id)
+        # this process's metrics of the steps so far (EEPO's gate reads its window from them)
+        self.records: list[dict] = self.run_store.read_metrics() if resume else []
         self._pending: dict | None = None  # the step being trained: its rollouts and numbers, until it is logged
         # this step's clipped tokens, valid tokens, KL sum and tokens it was measured on (all processes)
         self._loss_numbers = torch.zeros(4)
@@ -127,7 +134,16 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         return self.state.global_step
 
     def generator(self, *parts: int) -> torch.Generator:
-        return torch.Generator().manual_seed(core.derive_seed(self.cfg.seed, *parts))
+        """Seeded as the Trainer's on the main process; each other process draws its own stream."""
+        process = self.accelerator.process_index
+        seed = core.derive_seed(self.cfg.seed, *parts, *([process] if process else []))
+        return torch.Generator(self.policy.device).manual_seed(seed)
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    # the Trainer's sampling, for the methods that sample in phases of their own
+    sample_group = Trainer.sample_group
 
     def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False):
         """As ``Trainer.token_logprobs``: per-token log-probs [N, T] (and entropies) under ``adapter``."""
@@ -145,43 +161,86 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self._scores = tasks.score_batch(self.task, [self.problems[i] for i in problem], completions)
         return [s.reward for s in self._scores]
 
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        if not self.own_sampling:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        training = self.model.training  # the Trainer's sampling puts the model in eval mode
+        phases = self.method.sample(self, self._step_problems)
+        try:
+            while True:
+                next(phases)
+        except StopIteration as done:
+            batch = done.value
+        finally:
+            self.model.train(training)
+        self.method.precomputed_logprobs(batch, False)  # EEPO's kept graph: TRL's loss runs its own pass
+        # TRL's rows are group-major (a group's G rows together); keep the method's order within a group
+        batch = batch.select(sorted(range(len(batch)), key=lambda i: (int(batch.group[i]), i)))
+        self._sampled = batch
+        return [batch.ids[i, :n].tolist() for i, n in enumerate(batch.mask.sum(-1).long().tolist())], None
+
     def _generate_and_score_completions(self, inputs):
         started = time.perf_counter()
+        problem_index = [x["problem"] for x in inputs]
+        self._step_problems = [self.problems[i] for i in problem_index[::self.cfg.num_generations]]
         out = super()._generate_and_score_completions(inputs)
-        batch = self.rollout_batch([x["problem"] for x in inputs], out)
+        batch = self._sampled if self.own_sampling else self.rollout_batch(out)
+        self._attach_scores(batch)
         numbers = self.method.advantages(self, batch)
+        train = self.method.training_batch(batch)
         device = out["completion_ids"].device
-        out["advantages"] = batch.token_advantages.to(device)  # [B, T]
-        keep = batch.mask.bool()
+        if self.own_sampling:
+            out = self.training_inputs(train, device)
+        out["advantages"] = train.token_advantages.to(device)  # [B, T]
+        keep = train.mask.bool()
         if self.settings["top_entropy_quantile"] < 1.0:
-            keep = core.top_entropy_mask(batch.entropy, batch.mask, self.settings["top_entropy_quantile"])
+            keep = core.top_entropy_mask(train.entropy, train.mask, self.settings["top_entropy_quantile"])
         out["keep"] = keep.to(device)
-        if batch.ref_logprobs is not None:
-            out["ref_logprobs"] = batch.ref_logprobs.to(device)
+        if train.ref_logprobs is not None:
+            out["ref_logprobs"] = train.ref_logprobs.to(device)
         batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
         if batch.gate is None:
             batch.gate = torch.ones_like(batch.entropy)
         self._collect(batch, {**numbers, **self.method.extra_metrics(self, batch)}, started)
         return out
 
-    def rollout_batch(self, problem_index: list[int], out: dict) -> RolloutBatch:
-        """This process's rows as a scored RolloutBatch, with the telemetry of one scoring pass."""
+    def training_inputs(self, train: RolloutBatch, device) -> dict:
+        """TRL's inputs for the rows the method trains on, when they are not the rows TRL sampled
+        (Policy Split's two contexts) or their old log-probs are the sampling model's (EEPO)."""
+        prompt_ids, prompt_mask = left_pad(train.prompt_ids, self.policy.tokenizer.pad_token_id)
+        mask = train.mask.long()
+        rows = torch.arange(len(train))
+        # NaN where the loss takes the detached current log-probs (one update per batch), else the
+        # behaviour's (EEPO's stage 2); with several updates, the pre-update policy's throughout
+        current = torch.full(train.mask.shape, float("nan"))
+        if self.cfg.num_iterations > 1:
+            current = self.token_logprobs(train.prompt_ids, train.ids)[0].cpu()
+        old = self.method.old_logprobs(train, rows, current.to(train.logprobs.device))
+        return {"prompt_ids": prompt_ids.to(device), "prompt_mask": prompt_mask.to(device),
+                "completion_ids": train.ids.to(device), "completion_mask": mask.to(device),
+                "old_logprobs": old.float().to(device),
+                "num_items_in_batch": self.accelerator.gather(mask.sum().to(device)).sum()}
+
+    def _attach_scores(self, batch: RolloutBatch) -> None:
+        """The verifier's scores of this process's rows (TRL's reward call kept them)."""
+        batch.rewards = torch.tensor([s.reward for s in self._scores], dtype=torch.float32)
+        batch.answers = [s.answer for s in self._scores]
+        batch.strategies = [s.strategy for s in self._scores]
+        batch.parsed = torch.tensor([s.parsed for s in self._scores], dtype=torch.bool)
+
+    def rollout_batch(self, out: dict) -> RolloutBatch:
+        """This process's rows as TRL sampled them, with the telemetry of one scoring pass."""
         g = self.cfg.num_generations
         prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
         mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
         ids = out["completion_ids"].cpu() * mask.long()  # [B, T]
         logp, entropy, topk_ids, topk_probs = self.telemetry(prompt_ids, ids)
-        batch = RolloutBatch(
-            problems=[self.problems[i] for i in problem_index[::g]],
-            group=torch.arange(len(ids) // g).repeat_interleave(g), prompt_ids=prompt_ids,
-            ids=ids, mask=mask, logprobs=logp, entropy=entropy, topk_ids=topk_ids, topk_probs=topk_probs,
-            text=self.policy.decode(ids, mask), mode=["normal"] * len(ids), stage=[1] * len(ids),
+        return RolloutBatch(
+            problems=self._step_problems, group=torch.arange(len(ids) // g).repeat_interleave(g),
+            prompt_ids=prompt_ids, ids=ids, mask=mask, logprobs=logp, entropy=entropy, topk_ids=topk_ids,
+            topk_probs=topk_probs, text=self.policy.decode(ids, mask), mode=["normal"] * len(ids),
+            stage=[1] * len(ids),
         )
-        batch.rewards = torch.tensor([s.reward for s in self._scores], dtype=torch.float32)
-        batch.answers = [s.answer for s in self._scores]
-        batch.strategies = [s.strategy for s in self._scores]
-        batch.parsed = torch.tensor([s.parsed for s in self._scores], dtype=torch.bool)
-        return batch
 
     @torch.no_grad()
     def telemetry(self, prompt_ids: list[list[int]], ids: torch.Tensor):
@@ -205,6 +264,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
     def _collect(self, batch: RolloutBatch, numbers: dict, started: float) -> None:
         """Send this process's rows and numbers to the main process (every process takes part)."""
+        self.records.append(numbers)
         frames = gather_object([batch.to_frame(self.state.global_step, self.policy.tokenizer)])
         numbers = gather_object([numbers])
         if self.accelerator.is_main_process:
@@ -218,8 +278,10 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         logp, entropy, _ = self._get_per_token_logps_and_entropies(
             model, torch.cat([prompt_ids, completion_ids], dim=1),
             torch.cat([inputs["prompt_mask"], mask], dim=1), completion_ids.size(1), compute_entropy=with_entropy)
-        old = inputs.get("old_per_token_logps")  # a second pass over the batch (num_iterations > 1)
+        old = inputs.get("old_per_token_logps")  # TRL's, when it runs several updates per batch
         old = logp.detach() if old is None else old
+        if "old_logprobs" in inputs:  # the method's (training_inputs): NaN where it takes the above
+            old = torch.where(torch.isnan(inputs["old_logprobs"]), old, inputs["old_logprobs"])
         token_loss, clipped = self.method.token_loss(
             logp, old, inputs["advantages"], mask, s, generator=self.generator(self.state.global_step, 11, self._step))
         token_loss = token_loss * inputs["keep"]

@@ -213,12 +213,19 @@ class RolloutBatch:
             topk_probs=_alternatives(frame, "topk_probs", lengths, width, torch.float32),
             text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
             rewards=rewards,
-            answers=frame["answer"].tolist() if scored and "answer" in frame else None,
-            strategies=frame["strategy"].tolist() if scored and "strategy" in frame else None,
+            answers=_labels(frame, "answer") if scored else None,
+            strategies=_labels(frame, "strategy") if scored else None,
             parsed=_column(frame, "parsed", torch.bool), advantages=_column(frame, "advantage", torch.float32),
             token_advantages=per_token("token_advantage", torch.float32), gate=per_token("gate", torch.float32),
             pivots=per_token("pivot", torch.bool),
         )
+
+
+def _labels(frame: pd.DataFrame, column: str) -> list | None:
+    """A label column (answers, strategies) with None where unparsed (parquet reads it back as NaN)."""
+    if column not in frame:
+        return None
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[column].tolist()]
 
 
 def _alternatives(frame: pd.DataFrame, column: str, lengths: list[int], width: int, dtype: torch.dtype) -> torch.Tensor:

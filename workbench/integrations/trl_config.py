@@ -67,10 +67,12 @@ def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, pr
         raise ConfigError("gradient_accumulation_steps", cfg.gradient_accumulation_steps,
                           f"a divisor of the {per_process} rows each process trains a step")
     owned = _owned_fields(cfg, settings, output_dir, steps, processes)
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    if "activation_checkpointing" not in known:  # transformers 4.x names it gradient_checkpointing
+        owned["gradient_checkpointing"] = owned.pop("activation_checkpointing")
     # transformers' Trainer turns the model's KV cache off (for the training passes); generation
     # needs it, or every new token runs the whole sequence again (26x slower on the smoke model)
     trl["generation_kwargs"] = {"use_cache": True, **(trl.get("generation_kwargs") or {})}
-    known = {f.name for f in dataclasses.fields(GRPOConfig)}
     for name, value in trl.items():
         if name in owned:
             raise ConfigError(f"trl.{name}", value, "a GRPOConfig field the run's config does not set; "

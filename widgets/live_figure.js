@@ -5,8 +5,9 @@
 // is plotly.js whole (5 MB), evaluated once per figure: on a busy 2-core laptop one evaluation
 // takes longer, and while it runs (one long task) every other model waits too. A model that
 // misses the 2 s logs "[anywidget] Failed to initialize model." and drops every later update from
-// Python. This module is small and its initialize() returns at once; plotly's module (sent as the
-// model's _plotly_module) is evaluated once, after a quiet spell in which no figure model was
+// Python. This module is small and its initialize() returns at once; plotly's module is asked of
+// one figure by a message (never part of a model's state: a reload restores all states at once,
+// and 5 MB ones were lost), evaluated once, after a quiet spell in which no figure model was
 // created (so no model's 2 s run during that long task), and the updates that arrived meanwhile
 // are replayed to it.
 const KEY = Symbol.for("workbench.plotly-figure-widget");
@@ -16,7 +17,19 @@ const MESSAGES = ["_widget_data", "_widget_layout", "_py2js_addTraces", "_py2js_
   "_py2js_moveTraces", "_py2js_restyle", "_py2js_relayout", "_py2js_update", "_py2js_animate",
   "_py2js_removeLayoutProps", "_py2js_removeTraceProps"];
 
-function plotlyWidgetModule(code) {
+function askForModule(model) {
+  return new Promise((resolve) => {
+    const answer = (msg) => {
+      if (msg?.type !== "plotly-module") return;
+      model.off("msg:custom", answer);
+      resolve(msg.code);
+    };
+    model.on("msg:custom", answer);
+    model.send({ type: "plotly-module?" });
+  });
+}
+
+function plotlyWidgetModule(model) {
   const shared = (globalThis[KEY] ??= {});
   if (!shared.promise) {
     shared.promise = new Promise((resolve) => { shared.start = resolve; });
@@ -24,8 +37,10 @@ function plotlyWidgetModule(code) {
   if (shared.start) {  // not evaluated yet: a new figure restarts the quiet spell
     clearTimeout(shared.timer);
     shared.timer = setTimeout(() => {
-      const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
-      shared.start(import(/* webpackIgnore: true */ url).finally(() => URL.revokeObjectURL(url)));
+      shared.start(askForModule(model).then((code) => {
+        const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
+        return import(/* webpackIgnore: true */ url).finally(() => URL.revokeObjectURL(url));
+      }));
       shared.start = null;
     }, QUIET_MS);
   }
@@ -41,7 +56,7 @@ export default () => {
       for (const name of MESSAGES) {
         model.on(`change:${name}`, () => { if (!plotly) early.push([name, model.get(name)]); });
       }
-      loaded = plotlyWidgetModule(model.get("_plotly_module")).then((module) => {
+      loaded = plotlyWidgetModule(model).then((module) => {
         const widget = module.default();
         widget.initialize({ model });
         plotly = widget;

@@ -7,10 +7,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import ipywidgets as w
 
 from .style import FONT_SIZE, OKABE_ITO
+
+T = TypeVar("T")
 
 ERROR_COLOR = OKABE_ITO[3]
 OK_COLOR = OKABE_ITO[2]
@@ -149,3 +152,37 @@ class Every:
 
     def cancel(self) -> None:
         self._stop.set()
+
+
+class PollGuard:
+    """One poll at a time (the timer's, direct ones, reloads), its error kept for the status line.
+
+    ``run(work)`` runs ``work()`` under the lock, records its exception in ``error`` (None when it
+    went through), redraws with ``show()`` either way and re-raises; ``tick(poll)`` is the timer's
+    call of a widget's guarded ``poll``: it swallows the error that ``show`` has already put on
+    screen, so that the next poll tries again."""
+
+    def __init__(self, show: Callable[[], None]):
+        self.lock = threading.Lock()
+        self.error: Exception | None = None
+        self._show = show
+
+    def run(self, work: Callable[[], T]) -> T:
+        with self.lock:
+            try:
+                result = work()
+                self.error = None
+                return result
+            except Exception as error:
+                self.error = error
+                raise
+            finally:
+                self._show()
+
+    @staticmethod
+    def tick(poll: Callable[[], object]) -> None:
+        try:
+            poll()
+        except Exception:  # shown in the status line by run(); the next poll tries again
+            pass
+

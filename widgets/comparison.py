@@ -4,7 +4,6 @@ directories followed live while other processes write them."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping, Sequence
 
 import ipywidgets as w
@@ -13,7 +12,7 @@ import pandas as pd
 from workbench.run_follower import RunFollower
 from workbench.store import RunStore
 
-from ._live import FULL_WIDTH, Every, downsample, esc, metric_title, set_status, status_line, step_ticks
+from ._live import FULL_WIDTH, Every, PollGuard, downsample, esc, metric_title, set_status, status_line, step_ticks
 from .following import FOLLOW_INTERVAL, is_run_directory
 from .live_figure import LiveFigure
 from .style import panel_layout, run_color
@@ -47,9 +46,8 @@ class RunComparison(w.VBox):
         self.max_points = max_points
         self.frames: dict[str, pd.DataFrame] = {}
         self.followers: dict[str, RunFollower] = {}  # the run directories, by label
-        self.error: Exception | None = None  # of the last poll
         self._rows: dict[str, list[dict]] = {}  # the rows each followed directory has had
-        self._polling = threading.Lock()  # the timer's polls, direct ones and reloads, one at a time
+        self._guard = PollGuard(self._show_status)  # the timer's polls, direct ones and reloads, one at a time
         self.metric = w.Dropdown(description="metric", layout=w.Layout(width="360px"))
         self.smoothing = w.FloatSlider(value=smoothing, min=0.0, max=0.99, step=0.01, description="smoothing",
                                        tooltip="exponential moving average weight (0 = raw values)",
@@ -75,7 +73,7 @@ class RunComparison(w.VBox):
     def reload(self, metric: str | None = None) -> None:
         """Read every run again from its start; keep the selected metric (or select ``metric``) if
         all have it."""
-        with self._polling:
+        with self._guard.lock:
             self.followers = {label: RunFollower(run) for label, (_, run) in zip(self.labels, self.runs)
                               if is_run_directory(run)}
             self._rows = {label: [] for label in self.followers}
@@ -86,23 +84,16 @@ class RunComparison(w.VBox):
 
     def poll(self) -> None:
         """Read what each run directory wrote since the last poll, and draw it."""
-        with self._polling:
-            try:
-                changed = self._poll_directories()
-                self.error = None
-            except Exception as error:
-                self.error = error
-                raise
-            finally:
-                self._show_status()
-        if changed:
+        if self._guard.run(self._poll_directories):
             self._select(None)
 
     def _tick(self) -> None:
-        try:
-            self.poll()
-        except Exception:  # shown in the status line by poll(); the next poll tries again
-            pass
+        self._guard.tick(self.poll)
+
+    @property
+    def error(self) -> Exception | None:
+        """The last poll's error, None when it went through."""
+        return self._guard.error
 
     def _poll_directories(self) -> bool:
         """Add each directory's new rows to its frame; whether any frame changed."""

@@ -8,7 +8,6 @@ following widget shows ("following runs/a · step 12 of 50 · waiting for step 1
 from __future__ import annotations
 
 import html
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import ipywidgets as W
 
 from workbench.run_follower import RunFollower, RunUpdate
 
-from ._live import ERROR_COLOR, Every, busy
+from ._live import ERROR_COLOR, Every, PollGuard, busy
 from .style import FONT_SIZE
 
 # seconds between polls: a new step shows within a second, and a poll that finds nothing costs
@@ -42,10 +41,9 @@ class RunWatch:
             raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
         self.follower = RunFollower(run_dir, steps)
         self.interval, self.name = interval, name
-        self.error: Exception | None = None
         self.status = W.HTML(layout=W.Layout(min_height="1.6em"))
         self._on_update, self._detail = on_update, detail
-        self._polling = threading.Lock()  # the timer's polls and direct ones, one at a time
+        self._guard = PollGuard(self.show)
         self._timer: Every | None = None
 
     @property
@@ -61,23 +59,20 @@ class RunWatch:
 
     def poll(self) -> RunUpdate:
         """Read what is new now, hand it on and show the state; an error is raised."""
-        with self._polling:
-            try:
-                update = self.follower.poll()
-                self._on_update(update)
-                self.error = None
-            except Exception as error:
-                self.error = error
-                raise
-            finally:
-                self.show()
+        return self._guard.run(self._poll)
+
+    def _poll(self) -> RunUpdate:
+        update = self.follower.poll()
+        self._on_update(update)
         return update
 
     def _tick(self) -> None:
-        try:
-            self.poll()
-        except Exception:  # shown in the status line by poll(); the next poll tries again
-            pass
+        self._guard.tick(self.poll)
+
+    @property
+    def error(self) -> Exception | None:
+        """The last poll's error, None when it went through."""
+        return self._guard.error
 
     def show(self) -> None:
         """Redraw the status line."""

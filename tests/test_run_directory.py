@@ -25,7 +25,7 @@ from workbench.models import resolve
 from workbench.report import _read_metrics
 from workbench.store import CheckpointError, DamagedMetricsWarning, RunLockedError, RunStore
 from workbench.study import StudyPlan
-from workbench.study import _claim as _claim_study
+from workbench.study import claim_plan as _claim_study
 from workbench.tasks import RewardFunctionError
 
 SMALL = dict(num_prompts=2, num_generations=2, max_completion_length=8, seed=5, threads=1)

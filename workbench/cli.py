@@ -1,11 +1,12 @@
-"""The ``workbench`` command: train, eval, report, compare, options, build-tiny.
+"""The ``workbench`` command: train, eval, report, compare, sweep, options, build-tiny.
 
     workbench train --preset quick --method grpo --steps 30 --out runs/demo --set learning_rate=1e-3
     workbench train --method eepo --set method_options.gate=always --out runs/eepo
     workbench options --method eepo
     workbench eval runs/demo --split test --n-samples 16
     workbench report runs/demo
-    workbench compare --methods grpo,eepo,erpo --seeds 3 --steps 100 --out runs/study
+    workbench compare --methods grpo,eepo,erpo --seeds 3 --steps 100 --out runs/study [--backend ray]
+    workbench sweep --set method=eepo --space learning_rate=loguniform:1e-4:1e-2 --samples 4 --out runs/sweep
     workbench report runs/study
     workbench build-tiny
 """
@@ -20,6 +21,8 @@ import threading
 from pathlib import Path
 
 import yaml
+
+from .integrations import MissingExtraError
 
 
 def _overrides(pairs: list[str], flag: str = "--set") -> dict:
@@ -212,13 +215,57 @@ def cmd_compare(args) -> int:
         eval_samples=args.eval_samples,
         overrides=_overrides(args.set),
     )
-    out = run_study(args.out, plan, progress=True)
+    _ray_only(args, "compare")
+    out = run_study(args.out, plan, progress=True, backend=args.backend, address=args.address,
+                    gpus_per_run=args.gpus_per_run)
     table = summarize(out)
     columns = [c for c in ("method", "split", "seeds", "pass@1", "pass@1 ci95", f"pass@{plan.eval_samples}",
                            "entropy_mean", "distinct_correct_strategies", "gain_vs_grpo") if c in table]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"workbench report {out}  # the HTML comparison page")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .options import of_dataclass
+    from .sweep import SweepPlan, best_trials
+
+    try:
+        from .integrations.ray_tune import run_sweep
+    except MissingExtraError as error:
+        raise UsageError(str(error)) from None
+
+    space = {}
+    for pair in args.space:
+        key, sep, spec = pair.partition("=")
+        if not sep or not key or not spec:
+            raise UsageError(f"--space {pair!r}: expected KEY=KIND:VALUES, e.g. --space learning_rate=grid:1e-3,1e-2")
+        space[key] = spec
+    fields = {name: getattr(args, name) for name in of_dataclass(SweepPlan)}
+    plan = SweepPlan(space=space, overrides=_overrides(args.set), **fields)
+    print(f"{plan.trials} trials of {plan.steps} steps on Ray ({plan.scheduler}, metric {plan.metric}, {plan.mode})")
+    out = run_sweep(args.out, plan, progress=True, address=args.address, gpus_per_run=args.gpus_per_run)
+    best = best_trials(out)
+    columns = [c for c in ("name", "status", "step", "metric", *plan.space, "pass@1", f"pass@{plan.eval_samples}")
+               if c in best]
+    print(f"best trials by {plan.metric} ({plan.mode}; finished first):")
+    print(best[columns].rename(columns={"metric": plan.metric}).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"every trial: {out / 'trials.json'}; watch it with widgets.SweepView({str(out)!r})")
+    return 0
+
+
+def _ray_only(args, command: str) -> None:
+    if args.backend != "ray" and (args.address is not None or args.gpus_per_run):
+        flag = "--address" if args.address is not None else "--gpus-per-run"
+        raise UsageError(f"{command} {flag} is for --backend ray")
+
+
+def _ray_args(sp) -> None:
+    sp.add_argument("--address", help="a running Ray cluster (e.g. ray://head:10001; default: a local Ray started "
+                    "for this command on every core)")
+    sp.add_argument("--gpus-per-run", type=float, default=0.0, metavar="N",
+                    help="GPUs each run reserves (e.g. 1, or 0.5 to pack two runs on a GPU); CPUs: the runs' "
+                         "threads (--set threads=N, default 1)")
 
 
 def cmd_build_tiny(args) -> int:
@@ -309,7 +356,27 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-samples", type=_at_least_one, default=64, help="samples per prompt: pass@k up to this k")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a RunConfig field for every run (`workbench options` lists them)")
+    c.add_argument("--backend", choices=("serial", "ray"), default="serial",
+                   help="serial: one run after another here; ray: each run a Ray task (the [ray] extra)")
+    _ray_args(c)
     c.set_defaults(func=cmd_compare)
+
+    from . import sweep
+    from .options import of_dataclass
+
+    s = sub.add_parser("sweep", help="a search over settings on Ray Tune, each trial a run directory (the [ray] extra)",
+                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--space", action="append", default=[], required=True, metavar="KEY=KIND:VALUES",
+                   help="a searched setting: grid:a,b | choice:a,b | uniform:lo:hi | loguniform:lo:hi | randint:lo:hi")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RunConfig field for every trial, e.g. method=eepo (`workbench options` lists them)")
+    for name, option in of_dataclass(sweep.SweepPlan).items():
+        kind = {"int": int, "float": float}.get(option.kind, str)
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=option.default,
+                       choices=option.choices or None, help=f"{option.help} (default {option.default})")
+    s.add_argument("--out", required=True, help="sweep directory (run again with the same plan to resume)")
+    _ray_args(s)
+    s.set_defaults(func=cmd_sweep)
 
     o = sub.add_parser("options", help="every RunConfig field, or one method's options: default, allowed values, help")
     o.add_argument("--method", choices=sorted(OPTIONS["method"].choices), help="that method's method_options instead")
@@ -361,7 +428,7 @@ def _one_line(error: BaseException) -> str:
 
     message = " ".join(str(error).split())
     if isinstance(error, (ConfigError, PolicyLoadError, CheckpointError, RunLockedError, RewardFunctionError,
-                          DatasetError, UsageError)):
+                          DatasetError, UsageError, MissingExtraError)):
         return message
     if isinstance(error, OSError) and error.filename:
         return f"{error.strerror or type(error).__name__}: {error.filename}"

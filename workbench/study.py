@@ -69,47 +69,82 @@ class StudyPlan:
         return out / f"{method}-seed{seed}"
 
 
-def run_study(out: str | Path, plan: StudyPlan, progress: bool = True) -> Path:
-    """Run (or resume) every run of ``plan`` into ``out``; returns ``out``."""
-    from tqdm.auto import tqdm
+BACKENDS = ("serial", "ray")
 
+
+def run_study(out: str | Path, plan: StudyPlan, progress: bool = True, backend: str = "serial",
+              address: str | None = None, gpus_per_run: float = 0.0) -> Path:
+    """Run (or resume) every run of ``plan`` into ``out``; returns ``out``.
+
+    ``backend="serial"`` runs them one after another in this process; ``"ray"`` runs each as a
+    Ray task (``workbench.integrations.ray``) on a local Ray started for the study, or on the
+    cluster at ``address``, with ``gpus_per_run`` GPUs each. The directory, the resume rules and
+    every ``eval.json`` are the same on both."""
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, f"one of {', '.join(BACKENDS)}")
+    if backend == "serial" and (address is not None or gpus_per_run):
+        raise ConfigError("address" if address is not None else "gpus_per_run", address or gpus_per_run,
+                          "only with backend='ray'")
+    out = Path(out)
+    claim_plan(out, plan)
     from .store import RunStore
 
-    out = Path(out)
-    _claim(out, plan)
     study = RunStore(out)
     study.lock()  # one compare at a time in a study directory (each run also locks its own)
-    runs = [(method, seed) for seed in plan.seeds for method in plan.methods]
-    done_steps = sum(_steps_done(plan.run_dir(out, m, s), plan.steps) for m, s in runs)
-    bar = tqdm(total=len(runs) * plan.steps, initial=done_steps, desc="study", unit="step", disable=not progress)
     try:
-        if not (out / BASE / EVAL_FILE).exists():
-            bar.set_postfix_str("evaluating the base model")
-            _evaluate_base(out / BASE, plan)
-        for method, seed in runs:
-            _run_one(plan.run_dir(out, method, seed), plan, method, seed, bar)
+        if backend == "ray":
+            from .integrations.ray import run_study_on_ray
+
+            run_study_on_ray(out, plan, progress=progress, address=address, gpus_per_run=gpus_per_run)
+        else:
+            _run_serially(out, plan, progress)
     finally:
-        bar.close()
         study.unlock()
     return out
 
 
-def _claim(out: Path, plan: StudyPlan) -> None:
-    """Write the plan, or check that a study already in ``out`` has the same one."""
-    path = out / PLAN_FILE
+def study_runs(plan: StudyPlan) -> list[tuple[str, int]]:
+    """The (method, seed) runs in the order they start: seed by seed, so that a stopped study
+    already holds complete comparisons."""
+    return [(method, seed) for seed in plan.seeds for method in plan.methods]
+
+
+def _run_serially(out: Path, plan: StudyPlan, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    runs = study_runs(plan)
+    done_steps = sum(steps_done(plan.run_dir(out, m, s), plan.steps) for m, s in runs)
+    bar = tqdm(total=len(runs) * plan.steps, initial=done_steps, desc="study", unit="step", disable=not progress)
+    try:
+        if not (out / BASE / EVAL_FILE).exists():
+            bar.set_postfix_str("evaluating the base model")
+            evaluate_base(out / BASE, plan)
+        for method, seed in runs:
+            bar.set_postfix_str(f"{method} seed {seed}")
+            run_one(plan.run_dir(out, method, seed), plan, method, seed, on_step=lambda: bar.update(1))
+    finally:
+        bar.close()
+
+
+def claim_plan(out: Path, plan, plan_file: str = PLAN_FILE, kind: str = "study") -> None:
+    """Write the plan (a dataclass) to ``out/plan_file``, or check that the one already there is
+    the same: a study or sweep resumes only with its own plan."""
+    path = out / plan_file
     wanted = asdict(plan)
     if path.exists():
         found = json.loads(path.read_text())
         for key, value in wanted.items():
             if found.get(key) != value:
-                raise ConfigError(key, value, f"the plan of the study in {out} ({key}={found.get(key)!r}): "
+                raise ConfigError(key, value, f"the plan of the {kind} in {out} ({key}={found.get(key)!r}): "
                                   "resume it with the same plan, or choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, wanted)
+    write_json(path, wanted)
 
 
-def _steps_done(run_dir: Path, steps: int) -> int:
+def steps_done(run_dir: Path, steps: int) -> int:
+    """Steps of a run that a resume would not repeat: all when it has its ``eval.json``, else
+    those up to its last checkpoint."""
     if (run_dir / EVAL_FILE).exists():
         return steps
     from .store import RunStore
@@ -118,7 +153,10 @@ def _steps_done(run_dir: Path, steps: int) -> int:
     return min(steps, max(checkpoints, default=0))
 
 
-def _run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, bar) -> None:
+def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None, threads: int | None = None) -> None:
+    """Train (or resume) one run of the study to ``plan.steps`` and write its ``eval.json``;
+    nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
+    when the backend sets them (a new run records them in its config)."""
     from .config import RunConfig
     from .trainer import Trainer
 
@@ -127,28 +165,31 @@ def _run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, bar) -> Non
     if (run_dir / "config.yaml").exists():
         trainer = Trainer.resume(run_dir)
     else:
-        cfg = RunConfig(**{**plan.overrides, "method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every})
-        trainer = Trainer(cfg, out_dir=run_dir)  # checkpointed at step 0: resumable from the start
-    bar.set_postfix_str(f"{method} seed {seed}")
-    trainer.subscribe(lambda phase: bar.update(1) if phase.name == "metrics" else None)
+        fixed = {"method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every}
+        if threads is not None:
+            fixed["threads"] = threads
+        trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}), out_dir=run_dir)  # checkpointed at step 0
+    if on_step is not None:
+        trainer.subscribe(lambda phase: on_step() if phase.name == "metrics" else None)
     try:
         trainer.run(plan.steps - trainer.step_index, progress=False)  # saves on the way out, stopped or not
     finally:
         trainer.close()
-    bar.set_postfix_str(f"{method} seed {seed}: evaluating")
     modes = ("normal", "high_entropy") if method == "policy_split" else ("normal",)
     result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
-    _write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
+    write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
                                                                       if "high_entropy" in result else {})})
 
 
-def _evaluate_base(base_dir: Path, plan: StudyPlan) -> None:
+def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -> None:
+    """The untrained model's evaluation, ``base/eval.json``: the study's reference line."""
     from .config import RunConfig
     from .trainer import Trainer
 
-    trainer = Trainer(RunConfig(**{**plan.overrides, "seed": plan.seeds[0]}))
+    fixed = {"seed": plan.seeds[0], **({"threads": threads} if threads is not None else {})}
+    trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}))
     base_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
+    write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
 
 
 def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
@@ -156,7 +197,8 @@ def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
             for split in plan.splits}
 
 
-def _write_json(path: Path, value) -> None:
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON at ``path``, atomically (a reader sees the old file or the new one)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""Sweeps on Ray Tune: ``workbench sweep`` (the plan and the directory: ``workbench.sweep``).
+
+Each trial is a Tune trial whose function trains a workbench run in ``OUT/trial-NNN``, reports
+every step's metrics row to Tune (so that ASHA can stop a trial whose metric trails at a rung)
+and, after its last step, evaluates the test split into the trial's ``eval.json``. The driver's
+callback keeps ``OUT/trials.json`` current, which is what ``widgets.SweepView`` and
+``workbench.sweep.read_trials`` read. A trial reserves ``threads`` CPUs (and ``gpus_per_run``
+GPUs) and sets torch to that many threads. Run again with the same plan, a sweep restores Tune's
+experiment from ``OUT/tune`` and each unfinished trial resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from ..study import claim_plan, write_json
+from ..sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
+from . import require
+from .ray import ray_cluster, threads_per_run
+
+FEATURE = "workbench sweep"
+tune = require("ray.tune", "ray", FEATURE)
+
+
+def run_sweep(out: str | Path, plan: SweepPlan, progress: bool = True, address: str | None = None,
+              gpus_per_run: float = 0.0) -> Path:
+    """Run (or resume) the sweep ``plan`` into ``out`` on Ray Tune; returns ``out``. A sweep
+    whose every trial failed raises the first trial's error."""
+    from ..store import RunStore
+
+    out = Path(out).resolve()
+    claim_plan(out, plan, PLAN_FILE, "sweep")
+    lock = RunStore(out)
+    lock.lock()  # one sweep at a time in a directory (each trial also locks its own)
+    try:
+        with ray_cluster(address, FEATURE):
+            results = _tuner(out, plan, progress, gpus_per_run).fit()
+    finally:
+        lock.unlock()
+    errors = [result.error for result in results if result.error is not None]
+    if errors and len(errors) == len(results):
+        raise RuntimeError(f"every trial failed; the first: {_cause(errors[0])}")
+    return out
+
+
+def _tuner(out: Path, plan: SweepPlan, progress: bool, gpus_per_run: float):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    threads = threads_per_run(plan.overrides)
+    trainable = tune.with_resources(tune.with_parameters(_trial, out=str(out), plan=plan, threads=threads),
+                                    {"cpu": threads, "gpu": gpus_per_run})
+    recorder = TrialRecorder(out, plan, progress)
+    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=[recorder],
+                                failure_config=tune.FailureConfig(max_failures=0))
+    if tune.Tuner.can_restore(str(out / TUNE_DIR)):
+        return tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=_param_space(plan))
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=plan.steps, grace_period=plan.grace,
+                               reduction_factor=plan.reduction_factor)
+                 if plan.scheduler == "asha" else FIFOScheduler())
+    tune_config = tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=scheduler, num_samples=plan.samples,
+                                  search_alg=BasicVariantGenerator(random_state=plan.search_seed))
+    return tune.Tuner(trainable, param_space=_param_space(plan), tune_config=tune_config, run_config=run_config)
+
+
+def _param_space(plan: SweepPlan) -> dict:
+    """The plan's dimensions as Tune's search space (``randint``'s high is included here)."""
+    domains = {"grid": lambda d: tune.grid_search(list(d.values)), "choice": lambda d: tune.choice(list(d.values)),
+               "uniform": lambda d: tune.uniform(d.low, d.high), "loguniform": lambda d: tune.loguniform(d.low, d.high),
+               "randint": lambda d: tune.randint(d.low, d.high + 1)}
+    return {d.key: domains[d.kind](d) for d in plan.dimensions}
+
+
+def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
+    """One trial, in a Ray worker: train (or resume) its run directory, report every step."""
+    import torch
+
+    from ..study import EVAL_FILE
+    from ..trainer import Trainer
+
+    torch.set_num_threads(threads)
+    run_dir = Path(out) / trial_name(tune.get_context().get_trial_id())
+    params = {key: params[key] for key in plan.space}
+    if (run_dir / "config.yaml").exists():
+        trainer = Trainer.resume(run_dir)
+    else:
+        trainer = Trainer(plan.run_config(params, threads), out_dir=run_dir)
+    try:
+        while trainer.step_index < plan.steps:
+            row = trainer.step().metrics
+            if plan.metric not in row:
+                from ..options import ConfigError
+
+                raise ConfigError("metric", plan.metric, "a metric every step records: one of "
+                                  + ", ".join(sorted(k for k, v in row.items() if isinstance(v, (int, float)))))
+            report = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if trainer.step_index == plan.steps:  # the last step: saved and evaluated before Tune hears of it
+                trainer.save_checkpoint()
+                evaluation = trainer.evaluate("test", n_samples=plan.eval_samples, num_prompts=plan.eval_prompts)
+                write_json(run_dir / EVAL_FILE, {"final": {"test": evaluation}})
+            tune.report(report)
+    finally:
+        trainer.close()
+
+
+class TrialRecorder(tune.Callback):
+    """A Tune callback in the driver: ``OUT/trials.json`` rewritten on every trial event (at most
+    once a second while nothing changes), and a progress bar over all steps of all trials."""
+
+    def __init__(self, out: Path, plan: SweepPlan, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.out, self.plan = out, plan
+        self.trials: dict[str, dict] = {}
+        self.bar = tqdm(total=plan.trials * plan.steps, desc="sweep", unit="step", disable=not progress)
+        self._written = 0.0
+
+    def _entry(self, trial) -> dict:
+        name = trial_name(trial.trial_id)
+        entry = self.trials.setdefault(name, {"name": name, "params": {k: trial.config.get(k) for k in self.plan.space},
+                                              "status": "pending", "step": None, "metric": None, "error": None})
+        return entry
+
+    def on_step_begin(self, iteration, trials, **info):
+        for trial in trials:
+            self._entry(trial)
+        if time.monotonic() - self._written > 1.0:
+            self._write()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._entry(trial)["status"] = "running"
+        self._write()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        entry = self._entry(trial)
+        entry["step"] = int(result["step"])
+        value = result.get(self.plan.metric)
+        entry["metric"] = float(value) if value is not None and math.isfinite(value) else None
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{entry['name']} {self.plan.metric}={value:.3g}" if entry["metric"] is not None else "")
+        self._write()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        finished = entry["step"] is not None and entry["step"] + 1 >= self.plan.steps
+        entry["status"] = "finished" if finished else "stopped"
+        if not finished:  # the steps it will not take leave the bar's total
+            self.bar.total -= self.plan.steps - (entry["step"] + 1 if entry["step"] is not None else 0)
+            self.bar.refresh()
+        self._write()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry["status"], entry["error"] = "failed", _cause(trial.get_error() or "failed")
+        self._write()
+
+    def on_experiment_end(self, trials, **info):
+        self._write()
+        self.bar.close()
+
+    def _write(self) -> None:
+        write_json(self.out / TRIALS_FILE, {"updated": time.time(), "trials": sorted(self.trials.values(),
+                                                                                     key=lambda t: t["name"])})
+        self._written = time.monotonic()
+
+
+def _cause(error) -> str:
+    """A trial's error in one line: the last line of its traceback (the worker's exception)."""
+    text = str(getattr(error, "cause", None) or error).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " ".join((lines[-1] if lines else text).split())[:500]

@@ -20,7 +20,8 @@ The sweep directory, which ``widgets.SweepView`` follows while the sweep runs:
     OUT/tune/                 Ray Tune's own experiment state (what a restart resumes from)
 
 Trial statuses: pending, running, finished (every step, evaluated), stopped (ended early by the
-scheduler, e.g. ASHA on the metric) and failed (its error is in trials.json).
+scheduler, e.g. ASHA on the metric), failed (its error is in trials.json) and interrupted (the
+sweep was stopped before the trial ended: running the same command again resumes it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PLAN_FILE = "sweep.json"
 TRIALS_FILE = "trials.json"
 EVAL_FILE = "eval.json"
 TUNE_DIR = "tune"
-STATUSES = ("pending", "running", "finished", "stopped", "failed")
+STATUSES = ("pending", "running", "finished", "stopped", "failed", "interrupted")
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo")
 # fields a sweep sets itself, per trial
@@ -174,7 +175,8 @@ class SweepPlan:
             try:
                 self.run_config({**others, key: value})
             except ConfigError as error:
-                raise ConfigError(f"space.{key}", dimension.describe(), f"every value allowed ({error})") from None
+                raise ConfigError(f"space.{key}", dimension.describe(), f"every value allowed ({error}); a dimension "
+                                  f"is KIND:VALUES with KIND one of {', '.join(KINDS)}, or a,b,c for a grid") from None
 
 
 def trial_name(trial_id: str) -> str:
@@ -194,11 +196,13 @@ def read_trials(out: str | Path) -> pd.DataFrame:
     """One row per trial: name, status, step (the last reported), the metric's last value, its
     params (one column each, named by key) and, for a finished trial, its test-split evaluation
     (``pass@1`` ... ``entropy_mean``). Empty before the sweep's first trial starts."""
-    out = Path(out)
+    out, columns = Path(out), ["name", "status", "step", "metric", "error"]
     try:
         trials = json.loads((out / TRIALS_FILE).read_text())["trials"]
     except FileNotFoundError:
-        return pd.DataFrame(columns=["name", "status", "step", "metric"])
+        trials = []
+    if not trials:
+        return pd.DataFrame(columns=columns)
     rows = []
     for trial in trials:
         row = {"name": trial["name"], "status": trial["status"], "step": trial.get("step"),

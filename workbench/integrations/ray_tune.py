@@ -11,7 +11,10 @@ experiment from ``OUT/tune`` and each unfinished trial resumes from its last che
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -35,7 +38,7 @@ def run_sweep(out: str | Path, plan: SweepPlan, progress: bool = True, address: 
     lock = RunStore(out)
     lock.lock()  # one sweep at a time in a directory (each trial also locks its own)
     try:
-        with ray_cluster(address, FEATURE):
+        with ray_cluster(address, FEATURE), _quiet_tune():
             results = _tuner(out, plan, progress, gpus_per_run).fit()
     finally:
         lock.unlock()
@@ -43,6 +46,21 @@ def run_sweep(out: str | Path, plan: SweepPlan, progress: bool = True, address: 
     if errors and len(errors) == len(results):
         raise RuntimeError(f"every trial failed; the first: {_cause(errors[0])}")
     return out
+
+
+@contextlib.contextmanager
+def _quiet_tune():
+    """Tune's legacy reporter, which at verbose=0 prints nothing: the progress bar and the
+    trials table are the workbench's (the new one prints its configuration box at any verbosity)."""
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
 
 
 def _tuner(out: Path, plan: SweepPlan, progress: bool, gpus_per_run: float):
@@ -111,12 +129,34 @@ class TrialRecorder(tune.Callback):
     once a second while nothing changes), and a progress bar over all steps of all trials."""
 
     def __init__(self, out: Path, plan: SweepPlan, progress: bool):
-        from tqdm.auto import tqdm
+        self.out, self.plan, self.progress = out, plan, progress
+        self._load()
 
-        self.out, self.plan = out, plan
-        self.trials: dict[str, dict] = {}
-        self.bar = tqdm(total=plan.trials * plan.steps, desc="sweep", unit="step", disable=not progress)
-        self._written = 0.0
+    def _load(self) -> None:
+        """Start from the trials the file already holds (a restarted sweep keeps its history)."""
+        try:
+            trials = json.loads((self.out / TRIALS_FILE).read_text())["trials"]
+        except FileNotFoundError:
+            trials = []
+        self.trials: dict[str, dict] = {t["name"]: t for t in trials}
+        self._bar, self._written = None, 0.0
+
+    def __getstate__(self):  # Tune saves its callbacks with the experiment: the file is the state
+        return {"out": self.out, "plan": self.plan, "progress": self.progress}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._load()
+
+    @property
+    def bar(self):
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            done = sum(t["step"] + 1 for t in self.trials.values() if t["step"] is not None)
+            self._bar = tqdm(total=self.plan.trials * self.plan.steps, initial=done, desc="sweep", unit="step",
+                             disable=not self.progress)
+        return self._bar
 
     def _entry(self, trial) -> dict:
         name = trial_name(trial.trial_id)
@@ -135,12 +175,12 @@ class TrialRecorder(tune.Callback):
         self._write()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        entry = self._entry(trial)
+        bar, entry = self.bar, self._entry(trial)  # the bar first: it starts from the steps already recorded
         entry["step"] = int(result["step"])
         value = result.get(self.plan.metric)
         entry["metric"] = float(value) if value is not None and math.isfinite(value) else None
-        self.bar.update(1)
-        self.bar.set_postfix_str(f"{entry['name']} {self.plan.metric}={value:.3g}" if entry["metric"] is not None else "")
+        bar.update(1)
+        bar.set_postfix_str(f"{entry['name']} {self.plan.metric}={value:.3g}" if entry["metric"] is not None else "")
         self._write()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -158,6 +198,9 @@ class TrialRecorder(tune.Callback):
         self._write()
 
     def on_experiment_end(self, trials, **info):
+        for entry in self.trials.values():
+            if entry["status"] in ("pending", "running"):  # the sweep was stopped: they go on when it is run again
+                entry["status"] = "interrupted"
         self._write()
         self.bar.close()
 

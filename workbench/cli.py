@@ -228,7 +228,7 @@ def cmd_compare(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .options import of_dataclass
-    from .sweep import SweepPlan, best_trials
+    from .sweep import SweepPlan, best_trials, read_trials
 
     try:
         from .integrations.ray_tune import run_sweep
@@ -251,6 +251,10 @@ def cmd_sweep(args) -> int:
     print(f"best trials by {plan.metric} ({plan.mode}; finished first):")
     print(best[columns].rename(columns={"metric": plan.metric}).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"every trial: {out / 'trials.json'}; watch it with widgets.SweepView({str(out)!r})")
+    if (read_trials(out).status == "interrupted").any():  # Tune took the Ctrl-C and saved the experiment
+        print(f"workbench: interrupted; the sweep in {out} is saved: run the same command again to resume it",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -59,8 +59,12 @@ def test_zero_variance_bucket_gives_zero():
     assert torch.allclose(out, torch.tensor([[0.0, 0.0, -z, 0.0], [0.0, z, 0.0, 0.0]]), atol=1e-5)
     # one bucket per token: every bucket has one value and std 0
     assert (bucket_normalize(torch.randn(1, 5), torch.ones(1, 5), num_buckets=5) == 0).all()
-    # the step-0 case: policy = reference, s is float noise far below the floor
-    assert (bucket_normalize(torch.randn(2, 6) * 1e-9, torch.ones(2, 6), num_buckets=2) == 0).all()
+    # the noise floor is in nats of the unscaled difference: a bucket spread of ~5e-4 nats is
+    # rounding under the default 1e-3, and signal under a floor of 1e-4
+    noise = torch.tensor([[0.0, 1e-3, 0.0, 1e-3]])
+    assert (bucket_normalize(noise, torch.ones(1, 4), num_buckets=1) == 0).all()
+    assert torch.allclose(bucket_normalize(noise, torch.ones(1, 4), num_buckets=1, floor=1e-4),
+                          torch.tensor([[-1.0, 1.0, -1.0, 1.0]]), atol=1e-2)
 
 
 def test_bucket_normalize_within_groups():
@@ -112,6 +116,10 @@ def test_config_errors():
         RunConfig(method="erpo", method_options={"gamma": -1})
     with pytest.raises(ConfigError, match="method_options.kappa"):
         RunConfig(method="erpo", method_options={"kappa": 2})
+    with pytest.raises(ConfigError, match="method_options.beta"):  # the z-score divides any scale out
+        RunConfig(method="erpo", method_options={"beta": 0.1})
+    with pytest.raises(ConfigError, match="method_options.noise_floor=-0.1"):
+        RunConfig(method="erpo", method_options={"noise_floor": -0.1})
 
 
 def test_first_step_has_no_progress_and_records_gate_and_token_advantages():
@@ -128,11 +136,26 @@ def test_first_step_has_no_progress_and_records_gate_and_token_advantages():
     # ERPO's reference pass is the only one: the trainer's KL term reuses it
     assert len(calls) == 1
     mask = batch.mask
-    # LoRA B starts at 0: policy = reference, s ~ 0 in every bucket, so A_{i,t} = A_i
-    assert batch.extras["erpo_progress"].abs().max() < 1e-5
-    assert torch.allclose(batch.token_advantages, batch.advantages[:, None] * mask)
+    # LoRA B starts at 0 and both log-probs come from one pass: s = 0 exactly, A_{i,t} = A_i
+    assert (batch.extras["erpo_progress"] == 0).all()
+    assert torch.equal(batch.token_advantages, batch.advantages[:, None] * mask)
     assert torch.allclose(batch.gate, entropy_gate(batch.entropy, mask, 5.0, group=batch.group))
     assert batch.ref_logprobs.shape == batch.ids.shape
+
+
+def test_at_step_0_under_bfloat16_erpo_gives_grpos_advantages():
+    """On a GPU (bf16 autocast) the sampler and the scoring pass round differently; ERPO takes
+    both of its log-probs from the scoring pass, so at step 0 it is GRPO there too."""
+    erpo = Trainer(RunConfig(**QUICK, dtype="bfloat16"))
+    grpo = Trainer(RunConfig(**{**QUICK, "method": "grpo"}, dtype="bfloat16"))
+    e, g = erpo.step().batch, grpo.step().batch
+    assert torch.equal(e.ids, g.ids) and torch.equal(e.advantages, g.advantages)  # the same samples
+    assert (e.extras["erpo_progress"] == 0).all()
+    assert torch.equal(e.token_advantages, g.advantages[:, None] * e.mask)
+    # what the sampler's log-probs would have given: bf16 rounding, far above the 1e-3 floor
+    sampler_minus_ref = (e.logprobs.float() - e.ref_logprobs)[e.mask.bool()]
+    assert sampler_minus_ref.abs().max() > 1e-3 and bucket_normalize(
+        e.logprobs.float() - e.ref_logprobs, e.mask, 10, e.group).abs().max() > 0.5
 
 
 def test_erpo_trains_five_steps():

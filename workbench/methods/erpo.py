@@ -5,18 +5,24 @@ tokens where a response could have gone another way (critical decision pivots):
 
     z_{i,t}  = (H_{i,t} - mu_G) / (sigma_G + 1e-6)      over all valid tokens of the group
     W_{i,t}  = sigmoid(gamma z_{i,t})                    (the gate; gamma 5)
-    s_{i,t}  = beta (logp_old - logp_ref)                (progress; beta 0.1, detached)
+    s_{i,t}  = logp_old - logp_ref                       (progress, in nats; detached)
     s~_{i,t} = z-score of s within its relative-position bucket over the group:
                tau = t / |o_i|, bucket = min(floor(tau K), K - 1), K 10; a bucket whose
-               std is below 1e-6 gives 0 (at step 0 the LoRA policy IS the reference: s = 0)
+               std is below ``noise_floor`` nats (1e-3) gives 0 (rounding, not progress)
     Psi      = W sgn(A_i) s~, with sgn(0) = 0
     additive:     A_{i,t} = A_i + eta Psi                                      (eta 0.2, default)
     redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
 
-logp_old is the sampler's behaviour log-prob (the pre-update policy). The reference pass
-is stored in ``batch.ref_logprobs``, which the trainer's KL term reuses, so
-ERPO costs no forward pass beyond what ``track_kl`` already runs. The method option
-``beta`` is the progress scale above, not the KL coefficient ``RunConfig.beta``.
+Both log-probs come from one numerical path: the scoring pass (``trainer.token_logprobs``)
+with the adapter on and off, in the same dtype. The sampler's log-probs would not do: under
+bfloat16 its KV-cached decode and the scoring pass round differently by up to ~3e-3 nats, and the
+z-score turns that noise into O(1) advantages. On one path, s is exactly 0 at step 0 (LoRA's B
+is 0, so the adapter adds exact zeros), and ERPO's advantages are GRPO's, on a GPU as on a CPU.
+That costs one no-grad pass of the policy besides the reference pass (stored in
+``batch.ref_logprobs``, which the trainer's KL term reuses).
+
+The paper scales s by a coefficient beta (0.1). The bucket z-score divides any scale out, so
+beta changed nothing (0.1 and 1.0 agreed to 1.6e-4, float noise); it is not an option here.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from ..metrics.pivots import group_zscore
 from .base import Method
 
 VARIANTS = ("additive", "redistribute")
-BUCKET_STD_FLOOR = 1e-6
+NOISE_FLOOR = 1e-3  # nats: float32 scoring noise is ~1e-6, bfloat16's up to ~1e-2 on large logits
 
 
 def entropy_gate(entropy: Tensor, mask: Tensor, gamma: float = 5.0, group: Tensor | None = None) -> Tensor:
@@ -50,10 +56,11 @@ def position_buckets(mask: Tensor, num_buckets: int = 10) -> Tensor:
     return torch.div(t * num_buckets, lengths, rounding_mode="floor").clamp(max=num_buckets - 1)
 
 
-def bucket_normalize(signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None) -> Tensor:
+def bucket_normalize(signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None,
+                     floor: float = NOISE_FLOOR) -> Tensor:
     """z-score of ``signal`` [N, T] within each (group, position bucket) over its valid tokens.
 
-    A bucket whose (population) std is below 1e-6 gives 0; padding gives 0.
+    A bucket whose (population) std is below ``floor`` gives 0; padding gives 0.
     """
     valid = mask.bool()
     group = torch.zeros(signal.shape[0], dtype=torch.long, device=signal.device) if group is None else group
@@ -67,7 +74,7 @@ def bucket_normalize(signal: Tensor, mask: Tensor, num_buckets: int = 10, group:
     mean = torch.zeros_like(count).index_add_(0, keys, values) / count.clamp(min=1)
     centred = values - mean[keys]
     std = (torch.zeros_like(count).index_add_(0, keys, centred**2) / count.clamp(min=1)).sqrt()
-    z = torch.where(std[keys] < BUCKET_STD_FLOOR, torch.zeros_like(centred), centred / (std[keys] + 1e-6))
+    z = torch.where(std[keys] < floor, torch.zeros_like(centred), centred / (std[keys] + 1e-6))
     out = torch.zeros_like(signal, dtype=torch.float32)
     out[valid] = z.float()
     return out
@@ -106,7 +113,8 @@ class ERPO(Method):
     name = "erpo"
     OPTIONS = {
         "gamma": number(5.0, "gate sharpness on the group-z-scored entropy", low=0.0),
-        "beta": number(0.1, "progress scale: s = beta (logp_old - logp_ref)", low=0.0),
+        "noise_floor": number(NOISE_FLOOR, "nats: a position bucket whose std of logp_old - logp_ref is below "
+                              "this gives 0 (rounding, not progress)", low=0.0),
         "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
         "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
         "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate", VARIANTS),
@@ -119,9 +127,11 @@ class ERPO(Method):
     def advantages(self, trainer, batch):
         numbers = super().advantages(trainer, batch)
         o, mask = self.options, batch.mask
+        # both from the scoring pass, in one dtype: s is what the adapter changed, not rounding
+        old = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="policy")[0].to(batch.logprobs.device)
         ref = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
-        progress = o["beta"] * (batch.logprobs.float() - ref) * mask
-        normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group)
+        progress = (old - ref) * mask  # [N, T] nats
+        normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group, o["noise_floor"])
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
         batch.gate = gate
         batch.token_advantages = token_advantages(batch.advantages, gate, normalized, mask, o["eta"], o["variant"])

@@ -225,8 +225,14 @@ def test_config_errors_and_loss_settings():
     cfg = RunConfig(method="poly_epo")
     assert get("poly_epo")(cfg).loss_settings()["epsilon_high"] == 0.28
     assert get("poly_epo")(RunConfig(method="poly_epo", epsilon_high=0.3)).loss_settings()["epsilon_high"] == 0.3
-    # the method reads the config; it never rewrites it
-    assert cfg.epsilon_high is None and cfg.scale_rewards == "group" and cfg.loss_type == "dapo"
+    # the paper's loss settings fill what the config leaves None, and the run records them
+    assert cfg.epsilon_high == 0.28 and cfg.loss_type == "dr_grpo" and cfg.beta == 0 and cfg.entropy_coef == 0
+    assert "loss_type: dr_grpo" in cfg.to_yaml() and "epsilon_high: 0.28" in cfg.to_yaml()
+    mine = RunConfig(method="poly_epo", loss_type="dapo", epsilon_high=0.2)  # set by the user: kept
+    assert (mine.loss_type, mine.epsilon_high) == ("dapo", 0.2)
+    grpo = cfg.replace(method="grpo")  # another method: its own settings, not Poly-EPO's
+    assert (grpo.loss_type, grpo.epsilon_high) == ("dapo", None)
+    assert RunConfig(method="grpo").loss_type == "dapo" and RunConfig(method="grpo_div").loss_type == "dapo"
 
 
 @pytest.mark.parametrize("method,options", [

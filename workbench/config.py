@@ -20,7 +20,7 @@ import yaml
 
 from . import methods, tasks, yaml12
 from .core import LOSS_TYPES, SCALE_REWARDS
-from .options import ConfigError, anything, choice, config_field, flag, integer, number, of_dataclass, text
+from .options import ConfigError, Option, anything, choice, config_field, flag, integer, number, of_dataclass, text
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -57,14 +57,17 @@ class RunConfig:
     micro_batch_tokens: int = config_field(integer(4096, "most rows x longest row one forward pass of the update "
                                                    "holds (rows are grouped by length)", low=1))
     # the loss (docs/methods.md sections 0 and 1)
-    loss_type: str = config_field(choice("dapo", "how token losses are averaged: dapo (over all tokens), grpo "
-                                         "(per response), dr_grpo (by the length limit)", LOSS_TYPES))
+    loss_type: str | None = config_field(Option(None, "how token losses are averaged: dapo (over all tokens), "
+                                                "grpo (per response), dr_grpo (by the length limit)", "choice",
+                                                choices=LOSS_TYPES, optional=True,
+                                                none_means="the method's: dapo; poly_epo: dr_grpo, its paper's"))
     scale_rewards: str = config_field(choice("group", "divide advantages by the std of the group, of the batch, "
                                              "or not at all", SCALE_REWARDS))
     epsilon: float = config_field(number(0.2, "PPO clip range below (and above, unless epsilon_high)",
                                          low=0.0, high=1.0, low_open=True))
     epsilon_high: float | None = config_field(number(None, "PPO clip range above (clip-higher)", low=0.0,
-                                                     low_open=True, optional=True, none_means="epsilon"))
+                                                     low_open=True, optional=True,
+                                                     none_means="epsilon; poly_epo: 0.28, its paper's"))
     beta: float = config_field(number(0.0, "weight of the KL to the reference in the loss", low=0.0))
     entropy_coef: float = config_field(number(0.0, "weight of the entropy bonus in the loss", low=0.0))
     top_entropy_quantile: float = config_field(number(1.0, "train only on this top fraction of tokens by entropy",
@@ -101,7 +104,11 @@ class RunConfig:
         # numpy scalars become the Python numbers they stand for (so YAML can write them)
         for name, option in OPTIONS.items():
             setattr(self, name, option.coerce(getattr(self, name)))
-        declared = methods.get(self.method).OPTIONS if self.method in methods.names() else {}
+        method = methods.get(self.method) if self.method in methods.names() else None
+        for name, value in (method.CONFIG_DEFAULTS if method else {}).items():
+            if getattr(self, name) is None:  # the method's (its paper's) setting, recorded as such
+                setattr(self, name, value)
+        declared = method.OPTIONS if method else {}
         if isinstance(self.method_options, dict):
             self.method_options = {k: declared[k].coerce(v) if k in declared else v for k, v in self.method_options.items()}
         self.validate()
@@ -167,7 +174,14 @@ class RunConfig:
         return text
 
     def replace(self, **changes) -> "RunConfig":
-        return self.from_dict({**self.to_dict(), **changes})
+        """A copy with ``changes``. Another method gets its own settings for the fields the old
+        one filled in (``Method.CONFIG_DEFAULTS``) unless ``changes`` sets them."""
+        values = {**self.to_dict(), **changes}
+        if changes.get("method", self.method) != self.method and self.method in methods.names():
+            for name, value in methods.get(self.method).CONFIG_DEFAULTS.items():
+                if name not in changes and values[name] == value:
+                    values[name] = None
+        return self.from_dict(values)
 
     @property
     def batch_size(self) -> int:

@@ -22,6 +22,9 @@ class Method:
     OPTIONS: ClassVar[dict[str, Option]] = {}
     # their defaults, derived from OPTIONS
     defaults: ClassVar[dict[str, Any]] = {}
+    # RunConfig fields left None that this method fills (its paper's settings); the filled value
+    # is what the run records in config.yaml
+    CONFIG_DEFAULTS: ClassVar[dict[str, Any]] = {"loss_type": "dapo"}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

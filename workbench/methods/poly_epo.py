@@ -18,9 +18,10 @@ C = C(N, n), the expected "sum" advantage is exactly (K - 1) / (C - 1) times the
 (the sample baseline costs the -1), so the gradient stays unbiased up to that constant.
 
 The advantage is not divided by any std, so ``scale_rewards`` does not act on Poly-EPO.
-The paper's loss settings are clip 0.20 / 0.28 (``epsilon_high`` is 0.28 unless set), KL 0
-and no entropy bonus (the RunConfig defaults) and a constant length normalisation
-(``loss_type="dr_grpo"``, the user's choice: the method never changes the config).
+The paper's loss settings are clip 0.20 / 0.28, KL 0, no entropy bonus and a constant length
+normalisation. ``epsilon_high`` (0.28) and ``loss_type`` ("dr_grpo") are filled in when the
+config leaves them None (``CONFIG_DEFAULTS``), and the run records them; KL and the entropy
+bonus are the RunConfig's defaults (0).
 
 GRPO+DIV shapes the reward instead: d_i = (N / |cluster(y_i)| - 1) / (N - 1), 1 for a
 response alone in its cluster, 0 when all share one, and the advantage is GRPO's group
@@ -218,6 +219,7 @@ def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
 
 class PolyEPO(Method):
     name = "poly_epo"
+    CONFIG_DEFAULTS = {"loss_type": "dr_grpo", "epsilon_high": 0.28}  # the paper's
     OPTIONS = {
         "set_size": integer(4, "n: responses per set (2 to num_generations - 1)", low=2),
         "reduce": choice("sum", "combine a response's advantage over the sets containing it", REDUCE),
@@ -244,10 +246,6 @@ class PolyEPO(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.last: dict[str, float] = {}
-
-    def loss_settings(self):
-        settings = super().loss_settings()
-        return {**settings, "epsilon_high": 0.28 if settings["epsilon_high"] is None else settings["epsilon_high"]}
 
     def advantages(self, trainer, batch):
         o = self.options

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from workbench import ConfigError, RunConfig, Trainer
-from workbench.methods.eepo import unlearning_loss
+from workbench import ConfigError, RunConfig, Trainer, core
+from workbench.methods.eepo import unclipped_unlearning_loss, unlearning_loss
 
 QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=2, method="eepo")
 
@@ -28,6 +28,54 @@ def test_unlearning_loss_gradient_matches_finite_differences():
     p = logp.detach().exp()
     expected = p / (1 - p) * mask / mask.sum(-1, keepdim=True) / 3
     assert torch.allclose(grad, expected)
+
+
+def _sgd_step_on_target(p_target: float, unclip: bool, lr: float = 1.0) -> tuple[float, torch.Tensor]:
+    """One SGD step of the unlearning loss on the logits of one token whose probability is
+    ``p_target``: (its probability after, the gradient on the logits)."""
+    others = torch.tensor([0.0, -1.0, -2.0], dtype=torch.float64)
+    q = torch.softmax(others, 0) * (1 - p_target)  # the other tokens share 1 - p
+    logits = torch.log(torch.cat([torch.tensor([p_target], dtype=torch.float64), q]))[None, None].requires_grad_()
+    ids, mask = torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.float64)
+    loss = (unclipped_unlearning_loss(core.complement_logprobs(logits, ids), mask) if unclip
+            else unlearning_loss(core.selective_log_softmax(logits, ids), mask, eps=0.01))
+    (grad,) = torch.autograd.grad(loss, logits)
+    after = torch.softmax((logits - lr * grad).detach()[0, 0], 0)[0]
+    return float(after), grad[0, 0]
+
+
+def test_a_token_at_p_0995_moves_down_unclipped_and_not_under_the_papers_clip():
+    after, grad = _sgd_step_on_target(0.995, unclip=False)
+    assert after == pytest.approx(0.995, abs=1e-12) and (grad == 0).all()  # p > 1 - eps: no gradient at all
+    after, grad = _sgd_step_on_target(0.995, unclip=True)
+    assert after < 0.99
+    assert grad[0].item() == pytest.approx(0.995, rel=1e-12)  # exactly +p on the target logit
+    # below the clip both forms are the same loss
+    assert _sgd_step_on_target(0.6, unclip=False)[0] == pytest.approx(_sgd_step_on_target(0.6, unclip=True)[0])
+
+
+def test_the_complement_is_exact_where_one_minus_exp_logp_is_not():
+    # a token at p = 1 - 1e-9 in float32: exp(logp) rounds to 1 and log(1 - p) to -inf; the
+    # log-sum-exp of the other tokens keeps it
+    logits = torch.tensor([[[0.0, -20.7232658, -30.0]]])
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    exact = torch.log(torch.exp(torch.tensor([-20.7232658, -30.0], dtype=torch.float64)).sum()) - torch.logsumexp(
+        logits.double(), -1)
+    assert torch.isinf(torch.log1p(-core.selective_log_softmax(logits, ids).exp())).all()
+    assert torch.allclose(core.complement_logprobs(logits, ids).double(), exact, rtol=1e-5)
+    assert torch.allclose(core.complement_logprobs(logits * 2, ids, temperature=2.0), core.complement_logprobs(logits, ids))
+
+
+def test_the_unclipped_unlearning_step_trains_and_moves_more_than_the_clipped_one():
+    drops = {}
+    for clip in ("paper", "none"):
+        trainer = Trainer(RunConfig(**QUICK, method_options={"gate": "always", "unlearn_clip": clip,
+                                                             "unlearn_max_grad_norm": None, "unlearn_lr": 0.3}))
+        numbers = {phase.name: phase.numbers for phase in trainer.phases()}
+        drops[clip] = numbers["unlearn"]["logp_drop"]
+        assert numbers["metrics"]["loss"] == numbers["metrics"]["loss"]  # a finite update followed
+    # the clip spares the near-deterministic tokens, so the unclipped step moves stage 1 further
+    assert drops["none"] > drops["paper"] > 0
 
 
 def test_one_step_lowers_stage1_logprobs_and_restores_the_adapter():
@@ -86,6 +134,8 @@ def test_gate_switches():
 
 
 def test_config_errors():
+    with pytest.raises(ConfigError, match="method_options.unlearn_clip='min'.*paper, none"):
+        RunConfig(method="eepo", method_options={"unlearn_clip": "min"})
     with pytest.raises(ConfigError, match="num_generations=5.*even"):
         RunConfig(method="eepo", num_generations=5)
     with pytest.raises(ConfigError, match="method_options.gate"):

@@ -18,6 +18,7 @@ __all__ = [
     "token_entropy",
     "entropy_from_logprobs",
     "logprobs_and_entropy",
+    "complement_logprobs",
     "ppo_clip_token_loss",
     "aggregate_loss",
     "kl_k3",
@@ -206,6 +207,20 @@ def logprobs_and_entropy(
     if ids.shape != logits.shape[:-1]:
         raise ValueError(f"ids shape {tuple(ids.shape)} does not match logits {tuple(logits.shape)}")
     return _LogpEntropy.apply(logits, ids, float(temperature), int(chunk_size), True, True)
+
+
+def complement_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """log(1 - p[b, t]), p = softmax(logits[b, t] / temperature)[ids[b, t]], in fp32 (fp64 stays fp64) [B, T].
+
+    Taken as the log-sum-exp of the other tokens' logits minus that of all of them, never as
+    log(1 - exp(logp)): exact where p is within float rounding of 1, and its gradient on the
+    target logit is exactly -p (so -log(1 - p) pushes the target down with weight p)."""
+    _check_chunking(temperature, 1)
+    if ids.shape != logits.shape[:-1]:
+        raise ValueError(f"ids shape {tuple(ids.shape)} does not match logits {tuple(logits.shape)}")
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # [B, T, V]
+    others = z.scatter(-1, ids.unsqueeze(-1), float("-inf"))  # the target left out
+    return torch.logsumexp(others, -1) - torch.logsumexp(z, -1)
 
 
 # --- PPO-clip loss and aggregation ----------------------------------------------------------------

@@ -187,18 +187,24 @@ class Policy:
         with_entropy: bool = True,
         chunk_size: int = 1024,
         merged: bool | None = None,
+        with_complement: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced log-probs (and entropies) of ``completion_ids`` [N, T] after each prompt.
+        """Teacher-forced log-probs of ``completion_ids`` [N, T] after each prompt, and their
+        entropies (``with_entropy``) or their log(1 - p) (``with_complement``, exact near p = 1:
+        ``core.complement_logprobs``), or None.
 
         Runs with whatever grad mode and adapter state the caller has set. Without grad, a
         Llama-family model scores through :class:`MergedDecoder` (same numbers, less overhead)
         unless ``merged=False``.
         """
+        if with_entropy and with_complement:
+            raise ValueError("with_entropy and with_complement: one second output at a time")
         completion_ids = completion_ids.to(self.device)
         logits = self.completion_logits(prompt_ids, completion_ids, merged)
         if with_entropy:
             return core.logprobs_and_entropy(logits, completion_ids, temperature, chunk_size)
-        return core.selective_log_softmax(logits, completion_ids, temperature), None
+        logp = core.selective_log_softmax(logits, completion_ids, temperature)
+        return logp, core.complement_logprobs(logits, completion_ids, temperature) if with_complement else None
 
     def completion_logits(self, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
                           merged: bool | None = None) -> torch.Tensor:

@@ -115,15 +115,17 @@ class Trainer(RunLifecycle):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter="policy", grad: bool = False,
-                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       with_entropy: bool = False, with_complement: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs [N, T] (float32) of ``ids`` after ``prompt_ids``, and their
-        entropies when asked: THE way every method and the update score tokens. ``adapter``:
+        entropies or their log(1 - p) when asked: THE way every method and the update score tokens. ``adapter``:
         "policy" (the current adapter), "reference" (adapter off) or a dict of moved adapter
         tensors (EEPO's unlearned policy); the config's temperature and autocast apply; a graph
         is kept only with ``grad=True``."""
         with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), self.autocast():
-            logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
-        return logp.float(), None if entropy is None else entropy.float()
+            logp, second = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy,
+                                                      with_complement=with_complement)
+        return logp.float(), None if second is None else second.float()
 
     def sample_group(
         self,

@@ -145,12 +145,14 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     # the Trainer's sampling, for the methods that sample in phases of their own
     sample_group = Trainer.sample_group
 
-    def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False):
-        """As ``Trainer.token_logprobs``: per-token log-probs [N, T] (and entropies) under ``adapter``."""
+    def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False,
+                       with_complement: bool = False):
+        """As ``Trainer.token_logprobs``: per-token log-probs [N, T] (and entropies or log(1 - p)) under ``adapter``."""
         with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), \
                 self.accelerator.autocast():
-            logp, entropy = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy)
-        return logp.float(), None if entropy is None else entropy.float()
+            logp, second = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy,
+                                                      with_complement=with_complement)
+        return logp.float(), None if second is None else second.float()
 
     # --- TRL's extension points ----------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: list):

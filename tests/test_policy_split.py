@@ -88,3 +88,55 @@ def test_config_errors():
         RunConfig(method="policy_split", num_generations=3)
     with pytest.raises(ConfigError, match="clamp_form"):
         RunConfig(method="policy_split", method_options={"clamp_form": "both"})
+
+
+def official_normal_context_term(logp_q1, logp_q4, mask, alpha, eta2, adv, kappa):
+    """The official code's term on normal-context rows (BITHLP/PolicySplit,
+    ray_entropy_rl_trainer_v6.py), transcribed loop by loop: quarter 1 (normal context) mixed
+    with quarter 4 (the same responses in the HE context), z-scored over the group's valid
+    tokens (torch.std: unbiased, + 1e-6), times -eta2, clamped by |A| / kappa."""
+    entropy_loss_org = alpha * -logp_q1 + (1 - alpha) * -logp_q4
+    values = entropy_loss_org[mask.bool()]
+    z = (entropy_loss_org - values.mean()) / (values.std() + 1e-6) * mask
+    internal = -eta2 * z
+    bound = adv.abs()[:, None] / kappa
+    return torch.clamp(internal, -bound, bound)
+
+
+def test_eta2_is_the_official_codes_normal_context_penalty_by_hand():
+    logp_he, logp_n, mask, z = hand_example()  # b_N = -0.5 logp_N - 0.5 logp_HE: the same b by symmetry
+    adv = torch.tensor([1.0, -0.02])
+    penalty = high_entropy_bonus(adv, logp_n, logp_he, mask, alpha=0.5, eta=0.05, kappa=2.0)
+    assert torch.allclose(penalty, torch.stack([0.05 * z[0], (0.05 * z[1]).clamp(-0.01, 0.01)]), atol=1e-5)
+    # against the official formula with alpha != 1/2, where the order of the contexts matters
+    torch.manual_seed(1)
+    logp_he, logp_n = -torch.rand(4, 5) * 3, -torch.rand(4, 5) * 3
+    mask = torch.ones(4, 5)
+    mask[1, 3:] = 0
+    adv = torch.tensor([0.9, -0.4, 0.05, -1.2])
+    official = official_normal_context_term(logp_n, logp_he, mask, alpha=0.8, eta2=0.1, adv=adv, kappa=2.0)
+    ours = -high_entropy_bonus(adv, logp_n, logp_he, mask, alpha=0.8, eta=0.1, kappa=2.0)
+    assert torch.allclose(ours, official, atol=1e-6)
+    assert not torch.allclose(ours, -high_entropy_bonus(adv, logp_he, logp_n, mask, alpha=0.8, eta=0.1, kappa=2.0))
+
+
+def test_eta2_lowers_normal_context_advantages_and_is_off_by_default():
+    for eta2 in (0.0, 0.1):
+        trainer = Trainer(RunConfig(**QUICK, method_options={"eta2": eta2}))
+        trainer.step()
+        batch, method = trainer.last_batch, trainer.method
+        train = method.training_batch(batch)
+        n = len(batch)
+        base = batch.advantages[:, None] * batch.mask
+        penalty = batch.extras["normal_penalty"]
+        assert torch.allclose(train.token_advantages[:n], base - penalty)  # normal-context rows
+        assert torch.allclose(train.token_advantages[n:], base + batch.extras["he_bonus"])  # HE-context rows
+        if eta2 == 0:
+            assert (penalty == 0).all()
+        else:
+            rows = batch.group_rows()[0]
+            expected = high_entropy_bonus(batch.advantages[rows], method._logps["normal"][rows],
+                                          method._logps["high_entropy"][rows], batch.mask[rows], 0.5, 0.1, 2.0)
+            assert torch.equal(penalty[rows], expected) and penalty.abs().sum() > 0
+    with pytest.raises(ConfigError, match="method_options.eta2=-0.1"):
+        RunConfig(method="policy_split", method_options={"eta2": -0.1})

@@ -14,6 +14,13 @@ unlikely under both modes:
           = eta clamp(B, -|A|/kappa, |A|/kappa)                (clamp_form="paper")
 
 The official code clamps after scaling, unlike the printed equation: hence the switch.
+It also PENALISES surprise on normal-context rows, which the paper does not print:
+
+    b_N = -alpha logp_N(o_t) - (1 - alpha) logp_HE(o_t),   A~ = A - clamp(eta2 z(b_N), +-|A|/kappa)
+
+z over the normal group's valid tokens (the official ``internal_rewards = eta1 z_he - eta2
+z_org``, clamped by |A| / kappa). ``eta2`` (default 0, the paper) switches it on; the same
+function computes both terms, each row's own context first.
 The loss is PPO-clip per row in its own context over all 2N (context, response) rows,
 aggregated as ``loss_type`` says (a mean, where the paper writes a sum over the quarters:
 the two differ by a constant factor that the learning rate absorbs).
@@ -44,10 +51,12 @@ CLAMP_FORMS = ("code", "paper")
 
 
 def high_entropy_bonus(adv, logp_he, logp_normal, mask, alpha=0.5, eta=0.03, kappa=2.0, clamp_form="code"):
-    """Per-token bonus [R, T] for the R rows of ONE group in the high-entropy context.
+    """Per-token bonus [R, T] for the R rows of ONE group in the high-entropy context, from
+    their log-probs in that context (``logp_he``) and in the other (``logp_normal``).
 
     ``adv`` is the GRPO advantage per row [R] (or per token [R, T]). A = 0 gives bonus 0, and
-    |bonus| <= |A| / kappa keeps the sign of A + bonus equal to the sign of A.
+    |bonus| <= |A| / kappa keeps the sign of A + bonus equal to the sign of A. With the contexts
+    swapped and ``eta=eta2`` it is the official code's normal-context penalty (subtracted).
     """
     if clamp_form not in CLAMP_FORMS:
         raise ValueError(f"clamp_form={clamp_form!r} is not allowed; use one of {', '.join(CLAMP_FORMS)}")
@@ -76,6 +85,8 @@ class PolicySplit(Method):
         "kappa": number(2.0, "the bonus is at most |A| / kappa", low=0.0, low_open=True),
         "clamp_form": choice("code", "code: clamp(eta B), as the official code; paper: eta clamp(B), as printed",
                              CLAMP_FORMS),
+        "eta2": number(0.0, "scale of the official code's penalty on normal-context rows, A - clamp(eta2 z(b_N)) "
+                            "with b_N = -alpha logp_N - (1 - alpha) logp_HE (0: the paper, none)", low=0.0),
     }
 
     @classmethod
@@ -106,23 +117,29 @@ class PolicySplit(Method):
         per_problem = {mode: trainer.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
         contexts = {mode: [ids[g] for g in batch.group.tolist()] for mode, ids in per_problem.items()}
         self._logps = {mode: trainer.token_logprobs(ids, batch.ids)[0] for mode, ids in contexts.items()}
-        bonus = torch.zeros_like(batch.mask)
+        bonus, penalty = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
         o = self.options
         for rows in batch.group_rows():
-            bonus[rows] = high_entropy_bonus(batch.advantages[rows], self._logps["high_entropy"][rows],
-                                             self._logps["normal"][rows], batch.mask[rows],
+            he, normal = self._logps["high_entropy"][rows], self._logps["normal"][rows]
+            bonus[rows] = high_entropy_bonus(batch.advantages[rows], he, normal, batch.mask[rows],
                                              o["alpha"], o["eta"], o["kappa"], o["clamp_form"])
+            if o["eta2"] > 0:  # the official code's normal-context term: the same with contexts swapped
+                penalty[rows] = high_entropy_bonus(batch.advantages[rows], normal, he, batch.mask[rows],
+                                                   o["alpha"], o["eta2"], o["kappa"], o["clamp_form"])
         base = batch.advantages[:, None] * batch.mask
-        sampled_he = torch.tensor([m == "high_entropy" for m in batch.mode])
-        batch.extras["he_bonus"] = bonus
-        batch.token_advantages = base + bonus * sampled_he[:, None]  # each response in its own context
+        sampled_he = torch.tensor([m == "high_entropy" for m in batch.mode])[:, None]
+        batch.extras["he_bonus"], batch.extras["normal_penalty"] = bonus, penalty
+        # each response in its own context
+        batch.token_advantages = torch.where(sampled_he, base + bonus, base - penalty)
         in_normal, in_he = batch.select(range(len(batch))), batch.select(range(len(batch)))
-        in_normal.prompt_ids, in_normal.token_advantages = contexts["normal"], base
+        in_normal.prompt_ids, in_normal.token_advantages = contexts["normal"], base - penalty
         in_he.prompt_ids, in_he.token_advantages = contexts["high_entropy"], base + bonus
         in_normal.mode, in_he.mode = ["normal"] * len(batch), ["high_entropy"] * len(batch)
         self._train_batch = RolloutBatch.concat([in_normal, in_he])
         valid = batch.mask.bool()
-        return {"he_bonus_abs_mean": float(bonus[valid].abs().mean()), "advantage_abs_mean": float(batch.advantages.abs().mean())}
+        return {"he_bonus_abs_mean": float(bonus[valid].abs().mean()),
+                "normal_penalty_abs_mean": float(penalty[valid].abs().mean()),
+                "advantage_abs_mean": float(batch.advantages.abs().mean())}
 
     def training_batch(self, batch: RolloutBatch) -> RolloutBatch:
         return self._train_batch

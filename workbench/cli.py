@@ -317,6 +317,43 @@ def _config_args(sp) -> None:
                          "(`workbench options` lists them all)")
 
 
+def _compare_parser(sub) -> None:
+    from .study import BACKENDS
+
+    c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
+    c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
+    c.add_argument("--seeds", type=_at_least_one, default=3, help="number of seeds (0, 1, ...)")
+    c.add_argument("--steps", type=_at_least_one, default=100)
+    c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
+    c.add_argument("--eval-prompts", type=_at_least_one, default=32, help="evaluation prompts per split")
+    c.add_argument("--eval-samples", type=_at_least_one, default=64, help="samples per prompt: pass@k up to this k")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RunConfig field for every run (`workbench options` lists them)")
+    c.add_argument("--backend", choices=BACKENDS, default="serial",
+                   help="serial: one run after another here; ray: each run a Ray task (the [ray] extra)")
+    _ray_args(c)
+    c.set_defaults(func=cmd_compare)
+
+
+def _sweep_parser(sub) -> None:
+    from . import sweep
+    from .options import of_dataclass
+
+    s = sub.add_parser("sweep", help="a search over settings on Ray Tune, each trial a run directory (the [ray] extra)",
+                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--space", action="append", default=[], required=True, metavar="KEY=KIND:VALUES",
+                   help="a searched setting: grid:a,b | choice:a,b | uniform:lo:hi | loguniform:lo:hi | randint:lo:hi")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RunConfig field for every trial, e.g. method=eepo (`workbench options` lists them)")
+    for name, option in of_dataclass(sweep.SweepPlan).items():
+        kind = {"int": int, "float": float}.get(option.kind, str)
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=option.default,
+                       choices=option.choices or None, help=f"{option.help} (default {option.default})")
+    s.add_argument("--out", required=True, help="sweep directory (run again with the same plan to resume)")
+    _ray_args(s)
+    s.set_defaults(func=cmd_sweep)
+
+
 def parser() -> argparse.ArgumentParser:
     from .config import OPTIONS
 
@@ -351,36 +388,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.set_defaults(func=cmd_report)
 
-    c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
-    c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
-    c.add_argument("--seeds", type=_at_least_one, default=3, help="number of seeds (0, 1, ...)")
-    c.add_argument("--steps", type=_at_least_one, default=100)
-    c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
-    c.add_argument("--eval-prompts", type=_at_least_one, default=32, help="evaluation prompts per split")
-    c.add_argument("--eval-samples", type=_at_least_one, default=64, help="samples per prompt: pass@k up to this k")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a RunConfig field for every run (`workbench options` lists them)")
-    c.add_argument("--backend", choices=("serial", "ray"), default="serial",
-                   help="serial: one run after another here; ray: each run a Ray task (the [ray] extra)")
-    _ray_args(c)
-    c.set_defaults(func=cmd_compare)
-
-    from . import sweep
-    from .options import of_dataclass
-
-    s = sub.add_parser("sweep", help="a search over settings on Ray Tune, each trial a run directory (the [ray] extra)",
-                       description=sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--space", action="append", default=[], required=True, metavar="KEY=KIND:VALUES",
-                   help="a searched setting: grid:a,b | choice:a,b | uniform:lo:hi | loguniform:lo:hi | randint:lo:hi")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a RunConfig field for every trial, e.g. method=eepo (`workbench options` lists them)")
-    for name, option in of_dataclass(sweep.SweepPlan).items():
-        kind = {"int": int, "float": float}.get(option.kind, str)
-        s.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=option.default,
-                       choices=option.choices or None, help=f"{option.help} (default {option.default})")
-    s.add_argument("--out", required=True, help="sweep directory (run again with the same plan to resume)")
-    _ray_args(s)
-    s.set_defaults(func=cmd_sweep)
+    _compare_parser(sub)
+    _sweep_parser(sub)
 
     o = sub.add_parser("options", help="every RunConfig field, or one method's options: default, allowed values, help")
     o.add_argument("--method", choices=sorted(OPTIONS["method"].choices), help="that method's method_options instead")

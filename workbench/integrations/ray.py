@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import require
-from ..study import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
+from ..study_runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
 
 POLL_SECONDS = 1.0
 

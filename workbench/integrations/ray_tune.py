@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ..study import claim_plan, write_json
+from ..study_runs import claim_plan, write_json
 from ..sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
 from . import require
 from .ray import ray_cluster, threads_per_run
@@ -96,7 +96,7 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
     """One trial, in a Ray worker: train (or resume) its run directory, report every step."""
     import torch
 
-    from ..study import EVAL_FILE
+    from ..study_runs import EVAL_FILE
     from ..trainer import Trainer
 
     torch.set_num_threads(threads)

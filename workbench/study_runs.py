@@ -1,0 +1,137 @@
+"""One run of a study, the same on every backend: the plan, training or resuming one
+(method, seed) run and writing its ``eval.json``, and the study directory's files.
+
+``workbench.study`` runs the runs one after another; ``workbench.integrations.ray`` runs
+each as a Ray task; both call :func:`run_one` and :func:`evaluate_base`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .options import ConfigError
+
+PLAN_FILE = "study.json"
+EVAL_FILE = "eval.json"
+BASE = "base"
+
+
+@dataclass
+class StudyPlan:
+    methods: list[str]
+    seeds: list[int]
+    steps: int
+    splits: list[str] = field(default_factory=lambda: ["test", "ood"])
+    eval_prompts: int = 32
+    eval_samples: int = 64
+    checkpoint_every: int = 25
+    overrides: dict = field(default_factory=dict)  # RunConfig fields shared by every run
+
+    def __post_init__(self):
+        from . import methods as method_registry
+
+        if not self.methods:
+            raise ConfigError("methods", self.methods, "at least one method")
+        known = method_registry.names()
+        for name in self.methods:
+            if name not in known:
+                raise ConfigError("methods", name, f"one of {', '.join(known)}")
+        if not self.seeds:
+            raise ConfigError("seeds", self.seeds, "at least one seed")
+        for name in ("steps", "eval_prompts", "eval_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(name, value, "an integer >= 1")
+        for key in ("method", "seed", "checkpoint_every"):
+            if key in self.overrides:
+                raise ConfigError(f"overrides.{key}", self.overrides[key], "set by the study itself, not an override")
+
+    def run_dir(self, out: Path, method: str, seed: int) -> Path:
+        return out / f"{method}-seed{seed}"
+
+
+def study_runs(plan: StudyPlan) -> list[tuple[str, int]]:
+    """The (method, seed) runs in the order they start: seed by seed, so that a stopped study
+    already holds complete comparisons."""
+    return [(method, seed) for seed in plan.seeds for method in plan.methods]
+
+
+def claim_plan(out: Path, plan, plan_file: str = PLAN_FILE, kind: str = "study") -> None:
+    """Write the plan (a dataclass) to ``out/plan_file``, or check that the one already there is
+    the same: a study or sweep resumes only with its own plan."""
+    path = out / plan_file
+    wanted = asdict(plan)
+    if path.exists():
+        found = json.loads(path.read_text())
+        for key, value in wanted.items():
+            if found.get(key) != value:
+                raise ConfigError(key, value, f"the plan of the {kind} in {out} ({key}={found.get(key)!r}): "
+                                  "resume it with the same plan, or choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, wanted)
+
+
+def steps_done(run_dir: Path, steps: int) -> int:
+    """Steps of a run that a resume would not repeat: all when it has its ``eval.json``, else
+    those up to its last checkpoint."""
+    if (run_dir / EVAL_FILE).exists():
+        return steps
+    from .store import RunStore
+
+    checkpoints = RunStore(run_dir).checkpoint_steps() if (run_dir / "config.yaml").exists() else []
+    return min(steps, max(checkpoints, default=0))
+
+
+def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None, threads: int | None = None) -> None:
+    """Train (or resume) one run of the study to ``plan.steps`` and write its ``eval.json``;
+    nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
+    when the backend sets them (a new run records them in its config)."""
+    from .config import RunConfig
+    from .trainer import Trainer
+
+    if (run_dir / EVAL_FILE).exists():
+        return
+    if (run_dir / "config.yaml").exists():
+        trainer = Trainer.resume(run_dir)
+    else:
+        fixed = {"method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every}
+        if threads is not None:
+            fixed["threads"] = threads
+        trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}), out_dir=run_dir)  # checkpointed at step 0
+    if on_step is not None:
+        trainer.subscribe(lambda phase: on_step() if phase.name == "metrics" else None)
+    try:
+        trainer.run(plan.steps - trainer.step_index, progress=False)  # saves on the way out, stopped or not
+    finally:
+        trainer.close()
+    modes = ("normal", "high_entropy") if method == "policy_split" else ("normal",)
+    result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
+    write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
+                                                                      if "high_entropy" in result else {})})
+
+
+def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -> None:
+    """The untrained model's evaluation, ``base/eval.json``: the study's reference line."""
+    from .config import RunConfig
+    from .trainer import Trainer
+
+    fixed = {"seed": plan.seeds[0], **({"threads": threads} if threads is not None else {})}
+    trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
+
+
+def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
+    return {split: trainer.evaluate(split, n_samples=plan.eval_samples, num_prompts=plan.eval_prompts, mode=mode)
+            for split in plan.splits}
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON at ``path``, atomically (a reader sees the old file or the new one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)

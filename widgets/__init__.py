@@ -11,9 +11,11 @@ directory holds.
     DiversityPanel(trainer)        pass@k curves, strategy histograms, similarity, distinct-n
     HyperparameterPanel(trainer)   change live settings, fork a run with new ones
     RunComparison(runs)            overlay the metrics of several trainers or run directories
+    SweepView(sweep_dir)           a sweep's trials: table, parallel coordinates, curves, token view
 
 ``TrainingDashboard``, ``TokenView``, ``DiversityPanel`` and ``RunComparison`` also take a run
-directory (a str or Path) and follow it while another process writes it (``following.py``).
+directory (a str or Path) and follow it while another process writes it (``following.py``);
+``SweepView`` follows a ``workbench sweep`` directory the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _MODULES = {
     "DiversityPanel": "diversity",
     "HyperparameterPanel": "hyperparameters",
     "RunComparison": "comparison",
+    "SweepView": "sweep",
 }
 __all__ = list(_MODULES)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import ipywidgets as w
+import pandas as pd
 
 from .style import FONT_SIZE, OKABE_ITO
 
@@ -103,6 +104,13 @@ def downsample(xs: Sequence, ys: Sequence, max_points: int) -> tuple[list, list]
     if keep[-1] != n - 1:
         keep.append(n - 1)
     return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def numeric_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The numeric columns of metrics rows: metrics.jsonl stores NaN as null and infinities as
+    "inf" strings."""
+    out = frame.apply(pd.to_numeric, errors="coerce")
+    return out.loc[:, out.notna().any() | frame.isna().all()]
 
 
 def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:

@@ -12,7 +12,8 @@ import pandas as pd
 from workbench.run_follower import RunFollower
 from workbench.store import RunStore
 
-from ._live import FULL_WIDTH, Every, PollGuard, downsample, esc, metric_title, set_status, status_line, step_ticks
+from ._live import (FULL_WIDTH, Every, PollGuard, downsample, esc, metric_title, numeric_columns, set_status,
+                    status_line, step_ticks)
 from .following import FOLLOW_INTERVAL, is_run_directory
 from .live_figure import LiveFigure
 from .style import panel_layout, run_color
@@ -77,7 +78,7 @@ class RunComparison(w.VBox):
             self.followers = {label: RunFollower(run) for label, (_, run) in zip(self.labels, self.runs)
                               if is_run_directory(run)}
             self._rows = {label: [] for label in self.followers}
-            self.frames = {label: pd.DataFrame() if label in self.followers else _numeric(run.history)
+            self.frames = {label: pd.DataFrame() if label in self.followers else numeric_columns(run.history)
                            for label, (_, run) in zip(self.labels, self.runs)}
             self._poll_directories()
         self._select(metric)
@@ -104,7 +105,7 @@ class RunComparison(w.VBox):
                 self._rows[label] = []
             if update.rows or update.restarted:
                 self._rows[label] += update.rows
-                self.frames[label] = _numeric(pd.DataFrame(self._rows[label]))
+                self.frames[label] = numeric_columns(pd.DataFrame(self._rows[label]))
                 changed = True
         return changed
 
@@ -175,12 +176,6 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
         last = x if last is None else weight * last + (1 - weight) * x
         out.append(last)
     return out
-
-
-def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
-    """The numeric columns: metrics.jsonl stores NaN as null and infinities as "inf" strings."""
-    out = frame.apply(pd.to_numeric, errors="coerce")
-    return out.loc[:, out.notna().any() | frame.isna().all()]
 
 
 def _label(run, index: int) -> str:

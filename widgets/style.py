@@ -34,7 +34,8 @@ GATE = {"open": GREEN, "shut": GREY}
 MODES = {"normal": BLUE, "high_entropy": ORANGE}
 STAGES = {1: BLUE, 2: ORANGE}
 STATES = {"idle": GREY, "running": BLUE, "paused": ORANGE, "stopped": GREY, "error": VERMILLION}
-TRIAL_STATES = {"pending": SKY, "running": BLUE, "finished": GREEN, "stopped": GREY, "failed": VERMILLION}
+TRIAL_STATES = {"pending": SKY, "running": BLUE, "finished": GREEN, "stopped": GREY, "failed": VERMILLION,
+                "interrupted": ORANGE}
 RUNS = (BLUE, ORANGE, GREEN, PURPLE, SKY, VERMILLION, YELLOW, BLACK)
 FONT_SIZE = 14
 

@@ -241,10 +241,11 @@ class SweepView(w.VBox):
         else:
             counts = self.trials.status.value_counts()
             parts = [" · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "finished", "stopped", "failed"))
-                     + (f" · {counts['pending']} pending" if counts.get("pending") else "")
+                     + "".join(f" · {counts[s]} {s}" for s in ("pending", "interrupted") if counts.get(s))
                      + f" (of {self.plan.trials} trials)"]
             if lock_held(self.dir) is False:
-                parts.append("the sweep's process has ended")
+                parts.append("the sweep's process has ended" + (": run the same command again to resume the "
+                                                                  "interrupted trials" if counts.get("interrupted") else ""))
         if self.error is not None:
             parts.append(f"{type(self.error).__name__}: {self.error}")
         set_status(self.status, "; ".join(parts), error=self.error is not None)

@@ -246,7 +246,8 @@ def cmd_sweep(args) -> int:
     print(f"{plan.trials} trials of {plan.steps} steps on Ray ({plan.scheduler}, metric {plan.metric}, {plan.mode})")
     out = run_sweep(args.out, plan, progress=True, address=args.address, gpus_per_run=args.gpus_per_run)
     best = best_trials(out)
-    columns = [c for c in ("name", "status", "step", "metric", *plan.space, "pass@1", f"pass@{plan.eval_samples}")
+    best["steps"] = [f"{int(step) + 1}/{plan.steps}" for step in best.step]  # steps trained, of the plan's
+    columns = [c for c in ("name", "status", "steps", "metric", *plan.space, "pass@1", f"pass@{plan.eval_samples}")
                if c in best]
     print(f"best trials by {plan.metric} ({plan.mode}; finished first):")
     print(best[columns].rename(columns={"metric": plan.metric}).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

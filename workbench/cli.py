@@ -20,34 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
-
+from .cli_values import OneLineParser, UsageError, at_least_one, overrides
 from .integrations import MissingExtraError
-
-
-def _overrides(pairs: list[str], flag: str = "--set") -> dict:
-    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option.
-    (``--trl`` pairs, GRPOConfig fields, are read the same way.)"""
-    values = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} learning_rate=1e-3")
-        key, raw = pair.split("=", 1)
-        if key.startswith("method_options."):
-            values.setdefault("method_options", {})[key.removeprefix("method_options.")] = _scalar(raw)
-        else:
-            values[key] = _scalar(raw)
-    return values
-
-
-def _scalar(raw: str):
-    """A ``--set`` value as YAML 1.2 reads it: ``1e-3`` a number, ``010`` ten, ``{a: 1}`` a mapping."""
-    from . import yaml12
-
-    try:
-        return yaml12.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise UsageError(f"--set value {raw!r} is not valid YAML ({' '.join(str(error).split())})") from None
 
 
 def _requested(args) -> dict:
@@ -58,13 +32,13 @@ def _requested(args) -> dict:
     if args.preset not in PRESETS:
         raise ConfigError("preset", args.preset, f"one of {', '.join(sorted(PRESETS))}")
     values = RunConfig.from_yaml(args.config).to_dict() if args.config else dict(PRESETS[args.preset])
-    overrides = _overrides(args.set)
+    changes = overrides(args.set)
     for name in ("model", "task", "method"):
         if getattr(args, name):
-            overrides[name] = getattr(args, name)
-    if isinstance(overrides.get("method_options"), dict) and isinstance(values.get("method_options"), dict):
-        overrides["method_options"] = {**values["method_options"], **overrides["method_options"]}
-    return {**values, **overrides}
+            changes[name] = getattr(args, name)
+    if isinstance(changes.get("method_options"), dict) and isinstance(values.get("method_options"), dict):
+        changes["method_options"] = {**values["method_options"], **changes["method_options"]}
+    return {**values, **changes}
 
 
 def _config(args):
@@ -143,7 +117,7 @@ def _train_on_trl(args, out: Path) -> int:
             raise ConfigError(changed[0], getattr(cfg, changed[0]), f"the value in {out / 'config.yaml'} "
                               f"({getattr(recorded, changed[0])!r}): a TRL run resumes as it was configured")
         cfg = recorded
-    trainer = WorkbenchGRPOTrainer(cfg, out, steps=args.steps, resume=args.resume, **_overrides(args.trl, "--trl"))
+    trainer = WorkbenchGRPOTrainer(cfg, out, steps=args.steps, resume=args.resume, **overrides(args.trl, "--trl"))
     trainer.train(resume=args.resume)
     if trainer.accelerator.is_main_process:
         rows = RunStore(out).read_metrics()
@@ -156,7 +130,7 @@ def _train_on_trl(args, out: Path) -> int:
 
 def _requested_names(args) -> set[str]:
     """The RunConfig fields the command line itself names (--set, --model, --task, --method)."""
-    return set(_overrides(args.set)) | {name for name in ("model", "task", "method") if getattr(args, name)}
+    return set(overrides(args.set)) | {name for name in ("model", "task", "method") if getattr(args, name)}
 
 
 def cmd_eval(args) -> int:
@@ -213,7 +187,7 @@ def cmd_compare(args) -> int:
         steps=args.steps,
         eval_prompts=args.eval_prompts,
         eval_samples=args.eval_samples,
-        overrides=_overrides(args.set),
+        overrides=overrides(args.set),
     )
     _ray_only(args, "compare")
     out = run_study(args.out, plan, progress=True, backend=args.backend, address=args.address,
@@ -242,7 +216,7 @@ def cmd_sweep(args) -> int:
             raise UsageError(f"--space {pair!r}: expected KEY=KIND:VALUES, e.g. --space learning_rate=grid:1e-3,1e-2")
         space[key] = spec
     fields = {name: getattr(args, name) for name in of_dataclass(SweepPlan)}
-    plan = SweepPlan(space=space, overrides=_overrides(args.set), **fields)
+    plan = SweepPlan(space=space, overrides=overrides(args.set), **fields)
     print(f"{plan.trials} trials of {plan.steps} steps on Ray ({plan.scheduler}, metric {plan.metric}, {plan.mode})")
     out = run_sweep(args.out, plan, progress=True, address=args.address, gpus_per_run=args.gpus_per_run)
     best = best_trials(out)
@@ -281,29 +255,6 @@ def cmd_build_tiny(args) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """A command-line value that is not allowed; printed as one line."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, with its errors as one ``workbench:`` line (``--help`` shows the usage)."""
-
-    def error(self, message):
-        command = self.prog.removeprefix("workbench").strip()  # "train", or "" for the top level
-        help_command = f"workbench {command} --help" if command else "workbench --help"
-        self.exit(2, f"workbench: {command or 'usage'}: {message} ({help_command})\n")
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
-    return value
-
-
 def _config_args(sp) -> None:
     """The options that build a RunConfig: --preset, --config, --model, --task, --method, --set."""
     from .config import OPTIONS
@@ -323,11 +274,11 @@ def _compare_parser(sub) -> None:
 
     c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
     c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
-    c.add_argument("--seeds", type=_at_least_one, default=3, help="number of seeds (0, 1, ...)")
-    c.add_argument("--steps", type=_at_least_one, default=100)
+    c.add_argument("--seeds", type=at_least_one, default=3, help="number of seeds (0, 1, ...)")
+    c.add_argument("--steps", type=at_least_one, default=100)
     c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
-    c.add_argument("--eval-prompts", type=_at_least_one, default=32, help="evaluation prompts per split")
-    c.add_argument("--eval-samples", type=_at_least_one, default=64, help="samples per prompt: pass@k up to this k")
+    c.add_argument("--eval-prompts", type=at_least_one, default=32, help="evaluation prompts per split")
+    c.add_argument("--eval-samples", type=at_least_one, default=64, help="samples per prompt: pass@k up to this k")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a RunConfig field for every run (`workbench options` lists them)")
     c.add_argument("--backend", choices=BACKENDS, default="serial",
@@ -358,13 +309,13 @@ def _sweep_parser(sub) -> None:
 def parser() -> argparse.ArgumentParser:
     from .config import OPTIONS
 
-    p = _OneLineParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     t = sub.add_parser("train", help="train and write a run directory")
     _config_args(t)
-    t.add_argument("--steps", type=_at_least_one, default=60, help="train until this many steps (with --resume: in all)")
+    t.add_argument("--steps", type=at_least_one, default=60, help="train until this many steps (with --resume: in all)")
     t.add_argument("--out", default="runs/latest")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; --set "
                    "may change the fields that can change mid-run (recorded in its config.yaml)")
@@ -380,8 +331,8 @@ def parser() -> argparse.ArgumentParser:
     _config_args(e)
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
     e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
-    e.add_argument("--n-samples", type=_at_least_one, default=16)
-    e.add_argument("--num-prompts", type=_at_least_one, default=64)
+    e.add_argument("--n-samples", type=at_least_one, default=16)
+    e.add_argument("--num-prompts", type=at_least_one, default=64)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison of several")
@@ -399,7 +350,7 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-tiny", help="pretrain the embedded model (deterministic, about 20 minutes on 2 cores)")
     b.add_argument("--out", help="where to write it (default: the package's checkpoint directory)")
-    b.add_argument("--steps", type=_at_least_one, help="training steps (default: the shipped model's)")
+    b.add_argument("--steps", type=at_least_one, help="training steps (default: the shipped model's)")
     b.set_defaults(func=cmd_build_tiny)
     return p
 

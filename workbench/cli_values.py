@@ -1,0 +1,56 @@
+"""Command-line values: ``KEY=VALUE`` pairs as YAML 1.2 reads them, counts, and errors as one
+``workbench:`` line (what every ``workbench`` subcommand's parser shares)."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+
+def overrides(pairs: list[str], flag: str = "--set") -> dict:
+    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option.
+    (``--trl`` pairs, GRPOConfig fields, are read the same way.)"""
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} learning_rate=1e-3")
+        key, raw = pair.split("=", 1)
+        if key.startswith("method_options."):
+            values.setdefault("method_options", {})[key.removeprefix("method_options.")] = scalar(raw)
+        else:
+            values[key] = scalar(raw)
+    return values
+
+
+def scalar(raw: str):
+    """A ``--set`` value as YAML 1.2 reads it: ``1e-3`` a number, ``010`` ten, ``{a: 1}`` a mapping."""
+    from . import yaml12
+
+    try:
+        return yaml12.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise UsageError(f"--set value {raw!r} is not valid YAML ({' '.join(str(error).split())})") from None
+
+
+class UsageError(Exception):
+    """A command-line value that is not allowed; printed as one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``workbench:`` line (``--help`` shows the usage)."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("workbench").strip()  # "train", or "" for the top level
+        help_command = f"workbench {command} --help" if command else "workbench --help"
+        self.exit(2, f"workbench: {command or 'usage'}: {message} ({help_command})\n")
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
+    return value

@@ -8,7 +8,9 @@ writes its own run directory ``OUT/METHOD-seedS`` and, at the end, ``eval.json``
 to ``eval_samples`` on each split, token entropy, distinct correct strategies, response
 length (Policy Split in both of its modes). Runs go seed by seed, so a stopped study
 already holds complete comparisons; started again with the same plan it skips finished
-runs and resumes a stopped one from its last checkpoint.
+runs and resumes a stopped one from its last checkpoint. ``--backend ray`` runs each run as
+a Ray task (``workbench.integrations.ray``); one run is ``workbench.study_runs.run_one`` on
+either backend.
 
 :func:`summarize` reads a study back: mean and 95% confidence interval over seeds of
 every final measure, and each method's relative gain over GRPO as EEPO's paper reports it,

@@ -154,7 +154,7 @@ def test_hyperparameter_panel_applies_live_values(split_trainer):
     panel = HyperparameterPanel(split_trainer)
     assert panel.fields["num_prompts"].input.disabled and "fork" in panel.fields["num_prompts"].input.tooltip
     assert panel.fields["model"].input.disabled and not panel.fields["learning_rate"].input.disabled
-    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form"}
+    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form", "eta2"}
 
     panel.fields["learning_rate"].input.value = 5e-4
     panel.option_fields["eta"].input.value = 0.05
@@ -255,7 +255,7 @@ def test_hyperparameter_panel_edits_a_config():
     clip.input.value = "0.3"
 
     panel.fields["method"].input.value = "policy_split"  # the options follow the method
-    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form"}
+    assert set(panel.option_fields) == {"alpha", "eta", "kappa", "clamp_form", "eta2"}
     assert panel.config.method_options == {}
     panel.fields["num_generations"].input.value = 5
     assert "an even number" in panel.status.value

@@ -194,3 +194,19 @@ class PollGuard:
         except Exception:  # shown in the status line by run(); the next poll tries again
             pass
 
+
+class Polled:
+    """What a widget that follows files on a timer shares: ``_tick``, the timer's call of its
+    ``poll()``, and ``error``, the last poll's (None when it went through). The widget sets
+    ``self._guard`` (a PollGuard) and defines ``poll``."""
+
+    _guard: PollGuard
+
+    def _tick(self) -> None:
+        self._guard.tick(self.poll)
+
+    @property
+    def error(self) -> Exception | None:
+        """The last poll's error, None when it went through."""
+        return self._guard.error
+

@@ -12,14 +12,14 @@ import pandas as pd
 from workbench.run_follower import RunFollower
 from workbench.store import RunStore
 
-from ._live import (FULL_WIDTH, Every, PollGuard, downsample, esc, metric_title, numeric_columns, set_status,
+from ._live import (FULL_WIDTH, Every, PollGuard, Polled, downsample, esc, metric_title, numeric_columns, set_status,
                     status_line, step_ticks)
 from .following import FOLLOW_INTERVAL, is_run_directory
 from .live_figure import LiveFigure
 from .style import panel_layout, run_color
 
 
-class RunComparison(w.VBox):
+class RunComparison(Polled, w.VBox):
     """Overlay a metric of several runs: a metric selector over the numeric metrics every run
     has, and an exponential-moving-average smoothing slider (0 = raw).
 
@@ -87,14 +87,6 @@ class RunComparison(w.VBox):
         """Read what each run directory wrote since the last poll, and draw it."""
         if self._guard.run(self._poll_directories):
             self._select(None)
-
-    def _tick(self) -> None:
-        self._guard.tick(self.poll)
-
-    @property
-    def error(self) -> Exception | None:
-        """The last poll's error, None when it went through."""
-        return self._guard.error
 
     def _poll_directories(self) -> bool:
         """Add each directory's new rows to its frame; whether any frame changed."""

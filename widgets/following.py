@@ -15,7 +15,7 @@ import ipywidgets as W
 
 from workbench.run_follower import RunFollower, RunUpdate
 
-from ._live import ERROR_COLOR, Every, PollGuard, busy
+from ._live import ERROR_COLOR, Every, PollGuard, Polled, busy
 from .style import FONT_SIZE
 
 # seconds between polls: a new step shows within a second, and a poll that finds nothing costs
@@ -28,7 +28,7 @@ def is_run_directory(source) -> bool:
     return isinstance(source, (str, Path))
 
 
-class RunWatch:
+class RunWatch(Polled):
     """Polls ``RunFollower(run_dir, steps)`` every ``interval`` seconds once ``start``-ed and hands
     each ``RunUpdate`` to ``on_update`` (most hold nothing new: ``update.news``, so that a widget
     can also do its own work a poll at a time). ``status`` is its status line;
@@ -65,14 +65,6 @@ class RunWatch:
         update = self.follower.poll()
         self._on_update(update)
         return update
-
-    def _tick(self) -> None:
-        self._guard.tick(self.poll)
-
-    @property
-    def error(self) -> Exception | None:
-        """The last poll's error, None when it went through."""
-        return self._guard.error
 
     def show(self) -> None:
         """Redraw the status line."""

@@ -17,7 +17,8 @@ from workbench.run_follower import RunFollower
 from workbench.run_lock import lock_held
 from workbench.sweep import EVAL_FILE, STATUSES, TRIALS_FILE, SweepPlan, load_plan, read_trials
 
-from ._live import FULL_WIDTH, Every, PollGuard, esc, metric_title, numeric_columns, set_status, status_line, step_ticks
+from ._live import (FULL_WIDTH, Every, PollGuard, Polled, esc, metric_title, numeric_columns, set_status, status_line,
+                    step_ticks)
 from .following import FOLLOW_INTERVAL, is_run_directory
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, TRIAL_STATES, panel_layout, run_color
@@ -34,7 +35,7 @@ STATUS_KEY = (f"<div style='font-size:{FONT_SIZE - 2}px;color:#333'>lines: "
               + " · <i>none</i>: no value yet (only a finished trial is evaluated on the test split)</div>")
 
 
-class SweepView(w.VBox):
+class SweepView(Polled, w.VBox):
     """Follow the sweep directory ``sweep_dir`` (which may not exist yet): polled every ``interval``
     seconds, or at once by ``poll()``; ``close()`` stops following.
 
@@ -94,14 +95,6 @@ class SweepView(w.VBox):
     def poll(self) -> None:
         """Read what the sweep and the selected trials wrote since the last poll, and draw it."""
         self._guard.run(self._poll)
-
-    def _tick(self) -> None:
-        self._guard.tick(self.poll)
-
-    @property
-    def error(self) -> Exception | None:
-        """The last poll's error, None when it went through."""
-        return self._guard.error
 
     def _poll(self) -> None:
         if self._read_trials():
@@ -244,8 +237,8 @@ class SweepView(w.VBox):
                      + "".join(f" · {counts[s]} {s}" for s in ("pending", "interrupted") if counts.get(s))
                      + f" (of {self.plan.trials} trials)"]
             if lock_held(self.dir) is False:
-                parts.append("the sweep's process has ended" + (": run the same command again to resume the "
-                                                                  "interrupted trials" if counts.get("interrupted") else ""))
+                resume = ": run the same command again to resume the interrupted trials"
+                parts.append("the sweep's process has ended" + (resume if counts.get("interrupted") else ""))
         if self.error is not None:
             parts.append(f"{type(self.error).__name__}: {self.error}")
         set_status(self.status, "; ".join(parts), error=self.error is not None)

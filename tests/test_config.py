@@ -85,3 +85,13 @@ def test_a_method_option_is_one_declaration_that_validation_follows():
         Probe.validate(cfg)
     cfg.method_options = {"weight": 0.25}
     Probe.validate(cfg)
+
+
+def test_a_config_error_crosses_processes_whole():
+    """Ray tasks and sweep trials raise it in a worker; it must unpickle with its fields."""
+    import pickle
+
+    error = ConfigError("method_options.alpha", -1, "a number in [0.0, inf)", show_type=True)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is ConfigError and str(again) == str(error)
+    assert (again.field, again.value, again.allowed) == ("method_options.alpha", -1, "a number in [0.0, inf)")

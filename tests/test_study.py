@@ -76,3 +76,13 @@ def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
     run_study(out, small_plan(methods=["grpo"], seeds=[0], steps=1), progress=False)
     with pytest.raises(ValueError, match=r"steps=2 is not allowed: the plan of the study .* \(steps=1\)"):
         run_study(out, small_plan(methods=["grpo"], seeds=[0], steps=2), progress=False)
+
+
+def test_a_study_with_method_options_evaluates_the_base_model_without_them(tmp_path):
+    # the options are EEPO's; the base model is evaluated by no method, so they must not apply
+    plan = small_plan(methods=["eepo"], seeds=[0], steps=1, overrides={**SMALL, "method_options": {"alpha": 0.5}})
+    out = run_study(tmp_path / "study", plan, progress=False)
+    assert (out / "base" / "eval.json").exists() and (out / "eepo-seed0" / "eval.json").exists()
+    from workbench.store import RunStore
+
+    assert RunStore(out / "eepo-seed0").config().method_options == {"alpha": 0.5}

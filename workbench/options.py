@@ -21,9 +21,12 @@ class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the field, the value and what is."""
 
     def __init__(self, field_name: str, value: Any, allowed: str, show_type: bool = False):
-        self.field, self.value, self.allowed = field_name, value, allowed
+        self.field, self.value, self.allowed, self.show_type = field_name, value, allowed, show_type
         shown = f"{value!r} ({type(value).__name__})" if show_type else repr(value)
         super().__init__(f"{field_name}={shown} is not allowed: {allowed}")
+
+    def __reduce__(self):  # pickled with its own arguments: it crosses processes (Ray tasks, sweep trials)
+        return type(self), (self.field, self.value, self.allowed, self.show_type)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,9 @@ def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -
     from .trainer import Trainer
 
     fixed = {"seed": plan.seeds[0], **({"threads": threads} if threads is not None else {})}
-    trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}))
+    # no method trains it, so no method's options apply (they may not be GRPO's, the default)
+    shared = {k: v for k, v in plan.overrides.items() if k != "method_options"}
+    trainer = Trainer(RunConfig(**{**shared, **fixed}))
     base_dir.mkdir(parents=True, exist_ok=True)
     write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
 

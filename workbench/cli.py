@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .cli_values import OneLineParser, UsageError, at_least_one, overrides
+from .cli_values import OneLineParser, UsageError, at_least_one, one_line, overrides
 from .integrations import MissingExtraError
 
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        print(f"workbench: {_one_line(error)}", file=sys.stderr)
+        print(f"workbench: {one_line(error)}", file=sys.stderr)
         return 2
     finally:
         for signum, handler in previous.items():
@@ -381,23 +381,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # a SIGTERM stops a run as Ctrl-C does: it saves itself first
-
-
-def _one_line(error: BaseException) -> str:
-    """An error as one line: the message of the errors the workbench raises for bad input, the
-    type and message (and --debug) for anything else."""
-    from .config import ConfigError
-    from .policy import PolicyLoadError
-    from .store import CheckpointError, RunLockedError
-    from .tasks import DatasetError, RewardFunctionError
-
-    message = " ".join(str(error).split())
-    if isinstance(error, (ConfigError, PolicyLoadError, CheckpointError, RunLockedError, RewardFunctionError,
-                          DatasetError, UsageError, MissingExtraError)):
-        return message
-    if isinstance(error, OSError) and error.filename:
-        return f"{error.strerror or type(error).__name__}: {error.filename}"
-    return f"{type(error).__name__}: {message} (run with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Command-line values: ``KEY=VALUE`` pairs as YAML 1.2 reads them, counts, and errors as one
-``workbench:`` line (what every ``workbench`` subcommand's parser shares)."""
+``workbench:`` line (what every ``workbench`` subcommand's parser and ``main`` share)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,21 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
     return value
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: the message of the errors the workbench raises for bad input, the
+    type and message (and --debug) for anything else."""
+    from .config import ConfigError
+    from .integrations import MissingExtraError
+    from .policy import PolicyLoadError
+    from .store import CheckpointError, RunLockedError
+    from .tasks import DatasetError, RewardFunctionError
+
+    message = " ".join(str(error).split())
+    if isinstance(error, (ConfigError, PolicyLoadError, CheckpointError, RunLockedError, RewardFunctionError,
+                          DatasetError, UsageError, MissingExtraError)):
+        return message
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror or type(error).__name__}: {error.filename}"
+    return f"{type(error).__name__}: {message} (run with --debug for the traceback)"

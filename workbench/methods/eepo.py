@@ -11,7 +11,7 @@ dominant tokens most, where NLL ascent would act with weight 1 - p, i.e. mostly 
 that were already unlikely.
 
 The clip, as the paper is transcribed, gives NO gradient to a token with p > 1 - eps: on the
-embedded model at step 0 that is 58% of the stage-1 tokens and 70% of the unclipped gradient
+embedded model at step 0 (the audit of issue 22) that is 58% of the stage-1 tokens and 70% of the unclipped gradient
 mass (the format tokens, which are nearly deterministic). Whether the paper means to spare
 them or it is a side effect is not known, so ``unlearn_clip`` offers both: "paper" (the clip,
 default) and "none", -log(1 - p) unclipped, taken as a log-sum-exp over the other tokens

@@ -5,6 +5,7 @@ import torch
 from scipy.stats import chisquare
 
 from conftest import random_qwen2
+from workbench.prompt_layout import left_pad, shared_prefix_length
 from workbench.sampling import Sampler, filter_logits
 
 
@@ -100,26 +101,82 @@ def test_a_shared_prefix_is_computed_once_with_the_same_results(tiny_policy, mon
     assert (shared.logprobs - lp_plain)[valid].abs().max() < 1e-4
 
 
-def test_gradients_flow_through_the_shared_prefix(tiny_policy):
-    system = "A long shared system prompt that every row starts with. " * 2
-    rows = tiny_policy.format_prompts(["Make 9 from 1 2 3.\n", "Make 8 from 2 2 4.\n"], system)
-    completion = torch.tensor([tiny_policy.encode(["1+2=3"])[0]] * 2)
-    grads = []
-    for share in (True, False):
-        import workbench.prompt_layout as prompt_layout
+@pytest.fixture(scope="module")
+def float64_policy():
+    """The embedded policy in float64 with B moved off zero (every LoRA matrix gets a
+    gradient), so that two orders of summation agree to rounding, not to float32's 1e-5."""
+    from workbench import Policy
 
-        old = prompt_layout.MIN_SHARED_PREFIX
-        prompt_layout.MIN_SHARED_PREFIX = 16 if share else 10**9
-        try:
-            tiny_policy.model.zero_grad()
-            with torch.no_grad():  # move B off zero so every LoRA matrix gets a gradient
-                for n, p in tiny_policy.trainable_parameters().items():
-                    if "lora_B" in n:
-                        p.fill_(0.01)
-            logp, _ = tiny_policy.token_logprobs(rows, completion)
-            logp.sum().backward()
-            grads.append({n: p.grad.clone() for n, p in tiny_policy.trainable_parameters().items()})
-        finally:
-            prompt_layout.MIN_SHARED_PREFIX = old
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+    policy = Policy.from_pretrained("tiny")
+    policy.model.double()
+    with torch.no_grad():
+        for name, p in policy.trainable_parameters().items():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    return policy
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to float64 rounding as transformers computes: its RMSNorm rounds to float32, so two
+    orders of summation agree to about 1e-8 of the largest value; a lost term is O(1)."""
+    return bool((a - b).abs().max() <= 1e-6 * b.abs().max())
+
+
+def plain_completion_logits(policy, rows, completion):
+    """The reference: each row's whole sequence (prompt + completion), left-padded, one forward
+    pass, nothing shared; logits [N, T, V] that predict the completion's tokens."""
+    ids, mask = left_pad([r + c.tolist() for r, c in zip(rows, completion)], policy.tokenizer.pad_token_id)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    width = completion.shape[1]
+    return policy.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -width - 1 : -1]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["flash-kernels", "matmuls"])
+def test_shared_prefix_attention_gives_the_plain_pass_logits_and_gradients(float64_policy, kernel, monkeypatch):
+    """Policy Split's high-entropy context: the 454-token system prompt runs once and every row
+    attends to that one copy; logits and every LoRA gradient equal the plain pass's."""
+    from workbench import prefix_attention
+    from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
+
+    if not kernel:
+        real = prefix_attention.shared_prefix_attention
+        monkeypatch.setattr(prefix_attention, "shared_prefix_attention", lambda *a: real(*a, kernel=False))
+    policy = float64_policy
+    prompts = policy.format_prompts(["Make 9 from 1 2 3.", "Make 8 from 2 2 4 1.", "Pay 7 with 2 5."],
+                                    HIGH_ENTROPY_PROMPT)
+    rows = [prompts[0]] * 2 + [prompts[1]] * 2 + [prompts[2]]  # groups share a prompt, all share the prefix
+    completion = torch.randint(3, 90, (5, 6), generator=torch.Generator().manual_seed(1))
+    shared = shared_prefix_length([list(r) for r in dict.fromkeys(tuple(r) for r in rows)])
+    assert shared > 400
+    policy.model.train()
+    results = []
+    for forward in (plain_completion_logits, lambda p, r, c: p.completion_logits(r, c)):
+        policy.model.zero_grad()
+        logits = forward(policy, rows, completion)
+        logits.log_softmax(-1).gather(-1, completion[..., None]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in policy.trainable_parameters().items()}
+        results.append((logits.detach(), grads))
+    policy.model.eval()
+    (plain_logits, plain_grads), (logits, grads) = results
+    assert close(logits, plain_logits)
+    assert len(grads) == len(plain_grads) > 0
+    for name in grads:
+        assert plain_grads[name].abs().max() > 1e-6, name
+        assert close(grads[name], plain_grads[name]), name
+
+
+def test_no_grad_passes_share_the_prefix_and_match_the_plain_pass(float64_policy):
+    """The lean decoder (scoring and sampling) keeps one copy of the shared prefix too."""
+    from workbench.merged_decoder import MergedDecoder
+    from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
+
+    policy = float64_policy
+    rows = policy.format_prompts(["Make 9 from 1 2 3.", "Make 8 from 2 2 4 1."], HIGH_ENTROPY_PROMPT) * 2
+    completion = torch.randint(3, 90, (4, 5), generator=torch.Generator().manual_seed(2))
+    decoder = MergedDecoder(policy.model)
+    cache, _ = decoder.prefill(rows, policy.tokenizer.pad_token_id, 5)
+    assert cache.prefix is not None and cache.keys[0].shape[2] < 40  # the prefix is not in the rows' cache
+    with torch.no_grad():
+        plain = plain_completion_logits(policy, rows, completion)
+        merged = decoder.completion_logits(rows, completion, policy.tokenizer.pad_token_id)
+    assert close(merged, plain)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import prompt_layout
-from .prompt_layout import common_prefix_length, left_pad
+from .prefix_attention import allowed_keys, shared_prefix_attention
+from .prompt_layout import left_pad, shared_prefix_length
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -31,12 +31,20 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 @dataclass
 class KVCache:
     """Preallocated keys and values per layer [N, kv_heads, capacity, head_dim]; ``valid``
-    marks the filled positions that hold real tokens (not padding)."""
+    marks the filled positions that hold real tokens (not padding). ``prefix``: per layer the
+    (keys, values) [1, kv_heads, P, head_dim] of a prefix every row shares, held once and
+    attended through ``prefix_attention``; the rows' positions start after it."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     valid: torch.Tensor  # [N, capacity] bool
     length: int = 0
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def next_positions(self) -> torch.Tensor:
+        """[N, 1]: the position of each row's next token."""
+        shared = 0 if self.prefix is None else self.prefix[0][0].shape[2]
+        return shared + self.valid[:, : self.length].sum(-1, keepdim=True)
 
     def select(self, rows: torch.Tensor, capacity: int) -> "KVCache":
         """The cache of ``rows`` (repeats allowed), with room for ``capacity`` positions."""
@@ -47,7 +55,7 @@ class KVCache:
 
         valid = self.valid.new_zeros((len(rows), capacity))
         valid[:, : self.length] = self.valid[rows, : self.length]
-        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], valid, self.length)
+        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], valid, self.length, self.prefix)
 
 
 def _base_model(model):
@@ -90,6 +98,7 @@ class MergedDecoder:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim ** -0.5
         first = decoder.layers[0].self_attn
         self.apply_rotary = sys.modules[type(first).__module__].apply_rotary_pos_emb
         self.act = decoder.layers[0].mlp.act_fn
@@ -134,13 +143,7 @@ class MergedDecoder:
         n, length = ids.shape
         start, end = cache.length, cache.length + length
         cache.valid[:, start:end] = valid
-        # A query sees earlier valid keys and itself; a padding query then sees only itself,
-        # which keeps its (unused) output finite.
-        key_pos = torch.arange(end, device=ids.device)
-        query_pos = torch.arange(start, end, device=ids.device)
-        allowed = (key_pos[None, :] <= query_pos[:, None])[None] & cache.valid[:, None, :end]
-        allowed |= (key_pos[None, :] == query_pos[:, None])[None]
-        allowed = allowed[:, None]
+        allowed = allowed_keys(cache.valid[:, :end], length)  # [N, 1, L, end]
         h = F.embedding(ids, self.embed)
         cos, sin = self.rotary(h, positions)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -153,10 +156,12 @@ class MergedDecoder:
             q, k = self.apply_rotary(q, k, cos, sin)
             cache.keys[i][:, :, start:end] = k
             cache.values[i][:, :, start:end] = v
-            attn = F.scaled_dot_product_attention(
-                q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end], attn_mask=allowed,
-                enable_gqa=self.num_kv_heads != self.num_heads,
-            )
+            keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
+            if cache.prefix is None:
+                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
+                                                      enable_gqa=self.num_kv_heads != self.num_heads)
+            else:
+                attn = shared_prefix_attention(q, keys, values, allowed, *cache.prefix[i], self.scale)
             h = h + F.linear(attn.transpose(1, 2).reshape(n, length, q_size), *w["o"])
             x = self._rms(h, w["post_norm"])
             gate, up = F.linear(x, w["gate_up"]).chunk(2, dim=-1)
@@ -175,20 +180,18 @@ class MergedDecoder:
         distinct = list(dict.fromkeys(tuple(r) for r in rows))
         index = {r: i for i, r in enumerate(distinct)}
         row_of = torch.tensor([index[tuple(r)] for r in rows], device=self.device)
-        # a prefix all distinct prompts share (a system prompt) runs once; each keeps >= 1 token of its own
-        shared = min(common_prefix_length([list(r) for r in distinct]), min(len(r) for r in distinct) - 1)
-        shared = shared if shared >= prompt_layout.MIN_SHARED_PREFIX else 0
+        # a prefix all distinct prompts share (a system prompt) runs once and stays one copy
+        shared = shared_prefix_length([list(r) for r in distinct])
         rest_ids, rest_mask = left_pad([list(r[shared:]) for r in distinct], pad_id)
         rest_ids, rest_valid = rest_ids.to(self.device), rest_mask.to(self.device).bool()
-        capacity = shared + rest_ids.shape[1]
+        capacity = rest_ids.shape[1]
+        cache = self.new_cache(len(distinct), capacity)
         if shared:
             prefix_cache = self.new_cache(1, shared)
             self.forward(torch.tensor([distinct[0][:shared]], device=self.device),
                          torch.ones((1, shared), dtype=torch.bool, device=self.device),
                          torch.arange(shared, device=self.device)[None], prefix_cache)
-            cache = prefix_cache.select(torch.zeros(len(distinct), dtype=torch.long, device=self.device), capacity)
-        else:
-            cache = self.new_cache(len(distinct), capacity)
+            cache.prefix = list(zip(prefix_cache.keys, prefix_cache.values))
         positions = shared + (rest_valid.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.forward(rest_ids, rest_valid, positions, cache)[:, -1]
         return cache.select(row_of, capacity + extra_capacity), hidden[row_of]
@@ -198,8 +201,7 @@ class MergedDecoder:
         """Logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
         width = completion_ids.shape[1]
         cache, last = self.prefill(prompt_rows, pad_id, width)
-        start = cache.valid[:, : cache.length].sum(-1, keepdim=True)
-        positions = start + torch.arange(width, device=self.device)[None]
+        positions = cache.next_positions() + torch.arange(width, device=self.device)[None]
         hidden = self.forward(completion_ids.to(self.device), torch.ones_like(completion_ids, dtype=torch.bool,
                               device=self.device), positions, cache)
         # position t's logits come from the hidden state before token t

@@ -15,8 +15,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from . import core, models
+from . import core, models, prefix_attention
 from .models import PolicyLoadError
+from .prompt_layout import left_pad, shared_prefix_length
 
 TINY = models.TINY
 
@@ -210,33 +211,40 @@ class Policy:
                           merged: bool | None = None) -> torch.Tensor:
         """The logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
         from .merged_decoder import MergedDecoder
-        from .sampling import prefill_shared_prefix
 
         completion_ids = completion_ids.to(self.device)
         if not torch.is_grad_enabled() and merged is not False and MergedDecoder.supports(self.model):
             return MergedDecoder(self.model).completion_logits(prompt_ids, completion_ids, self.tokenizer.pad_token_id)
-        # Each distinct prompt runs once (a group's G rows share it), then its cache is
-        # repeated for its rows and the completions run after it; gradients flow through both.
+        # The prefix all prompts share (a system prompt) runs once and every row attends to that
+        # one copy (prefix_attention); each distinct prompt's rest runs once (a group's G rows
+        # share it) and its keys are repeated for its rows; then the completions. Gradients
+        # flow through all three.
         distinct = list(dict.fromkeys(tuple(r) for r in prompt_ids))
         index = {r: i for i, r in enumerate(distinct)}
         row_of = torch.tensor([index[tuple(r)] for r in prompt_ids], device=self.device)
-        cache, prompts, attention, positions = prefill_shared_prefix(
-            self.model, [list(r) for r in distinct], self.tokenizer.pad_token_id, self.device
-        )
-        last_prompt_logits = self.model(
-            input_ids=prompts, attention_mask=attention, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
-        ).logits[row_of]
-        cache.batch_select_indices(row_of)
+        shared = shared_prefix_length([list(r) for r in distinct])
+        rest_ids, rest_valid = left_pad([list(r[shared:]) for r in distinct], self.tokenizer.pad_token_id)
+        rest_ids, rest_valid = rest_ids.to(self.device), rest_valid.to(self.device)
         width = completion_ids.shape[1]
-        attention = torch.cat([attention[row_of], torch.ones_like(completion_ids)], dim=1)
-        completion_logits = self.model(
-            input_ids=completion_ids,
-            attention_mask=attention,
-            position_ids=positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
-            past_key_values=cache,
-            use_cache=False,
-            logits_to_keep=width,
-        ).logits
+        prefix_kv, rest_kv = [], []
+        with prefix_attention.attention_hook(self.model):
+            if shared:
+                prefix = torch.tensor([distinct[0][:shared]], device=self.device)
+                self.model(input_ids=prefix, use_cache=False, logits_to_keep=1, collect_kv=prefix_kv)
+            prefix_kv = prefix_kv or None
+            rest_positions = shared + (rest_valid.cumsum(-1) - 1).clamp(min=0)  # [D, R]
+            last_prompt_logits = self.model(
+                input_ids=rest_ids, attention_mask=prefix_attention.allowed_keys(rest_valid, rest_ids.shape[1]),
+                position_ids=rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=prefix_kv,
+                collect_kv=rest_kv,
+            ).logits[row_of]  # [N, 1, V]
+            key_valid = torch.cat([rest_valid[row_of], torch.ones_like(completion_ids)], dim=1)  # [N, R + T]
+            completion_logits = self.model(
+                input_ids=completion_ids,
+                attention_mask=prefix_attention.allowed_keys(key_valid, width),
+                position_ids=rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
+                use_cache=False, logits_to_keep=width, shared_prefix=prefix_kv,
+                row_context=[(k[row_of], v[row_of]) for k, v in rest_kv],
+            ).logits
         return torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
 

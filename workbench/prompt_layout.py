@@ -34,3 +34,11 @@ def common_prefix_length(rows: list[list[int]]) -> int:
         if any(r[i] != first[i] for r in rows):
             return i
     return n
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Leading tokens worth computing once for all ``rows``: their common prefix, leaving every
+    row at least one token of its own (the next forward pass needs it), or 0 when shorter than
+    ``MIN_SHARED_PREFIX``."""
+    shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX else 0

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from . import core, prompt_layout
+from . import core
 from .merged_decoder import MergedDecoder
-from .prompt_layout import common_prefix_length, left_pad
+from .prompt_layout import left_pad, shared_prefix_length
 
 
 @dataclass
@@ -44,9 +44,7 @@ def prefill_shared_prefix(model, rows: list[list[int]], pad_id: int, device):
     ids. Padding sits between the prefix and the rest; the mask hides it. A long system prompt
     (Policy Split's high-entropy mode) then costs one row's worth of compute, not N.
     """
-    # every row keeps at least one token of its own, which the next forward pass needs
-    shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
-    shared = shared if shared >= prompt_layout.MIN_SHARED_PREFIX else 0
+    shared = shared_prefix_length(rows)
     rest_ids, rest_mask = left_pad([r[shared:] for r in rows], pad_id)
     rest_ids, rest_mask = rest_ids.to(device), rest_mask.to(device)
     attention = torch.cat([torch.ones((len(rows), shared), dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
@@ -96,7 +94,7 @@ class Sampler:
         if self.merged is not False and MergedDecoder.supports(self.model):
             decoder = MergedDecoder(self.model)
             cache, last = decoder.prefill(rows, self.pad_token_id, max_new_tokens)
-            positions = cache.valid[:, : cache.length].sum(-1, keepdim=True)
+            positions = cache.next_positions()
             ones = torch.ones_like(positions, dtype=torch.bool)
 
             def step(token: torch.Tensor) -> torch.Tensor:

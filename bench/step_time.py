@@ -87,6 +87,17 @@ def report(results, trainers, warmup: int, baseline: str) -> dict:
     return out
 
 
+def policy_split_floor(results: dict) -> dict:
+    """Policy Split samples N responses and trains 2N rows: with GRPO's sample time S and update
+    time U from this run, no implementation beats (S + 2U) / (S + U) of GRPO's step."""
+    sample, update = results["grpo"]["phases_s"]["sample"], results["grpo"]["phases_s"]["update"]
+    floor = (sample + 2 * update) / (sample + update)
+    ratio = results["policy_split"]["ratio"]
+    print(f"Policy Split: floor (S + 2U) / (S + U) = {floor:.2f}x GRPO (S {sample:.3f} s, U {update:.3f} s); "
+          f"measured {ratio:.2f}x = {ratio / floor:.2f}x its floor")
+    return {"floor": floor, "ratio_to_floor": ratio / floor, "S": sample, "U": update}
+
+
 def main() -> None:
     parser = harness.add_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]),
                               prompts=8, generations=8, length=32, steps=20, warmup=3, threads=0)
@@ -129,6 +140,8 @@ def main() -> None:
           f"{'exactly' if args.forced else 'up to'} {args.length} tokens; "
           f"{args.steps} steps after {args.warmup} warm-up")
     results = report(measure(trainers, args.steps, args.warmup), trainers, args.warmup, baseline)
+    if "grpo" in results and "policy_split" in results:
+        results["policy_split_floor"] = policy_split_floor(results)
     if dashboard is not None:
         dashboard.close()
     harness.write_json(args.json, args, results)

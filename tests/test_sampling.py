@@ -122,6 +122,23 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a - b).abs().max() <= 1e-6 * b.abs().max())
 
 
+def logits_and_gradients(policy, forward, rows, completion):
+    """(logits, every LoRA gradient) of the completion's summed log-probs, in training mode."""
+    policy.model.train()
+    policy.model.zero_grad()
+    logits = forward(policy, rows, completion)
+    logits.log_softmax(-1).gather(-1, completion[..., None]).sum().backward()
+    policy.model.eval()
+    return logits.detach(), {n: p.grad.clone() for n, p in policy.trainable_parameters().items()}
+
+
+def assert_same_gradients(grads, plain_grads):
+    assert len(grads) == len(plain_grads) > 0
+    for name in grads:
+        assert plain_grads[name].abs().max() > 1e-6, name
+        assert close(grads[name], plain_grads[name]), name
+
+
 def plain_completion_logits(policy, rows, completion):
     """The reference: each row's whole sequence (prompt + completion), left-padded, one forward
     pass, nothing shared; logits [N, T, V] that predict the completion's tokens."""
@@ -148,21 +165,32 @@ def test_shared_prefix_attention_gives_the_plain_pass_logits_and_gradients(float
     completion = torch.randint(3, 90, (5, 6), generator=torch.Generator().manual_seed(1))
     shared = shared_prefix_length([list(r) for r in dict.fromkeys(tuple(r) for r in rows)])
     assert shared > 400
-    policy.model.train()
-    results = []
-    for forward in (plain_completion_logits, lambda p, r, c: p.completion_logits(r, c)):
-        policy.model.zero_grad()
-        logits = forward(policy, rows, completion)
-        logits.log_softmax(-1).gather(-1, completion[..., None]).sum().backward()
-        grads = {n: p.grad.clone() for n, p in policy.trainable_parameters().items()}
-        results.append((logits.detach(), grads))
-    policy.model.eval()
-    (plain_logits, plain_grads), (logits, grads) = results
+    plain_logits, plain_grads = logits_and_gradients(policy, plain_completion_logits, rows, completion)
+    logits, grads = logits_and_gradients(policy, type(policy).completion_logits, rows, completion)
     assert close(logits, plain_logits)
-    assert len(grads) == len(plain_grads) > 0
-    for name in grads:
-        assert plain_grads[name].abs().max() > 1e-6, name
-        assert close(grads[name], plain_grads[name]), name
+    assert_same_gradients(grads, plain_grads)
+
+
+def test_gradient_checkpointing_keeps_the_gradient_through_the_prompts_keys(float64_policy):
+    """The prefix's and the prompts' keys and values are handed from one pass to the next:
+    under (non-reentrant) gradient checkpointing their gradient still arrives; reentrant
+    checkpointing, which would drop it silently, is refused."""
+    from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
+
+    policy = float64_policy
+    rows = policy.format_prompts(["Make 9 from 1 2 3.", "Pay 7 with 2 5."], HIGH_ENTROPY_PROMPT) * 2
+    completion = torch.randint(3, 90, (4, 5), generator=torch.Generator().manual_seed(3))
+    _, plain_grads = logits_and_gradients(policy, plain_completion_logits, rows, completion)
+    try:
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _, grads = logits_and_gradients(policy, type(policy).completion_logits, rows, completion)
+        assert_same_gradients(grads, plain_grads)
+        policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        with pytest.raises(ValueError, match="reentrant gradient checkpointing"):
+            logits_and_gradients(policy, type(policy).completion_logits, rows, completion)
+    finally:
+        policy.model.gradient_checkpointing_disable()
+        policy.model.eval()
 
 
 def test_no_grad_passes_share_the_prefix_and_match_the_plain_pass(float64_policy):

@@ -226,25 +226,27 @@ class Policy:
         rest_ids, rest_valid = left_pad([list(r[shared:]) for r in distinct], self.tokenizer.pad_token_id)
         rest_ids, rest_valid = rest_ids.to(self.device), rest_valid.to(self.device)
         width = completion_ids.shape[1]
-        prefix_kv, rest_kv = [], []
-        with prefix_attention.attention_hook(self.model):
-            if shared:
-                prefix = torch.tensor([distinct[0][:shared]], device=self.device)
-                self.model(input_ids=prefix, use_cache=False, logits_to_keep=1, collect_kv=prefix_kv)
-            prefix_kv = prefix_kv or None
-            rest_positions = shared + (rest_valid.cumsum(-1) - 1).clamp(min=0)  # [D, R]
-            last_prompt_logits = self.model(
-                input_ids=rest_ids, attention_mask=prefix_attention.allowed_keys(rest_valid, rest_ids.shape[1]),
-                position_ids=rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=prefix_kv,
-                collect_kv=rest_kv,
-            ).logits[row_of]  # [N, 1, V]
-            key_valid = torch.cat([rest_valid[row_of], torch.ones_like(completion_ids)], dim=1)  # [N, R + T]
-            completion_logits = self.model(
-                input_ids=completion_ids,
-                attention_mask=prefix_attention.allowed_keys(key_valid, width),
-                position_ids=rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
-                use_cache=False, logits_to_keep=width, shared_prefix=prefix_kv,
-                row_context=[(k[row_of], v[row_of]) for k, v in rest_kv],
-            ).logits
+        prefix_attention.install(self.model)
+        if self.model.training:
+            prefix_attention.check_checkpointing(self.model)
+        prefix_kv, rest_kv = [], []  # filled by the passes below, one (keys, values) per layer
+        if shared:
+            prefix = torch.tensor([distinct[0][:shared]], device=self.device)
+            self.model(input_ids=prefix, use_cache=False, logits_to_keep=1, collect_kv=prefix_kv)
+        shared_prefix = tuple(prefix_kv) or None  # a recomputation (gradient checkpointing) appends again
+        rest_positions = shared + (rest_valid.cumsum(-1) - 1).clamp(min=0)  # [D, R]
+        last_prompt_logits = self.model(
+            input_ids=rest_ids, attention_mask=prefix_attention.allowed_keys(rest_valid, rest_ids.shape[1]),
+            position_ids=rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=shared_prefix,
+            collect_kv=rest_kv,
+        ).logits[row_of]  # [N, 1, V]
+        key_valid = torch.cat([rest_valid[row_of], torch.ones_like(completion_ids)], dim=1)  # [N, R + T]
+        completion_logits = self.model(
+            input_ids=completion_ids,
+            attention_mask=prefix_attention.allowed_keys(key_valid, width),
+            position_ids=rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
+            use_cache=False, logits_to_keep=width, shared_prefix=shared_prefix,
+            row_context=[(k[row_of], v[row_of]) for k, v in rest_kv],
+        ).logits
         return torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
 

@@ -17,12 +17,12 @@ On CPU both parts run in PyTorch's flash kernels (``_scaled_dot_product_flash_at
 and its backward, which return and take the log-sum-exp); elsewhere in plain matmuls (``_math``),
 which are also the reference the tests compare the kernels with.
 
-``attention_hook`` plugs this into a transformers model through its attention interface.
+``install`` plugs this into a transformers model through its attention interface.
 """
 
 from __future__ import annotations
 
-import contextlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -128,19 +128,24 @@ def shared_prefix_attention(query, key, value, allowed, prefix_key, prefix_value
 
 # ---- transformers: the attention interface --------------------------------------------------
 
-HOOK_NAME = "workbench_shared_prefix"
+HOOK_PREFIX = "workbench_shared_prefix:"
 
 
 def _hooked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None,
                       row_context=None, collect_kv=None, **kwargs):
-    """An attention function for transformers' ``AttentionInterface``.
+    """The attention function of a model after ``install``.
 
+    Without the arguments below it is the model's own implementation (its name follows
+    ``HOOK_PREFIX``), so generation, other libraries' passes and a recomputation under gradient
+    checkpointing run as before.
     ``collect_kv`` (a list): this pass's keys and values are appended, one (k, v) per layer.
     ``row_context``: per layer (k, v) [N, Hkv, C, D] of keys each row saw in an earlier pass,
     put before this pass's; ``attention_mask`` [N, 1, L, C + L] (bool) covers both.
     ``shared_prefix``: per layer (k, v) [1, Hkv, P, D], seen by every query.
-    Without a mask the pass is plain causal attention (the prefix's own pass).
     """
+    if shared_prefix is None and row_context is None and collect_kv is None:
+        return _original_attention(module)(module, query, key, value, attention_mask, scaling=scaling,
+                                           dropout=dropout, **kwargs)
     if dropout:
         raise ValueError(f"attention dropout={dropout} is not supported by the shared-prefix attention")
     layer = module.layer_idx
@@ -149,7 +154,7 @@ def _hooked_attention(module, query, key, value, attention_mask, scaling=None, d
     if row_context is not None:
         key = torch.cat([row_context[layer][0], key], dim=2)
         value = torch.cat([row_context[layer][1], value], dim=2)
-    if attention_mask is None:
+    if attention_mask is None:  # the prefix's own pass: plain causal attention
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
                                              enable_gqa=key.shape[1] != query.shape[1])
     elif shared_prefix is None:
@@ -160,23 +165,44 @@ def _hooked_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.transpose(1, 2), None
 
 
-def _register() -> None:
+def _original_attention(module):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    original = module.config._attn_implementation.removeprefix(HOOK_PREFIX)
+    if original == "eager":  # each model file defines its own
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[original]
+
+
+def check_checkpointing(model) -> None:
+    """Reentrant gradient checkpointing runs a layer's forward without grad and again in the
+    backward: keys and values one pass hands to the next (``collect_kv``) would carry no
+    gradient, silently. Refuse it, naming the fix."""
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and func is not None:
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                raise ValueError("reentrant gradient checkpointing drops the gradient through the prompt's keys and "
+                                 "values; enable it with gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                                 "{'use_reentrant': False}) (the workbench's gradient_checkpointing=True does)")
+            return
+
+
+def install(model) -> None:
+    """Route ``model``'s attention (transformers, or peft around it) through ``_hooked_attention``,
+    once; its masks stay those of its own implementation."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    AttentionInterface.register(HOOK_NAME, _hooked_attention)
-
-
-@contextlib.contextmanager
-def attention_hook(model):
-    """Within: ``model`` (transformers, or peft around one) attends through ``_hooked_attention``."""
-    _register()
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-    before = config._attn_implementation
-    config._attn_implementation = HOOK_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+    original = config._attn_implementation
+    if original.startswith(HOOK_PREFIX):
+        return
+    name = HOOK_PREFIX + original
+    AttentionInterface.register(name, _hooked_attention)
+    if original in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original])
+    config._attn_implementation = name
 
 
 def allowed_keys(key_valid: torch.Tensor, queries: int) -> torch.Tensor:

@@ -66,8 +66,8 @@ class Trainer(RunLifecycle):
         self.autocast_dtype = _autocast_dtype(cfg.dtype, self.device)
         self.policy = policy or self._load_policy(cfg)
         if cfg.gradient_checkpointing:
-            self.policy.model.gradient_checkpointing_enable()
-            self.policy.model.enable_input_require_grads()
+            # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
+            self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.task = task or tasks.from_config(cfg.task)
         if reward_funcs is not None:
             self.task = tasks.RewardFunctionTask(self.task, reward_funcs, reward_errors=reward_errors)

@@ -42,6 +42,8 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
         "beta": settings["beta"],
         "use_cpu": cpu, "bf16": half == "bfloat16", "fp16": half == "float16",
         "activation_checkpointing": cfg.gradient_checkpointing,
+        # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None,
         # the workbench's own choices: rows in the order sampled, truncated responses trained on
         "shuffle_dataset": False, "mask_truncated_completions": False, "remove_unused_columns": False,
         "logging_steps": 1, "save_strategy": "steps", "save_steps": cfg.checkpoint_every or steps,
@@ -70,6 +72,7 @@ def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, pr
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     if "activation_checkpointing" not in known:  # transformers 4.x names it gradient_checkpointing
         owned["gradient_checkpointing"] = owned.pop("activation_checkpointing")
+        owned["gradient_checkpointing_kwargs"] = owned.pop("activation_checkpointing_kwargs")
     # transformers' Trainer turns the model's KV cache off (for the training passes); generation
     # needs it, or every new token runs the whole sequence again (26x slower on the smoke model)
     trl["generation_kwargs"] = {"use_cache": True, **(trl.get("generation_kwargs") or {})}

@@ -1,11 +1,11 @@
 """The figures and the table of docs/RESULTS.md, from a study written by ``workbench compare``.
 
     workbench compare --seeds 3 --steps 100 --out runs/study
-    python bench/study_figures.py runs/study [--out docs]
+    python bench/study_figures.py runs/study [--out docs] [--name study]
 
-Writes img/study-over-steps.png (entropy, accuracy and distinct strategies over steps: seed
-mean, band = the seeds' range), img/study-passk.png (pass@k curves per split, seed mean) and
-study-summary.json, and prints the summary as a markdown table.
+Writes img/NAME-over-steps.png (entropy, accuracy and distinct strategies over steps: seed
+mean, band = the seeds' range), img/NAME-passk.png (pass@k curves per split, seed mean) and
+NAME-summary.json, and prints the summary as a markdown table.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("study")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--name", default="study", help="the files' stem")
     args = parser.parse_args()
     plan, out = load_plan(args.study), Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def main() -> None:
     fig.suptitle(f"{len(plan.seeds)} seeds x {plan.steps} steps: seed mean of 5-step means, band = seeds' range",
                  fontsize=11)
     fig.tight_layout()
-    fig.savefig(out / "img" / "study-over-steps.png", dpi=110)
+    fig.savefig(out / "img" / f"{args.name}-over-steps.png", dpi=110)
 
     finals = final_evaluations(args.study)
     fig, axes = plt.subplots(1, len(plan.splits), figsize=(12, 4), sharey=True)
@@ -68,10 +69,10 @@ def main() -> None:
     axes[0].set_ylabel("pass@k")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "img" / "study-passk.png", dpi=110)
+    fig.savefig(out / "img" / f"{args.name}-passk.png", dpi=110)
 
     table = summarize(args.study)
-    (out / "study-summary.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+    (out / f"{args.name}-summary.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
     k = plan.eval_samples
     columns = ("pass@1", f"pass@{k}", "entropy_mean", "distinct_correct_strategies", "response_length")
     print("| method | split | " + " | ".join(columns) + " | pass@1 vs GRPO |")

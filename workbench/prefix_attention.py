@@ -14,7 +14,7 @@ the attention backward given the MERGED output and lse (as ring attention comput
 gradients are exact and the prefix's gradient arrives already summed over rows.
 
 On CPU both parts run in PyTorch's flash kernels (``_scaled_dot_product_flash_attention_for_cpu``
-and its backward, which return and take the log-sum-exp); elsewhere in plain matmuls (``_math``),
+and its backward, which return and take the log-sum-exp); elsewhere in plain matmuls (``kernel=False``),
 which are also the reference the tests compare the kernels with.
 
 ``install`` plugs this into a transformers model through its attention interface.
@@ -36,7 +36,7 @@ def _accumulation(t: torch.Tensor) -> torch.dtype:
 
 
 def _attend(q, k, v, bias, scale, kernel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, L, D], lse [B, H, L] float32) of softmax(q k^T scale + bias) v."""
+    """(out [B, H, L, D], lse [B, H, L] in float32 or wider) of softmax(q k^T scale + bias) v."""
     if kernel:
         out, lse = _flash(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
         return out, lse.to(_accumulation(q))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .prefix_attention import allowed_keys, shared_prefix_attention
-from .prompt_layout import left_pad, shared_prefix_length
+from .prompt_layout import shared_layout
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -177,24 +177,18 @@ class MergedDecoder:
         """Run the prompts ``rows``: the prefix they all share once, each distinct prompt once,
         and return (cache with room for ``extra_capacity`` more tokens per row, last hidden
         state of each row [N, hidden])."""
-        distinct = list(dict.fromkeys(tuple(r) for r in rows))
-        index = {r: i for i, r in enumerate(distinct)}
-        row_of = torch.tensor([index[tuple(r)] for r in rows], device=self.device)
-        # a prefix all distinct prompts share (a system prompt) runs once and stays one copy
-        shared = shared_prefix_length([list(r) for r in distinct])
-        rest_ids, rest_mask = left_pad([list(r[shared:]) for r in distinct], pad_id)
-        rest_ids, rest_valid = rest_ids.to(self.device), rest_mask.to(self.device).bool()
-        capacity = rest_ids.shape[1]
-        cache = self.new_cache(len(distinct), capacity)
-        if shared:
+        layout = shared_layout(rows, pad_id, self.device)
+        capacity = layout.rest_ids.shape[1]
+        cache = self.new_cache(len(layout.rest_ids), capacity)
+        if layout.prefix:  # a system prompt: runs once and stays one copy
+            shared = len(layout.prefix)
             prefix_cache = self.new_cache(1, shared)
-            self.forward(torch.tensor([distinct[0][:shared]], device=self.device),
+            self.forward(torch.tensor([layout.prefix], device=self.device),
                          torch.ones((1, shared), dtype=torch.bool, device=self.device),
                          torch.arange(shared, device=self.device)[None], prefix_cache)
             cache.prefix = list(zip(prefix_cache.keys, prefix_cache.values))
-        positions = shared + (rest_valid.long().cumsum(-1) - 1).clamp(min=0)
-        hidden = self.forward(rest_ids, rest_valid, positions, cache)[:, -1]
-        return cache.select(row_of, capacity + extra_capacity), hidden[row_of]
+        hidden = self.forward(layout.rest_ids, layout.rest_valid, layout.rest_positions, cache)[:, -1]
+        return cache.select(layout.row_of, capacity + extra_capacity), hidden[layout.row_of]
 
     @torch.no_grad()
     def completion_logits(self, prompt_rows: list[list[int]], completion_ids: torch.Tensor, pad_id: int) -> torch.Tensor:

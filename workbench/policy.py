@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from . import core, models, prefix_attention
 from .models import PolicyLoadError
-from .prompt_layout import left_pad, shared_prefix_length
+from .prompt_layout import shared_layout
 
 TINY = models.TINY
 
@@ -219,32 +219,28 @@ class Policy:
         # one copy (prefix_attention); each distinct prompt's rest runs once (a group's G rows
         # share it) and its keys are repeated for its rows; then the completions. Gradients
         # flow through all three.
-        distinct = list(dict.fromkeys(tuple(r) for r in prompt_ids))
-        index = {r: i for i, r in enumerate(distinct)}
-        row_of = torch.tensor([index[tuple(r)] for r in prompt_ids], device=self.device)
-        shared = shared_prefix_length([list(r) for r in distinct])
-        rest_ids, rest_valid = left_pad([list(r[shared:]) for r in distinct], self.tokenizer.pad_token_id)
-        rest_ids, rest_valid = rest_ids.to(self.device), rest_valid.to(self.device)
-        width = completion_ids.shape[1]
+        layout = shared_layout(prompt_ids, self.tokenizer.pad_token_id, self.device)
+        row_of, width = layout.row_of, completion_ids.shape[1]
         prefix_attention.install(self.model)
         if self.model.training:
             prefix_attention.check_checkpointing(self.model)
         prefix_kv, rest_kv = [], []  # filled by the passes below, one (keys, values) per layer
-        if shared:
-            prefix = torch.tensor([distinct[0][:shared]], device=self.device)
+        if layout.prefix:
+            prefix = torch.tensor([layout.prefix], device=self.device)
             self.model(input_ids=prefix, use_cache=False, logits_to_keep=1, collect_kv=prefix_kv)
         shared_prefix = tuple(prefix_kv) or None  # a recomputation (gradient checkpointing) appends again
-        rest_positions = shared + (rest_valid.cumsum(-1) - 1).clamp(min=0)  # [D, R]
         last_prompt_logits = self.model(
-            input_ids=rest_ids, attention_mask=prefix_attention.allowed_keys(rest_valid, rest_ids.shape[1]),
-            position_ids=rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=shared_prefix,
+            input_ids=layout.rest_ids,
+            attention_mask=prefix_attention.allowed_keys(layout.rest_valid, layout.rest_ids.shape[1]),
+            position_ids=layout.rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=shared_prefix,
             collect_kv=rest_kv,
         ).logits[row_of]  # [N, 1, V]
-        key_valid = torch.cat([rest_valid[row_of], torch.ones_like(completion_ids)], dim=1)  # [N, R + T]
+        key_valid = torch.cat([layout.rest_valid[row_of], torch.ones_like(completion_ids, dtype=torch.bool)],
+                              dim=1)  # [N, R + T]
         completion_logits = self.model(
             input_ids=completion_ids,
             attention_mask=prefix_attention.allowed_keys(key_valid, width),
-            position_ids=rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
+            position_ids=layout.rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
             use_cache=False, logits_to_keep=width, shared_prefix=shared_prefix,
             row_context=[(k[row_of], v[row_of]) for k, v in rest_kv],
         ).logits

@@ -43,7 +43,11 @@ $(VENV)/.installed-browser: | $(BIN)/python
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium && touch $@; \
 	else echo "note: chromium is not installed (apt-get install chromium as root); the browser test will skip"; fi
 
+# Lint, format check and type check first (pyproject.toml configures each), so CI fails on a violation.
 test: $(VENV)/.installed-test $(VENV)/.installed-browser
+	$(BIN)/ruff check workbench widgets
+	$(BIN)/ruff format --check workbench widgets
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed-lab

@@ -1,5 +1,6 @@
 """The papers' baselines run from the same config and change what they claim to change."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -16,11 +17,36 @@ def test_each_baseline_trains(method):
     assert trainer.history["loss"].notna().all()
 
 
-def test_loss_settings_of_the_coefficient_baselines():
-    assert get("clip_higher")(RunConfig()).loss_settings()["epsilon_high"] == 0.28
-    assert get("clip_higher")(RunConfig(epsilon_high=0.3)).loss_settings()["epsilon_high"] == 0.3
-    assert get("entropy_bonus")(RunConfig()).loss_settings()["entropy_coef"] == 0.01
-    assert get("top_entropy")(RunConfig()).loss_settings()["top_entropy_quantile"] == 0.2
+COEFFICIENT_BASELINES = [("entropy_bonus", "entropy_coef", 0.01, 0.0), ("clip_higher", "epsilon_high", 0.28, 0.2),
+                         ("top_entropy", "top_entropy_quantile", 0.2, 1.0)]
+
+
+@pytest.mark.parametrize("method,field,own,plain", COEFFICIENT_BASELINES)
+def test_a_coefficient_baseline_fills_its_setting_into_the_config(method, field, own, plain):
+    cfg = RunConfig(method=method)
+    assert getattr(cfg, field) == own and f"{field}: {own}" in cfg.to_yaml()  # config.yaml records what trains
+    assert get(method)(cfg).loss_settings()[field] == own
+    mine = RunConfig(method=method, **{field: plain})  # an explicit value is kept, the plain one included
+    assert getattr(mine, field) == plain and get(method)(mine).loss_settings()[field] == plain
+    assert getattr(cfg.replace(method="grpo"), field) == getattr(RunConfig(), field)  # GRPO's own, not the baseline's
+    assert getattr(RunConfig().replace(method=method), field) == own
+
+
+def _metrics(cfg: RunConfig, steps: int = 2) -> pd.DataFrame:
+    trainer = Trainer(cfg)
+    trainer.run(steps, progress=False)
+    timings = [c for c in trainer.history if c == "step_time" or c.endswith("_s")]
+    return trainer.history.drop(columns=timings)
+
+
+@pytest.mark.parametrize("method,field,own,plain", [b for b in COEFFICIENT_BASELINES if b[0] != "clip_higher"])
+def test_a_baseline_set_to_the_plain_value_trains_as_grpo(method, field, own, plain):
+    """entropy_coef=0 switches the bonus off, top_entropy_quantile=1 trains every token: the metrics
+    are GRPO's to the last bit, and the baseline's own setting changes them. (clip_higher trains as
+    GRPO at num_iterations=1 whatever its clip: docs/methods.md.)"""
+    grpo = _metrics(RunConfig(**QUICK))
+    pd.testing.assert_frame_equal(_metrics(RunConfig(**QUICK, method=method, **{field: plain})), grpo)
+    assert not _metrics(RunConfig(**QUICK, method=method), steps=1)["loss"].equals(grpo["loss"].head(1))
 
 
 def test_entropy_advantage_shapes_token_advantages():

@@ -85,3 +85,45 @@ def test_options_lists_every_declaration_and_set_takes_one_method_option(tmp_pat
     assert main(["train", "--steps", "1", "--out", str(tmp_path / "bad"), "--method", "eepo",
                  "--set", "method_options.gate=sometimes"]) == 2
     assert "method_options.gate='sometimes' is not allowed: one of entropy, always, never" in capsys.readouterr().err
+
+
+TINY = ["--steps", "2", "--set", "num_prompts=2", "--set", "num_generations=4", "--set", "max_completion_length=8"]
+# a batch used for 4 updates at a high learning rate: the ratios leave 1, so every coefficient acts
+MOVING = ["--steps", "2", "--set", "num_prompts=2", "--set", "num_generations=4", "--set", "max_completion_length=20",
+          "--set", "seed=4", "--set", "num_iterations=4", "--set", "learning_rate=0.05"]
+
+
+def _trained(out) -> tuple[str, list[dict]]:
+    """A run directory's config.yaml and its metrics without the timings."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return (out / "config.yaml").read_text(), [{k: v for k, v in r.items() if k != "step_time" and not k.endswith("_s")}
+                                               for r in rows]
+
+
+@pytest.mark.parametrize("method,field,own,plain", [("entropy_bonus", "entropy_coef", "0.01", "0.0"),
+                                                    ("top_entropy", "top_entropy_quantile", "0.2", "1.0"),
+                                                    ("clip_higher", "epsilon_high", "0.28", "0.2")])
+def test_config_yaml_records_the_setting_that_trains_and_an_explicit_one_is_kept(tmp_path, method, field, own, plain):
+    assert main(["train", "--method", "grpo", "--out", str(tmp_path / "grpo"), *MOVING]) == 0
+    assert main(["train", "--method", method, "--out", str(tmp_path / "own"), *MOVING]) == 0
+    plain_run = ["train", "--method", method, "--out", str(tmp_path / "plain"), *MOVING, "--set", f"{field}={plain}"]
+    assert main(plain_run) == 0
+    (_, grpo), (own_yaml, on), (plain_yaml, off) = (_trained(tmp_path / n) for n in ("grpo", "own", "plain"))
+    assert f"\n{field}: {own}\n" in own_yaml and f"\n{field}: {plain}\n" in plain_yaml
+    assert on != grpo and off == grpo  # the plain setting trains as GRPO does, to the last bit
+
+
+def test_an_old_run_resumes_with_what_its_config_yaml_says(tmp_path):
+    """Before CONFIG_DEFAULTS, entropy_bonus trained with 0.01 and wrote entropy_coef: 0.0; the
+    file is what counts now, and the live field can be set on resume to continue as it trained."""
+    from workbench.store import RunStore
+    from workbench.trainer import Trainer
+
+    out = tmp_path / "old"
+    assert main(["train", "--method", "entropy_bonus", "--out", str(out), *TINY]) == 0
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("entropy_coef: 0.01", "entropy_coef: 0.0"))
+    resumed = Trainer.resume(out, read_only=True)  # the old file loads, and trains without a bonus
+    assert resumed.method.loss_settings()["entropy_coef"] == 0.0
+    assert main(["train", "--resume", "--out", str(out), "--steps", "3", "--set", "entropy_coef=0.01"]) == 0
+    assert RunStore(out).config().entropy_coef == 0.01 and "entropy_coef: 0.01" in config.read_text()

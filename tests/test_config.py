@@ -95,3 +95,54 @@ def test_a_config_error_crosses_processes_whole():
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is ConfigError and str(again) == str(error)
     assert (again.field, again.value, again.allowed) == ("method_options.alpha", -1, "a number in [0.0, inf)")
+
+
+# --- option facts on the declarations --------------------------------------------------------------
+def test_live_and_fork_refused_fields_are_read_from_the_declarations():
+    from workbench.config import OPTIONS
+    from workbench.options import Option
+    from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
+
+    assert set(LIVE_FIELDS) == {name for name, o in OPTIONS.items() if o.changes_in == "live"}
+    assert set(FORK_REFUSES) == {name for name, o in OPTIONS.items() if o.changes_in == "new_run"}
+    assert {"learning_rate", "entropy_coef", "top_entropy_quantile", "method_options"} <= set(LIVE_FIELDS)
+    assert {"model", "lora_r", "device"} <= set(FORK_REFUSES) and "num_generations" not in LIVE_FIELDS + FORK_REFUSES
+    with pytest.raises(ValueError, match="changes_in='sometimes'.*live, fork, new_run"):
+        Option(1, "a probe", "int", changes_in="sometimes")
+
+
+def test_a_method_declares_only_the_settings_it_changes():
+    from workbench import methods
+
+    class Probe(methods.GRPO):
+        name = "probe"
+        CONFIG_DEFAULTS = {"entropy_coef": 0.05}
+
+    assert Probe.CONFIG_DEFAULTS == {**methods.Method.CONFIG_DEFAULTS, "entropy_coef": 0.05}
+    assert methods.get("poly_epo").CONFIG_DEFAULTS["entropy_coef"] == 0.0  # inherited
+
+
+def test_method_options_parse_merge_and_fill_in_one_value():
+    from workbench import methods
+    from workbench.options import MethodOptions
+
+    assert MethodOptions.key("method_options.alpha") == "alpha" and MethodOptions.key("learning_rate") is None
+    flat = {"learning_rate": 1e-3, "method_options": {"gate": "always", "alpha": 0.1}, "method_options.alpha": 0.5}
+    assert MethodOptions.gathered(flat) == {"learning_rate": 1e-3, "method_options": {"gate": "always", "alpha": 0.5}}
+    assert MethodOptions.gathered({"method_options.eta": 1}) == {"method_options": {"eta": 1}}
+    options = MethodOptions({"gate": "always"}, methods.get("eepo").OPTIONS)
+    assert options["gate"] == "always" and options["alpha"] == 0.3  # the explicit value, else the declared default
+    changed = options.merged({"alpha": 0.5})
+    assert changed.explicit == {"gate": "always", "alpha": 0.5} and options.explicit == {"gate": "always"}
+    assert MethodOptions({"alpha": 0.3}, options.declared) == MethodOptions({}, options.declared)  # as they train
+    assert options.shown_as(dict(options)).explicit == {"gate": "always"}
+    assert options.shown_as({**options, "window": 5}).explicit == {"gate": "always", "window": 5}
+
+
+def test_replace_merges_method_options_and_another_method_starts_from_its_own():
+    cfg = RunConfig(method="eepo", method_options={"gate": "always"})
+    assert cfg.replace(method_options={"alpha": 0.5}).method_options == {"gate": "always", "alpha": 0.5}
+    assert cfg.replace(method="erpo").method_options == {}  # EEPO's gate is no option of ERPO
+    assert cfg.replace(method="policy_split", method_options={"eta": 0.05}).method_options == {"eta": 0.05}
+    bonus = RunConfig(method="entropy_bonus", entropy_coef=0.02)
+    assert bonus.replace(method="grpo").entropy_coef == 0.02  # the user's value is kept

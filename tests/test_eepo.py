@@ -157,10 +157,18 @@ def test_stopping_after_unlearn_restores_the_adapter_at_once():
 def test_update_reusing_the_unlearning_pass_equals_a_fresh_forward(monkeypatch):
     from workbench.methods.eepo import EEPO
 
+    sample = EEPO.sample
+
+    def sample_without_the_kept_graph(self, ctx, problems):
+        batch = yield from sample(self, ctx, problems)
+        assert batch.graph_logprobs is not None  # what the reused run hands to the update
+        batch.graph_logprobs = None
+        return batch
+
     results = []
     for reuse in (True, False):
         if not reuse:
-            monkeypatch.setattr(EEPO, "precomputed_logprobs", lambda self, batch, with_entropy: None)
+            monkeypatch.setattr(EEPO, "sample", sample_without_the_kept_graph)
         trainer = Trainer(RunConfig(**QUICK, learning_rate=1e-2, method_options={"gate": "always"}))
         metrics = trainer.step().metrics
         results.append((trainer.policy.adapter_state(), metrics["loss"]))

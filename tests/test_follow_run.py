@@ -235,7 +235,7 @@ def test_widgets_follow_a_run_that_another_process_trains(tmp_path):
     for widget in followers:
         widget.poll()
     assert files_state(run) == before
-    assert "finished · step 2" in text(comparison.status.value) and "finished" in text(tokens.watch.status.value)
+    assert "finished · step 2" in text(comparison.status.value) and "finished" in text(tokens.feed.status.value)
     deadline = time.monotonic() + 30
     while "finished" not in timed.status.value and time.monotonic() < deadline:
         time.sleep(0.1)

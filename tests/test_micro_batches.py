@@ -86,7 +86,7 @@ def test_micro_batches_never_mix_contexts_or_stages():
                                 micro_batch_tokens=16, method_options={"gate": "always"}))
     for phase in trainer.phases():
         if phase.name == "advantage":
-            batch = trainer.method.training_batch(phase.batch)
+            batch = phase.batch.rows_to_train()
             for rows in update.split_into_micro_batches(trainer.cfg, batch):
                 assert len({(batch.mode[i], batch.stage[i]) for i in rows.tolist()}) == 1
     assert torch.isfinite(torch.tensor(trainer.history["loss"].iloc[-1]))

@@ -61,7 +61,7 @@ def test_phases_four_quarters_and_metrics():
     assert names == ["sample_normal", "sample_high_entropy", "score", "advantage", "update", "metrics"]
     batch = trainer.last_batch
     assert batch.mode.count("normal") == batch.mode.count("high_entropy") == 4
-    train = trainer.method.training_batch(batch)
+    train = batch.rows_to_train()
     assert len(train) == 2 * len(batch)
     # the same token ids in both contexts, the HE context after the system prompt
     assert torch.equal(train.ids[: len(batch)], train.ids[len(batch):])
@@ -124,8 +124,8 @@ def test_eta2_lowers_normal_context_advantages_and_is_off_by_default():
     for eta2 in (0.0, 0.1):
         trainer = Trainer(RunConfig(**QUICK, method_options={"eta2": eta2}))
         trainer.step()
-        batch, method = trainer.last_batch, trainer.method
-        train = method.training_batch(batch)
+        batch = trainer.last_batch
+        train = batch.rows_to_train()
         n = len(batch)
         base = batch.advantages[:, None] * batch.mask
         penalty = batch.extras["normal_penalty"]
@@ -135,8 +135,8 @@ def test_eta2_lowers_normal_context_advantages_and_is_off_by_default():
             assert (penalty == 0).all()
         else:
             rows = batch.group_rows()[0]
-            expected = high_entropy_bonus(batch.advantages[rows], method._logps["normal"][rows],
-                                          method._logps["high_entropy"][rows], batch.mask[rows], 0.5, 0.1, 2.0)
+            expected = high_entropy_bonus(batch.advantages[rows], batch.extras["logp_in_normal"][rows],
+                                          batch.extras["logp_in_high_entropy"][rows], batch.mask[rows], 0.5, 0.1, 2.0)
             assert torch.equal(penalty[rows], expected) and penalty.abs().sum() > 0
     with pytest.raises(ConfigError, match="method_options.eta2=-0.1"):
         RunConfig(method="policy_split", method_options={"eta2": -0.1})

@@ -101,7 +101,7 @@ BAD_VALUES = {
     "epsilon": ("0.2", 0.0),
     "epsilon_high": ("x", -0.1),
     "beta": ("0", -0.1),
-    "entropy_coef": (None, -1.0),
+    "entropy_coef": ("0", -1.0),  # None is the method's setting
     "top_entropy_quantile": ("x", 0.0),
     "lora_r": (8.0, 0),
     "lora_alpha": ("16", 0),
@@ -1022,7 +1022,7 @@ def test_model_text_renders_as_text_in_token_view_and_diversity_panel(hostile_gr
     assert_escaped(rendered_strings(view))
     panel = DiversityPanel(hostile_grpo, redraw_interval=0)
     try:
-        panel.refresh()
+        panel.poll()
         strings = rendered_strings(panel)
         assert_escaped(strings)
         assert any("&lt;img src=x onerror=alert(1)&gt;" in s for s in strings)  # the answer key
@@ -1069,7 +1069,7 @@ def test_model_text_renders_as_text_in_the_eepo_stepper_and_policy_split_view():
     view = PolicySplitView(trainer, redraw_interval=0)
     try:
         trainer.step()
-        view.refresh()
+        view.poll()
         assert_escaped(rendered_strings(view))
     finally:
         view.close()

@@ -7,16 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.metrics.registry import GROUPS, STAGE1_ACCURACY, STAGE2_ACCURACY
 from workbench.report import write_report
 
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the inlined library
 ATTACK = "<script>alert(1)</script>"
 FIGURE_TITLES = [
-    "Reward",
-    "Token entropy",
+    GROUPS["reward"].title,
+    GROUPS["entropy"].title,
     "KL to reference and clip fraction",
-    "Diversity per group",
-    "Response length",
+    GROUPS["diversity"].title,
+    GROUPS["length"].title,
     "Entropy at pivots vs elsewhere",
     "pass@k, base vs final",
 ]
@@ -91,6 +92,17 @@ def test_figure_titles_and_tables_present(report):
     for title in FIGURE_TITLES:
         assert title in report
     assert "Sample rollouts" in report and "arithmetic" in report and "pass@16" in report
+
+
+def test_a_method_panel_appears_where_a_run_records_its_group(tmp_path, report):
+    eepo = GROUPS["eepo"].title
+    assert eepo not in report  # a GRPO run records no EEPO metric
+    run = _make_run(tmp_path / "run-eepo")
+    rows = [{**_metrics(s), STAGE1_ACCURACY: 0.25, STAGE2_ACCURACY: 0.5} for s in range(5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    text = write_report(run).read_text()
+    assert eepo in text and STAGE1_ACCURACY.label in text and STAGE2_ACCURACY.label in text
+    assert GROUPS["erpo"].title not in text and GROUPS["policy_split"].title not in text
 
 
 def test_comparison_writes_one_file_with_both_runs(tmp_path):

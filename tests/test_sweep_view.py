@@ -159,11 +159,11 @@ def test_opening_a_trial_shows_its_token_view(sweep, view):
     view.open_button.click()
     tokens = view.token_view
     assert tokens in view.token_box.children
-    assert tokens.watch.follower.dir == sweep / names[1]
+    assert tokens.feed.source.dir == sweep / names[1]
     assert tokens.shown_step == max(int(p.stem.split("-")[1]) for p in (sweep / names[1] / "rollouts").glob("*"))
     assert "wb-token" in tokens.strips.value
     again = view.open_trial(names[0])
-    assert again.watch.follower.dir == sweep / names[0] and tokens.watch._timer is None  # the first one closed
+    assert again.feed.source.dir == sweep / names[0] and tokens.feed._stop is None  # the first one closed
     with pytest.raises(ValueError, match=r"name='trial-9' is not allowed: a trial of this sweep \(trial-000"):
         view.open_trial("trial-9")
     view.table.value = ()

@@ -20,7 +20,8 @@ if os.environ.get("CI") != "true":  # CI installs the [scale] extra: there a mis
 
 from workbench import RolloutBatch, RunConfig, Trainer, update  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
-from workbench.integrations.trl import WorkbenchGRPOTrainer, samples_on_its_own  # noqa: E402
+from workbench import methods  # noqa: E402
+from workbench.integrations.trl import WorkbenchGRPOTrainer  # noqa: E402
 from workbench.store import RunStore  # noqa: E402
 
 # long enough that responses end at different lengths (the loss types then differ)
@@ -62,7 +63,7 @@ def workbench_step(cfg: RunConfig):
     wb.score(batch)
     wb.method.advantages(wb, batch)
     settings = wb.method.loss_settings()
-    train = wb.method.training_batch(batch)
+    train = batch.rows_to_train()
     plan = update.plan_update(wb, train, settings)
     wb.policy.model.train()
     wb.optimizer.zero_grad(set_to_none=True)
@@ -85,7 +86,7 @@ def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path)
     method = case.split("-")[0]
     cfg = RunConfig(method=method, **SMALL, **CASES[case])
     adapter, problems, batch, train, wb_loss, wb_grads = workbench_step(cfg)
-    own = samples_on_its_own(method)
+    own = methods.get(method).samples_on_its_own()
     # a method that samples on its own samples again on TRL's side, with the same seeds and adapter;
     # TRL's generation gets the workbench's completions injected
     tr = (WorkbenchGRPOTrainer if own else InjectedCompletions)(cfg, tmp_path / "run", steps=2)
@@ -137,7 +138,8 @@ def test_the_trl_step_computes_the_workbench_advantages_and_loss(case, tmp_path)
 
 
 def test_methods_that_sample_on_their_own_cannot_use_vllm(tmp_path):
-    assert samples_on_its_own("eepo") and samples_on_its_own("policy_split") and not samples_on_its_own("erpo")
+    own = [name for name in methods.names() if methods.get(name).samples_on_its_own()]
+    assert own == ["eepo", "policy_split"]
     with pytest.raises(ConfigError, match="trl.use_vllm=True.*eepo.*workbench's sampler"):
         WorkbenchGRPOTrainer(RunConfig(method="eepo", **SMALL), tmp_path / "run", steps=1, use_vllm=True)
     assert not (tmp_path / "run").exists()
@@ -203,7 +205,7 @@ def test_two_processes_under_accelerate_write_one_run_directory(method, tmp_path
         assert all(row["eepo_gate"] == 1.0 and row["eepo_logp_drop"] > 0 for row in rows)
     if method == "policy_split":
         assert sorted(store.read_rollouts(0).groupby(["process", "mode"]).size().tolist()) == [3, 3, 3, 3]
-        assert all(math.isfinite(row["he_bonus_abs_mean"]) for row in rows)
+        assert all(math.isfinite(row["kl_high_entropy_to_other"]) for row in rows)
     if method != "erpo":
         return
     # resumable: from TRL's checkpoint at step 2, one more step, nothing written twice
@@ -214,3 +216,23 @@ def test_two_processes_under_accelerate_write_one_run_directory(method, tmp_path
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert "entropy" in (tmp_path / "r.html").read_text()
+
+
+def test_the_reference_is_the_base_model_whatever_adapter_the_run_starts_from(tmp_path):
+    from workbench import Policy
+
+    cfg = RunConfig(**SMALL, beta=0.04)
+    policy = Policy.for_run(cfg)
+    g = torch.Generator().manual_seed(0)
+    policy.load_adapter_state({name: torch.randn(t.shape, generator=g) * 0.05 if "lora_B" in name else t
+                               for name, t in policy.adapter_state().items()})  # a trained adapter, say
+    tr = WorkbenchGRPOTrainer(cfg, tmp_path / "run", steps=1, policy=policy)
+    problems = tr.problems[:cfg.num_prompts]
+    out = tr._generate_and_score_completions(
+        [{"prompt": p.prompt, "problem": j} for j, p in enumerate(problems) for _ in range(cfg.num_generations)])
+    mask = out["completion_mask"].bool()
+    prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    base, _ = tr.token_logprobs(prompt_ids, out["completion_ids"], adapter="reference")
+    policy_logp, _ = tr.token_logprobs(prompt_ids, out["completion_ids"])
+    assert (policy_logp - base)[mask].abs().max() > 1e-2  # the adapter moved the policy
+    torch.testing.assert_close(out["ref_per_token_logps"][mask], base[mask], atol=1e-4, rtol=1e-4)

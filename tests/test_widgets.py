@@ -16,8 +16,9 @@ from workbench import RunConfig, Trainer  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
 
 from widgets import EEPOStepper, TokenView, TrainingDashboard  # noqa: E402
-from widgets.dashboard import ThinnedHistory  # noqa: E402
-from workbench.metrics import fit_reward_entropy  # noqa: E402
+from widgets.thinned_history import ThinnedHistory  # noqa: E402
+from workbench.metrics import fit_reward_entropy, registry  # noqa: E402
+from workbench.metrics.registry import GROUPS, STAGE1_ACCURACY, STAGE2_ACCURACY  # noqa: E402
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=16)
 
@@ -74,18 +75,18 @@ def test_step_phase_advances_one_phase_and_stop_discards_the_step(trainer, dashb
 
 
 def test_a_background_run_pauses_within_one_phase(trainer, dashboard):
-    start = dashboard.phase_count
+    start = dashboard.feed.source.phase_count
     dashboard.start(50)
     deadline = time.monotonic() + 120
-    while dashboard.phase_count < start + 2 and time.monotonic() < deadline:
+    while dashboard.feed.source.phase_count < start + 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     dashboard.pause()
-    at_pause = dashboard.phase_count
+    at_pause = dashboard.feed.source.phase_count
     assert dashboard.wait(timeout=120)
-    assert dashboard.phase_count <= at_pause + 1  # only the phase in flight finished
-    settled = dashboard.phase_count
+    assert dashboard.feed.source.phase_count <= at_pause + 1  # only the phase in flight finished
+    settled = dashboard.feed.source.phase_count
     time.sleep(0.5)
-    assert dashboard.phase_count == settled and dashboard.state == "paused"
+    assert dashboard.feed.source.phase_count == settled and dashboard.state == "paused"
     assert trainer.step_index < 50
     dashboard.step()  # resumes the unfinished step and finishes it
     assert dashboard.state == "idle"
@@ -100,9 +101,9 @@ def test_the_buttons_come_back_after_a_background_run_ends(trainer, dashboard, h
     # the last state change comes from the worker thread while it is still alive: the buttons
     # must follow the state, not whether that thread has ended yet
     if how == "pause":
-        start = dashboard.phase_count
+        start = dashboard.feed.source.phase_count
         dashboard.buttons["start"].click()
-        while dashboard.phase_count < start + 1:
+        while dashboard.feed.source.phase_count < start + 1:
             time.sleep(0.01)
         dashboard.buttons["pause"].click()
     else:
@@ -152,9 +153,9 @@ def test_ten_thousand_steps_stay_under_the_point_cap(dashboard):
     assert steps[0] == 0 and steps[-1] == 9_999
     assert list(steps[-500:]) == list(range(9_500, 10_000))  # recent steps are exact
     assert dashboard.trace("accuracy").y[-1] == 0.5  # a column the trainer does not record appears when present
-    assert dashboard.fit["a"] == pytest.approx(0.3, rel=1e-6) and dashboard.fit["ceiling"] == pytest.approx(1.1)
+    assert dashboard.drawing.fit["a"] == pytest.approx(0.3, rel=1e-6) and dashboard.drawing.fit["ceiling"] == pytest.approx(1.1)
     assert dashboard.trace("fit_ceiling").visible
-    assert "1.100" in dashboard.fit_line.value
+    assert "1.100" in dashboard.drawing.fit_line.value
 
 
 def test_thinned_history_memory_is_flat():
@@ -313,3 +314,18 @@ def test_eepo_stepper_one_phase_per_press(eepo_trainer):
 def test_eepo_stepper_needs_an_eepo_trainer(trainer):
     with pytest.raises(ConfigError, match="method='grpo'.*'eepo'"):
         EEPOStepper(trainer)
+
+
+def test_a_method_panel_appears_when_the_rows_hold_its_group(dashboard):
+    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity"}  # GRPO records no method group
+    rows = [{"step": i, "reward_mean": 0.5, "entropy_mean": 1.0, STAGE1_ACCURACY: 0.25 + 0.1 * i,
+             STAGE2_ACCURACY: 0.5} for i in range(3)]
+    dashboard.redraw(rows)
+    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity", "eepo"}
+    tabs = dashboard.drawing.tabs
+    assert tabs.titles[-1] == GROUPS["eepo"].title and tabs.children[-1] is dashboard.figures["eepo"]
+    np.testing.assert_allclose(dashboard.trace(STAGE1_ACCURACY).y, [0.25, 0.35, 0.45])
+    assert dashboard.figures["eepo"].layout.yaxis.title.text == GROUPS["eepo"].unit
+    assert {t.meta for t in dashboard.figures["eepo"].data} == set(registry.panel_metrics("eepo"))
+    dashboard.redraw(rows)
+    assert len(tabs.children) == 3  # added once

@@ -78,7 +78,7 @@ def test_diversity_panel_evaluate_button_and_precomputed_curves(trainer):
         assert list(trace.y) == [result["pass@1"], result["pass@2"], result["pass@4"]]
     # the trainer's own evaluation is deterministic: the curve is what evaluate() returns
     assert panel.results[label]["test"] == trainer.evaluate("test", n_samples=4, num_prompts=2)
-    assert "pass@1" in panel.status.value
+    assert "pass@1" in panel.evaluation_status.value
 
     base = {"test": {"pass@1": 0.1, "pass@2": 0.2, "pass@4": 0.3}, "ood": {"pass@1": 0.0, "pass@2": 0.1, "pass@4": 0.2}}
     panel.show_pass_at_k({"<b>base</b>": base})
@@ -92,7 +92,7 @@ def test_diversity_panel_evaluate_button_and_precomputed_curves(trainer):
 
     panel.n_samples.value = 0
     assert panel.evaluate() == {}
-    assert "samples / prompt=0" in panel.status.value and len(panel.passk_figure.data) == 4
+    assert "samples / prompt=0" in panel.evaluation_status.value and len(panel.passk_figure.data) == 4
     panel.close()
 
 
@@ -137,7 +137,7 @@ def test_policy_split_view_follows_the_steps(split_trainer):
         assert rows and all(batch.mode[i] == mode and batch.group[i] == 1 for i in rows)
         row = rows[0]
         batch.text[row] = HTML + batch.text[row]
-    view.refresh()
+    view.poll()
     for mode in ("normal", "high_entropy"):
         shown = view.example_html[mode].value
         assert "&lt;img src=x onerror=alert(1)&gt;" in shown and "<img" not in shown
@@ -314,6 +314,38 @@ def test_every_control_says_what_its_declaration_allows():
     assert panel.fields["gradient_checkpointing"].input.layout.width == "auto"  # its name is never cut off
 
 
+def test_controls_follow_the_declarations_hints():
+    from workbench.methods.poly_epo import CLUSTERERS
+
+    panel = HyperparameterPanel(RunConfig(method="poly_epo", target_modules=["q_proj", "v_proj"]))
+    assert panel.fields["device"].input.options == OPTIONS["device"].suggestions  # offered; cuda:1 allowed too
+    panel.fields["device"].set("cuda:1")
+    assert panel.fields["device"].get() == "cuda:1"
+    assert panel.fields["task"].input.options == OPTIONS["task"].suggestions
+    assert panel.fields["target_modules"].input.value == "q_proj, v_proj"
+    assert panel.fields["target_modules"].get() == ["q_proj", "v_proj"]
+    clusterer = panel.option_fields["clusterer"]
+    assert clusterer.input.options == CLUSTERERS
+
+    def by_length(texts, problem):
+        return [len(t) for t in texts]
+
+    clusterer.set(by_length)  # a callable set in code is shown by name and kept
+    assert clusterer.input.value == "by_length" and clusterer.get() is by_length
+
+
+def test_choosing_another_method_shows_its_settings_and_records_them():
+    panel = HyperparameterPanel(RunConfig())
+    panel.fields["method"].input.value = "entropy_bonus"
+    assert panel.fields["entropy_coef"].get() == 0.01 and panel.config.entropy_coef == 0.01
+    panel.fields["entropy_coef"].input.value = "0"  # an explicit 0 switches the bonus off, and is kept
+    assert panel.config.entropy_coef == 0.0
+    panel.fields["method"].input.value = "clip_higher"  # 0 is not entropy_bonus's own setting: kept
+    assert (panel.config.entropy_coef, panel.config.epsilon_high) == (0.0, 0.28)
+    panel.fields["method"].input.value = "grpo"
+    assert panel.fields["epsilon_high"].get() is None and panel.changes() == {}
+
+
 # --- RunComparison ---------------------------------------------------------------------------------
 def test_run_comparison_overlays_a_run_directory_and_a_trainer(trainer, tmp_path):
     if trainer.last_batch is None:
@@ -344,7 +376,7 @@ def test_run_comparison_overlays_a_run_directory_and_a_trainer(trainer, tmp_path
     assert len(smoothed[1].x) == 2
     assert len(closed.distinct_records) == 1  # a closed panel no longer listens to the trainer
     comparison.close()  # stops following the run directory
-    with pytest.raises(TypeError, match="run=int"):
+    with pytest.raises(TypeError, match="source=int is not allowed"):
         RunComparison([3])
 
 

@@ -4,18 +4,19 @@ It imports ``workbench``; the engine never imports it, and no widget recomputes 
 each draws the trainer's history, its last batch and the phases it announces, or what a run
 directory holds.
 
-    TrainingDashboard(trainer)     buttons, live reward / entropy / KL / diversity figures
-    TokenView(batch)               token strips coloured by a per-token value, pivots outlined
+    TrainingDashboard(run)         buttons, live reward / entropy / KL / diversity / method figures
+    TokenView(batch or run)        token strips coloured by a per-token value, pivots outlined
     EEPOStepper(trainer)           EEPO one phase at a time: stage 1, unlearning, stage 2
-    PolicySplitView(trainer)       the two modes of Policy Split side by side
-    DiversityPanel(trainer)        pass@k curves, strategy histograms, similarity, distinct-n
+    PolicySplitView(run)           the two modes of Policy Split side by side
+    DiversityPanel(run)            pass@k curves, strategy histograms, similarity, distinct-n
     HyperparameterPanel(trainer)   change live settings, fork a run with new ones
     RunComparison(runs)            overlay the metrics of several trainers or run directories
     SweepView(sweep_dir)           a sweep's trials: table, parallel coordinates, curves, token view
 
-``TrainingDashboard``, ``TokenView``, ``DiversityPanel`` and ``RunComparison`` also take a run
-directory (a str or Path) and follow it while another process writes it (``following.py``);
-``SweepView`` follows a ``workbench sweep`` directory the same way.
+A widget reads its run through one feed (``following.Feed`` over ``workbench.run_source``), so
+``TrainingDashboard``, ``TokenView``, ``DiversityPanel``, ``PolicySplitView`` and ``RunComparison``
+take a trainer or a run directory (a str or Path) that another process writes, alike;
+``SweepView`` follows a ``workbench sweep`` directory's trials the same way.
 """
 
 from __future__ import annotations

@@ -126,16 +126,6 @@ def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:
         dropdown.value = keep if keep is not None and keep < len(options) else 0
 
 
-def metric_title(name: str) -> str:
-    """Axis title of a metric with its unit: entropies and KLs are in nats, times in seconds."""
-    base = name.removeprefix("high_entropy_")  # Policy Split's mode name is not a unit
-    if "entropy" in base or base.startswith("kl"):
-        return f"{name} (nats)"
-    if name.endswith("_time"):
-        return f"{name} (s)"
-    return name
-
-
 SPINNER_CSS = ("@keyframes wb-spin { to { transform: rotate(360deg); } } .wb-spinner { display:inline-block; "
                "width:0.75em; height:0.75em; margin-right:5px; border:2px solid #bbb; border-top-color:#0072B2; "
                "border-radius:50%; animation:wb-spin 0.9s linear infinite; vertical-align:-1px; }")
@@ -201,6 +191,7 @@ class Polled:
     ``self._guard`` (a PollGuard) and defines ``poll``."""
 
     _guard: PollGuard
+    poll: Callable[[], object]  # the widget's own (declared, not defined: the widget's class defines it)
 
     def _tick(self) -> None:
         self._guard.tick(self.poll)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from workbench.events import Phase
 from workbench.step_cursor import StepCursor
 
 STATES = ("idle", "running", "paused", "stopped", "error")
@@ -24,7 +25,7 @@ class BackgroundRunner:
         self.state = "idle"
         self.error: BaseException | None = None
         self.progress_text = ""  # "3/10 steps" while a multi-step run is in progress
-        self.last_phase = None
+        self.last_phase: Phase | None = None
         self._pause = threading.Event()
         self._discard = False
         self._drive_lock = threading.Lock()  # one driver of the trainer's phases at a time
@@ -82,8 +83,9 @@ class BackgroundRunner:
                 while not self._pause.is_set():
                     if steps is not None and done_steps >= steps or phases is not None and done_phases >= phases:
                         break
-                    self.last_phase = self.cursor.next_phase()
-                    done_steps += self.last_phase.name == "metrics"
+                    phase = self.cursor.next_phase()
+                    self.last_phase = phase
+                    done_steps += phase.name == "metrics"
                     done_phases += 1
                     if steps is not None and steps > 1:
                         self.progress_text = f"{done_steps}/{steps} steps"

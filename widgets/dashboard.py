@@ -1,11 +1,12 @@
 """TrainingDashboard: watch a run's recorded metrics live, of a trainer it runs from buttons or of a
 run directory another process writes.
 
-With a trainer, training runs on a background thread (``_runner.BackgroundRunner``) that advances
-the trainer one phase at a time and checks a pause flag between phases, so Pause and Stop take
-effect within one phase. With a run directory (``following.RunWatch``) the dashboard polls for new
-rows and has no buttons: the process that writes the run owns its training. Either way the
-figures draw only recorded metrics (``trainer.records``, metrics.jsonl): nothing here touches the
+The dashboard reads its run through one feed (``following.Feed`` over ``workbench.run_source``):
+the rows it polls are what it draws (``dashboard_figures.DashboardFigures``), whichever process
+trains. When this process trains the run (the source is ``controllable``), training runs on a
+background thread (``_runner.BackgroundRunner``) that advances the trainer one phase at a time and
+checks a pause flag between phases, so Pause and Stop take effect within one phase; otherwise
+there are no buttons: the process that writes the run owns its training. Nothing here touches the
 model. Redraws are throttled and coalesced, and each series keeps at most ``max_points`` points
 (old steps are thinned), so a 10,000-step run costs the same to draw as a 1,000-step one.
 """
@@ -16,24 +17,22 @@ import html
 import math
 import threading
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import ipywidgets as W
 
+from workbench.metrics.registry import ENTROPY_MEAN, REWARD_MEAN, STEP_TIME
 from workbench.step_cursor import StepCursor
 
-from ._live import Throttle, busy
+from ._live import PollGuard, Throttle, busy
 from ._runner import BackgroundRunner
-from .dashboard_figures import COLUMNS, SERIES, DashboardDrawing, figure
-from .following import FOLLOW_INTERVAL, RunWatch, is_run_directory
-from .style import FONT_SIZE, STATES
-from .thinned_history import ThinnedHistory
+from .dashboard_figures import DashboardFigures
+from .following import FOLLOW_INTERVAL, Feed
+from .style import STATES
 
-TABS = {"reward · entropy": ("reward", "entropy"), "KL · diversity": ("kl", "diversity")}
 TRAINER_STEPS = 50  # the step-count control's default
 
 
-class TrainingDashboard(DashboardDrawing, W.VBox):
+class TrainingDashboard(W.VBox):
     """Live figures of what a run records, of ``source``: a trainer, run from the dashboard's
     buttons, or a run directory (a str or Path) that another process writes.
 
@@ -44,17 +43,16 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
     after the last finished one); ``wait()`` joins a background run.
 
     A run directory: followed (``workbench.run_follower.RunFollower``, which never locks or writes
-    it) every ``interval`` seconds, and ``poll()`` reads and draws what is new at once. There are
-    no buttons; the status line says where the run is: "waiting for the run to start", "step 12
-    of 50 · waiting for step 13", "finished". ``steps``: how many steps the run trains, when known.
+    it) every ``interval`` seconds. There are no buttons; the status line says where the run is:
+    "waiting for the run to start", "step 12 of 50 · waiting for step 13", "finished". ``steps``:
+    how many steps the run trains, when known.
 
-    ``figures`` holds the figures (``live_figure.LiveFigure``), ``status`` the status line;
-    ``close()`` stops following.
+    ``poll()`` reads and draws what is new at once; ``drawing`` holds the figures (``figures`` and
+    ``trace(column)`` are its), ``status`` is the status line; ``close()`` stops following.
     """
 
     _ready = False
     runner: BackgroundRunner | None = None
-    watch: RunWatch | None = None
 
     def __init__(self, source, steps: int | None = None, max_points: int = 2000, min_interval: float = 0.25,
                  fit: bool = True, interval: float = FOLLOW_INTERVAL):
@@ -64,52 +62,28 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
             raise ValueError(f"min_interval={min_interval!r} is not allowed: seconds >= 0")
         if not isinstance(max_points, int) or max_points < 4:
             raise ValueError(f"max_points={max_points!r} is not allowed: an integer >= 4")
-        self.run_dir = Path(source) if is_run_directory(source) else None
-        self.trainer = None if self.run_dir is not None else source
         self.max_points = max_points
+        self.drawing = DashboardFigures(max_points, fit, on_fit_change=lambda: self._throttle.flush())
         self._throttle = Throttle(self._redraw_now, min_interval)
-        self.history = ThinnedHistory(COLUMNS, max_points)
-        self.fit: dict[str, float] | None = None
-        # (step, reward) of every step whose update the trainer skipped (non-finite loss or
-        # gradient): kept whole, never thinned, so no skip is averaged or drawn away
-        self.skipped: list[tuple[int, float]] = []
-        self.phase_count = 0  # phases announced by the trainer while subscribed
-        self.last_phase = None
         self.redraws = 0
-        self._seen = 0  # trainer records already in self.history
-        self._arrived: list[Mapping] = []  # rows of a followed run not drawn yet
-        self._last_row: Mapping | None = None  # the last row drawn
-        self._draw_lock = threading.Lock()  # the history vs a redraw on the timer thread
-        self._show_lock = threading.Lock()
-
-        self.fit_control = W.Checkbox(value=fit, description="fit R = −a·exp(H) + b", indent=False,
-                                      layout=W.Layout(width="auto"))
-        self.fit_control.observe(lambda _: self.redraw(), names="value")
-        self.fit_line = W.HTML()
-        self.figures = {name: figure(name) for name in SERIES}
-        # the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
-        self.tabs = W.Tab(children=[W.HBox([self.figures[n] for n in names], layout=W.Layout(grid_gap="8px"))
-                                    for names in TABS.values()], titles=tuple(TABS))
-        if self.trainer is not None:
-            controls, self.status = self._trainer_controls(steps or TRAINER_STEPS), W.HTML()
-        else:
-            self.watch = RunWatch(self.run_dir, self._on_run_update, steps, interval,
-                                  detail=lambda: " · ".join(self._summary()), name="TrainingDashboard")
-            controls, self.status = [self.fit_control], self.watch.status
+        self._pending: list[Mapping] = []  # rows polled, not drawn yet
+        self._draw_lock = threading.Lock()  # the rows vs a redraw on the timer thread
+        self.feed = Feed(source, self._on_update, steps, interval, detail=self._status_parts)
+        controls = [self.drawing.fit_control]
+        if self.feed.source.controllable:  # this process trains the run: the buttons drive it
+            controls = [*self._trainer_controls(self.feed.source.trainer, steps or TRAINER_STEPS), *controls]
         controls = W.HBox(controls, layout=W.Layout(flex_flow="row wrap", align_items="center", grid_gap="6px"))
-        super().__init__([controls, self.status, self.fit_line, self.tabs], layout=W.Layout(width="100%"))
+        super().__init__([controls, self.status, self.drawing.fit_line, self.drawing.tabs],
+                         layout=W.Layout(width="100%"))
         self.add_class("wb-dashboard")  # a stable hook for styling and browser tests
-
-        self._unsubscribe = None
-        self.attach()  # a run directory: polled once now
-        self.redraw()
-        if self.runner is not None:
-            self._on_runner_change()
+        self.feed.start()  # polled once now
+        self._throttle.flush()
+        self._show()
         self._ready = True
 
-    def _trainer_controls(self, steps: int) -> list[W.Widget]:
-        """The buttons that drive the trainer, the step-count control and the fit checkbox."""
-        self.runner = BackgroundRunner(StepCursor(self.trainer), self._on_runner_change, name="TrainingDashboard")
+    def _trainer_controls(self, trainer, steps: int) -> list[W.Widget]:
+        """The buttons that drive the trainer and the step-count control."""
+        self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="TrainingDashboard")
         self.steps_control = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps",
                                               layout=W.Layout(width="150px"))
         self.buttons = {
@@ -126,9 +100,22 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
         self.buttons["step"].on_click(lambda _: self.step(wait=False))
         self.buttons["step_phase"].on_click(lambda _: self.step_phase(wait=False))
         self.buttons["stop"].on_click(lambda _: self.stop())
-        return [*self.buttons.values(), self.steps_control, self.fit_control]
+        return [*self.buttons.values(), self.steps_control]
 
     # --- figures ----------------------------------------------------------------------------
+    @property
+    def status(self) -> W.HTML:
+        return self.feed.status
+
+    @property
+    def figures(self) -> dict:
+        """The figures (``live_figure.LiveFigure``) by panel name."""
+        return self.drawing.figures
+
+    def trace(self, column: str):
+        """The trace that draws a metric (``DashboardFigures.trace``)."""
+        return self.drawing.trace(column)
+
     @property
     def min_interval(self) -> float:
         """Seconds between redraws at least; requests in between are coalesced into one."""
@@ -143,114 +130,90 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
         end of the interval (requests in between are coalesced into that one)."""
         self._throttle()
 
-    def redraw(self, records: Iterable[Mapping] | None = None) -> None:
-        """Draw the new records now. ``records`` given: draw those instead, as the whole history
-        (a finished run's, or synthetic ones)."""
-        if records is not None:
-            with self._draw_lock:
-                rows = records.to_dict("records") if hasattr(records, "to_dict") else list(records)
-                self._start_history()
-                self.history.extend(rows)
-                self._note_skips(rows)
-                self._last_row = rows[-1] if rows else None
-                self._seen = len(self.trainer.records) if self.trainer is not None else 0
-                self._arrived = []
-        self._throttle.flush()
-
     def poll(self) -> None:
-        """Read what the followed run directory wrote since the last poll and draw it now (the
-        dashboard does this every ``interval`` seconds by itself)."""
-        if self.watch is None:
-            raise RuntimeError("this dashboard draws a trainer, not a run directory: redraw() draws its new records")
-        self.watch.poll()
+        """Read what the run recorded since the last poll and draw it now (the dashboard does this
+        by itself, after each phase of a trainer or every ``interval`` seconds of a run directory)."""
+        self.feed.poll()
         self._throttle.flush()
 
-    def _start_history(self) -> None:
-        self.history, self.skipped, self._last_row = ThinnedHistory(COLUMNS, self.max_points), [], None
+    def redraw(self, records: Iterable[Mapping] | None = None) -> None:
+        """Draw what is new now. ``records`` given: draw those instead, as the whole history (a
+        finished run's, or synthetic ones); the run's own rows from before are passed over."""
+        if records is None:
+            self.poll()
+            return
+        self.feed.poll()
+        rows = records.to_dict("records") if hasattr(records, "to_dict") else list(records)
+        with self._draw_lock:
+            self.drawing.restart()
+            self.drawing.extend(rows)
+            self._pending = []
+        self._throttle.flush()
 
     def _redraw_now(self) -> None:
         with self._draw_lock:
-            rows = self._take_new_records()
-            self.history.extend(rows)
-            self._note_skips(rows)
-            self._last_row = rows[-1] if rows else self._last_row
-            self._draw()
+            rows, self._pending = self._pending, []
+            self.drawing.extend(rows)
+            self.drawing.draw()
             self.redraws += 1
-        self._show()  # the status counts the skipped updates just drawn
+        self.feed.show()  # the status counts the skipped updates just drawn
 
-    def _take_new_records(self) -> list[Mapping]:
-        """The records not drawn yet; the history starts over when the trainer's went back."""
-        if self.trainer is None:
-            rows, self._arrived = self._arrived, []
-            return rows
-        new = self.trainer.records
-        if len(new) < self._seen:  # the history was replaced (resume, truncation)
-            self._start_history()
-            self._seen = 0
-        rows, self._seen = new[self._seen:], len(new)
-        return rows
-
-    def _on_run_update(self, update) -> None:
-        """A poll of the followed run found something new (on the watch's timer thread)."""
+    def _on_update(self, update) -> None:
+        """A poll found something new (on the source's thread: the trainer's, or a timer's)."""
         with self._draw_lock:
             if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
-                self._start_history()
-                self._arrived = []
-            self._arrived += update.rows
+                self.drawing.restart()
+                self._pending = []
+            self._pending += update.rows
         if update.rows or update.restarted:
             self.request_redraw()
 
-    # --- events -----------------------------------------------------------------------------
-    def _on_phase(self, phase) -> None:
-        self.phase_count += 1
-        self.last_phase = phase
-        self._show()
-        if phase.name == "metrics":
-            self.request_redraw()
-
+    # --- the status line ---------------------------------------------------------------------
     def _show(self) -> None:
-        """Status line and buttons from the runner's state (or the followed run's), the one place
-        every thread updates."""
-        if self.watch is not None:
-            self.watch.show()
-            return
-        with self._show_lock:  # the worker thread (phases, the run's end) and the UI thread (clicks)
-            self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{self._status_text()}</div>"
+        """Buttons from the runner's state, and the status line: the one place every thread updates."""
+        if self.runner is not None:
             running = self.running
             for name in ("start", "step", "step_phase"):
                 self.buttons[name].disabled = running
             self.buttons["pause"].disabled = not running
             self.buttons["stop"].disabled = not running and not self.runner.cursor.is_open
+        self.feed.show()
 
-    def _status_text(self) -> str:
-        t = self.trainer
+    def _status_parts(self) -> list[str]:
+        """What the dashboard adds to the feed's status line: its runner's state, the last step drawn."""
+        return [*self._runner_parts(), *self._summary()]
+
+    def _runner_parts(self) -> list[str]:
+        if self.runner is None:
+            return []
         state = f"<b style='color:{STATES[self.state]}'>{self.state}</b>"
-        parts = [busy(state) if self.running else state, f"step {t.step_index}"]
-        phase = html.escape(self.last_phase.name) if self.last_phase is not None else None
+        parts = [busy(state) if self.running else state]
+        phase = self.runner.last_phase
+        phase = html.escape(phase.name) if phase is not None else None
+        open_step = self.runner.cursor.is_open
         if self.running:
-            parts.append(f"running step {t.step_index}" + (f", after phase <code>{phase}</code>"
-                                                            if self.runner.cursor.is_open and phase else "") + "…")
-        elif self.runner.cursor.is_open and phase:
+            parts.append("running" + (f", after phase <code>{phase}</code>" if open_step and phase else "") + "…")
+        elif open_step and phase:
             parts.append(f"unfinished step, last phase <code>{phase}</code>")
         elif phase:
             parts.append(f"last phase <code>{phase}</code>")
         if self.runner.progress_text:
             parts.append(self.runner.progress_text)
-        parts += self._summary()
-        if self.error is not None:
+        if self.runner.error is not None:
+            error = self.runner.error
             parts.append(f"<span style='color:{STATES['error']}'>"
-                         f"{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</span>")
-        return " · ".join(parts)
+                         f"{html.escape(type(error).__name__)}: {html.escape(str(error))}</span>")
+        return parts
 
     def _summary(self) -> list[str]:
         """The last step drawn in numbers, and the skipped updates."""
         parts = []
-        last = self.trainer.records[-1] if self.trainer is not None and self.trainer.records else self._last_row
+        last, skipped = self.drawing.last_row, self.drawing.skipped
         if last:
-            parts.append(f"reward {_number(last.get('reward_mean'))} · entropy {_number(last.get('entropy_mean'))} "
-                         f"nats · {_number(last.get('step_time'), 2)} s/step")
-        if self.skipped:
-            parts.append(f"<span style='color:{STATES['error']}'>⚠ {_skips_text(self.skipped)}</span>")
+            parts.append(f"reward {_number(last.get(REWARD_MEAN))} · entropy {_number(last.get(ENTROPY_MEAN))} "
+                         f"nats · {_number(last.get(STEP_TIME), 2)} s/step")
+        if skipped:
+            parts.append(f"<span style='color:{STATES['error']}'>⚠ {_skips_text(skipped)}</span>")
         return parts
 
     # --- driving the trainer (the runner holds the thread; see _runner.py) ----------------------
@@ -258,12 +221,12 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
     def state(self) -> str:
         """A trainer's: idle, running, paused, stopped or error; a followed run's: waiting, running
         or finished."""
-        return self.runner.state if self.runner is not None else self.watch.state
+        return self.runner.state if self.runner is not None else self.feed.state
 
     @property
     def error(self) -> BaseException | None:
-        """The error that stopped the background run, or that the last poll of the run directory met."""
-        return self.runner.error if self.runner is not None else self.watch.error
+        """The error that stopped the background run, or that the last poll met."""
+        return self.runner.error if self.runner is not None and self.runner.error else self.feed.error
 
     @property
     def running(self) -> bool:
@@ -272,8 +235,8 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
 
     def _driver(self) -> BackgroundRunner:
         if self.runner is None:
-            raise RuntimeError(f"this dashboard follows {self.run_dir}, which another process trains: starting, "
-                               "pausing, stepping and stopping it are that process's")
+            raise RuntimeError(f"this dashboard follows {self.feed.source.location}, which another process trains: "
+                               "starting, pausing, stepping and stopping it are that process's")
         return self.runner
 
     def start(self, steps: int | None = None) -> None:
@@ -303,37 +266,28 @@ class TrainingDashboard(DashboardDrawing, W.VBox):
         return self._driver().wait(timeout)
 
     def _on_runner_change(self) -> None:
-        if not self.runner.running and len(self.trainer.records) != self._seen:
-            self.redraw()  # the final redraw of a run: nothing waits on the throttle
+        if not self.runner.running:
+            PollGuard.tick(self.poll)  # the final redraw of a run: nothing waits on the throttle
         self._show()
 
     def detach(self) -> None:
-        """Stop following the trainer's phases, or the run directory (figures keep what they show)."""
-        if self.watch is not None:
-            self.watch.close()
-        elif self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        """Stop following the run (figures keep what they show)."""
+        self.feed.stop()
 
     def attach(self) -> None:
-        """Follow the trainer's phases, or the run directory, again; steps run meanwhile are drawn
-        at the next redraw."""
-        if self.watch is not None:
-            self.watch.start()
-        elif self._unsubscribe is None:
-            self._unsubscribe = self.trainer.subscribe(self._on_phase)
+        """Follow the run again; steps recorded meanwhile are drawn at once."""
+        self.feed.start()
 
     def close(self) -> None:
-        """Stop following the trainer (an unfinished step is discarded) or the run directory, and
-        close the widgets."""
+        """Stop following the run (a trainer's unfinished step is discarded) and close the widgets."""
         if self._ready:  # ipywidgets also calls close() on an instance whose __init__ raised
             if self.runner is not None:
                 self.stop()
-            self.detach()
+            self.feed.close()
             self._throttle.cancel()
-            for fig in self.figures.values():
-                fig.close()
+            self.drawing.close()
         super().close()
+
 
 def _skips_text(skipped: list[tuple[int, float]]) -> str:
     """The status text, e.g. "2 updates skipped (NaN/inf loss) at steps 3, 7" (the last five steps)."""

@@ -1,70 +1,205 @@
-"""The dashboard's four figures: which history columns each draws, in which colour, and how;
-and ``DashboardDrawing``, which draws a history into them.
+"""DashboardFigures: the figures of a ``TrainingDashboard``, in tabs, and what they draw.
 
-A series is (column, legend name, colour, dash, secondary y). Colours are the quantities of
-``style.QUANTITY``: reward blue, entropy green, KL purple, diversity orange."""
+Four panels every run has (reward, entropy, KL, diversity), and a panel for each method group of
+the metric registry (``workbench.metrics.registry``) that appears once the rows hold its metrics:
+nothing here knows which method records what. A series is (metric, legend name, colour, dash,
+secondary y); colours are the quantities of ``style.QUANTITY``: reward blue, entropy green, KL
+purple, diversity orange.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import ipywidgets as W
 import numpy as np
 from plotly.subplots import make_subplots
 
-from workbench.metrics import fit_reward_entropy
+from workbench.metrics import fit_reward_entropy, registry
 from workbench.metrics.entropy import FIT_MIN_POINTS
+from workbench.metrics.registry import (
+    ACCURACY,
+    CLIP_FRACTION,
+    DISTINCT_CORRECT_STRATEGIES,
+    DISTINCT_STRATEGIES,
+    ENTROPY_MEAN,
+    ENTROPY_P50,
+    ENTROPY_P95,
+    GROUPS,
+    KL,
+    PARSED_FRACTION,
+    REWARD_MEAN,
+    SKIPPED,
+    STEP,
+    UNIQUE_ANSWERS,
+)
 
 from .live_figure import LiveFigure
-from .style import BLACK, FONT_SIZE, GREY, MODES, ORANGE, PURPLE, QUANTITY, STAGES, STATES, panel_layout, rgba
+from .style import (
+    BLACK,
+    FONT_SIZE,
+    GREY,
+    ORANGE,
+    PURPLE,
+    QUANTITY,
+    SIDE_BY_SIDE,
+    STATES,
+    panel_layout,
+    rgba,
+    series_color,
+)
+from .thinned_history import ThinnedHistory
 
 SERIES = {
     "reward": [
-        ("reward_mean", "reward (mean)", QUANTITY["reward"], "solid", False),
-        ("parsed_fraction", "parsed (well-formed)", GREY, "dot", False),
+        (REWARD_MEAN, "reward (mean)", QUANTITY["reward"], "solid", False),
+        (ACCURACY, "accuracy", BLACK, "dot", False),
+        (PARSED_FRACTION, "parsed (well-formed)", GREY, "dot", False),
     ],
-    "entropy": [
-        ("entropy_mean", "mean", QUANTITY["entropy"], "solid", False),
-    ],
+    "entropy": [(ENTROPY_MEAN, "mean", QUANTITY["entropy"], "solid", False)],
     "kl": [
-        ("kl", "KL to reference (nats/token)", QUANTITY["kl"], "solid", False),
-        ("clip_fraction", "clip fraction", QUANTITY["clip"], "dash", True),
+        (KL, f"KL to reference ({KL.unit})", QUANTITY["kl"], "solid", False),
+        (CLIP_FRACTION, "clip fraction", QUANTITY["clip"], "dash", True),
     ],
     "diversity": [
-        ("distinct_strategies", "distinct strategies", ORANGE, "solid", False),
-        ("distinct_correct_strategies", "distinct correct strategies", ORANGE, "dot", False),
-        ("unique_answers", "unique answers", PURPLE, "solid", False),
+        (DISTINCT_STRATEGIES, "distinct strategies", ORANGE, "solid", False),
+        (DISTINCT_CORRECT_STRATEGIES, "distinct correct strategies", ORANGE, "dot", False),
+        (UNIQUE_ANSWERS, "unique answers", PURPLE, "solid", False),
     ],
 }
-# series that appear only for methods (or tasks) that record them
-OPTIONAL = {
-    "reward": [
-        ("accuracy", "accuracy", BLACK, "dot", False),
-        ("stage1_accuracy", "accuracy, EEPO stage 1", STAGES[1], "dash", False),
-        ("stage2_accuracy", "accuracy, EEPO stage 2", STAGES[2], "dash", False),
-        ("normal_accuracy", "accuracy, normal mode", MODES["normal"], "dash", False),
-        ("high_entropy_accuracy", "accuracy, high-entropy mode", MODES["high_entropy"], "dash", False),
-    ],
-}
-BAND = ("entropy_p50", "entropy_p95")  # the entropy quantiles the trainer records (metrics.entropy_stats)
+BAND = (ENTROPY_P50, ENTROPY_P95)
 TITLES = {
-    "reward": ("reward and accuracy", "reward · fraction"),
-    "entropy": ("token entropy (mean, p50–p95 band)", "entropy (nats)"),
-    "kl": ("KL and clip fraction", "KL (nats/token)"),
-    "diversity": ("diversity per group", "count per group"),
+    "reward": (GROUPS["reward"].title, "reward · fraction"),
+    "entropy": (f"{GROUPS['entropy'].title} (mean, p50–p95 band)", f"entropy ({ENTROPY_MEAN.unit})"),
+    "kl": ("KL and clip fraction", f"KL ({KL.unit})"),
+    "diversity": (GROUPS["diversity"].title, GROUPS["diversity"].unit),
 }
-COLUMNS = ("step", *BAND, *(c for specs in (*SERIES.values(), *OPTIONAL.values()) for c, *_ in specs))
+# the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
+TABS = {"reward · entropy": ("reward", "entropy"), "KL · diversity": ("kl", "diversity")}
+METHOD_PANELS = {g.name: registry.panel_metrics(g.name) for g in registry.method_groups()}
+COLUMNS = (STEP, *BAND, *(s[0] for specs in SERIES.values() for s in specs),
+           *(m for metrics in METHOD_PANELS.values() for m in metrics))
 # below this share of the reward's variance explained, the fit is not extrapolated to a ceiling
 FIT_MIN_R2 = 0.5
-# two panels side by side in a tab fit a 1,366-px laptop screen with JupyterLab's side bar folded
-PANEL = {"width": 580, "height": 330}
 
 
-def figure(name: str) -> LiveFigure:
-    """The empty figure ``name`` with its traces (``meta`` = the history column each draws)."""
+class DashboardFigures:
+    """The figures (``figures``, by panel name, in ``tabs``) of a history of metrics rows, at most
+    ``max_points`` points a series, and the fit of the reward on the entropy (``fit``, shown in
+    ``fit_line`` while ``fit_control`` is ticked).
+
+    ``extend(rows)`` adds rows, ``restart()`` forgets them, ``draw()`` draws what was added;
+    ``trace(column)`` is the trace that draws a column; ``skipped`` lists (step, reward) of every
+    step whose update was skipped (non-finite loss or gradient), kept whole, never thinned."""
+
+    def __init__(self, max_points: int, fit: bool, on_fit_change):
+        self.max_points = max_points
+        self.fit: dict[str, float] | None = None
+        self.restart()
+        self.fit_control = W.Checkbox(value=fit, description="fit R = −a·exp(H) + b", indent=False,
+                                      layout=W.Layout(width="auto"))
+        self.fit_control.observe(lambda _: on_fit_change(), names="value")
+        self.fit_line = W.HTML()
+        self.figures = {name: core_figure(name) for name in SERIES}
+        self.tabs = W.Tab(children=[_pair(self.figures[n] for n in names) for names in TABS.values()],
+                          titles=tuple(TABS))
+
+    def restart(self) -> None:
+        self.history = ThinnedHistory(COLUMNS, self.max_points)
+        self.skipped: list[tuple[int, float]] = []  # (step, its reward mean) of each skipped update
+        self.last_row: Mapping | None = None
+
+    def extend(self, rows: list[Mapping]) -> None:
+        self.history.extend(rows)
+        for row in rows:
+            if row.get(SKIPPED):  # the trainer's flag: this step's update was not applied
+                reward = row.get(REWARD_MEAN)
+                self.skipped.append((int(row[STEP]), float("nan") if reward is None else float(reward)))
+        self.last_row = rows[-1] if rows else self.last_row
+
+    def trace(self, column: str):
+        """The trace that draws a history column (``meta`` holds the column name)."""
+        for fig in self.figures.values():
+            for trace in fig.data:
+                if trace.meta == column:
+                    return trace
+        raise KeyError(f"column={column!r} has no trace; drawn: "
+                       f"{', '.join(t.meta for f in self.figures.values() for t in f.data)}")
+
+    def draw(self) -> None:
+        h = self.history
+        x = h.array(STEP)
+        self._add_method_panels()
+        # integer step ticks while there are few steps (plotly would tick 0.5, 1.5, ...)
+        dtick = 1 if len(h) and x[-1] - x[0] < 10 else None
+        for fig in self.figures.values():
+            with fig.batch_update():
+                fig.layout.xaxis.dtick = dtick
+                for trace in fig.data:
+                    if trace.meta in h.columns:
+                        trace.x, trace.y = x, h.array(trace.meta)
+        self._draw_skips()
+        self._label_reward()
+        self._draw_fit(x)
+
+    def close(self) -> None:
+        for fig in self.figures.values():
+            fig.close()
+
+    def _add_method_panels(self) -> None:
+        """A tab for each method group whose metrics the rows hold, the first time they do."""
+        for group, metrics in METHOD_PANELS.items():
+            if group not in self.figures and any(m in self.history.present for m in metrics):
+                self.figures[group] = method_figure(group, metrics)
+                self.tabs.children = [*self.tabs.children, self.figures[group]]
+                self.tabs.set_title(len(self.tabs.children) - 1, GROUPS[group].title)
+
+    def _label_reward(self) -> None:
+        """With 0/1 rewards (countdown) accuracy is the reward: one line, named for both, instead
+        of the accuracy line hiding the reward line under it."""
+        h = self.history
+        present = ACCURACY in h.present
+        same = present and np.allclose(h.array(ACCURACY), h.array(REWARD_MEAN), equal_nan=True)
+        with self.figures["reward"].batch_update():
+            self.trace(REWARD_MEAN).name = "reward = accuracy (0/1 rewards)" if same else "reward (mean)"
+            self.trace(ACCURACY).visible = present and not same
+
+    def _draw_skips(self) -> None:
+        marker = self.trace("skipped_update")
+        with self.figures["reward"].batch_update():
+            marker.visible = bool(self.skipped)
+            marker.x, marker.y = [s for s, _ in self.skipped], [r for _, r in self.skipped]
+
+    def _draw_fit(self, x: np.ndarray) -> None:
+        h = self.history
+        self.fit = fit_reward_entropy(h.array(ENTROPY_MEAN), h.array(REWARD_MEAN)) if len(h) else None
+        fit = self.fit
+        meaningful = fit is not None and fit["r2"] >= FIT_MIN_R2
+        ceiling = self.trace("fit_ceiling")
+        show = self.fit_control.value and meaningful
+        with self.figures["reward"].batch_update():
+            ceiling.visible = show
+            if show and fit is not None:
+                ceiling.x, ceiling.y = [x[0], x[-1]], [fit["ceiling"]] * 2
+        self.fit_line.value = _small(self._fit_text()) if self.fit_control.value else ""
+
+    def _fit_text(self) -> str:
+        f = self.fit
+        if f is None:
+            return f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies"
+        if f["r2"] < FIT_MIN_R2:
+            return (f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
+                    f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})")
+        return (f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
+                f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
+
+
+def core_figure(name: str) -> LiveFigure:
+    """The empty panel ``name`` of ``SERIES`` with its traces (``meta`` = the history column each draws)."""
     title, y_title = TITLES[name]
     secondary = any(spec[4] for spec in SERIES[name])
     fig = LiveFigure(make_subplots(specs=[[{"secondary_y": True}]])) if secondary else LiveFigure()
-    fig.update_layout(**panel_layout(title, right_axis=secondary, **PANEL))
+    fig.update_layout(**panel_layout(title, right_axis=secondary, **SIDE_BY_SIDE))
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
     if secondary:
@@ -83,13 +218,24 @@ def figure(name: str) -> LiveFigure:
         fig.add_scatter(x=[], y=[], meta="skipped_update", name="update skipped (NaN/inf loss)", mode="markers",
                         marker={"symbol": "x", "size": 11, "color": STATES["error"]}, visible=False)
     for spec in SERIES[name]:
-        add_series(fig, spec)
+        _add_series(fig, spec)
     return fig
 
 
-def add_series(fig: LiveFigure, spec) -> None:
+def method_figure(group: str, metrics: Iterable[str]) -> LiveFigure:
+    """The panel of a method group: each of its metrics in the group's unit, a line each."""
+    fig = LiveFigure()
+    fig.update_layout(**panel_layout(GROUPS[group].title, **SIDE_BY_SIDE))
+    fig.update_xaxes(title_text="step", rangemode="tozero")
+    fig.update_yaxes(title_text=GROUPS[group].unit, exponentformat="e")
+    for i, metric in enumerate(metrics):
+        _add_series(fig, (metric, registry.get(metric).label, series_color(i), "solid", False))
+    return fig
+
+
+def _add_series(fig: LiveFigure, spec) -> None:
     column, label, color, dash, secondary = spec
-    trace = {"x": [], "y": [], "meta": column, "name": label, "mode": "lines",
+    trace = {"x": [], "y": [], "meta": str(column), "name": label, "mode": "lines",
              "line": {"color": color, "dash": dash, "width": 2}}
     if secondary:
         fig.add_scatter(**trace, secondary_y=True)
@@ -97,82 +243,8 @@ def add_series(fig: LiveFigure, spec) -> None:
         fig.add_scatter(**trace)
 
 
-class DashboardDrawing:
-    """The dashboard's drawing: ``history`` (and ``skipped``) into ``figures``, and the fit of the
-    reward on the entropy. A mixin of ``TrainingDashboard``, which holds those attributes and
-    ``fit_control`` / ``fit_line``."""
-
-    def trace(self, column: str):
-        """The trace that draws a history column (``meta`` holds the column name)."""
-        for fig in self.figures.values():
-            for trace in fig.data:
-                if trace.meta == column:
-                    return trace
-        raise KeyError(f"column={column!r} has no trace; drawn: "
-                       f"{', '.join(t.meta for f in self.figures.values() for t in f.data)}")
-
-    def _draw(self) -> None:
-        h = self.history
-        x = h.array("step")
-        # integer step ticks while there are few steps (plotly would tick 0.5, 1.5, ...)
-        dtick = 1 if len(h) and x[-1] - x[0] < 10 else None
-        for name, fig in self.figures.items():
-            drawn = {t.meta for t in fig.data}
-            with fig.batch_update():
-                fig.layout.xaxis.dtick = dtick
-                for spec in OPTIONAL.get(name, []):
-                    if spec[0] in h.present and spec[0] not in drawn:
-                        add_series(fig, spec)
-                for trace in fig.data:
-                    if trace.meta in h.columns:
-                        trace.x, trace.y = x, h.array(trace.meta)
-        self._draw_skips()
-        self._label_reward()
-        self._draw_fit(x)
-
-    def _label_reward(self) -> None:
-        """With 0/1 rewards (countdown) accuracy is the reward: one line, named for both, instead
-        of the accuracy line hiding the reward line under it."""
-        h = self.history
-        same = "accuracy" in h.present and np.allclose(h.array("accuracy"), h.array("reward_mean"), equal_nan=True)
-        with self.figures["reward"].batch_update():
-            self.trace("reward_mean").name = "reward = accuracy (0/1 rewards)" if same else "reward (mean)"
-            if "accuracy" in h.present:
-                self.trace("accuracy").visible = not same
-
-    def _note_skips(self, records: Iterable[Mapping]) -> None:
-        for record in records:
-            if record.get("skipped"):  # the trainer's flag: this step's update was not applied
-                reward = record.get("reward_mean")
-                self.skipped.append((int(record["step"]), float("nan") if reward is None else float(reward)))
-
-    def _draw_skips(self) -> None:
-        marker = self.trace("skipped_update")
-        with self.figures["reward"].batch_update():
-            marker.visible = bool(self.skipped)
-            marker.x, marker.y = [s for s, _ in self.skipped], [r for _, r in self.skipped]
-
-    def _draw_fit(self, x: np.ndarray) -> None:
-        h = self.history
-        self.fit = fit_reward_entropy(h.array("entropy_mean"), h.array("reward_mean")) if len(h) else None
-        meaningful = self.fit is not None and self.fit["r2"] >= FIT_MIN_R2
-        ceiling = self.trace("fit_ceiling")
-        show = self.fit_control.value and meaningful
-        with self.figures["reward"].batch_update():
-            ceiling.visible = show
-            if show:
-                ceiling.x, ceiling.y = [x[0], x[-1]], [self.fit["ceiling"]] * 2
-        self.fit_line.value = _small(self._fit_text()) if self.fit_control.value else ""
-
-    def _fit_text(self) -> str:
-        f = self.fit
-        if f is None:
-            return f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies"
-        if f["r2"] < FIT_MIN_R2:
-            return (f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
-                    f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})")
-        return (f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
-                f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
+def _pair(figures) -> W.HBox:
+    return W.HBox(list(figures), layout=W.Layout(grid_gap="8px"))
 
 
 def _small(text: str) -> str:

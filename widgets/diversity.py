@@ -1,10 +1,10 @@
 """DiversityPanel: pass@k curves per split, strategies and pairwise similarity of one prompt's
 responses, and distinct-n over steps.
 
-Everything drawn comes from the trainer: ``trainer.evaluate`` (the Evaluate button, or results
-handed to ``show_pass_at_k``), ``trainer.last_batch`` and the batches announced by its
-``metrics`` phase; or from a run directory: its eval.json and rollouts files. Distinct-n is text
-statistics of recorded completions, never a model pass.
+Everything drawn is what the run recorded, read through its feed (``following.Feed``): each
+step's rollouts and the run's evaluations, or ``Trainer.evaluate`` results (the Evaluate button,
+or results handed to ``show_pass_at_k``). Distinct-n is text statistics of recorded completions,
+never a model pass.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from workbench import metrics
-from workbench.batch import RolloutBatch
+from workbench.metrics.registry import pass_at, pass_k
 from workbench.tasks import is_success
 
-from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
-                    update_prompt_selector)
-from .following import FOLLOW_INTERVAL, RunWatch, is_run_directory
+from ._live import (
+    FULL_WIDTH,
+    HALF_WIDTH,
+    Throttle,
+    downsample,
+    esc,
+    set_status,
+    status_line,
+    step_ticks,
+    update_prompt_selector,
+)
+from .following import FOLLOW_INTERVAL, Feed
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, OKABE_ITO, SEQUENTIAL, panel_layout, series_color
 
@@ -34,31 +43,28 @@ FILES_PER_POLL = 8  # rollouts files a poll reads: a long run's history fills in
 
 class DiversityPanel(w.VBox):
     """pass@k curves per split, strategy histogram and similarity heatmap of one prompt's group
-    in the last batch, and distinct-n over steps, of ``source``: a trainer, or a run directory
-    (a str or Path) another process writes.
+    in the last batch, and distinct-n over steps, of ``source``: a trainer in this process, or a
+    run directory (a str or Path) another process writes, followed (``following.Feed``) every
+    ``interval`` seconds; ``poll()`` reads what is new at once.
 
-    A trainer: ``splits`` are evaluated by the Evaluate button with the panel's samples-per-prompt
-    and prompts settings. A run directory: followed every ``interval`` seconds (``poll()`` at
-    once); pass@k is what its eval.json records (``workbench eval RUN_DIR`` adds to it), the last
-    batch is its newest rollouts file, and distinct-n is read from every rollouts file, the newest
-    first, ``FILES_PER_POLL`` a poll. ``distinct_ns`` are the n of distinct-n (the mean over groups
-    of each group's distinct-n); ``redraw_interval`` seconds throttles the live redraws.
+    pass@k: when this process trains the run, ``splits`` are evaluated by the Evaluate button with
+    the panel's samples-per-prompt and prompts settings; a run directory's are what its eval.json
+    records (``workbench eval RUN_DIR`` adds to it). The last batch is the newest step's rollouts,
+    and distinct-n is read from every step's, the newest first, ``FILES_PER_POLL`` a poll.
+    ``distinct_ns`` are the n of distinct-n (the mean over groups of each group's distinct-n);
+    ``redraw_interval`` seconds throttles the live redraws.
     """
-
-    watch: RunWatch | None = None
 
     def __init__(self, source, splits: Sequence[str] = ("test", "ood"), n_samples: int = 8, num_prompts: int = 16,
                  distinct_ns: Sequence[int] = (1, 2, 3), redraw_interval: float = 0.5, max_points: int = 2000,
                  interval: float = FOLLOW_INTERVAL):
-        self.trainer = None if is_run_directory(source) else source
         self.splits = tuple(splits)
         self.distinct_ns = tuple(distinct_ns)
         self.max_points = max_points
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.distinct_records: list[dict[str, float]] = []
-        self._batch, self._batch_step = (None, -1) if self.trainer is None else (
-            source.last_batch, source.step_index - 1)
-        self._backlog: list[int] = []  # steps of a followed run whose rollouts are still to be read
+        self._batch, self._batch_step = None, -1
+        self._backlog: list[int] = []  # steps whose rollouts are still to be read
 
         self.n_samples = w.IntText(value=n_samples, description="samples / prompt",
                                    style={"description_width": "initial"}, layout=w.Layout(width="190px"))
@@ -68,6 +74,7 @@ class DiversityPanel(w.VBox):
         self.evaluate_button = w.Button(description="Evaluate", button_style="primary", icon="play",
                                         tooltip=f"pass@k of the current policy on {', '.join(self.splits)}")
         self.evaluate_button.on_click(lambda _: self.evaluate())
+        self.evaluation_status = status_line()
         self.passk_figure = _passk_figure()
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_group(), names="value")
@@ -75,19 +82,11 @@ class DiversityPanel(w.VBox):
         self.strategy_figure = _strategy_figure()
         self.similarity_figure = _similarity_figure()
         self.distinct_figure = _distinct_figure(self.distinct_ns)
-
-        if self._batch is not None:  # a trainer that has already stepped
-            self._record(self._batch_step, self._batch)
         self._throttle = Throttle(self._redraw, redraw_interval)
-        if self.trainer is not None:
-            self._unsubscribe = self.trainer.subscribe(self._on_phase)
-            self.status = status_line()
+        self.feed = Feed(source, self._on_update, interval=interval, detail=self._backlog_text)
+        if self.feed.source.controllable:  # a policy in this process to evaluate
             evaluation = w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button])
         else:
-            self._unsubscribe = None
-            self.watch = RunWatch(source, self._on_run_update, interval=interval, detail=self._backlog_text,
-                                  name="DiversityPanel")
-            self.status = self.watch.status
             evaluation = w.HTML("the run's evaluations (its eval.json: <code>workbench eval RUN_DIR</code> adds one)")
         self._redraw()
         self._draw_pass_at_k()
@@ -95,7 +94,8 @@ class DiversityPanel(w.VBox):
         super().__init__([
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>pass@k</b>"),
             evaluation,
-            self.status,
+            self.evaluation_status,
+            self.feed.status,
             self.passk_figure,
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>one prompt of the last batch</b>"),
             self.prompt,
@@ -103,38 +103,38 @@ class DiversityPanel(w.VBox):
             w.HBox([self.strategy_figure, self.similarity_figure]),
             self.distinct_figure,
         ])
-        if self.watch is not None:
-            self.watch.start()
+        self.feed.start()
 
     # --- pass@k -----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Run ``trainer.evaluate`` on each split with the panel's settings and add the curves
         under the panel's label; returns {split: result}, or {} when a setting is invalid."""
-        if self.trainer is None:
-            raise RuntimeError(f"this panel follows {self.watch.follower.dir}, with no policy to evaluate: "
+        if not self.feed.source.controllable:
+            raise RuntimeError(f"this panel follows {self.feed.source.location}, with no policy to evaluate: "
                                "`workbench eval RUN_DIR` evaluates its last checkpoint into eval.json, shown here")
+        trainer = self.feed.source.trainer
         n, prompts = self.n_samples.value, self.num_prompts.value
         for name, value in (("samples / prompt", n), ("prompts", prompts)):
             if value < 1:
-                set_status(self.status, f"{name}={value} is not allowed: an integer >= 1", error=True)
+                set_status(self.evaluation_status, f"{name}={value} is not allowed: an integer >= 1", error=True)
                 return {}
-        label = self.label.value.strip() or f"{self.trainer.cfg.method} step {self.trainer.step_index}"
+        label = self.label.value.strip() or f"{trainer.cfg.method} step {trainer.step_index}"
         self.evaluate_button.disabled = True
         started = time.perf_counter()
         out: dict[str, dict[str, float]] = {}
         try:
             for i, split in enumerate(self.splits):
-                set_status(self.status, f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): "
-                                        f"{prompts} prompts x {n} samples ...")
-                out[split] = self.trainer.evaluate(split, n_samples=n, num_prompts=prompts)
+                set_status(self.evaluation_status, f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): "
+                                                   f"{prompts} prompts x {n} samples ...")
+                out[split] = trainer.evaluate(split, n_samples=n, num_prompts=prompts)
         except ValueError as error:
-            set_status(self.status, str(error), error=True)
+            set_status(self.evaluation_status, str(error), error=True)
             return {}
         finally:
             self.evaluate_button.disabled = False
         self.show_pass_at_k({label: out})
-        summary = ", ".join(f"{s} pass@1 {r['pass@1']:.2f} pass@{n} {r[f'pass@{n}']:.2f}" for s, r in out.items())
-        set_status(self.status, f"{label}: {summary} ({time.perf_counter() - started:.1f} s)")
+        summary = ", ".join(f"{s} pass@1 {r[pass_at(1)]:.2f} pass@{n} {r[pass_at(n)]:.2f}" for s, r in out.items())
+        set_status(self.evaluation_status, f"{label}: {summary} ({time.perf_counter() - started:.1f} s)")
         return out
 
     def show_pass_at_k(self, results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> None:
@@ -142,7 +142,7 @@ class DiversityPanel(w.VBox):
         base model and several policies. A label already shown is replaced."""
         for label, per_split in results.items():
             for split, result in per_split.items():
-                if not any(key.startswith("pass@") for key in result):
+                if not any(pass_k(key) for key in result):
                     raise ValueError(f"results[{label!r}][{split!r}] has no pass@k entries: expected the dict "
                                      "Trainer.evaluate returns")
             self.results[label] = {split: dict(result) for split, result in per_split.items()}
@@ -153,9 +153,9 @@ class DiversityPanel(w.VBox):
         traces = []
         for i, (label, per_split) in enumerate(self.results.items()):
             for split, result in per_split.items():
-                ks = sorted(int(key.split("@")[1]) for key in result if key.startswith("pass@"))
+                ks = sorted(k for k in map(pass_k, result) if k)
                 traces.append(go.Scatter(
-                    x=ks, y=[result[f"pass@{k}"] for k in ks], name=f"{esc(label)} · {esc(split)}",
+                    x=ks, y=[result[pass_at(k)] for k in ks], name=f"{esc(label)} · {esc(split)}",
                     legendgroup=esc(label), mode="lines+markers",
                     line={"color": series_color(i), "dash": SPLIT_DASHES[splits.index(split) % len(SPLIT_DASHES)]},
                     hovertemplate="%{fullData.name}<br>pass@%{x}: %{y:.3f}<extra></extra>",
@@ -167,13 +167,6 @@ class DiversityPanel(w.VBox):
         self.passk_figure.layout.xaxis.range = [-0.05, math.log10(largest) + 0.05]
 
     # --- the last batch -----------------------------------------------------------------------
-    def _on_phase(self, phase) -> None:
-        if phase.name != "metrics":
-            return
-        self._batch, self._batch_step = phase.batch, phase.step
-        self._record(phase.step, phase.batch)
-        self._throttle()
-
     def _record(self, step: int, batch) -> None:
         """Distinct-n of a step's batch, in the step order (a step recorded again is replaced)."""
         groups = [[batch.text[i] for i in rows.tolist()] for rows in batch.group_rows()]
@@ -183,25 +176,14 @@ class DiversityPanel(w.VBox):
         kept = [r for r in self.distinct_records if r["step"] != step]
         self.distinct_records = sorted([*kept, record], key=lambda r: r["step"])
 
-    def refresh(self) -> None:
-        """Redraw now (the live redraws are throttled), from the trainer's last batch or with what
-        the followed run directory wrote since the last poll."""
-        if self.trainer is None:
-            self.poll()
-            return
-        self._batch, self._batch_step = self.trainer.last_batch, self.trainer.step_index - 1
-        self._throttle.flush()
-
-    # --- a followed run directory ------------------------------------------------------------
     def poll(self) -> None:
-        """Read what the followed run directory wrote since the last poll, and draw it now."""
-        if self.watch is None:
-            raise RuntimeError("this panel draws a trainer, not a run directory: refresh() redraws its last batch")
-        self.watch.poll()
+        """Read what the run recorded since the last poll, and draw it now (the live redraws are
+        throttled)."""
+        self.feed.poll()
         self._throttle.flush()
 
-    def _on_run_update(self, update) -> None:
-        """Evaluations and rollouts a poll found: the newest rollouts file first, the rest a few a poll."""
+    def _on_update(self, update) -> None:
+        """Evaluations and rollouts a poll found: the newest step's first, the rest a few a poll."""
         if update.restarted:  # resumed from an earlier checkpoint: the steps after it are gone
             self.distinct_records, self._backlog, self._batch, self._batch_step = [], [], None, -1
         if update.evaluations is not None:
@@ -209,7 +191,7 @@ class DiversityPanel(w.VBox):
         self._backlog = sorted({*self._backlog, *update.rollout_steps})
         reading = self._backlog[-FILES_PER_POLL:]
         for step in reversed(reading):
-            batch = RolloutBatch.from_frame(self.watch.follower.rollouts(step))
+            batch = self.feed.source.step_batch(step).batch
             self._record(step, batch)
             if step >= self._batch_step:
                 self._batch, self._batch_step = batch, step
@@ -217,8 +199,8 @@ class DiversityPanel(w.VBox):
         if reading or update.restarted:
             self._throttle()
 
-    def _backlog_text(self) -> str:
-        return f"distinct-n: rollouts of {len(self._backlog)} earlier steps still to read" if self._backlog else ""
+    def _backlog_text(self) -> list[str]:
+        return [f"distinct-n: rollouts of {len(self._backlog)} earlier steps still to read"] if self._backlog else []
 
     def _redraw(self) -> None:
         update_prompt_selector(self.prompt, self._batch)
@@ -234,8 +216,7 @@ class DiversityPanel(w.VBox):
     def _draw_group(self) -> None:
         batch, rows = self._batch, self.group_rows()
         if not rows:
-            self.prompt_text.value = ("<i>no batch yet: take a training step</i>" if self.trainer is not None
-                                      else "<i>no rollouts recorded yet</i>")
+            self.prompt_text.value = "<i>no rollouts recorded yet</i>"
             return
         problem = batch.problems[self.prompt.value]
         key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
@@ -267,11 +248,8 @@ class DiversityPanel(w.VBox):
             self.distinct_figure.layout.xaxis.update(step_ticks(steps))
 
     def close(self) -> None:
-        """Stop listening to the trainer, or following the run directory, and close the widget."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self.watch is not None:
-            self.watch.close()
+        """Stop following the run, and close the widget."""
+        self.feed.close()
         self._throttle.cancel()
         super().close()
 

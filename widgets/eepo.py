@@ -19,19 +19,21 @@ import html
 import ipywidgets as W
 
 from workbench.config import ConfigError
+from workbench.metrics import registry
+from workbench.metrics.registry import REWARD_MEAN
 from workbench.step_cursor import StepCursor
 
 from ._live import busy, set_status, status_line, update_prompt_selector
 from ._runner import BackgroundRunner
 from .live_figure import LiveFigure
-from .style import BLACK, FONT_SIZE, GATE, QUANTITY, STAGES, panel_layout, rgba
+from .style import BLACK, FONT_SIZE, GATE, QUANTITY, SIDE_BY_SIDE, STAGES, panel_layout, rgba
 from .tokens import CSS, ColorScale, TokenDecoder, legend, row_header, token_strip
 
 PHASES = ("sample_stage1", "unlearn", "sample_stage2", "score", "advantage", "update", "metrics")
 SHARED = ("#56B4E9", "#000")  # badge colours: sky blue for shared, bluish green for new (Okabe-Ito)
 NEW = ("#009E73", "#fff")
-FIGURE = {"width": 580, "height": 330}  # two side by side in a 1,366-px screen
 TABS = ("rollouts", "gate · unlearning")
+EEPO_METRICS = set(registry.in_group("eepo"))  # what the metrics phase shows besides the reward
 STEPPER_CSS = f"""
 .wb-stages {{ display:grid; grid-template-columns:repeat(2, minmax(0, 1fr)); gap:16px; }}
 .wb-stages h4 {{ margin:4px 0; font-size:{FONT_SIZE + 1}px; }}
@@ -173,13 +175,13 @@ class EEPOStepper(W.VBox):
                          f"KL(policy ‖ rollout model) {u['kl_policy_rollout']:.4f} nats/token")
         if phase is not None and phase.name not in ("sample_stage1", "unlearn"):
             shown = {k: v for k, v in phase.numbers.items() if isinstance(v, (int, float)) and
-                     (phase.name != "metrics" or k.startswith(("stage", "reward_mean", "eepo_")))}
+                     (phase.name != "metrics" or k == REWARD_MEAN or k in EEPO_METRICS)}
             parts.append(f"<code>{html.escape(phase.name)}</code>: " + " · ".join(
                 f"{html.escape(k)} {v:.3g}" for k, v in shown.items()))
         self.numbers.value = "<div class='wb-numbers'>" + "<br>".join(parts) + "</div>"
 
     def _window_figure(self) -> LiveFigure:
-        fig = LiveFigure(layout=panel_layout("entropy gate: window of stage-1 entropy", **FIGURE))
+        fig = LiveFigure(layout=panel_layout("entropy gate: window of stage-1 entropy", **SIDE_BY_SIDE))
         fig.update_layout(hovermode="closest", bargap=0.35)
         fig.update_xaxes(title_text="step", dtick=1)
         fig.update_yaxes(title_text="stage-1 entropy (nats)", rangemode="tozero")
@@ -191,7 +193,7 @@ class EEPOStepper(W.VBox):
         return fig
 
     def _unlearning_figure(self) -> LiveFigure:
-        fig = LiveFigure(layout=panel_layout("unlearning: stage-1 log-prob per token", **FIGURE))
+        fig = LiveFigure(layout=panel_layout("unlearning: stage-1 log-prob per token", **SIDE_BY_SIDE))
         fig.update_layout(hovermode="closest", bargap=0.25)
         fig.update_xaxes(title_text="stage-1 response (prompt · #)", type="category")
         fig.update_yaxes(title_text="mean log-prob (nats/token)")
@@ -201,7 +203,8 @@ class EEPOStepper(W.VBox):
 
     def _mark_stale(self) -> None:
         """A new step has begun: the figures still hold the last unlearn's numbers, and say so."""
-        if self.unlearn_numbers is not None or all(f.data[0].y is None or not len(f.data[0].y) for f in self.figures.values()):
+        drawn = any(f.data[0].y is not None and len(f.data[0].y) for f in self.figures.values())
+        if self.unlearn_numbers is not None or not drawn:
             return
         for fig in self.figures.values():
             with fig.batch_update():

@@ -1,86 +1,89 @@
-"""RunWatch: a run directory that another process writes, polled on a timer for what is new.
+"""Feed: a widget's run source, polled when there may be news, with the status line it shows.
 
-The reading is the engine's ``workbench.run_follower.RunFollower``, which never takes the run's
-lock and never writes into it; this adds the timer, one poll at a time, and the status line a
-following widget shows ("following runs/a · step 12 of 50 · waiting for step 13").
+The source is the engine's (``workbench.run_source.open_run``): a trainer in this process
+(``LiveRun``, news after each phase it announces) or a run directory another process writes
+(``RunFollower``, which never locks or writes it, looked at every ``interval`` seconds). This adds
+one poll at a time, each ``RunUpdate`` handed to the widget, and the status line ("following
+runs/a · step 12 of 50 · waiting for step 13").
 """
 
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import ipywidgets as W
 
-from workbench.run_follower import RunFollower, RunUpdate
+from workbench.run_follower import RunUpdate
+from workbench.run_source import RunSource, open_run
 
-from ._live import ERROR_COLOR, Every, PollGuard, Polled, busy
+from ._live import ERROR_COLOR, Polled, PollGuard, busy
 from .style import FONT_SIZE
 
-# seconds between polls: a new step shows within a second, and a poll that finds nothing costs
-# a few stat() calls
+# seconds between polls of a run directory: a new step shows within a second, and a poll that
+# finds nothing costs a few stat() calls
 FOLLOW_INTERVAL = 1.0
 
 
-def is_run_directory(source) -> bool:
-    """Whether a widget was handed a run directory (a path) rather than a trainer or a batch."""
-    return isinstance(source, (str, Path))
+class Feed(Polled):
+    """Polls ``open_run(source, steps)`` once ``start``-ed, whenever it may have news, and hands each
+    ``RunUpdate`` to ``on_update`` (most hold nothing new: ``update.news``, so that a widget can
+    also do its own work a poll at a time). ``status`` is its status line; ``detail`` (optional)
+    returns HTML parts the widget adds to it. ``poll()`` polls now; ``close()`` stops polling and
+    closes the source."""
 
-
-class RunWatch(Polled):
-    """Polls ``RunFollower(run_dir, steps)`` every ``interval`` seconds once ``start``-ed and hands
-    each ``RunUpdate`` to ``on_update`` (most hold nothing new: ``update.news``, so that a widget
-    can also do its own work a poll at a time). ``status`` is its status line;
-    ``detail`` (optional) returns HTML the widget adds to it. ``poll()`` polls now (a test, a
-    refresh); ``close()`` stops the timer."""
-
-    def __init__(self, run_dir: str | Path, on_update: Callable[[RunUpdate], None], steps: int | None = None,
-                 interval: float = FOLLOW_INTERVAL, detail: Callable[[], str] | None = None, name: str = "RunWatch"):
+    def __init__(self, source, on_update: Callable[[RunUpdate], None], steps: int | None = None,
+                 interval: float = FOLLOW_INTERVAL, detail: Callable[[], list[str]] | None = None):
         if not interval > 0:
             raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
-        self.follower = RunFollower(run_dir, steps)
-        self.interval, self.name = interval, name
+        self.source: RunSource = open_run(source, steps)
+        self.interval = interval
         self.status = W.HTML(layout=W.Layout(min_height="1.6em"))
         self._on_update, self._detail = on_update, detail
         self._guard = PollGuard(self.show)
-        self._timer: Every | None = None
+        self._show_lock = threading.Lock()  # the source's thread (polls) and the UI's (clicks)
+        self._stop: Callable[[], None] | None = None
 
     @property
     def state(self) -> str:
-        """The followed run's state: "waiting", "running" or "finished" (``RunFollower.state``)."""
-        return self.follower.state
+        """The source's state: a run directory's "waiting", "running" or "finished"; "live" for a trainer."""
+        return self.source.state
 
     def start(self) -> None:
-        """Poll now, then every ``interval`` seconds until ``close``."""
+        """Poll now, then whenever the source may have news, until ``close``."""
         self._tick()
-        if self._timer is None:
-            self._timer = Every(self.interval, self._tick, self.name)
+        if self._stop is None:
+            self._stop = self.source.watch(self._tick, self.interval)
 
     def poll(self) -> RunUpdate:
         """Read what is new now, hand it on and show the state; an error is raised."""
         return self._guard.run(self._poll)
 
     def _poll(self) -> RunUpdate:
-        update = self.follower.poll()
+        update = self.source.poll()
         self._on_update(update)
         return update
 
     def show(self) -> None:
         """Redraw the status line."""
-        state = self.follower.state
-        where = html.escape(self.follower.describe())
-        parts = [f"following <code>{html.escape(str(self.follower.dir))}</code>",
+        state = self.source.state
+        where = html.escape(self.source.describe())
+        parts = [html.escape(self.source.origin),
                  busy(where) if state == "running" else f"<b>{where}</b>" if state == "finished" else where]
-        detail = self._detail() if self._detail is not None else ""
-        if detail:
-            parts.append(detail)
+        parts += self._detail() if self._detail is not None else []
         if self.error is not None:
             parts.append(f"<span style='color:{ERROR_COLOR}'>{html.escape(type(self.error).__name__)}: "
-                         f"{html.escape(str(self.error))} (trying again every {self.interval:g} s)</span>")
-        self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{' · '.join(parts)}</div>"
+                         f"{html.escape(str(self.error))} (tried again at the next poll)</span>")
+        with self._show_lock:
+            self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{' · '.join(p for p in parts if p)}</div>"
+
+    def stop(self) -> None:
+        """Stop polling (``start`` starts again)."""
+        if self._stop is not None:
+            self._stop()
+            self._stop = None
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.stop()
+        self.source.close()

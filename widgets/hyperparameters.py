@@ -11,7 +11,6 @@ code, another panel): every ``FOLLOW_INTERVAL`` seconds it shows the fields that
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,21 +18,15 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench import methods, tasks
-from workbench.config import DEVICES, OPTIONS, ConfigError, RunConfig
-from workbench.methods.poly_epo import CLUSTERERS
-from workbench.options import Option
+from workbench import methods
+from workbench.config import OPTIONS, ConfigError, RunConfig, with_method_settings
+from workbench.options import MethodOptions
 from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
 
 from ._live import Every, esc, set_status, status_line
+from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, Control, control_of
 from .style import FONT_SIZE
 
-
-HINT_LIVE = "applies to the running trainer from its next step (Apply)"
-HINT_FORK = "fixed for a running trainer: fork to change"
-HINT_REBUILD = "fixed by the model, adapter or task: start a new run to change"
-DESCRIPTION = {"description_width": "220px"}
-CONTROL_WIDTH = "370px"
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the trainer's config
 
 
@@ -61,10 +54,11 @@ class HyperparameterPanel(w.VBox):
         self._loading = False
         self._shown: dict | None = None  # the trainer's config as the controls last showed it
         self._sync_lock = threading.Lock()  # the follower thread vs the buttons
-        self.fields: dict[str, _Field] = {
-            name: _field(option, name, self._hint(name)) for name, option in OPTIONS.items() if name != "method_options"
+        self.fields: dict[str, Control] = {
+            name: control_of(option, name, self._hint(name))
+            for name, option in OPTIONS.items() if name != "method_options"
         }
-        self.option_fields: dict[str, _Field] = {}
+        self.option_fields: dict[str, Control] = {}
         self.options_box = w.GridBox(layout=_grid())
         self.options_title = w.HTML()
         for name, field in self.fields.items():  # a new method first rebuilds its options, then checks
@@ -160,16 +154,16 @@ class HyperparameterPanel(w.VBox):
 
     def _build_options(self, method: str, options: dict) -> None:
         declared = methods.get(method).OPTIONS
-        defaults = methods.get(method).defaults
+        shown = MethodOptions(options, declared)
         self.option_fields = {
-            key: _field(option, f"method_options.{key}", self._hint("method_options"))
+            key: control_of(option, f"{MethodOptions.PREFIX}{key}", self._hint("method_options"))
             for key, option in declared.items()
         }
         for key, field in self.option_fields.items():
-            field.set(options.get(key, defaults[key]))
+            field.set(shown[key])
             field.input.observe(self._changed, names="value")
         self.options_title.value = (f"<b style='font-size:{FONT_SIZE + 2}px'>options of method "
-                                    f"{esc(method)}</b>" if defaults else
+                                    f"{esc(method)}</b>" if declared else
                                     f"<span style='font-size:{FONT_SIZE}px'>method {esc(method)} has no options</span>")
         self.options_box.children = [f.row for f in self.option_fields.values()]
 
@@ -183,14 +177,15 @@ class HyperparameterPanel(w.VBox):
     def _unlock_changed(self, change) -> None:
         if not change["new"]:  # locking again: the fixed fields go back to the run's values
             cfg = self.trainer.cfg
-            method_changed = self.fields["method"].get() != cfg.method
+            shown_method = self.fields["method"].get()
             self._loading = True
             try:
                 for name, field in self.fields.items():
                     if name not in LIVE_FIELDS:
                         field.set(getattr(cfg, name))
-                if method_changed:  # the options shown were the other method's
+                if shown_method != cfg.method:  # the options and settings shown were the other method's
                     self._build_options(cfg.method, cfg.method_options)
+                    self._move_method_settings(shown_method, cfg.method)
             finally:
                 self._loading = False
             self._changed()
@@ -201,20 +196,36 @@ class HyperparameterPanel(w.VBox):
             return
         base = self.trainer.cfg if self.trainer is not None else self._base
         # the current run's options when its method is chosen again, else the new method's defaults
-        self._build_options(change["new"], base.method_options if change["new"] == base.method else {})
+        self._loading = True
+        try:
+            self._build_options(change["new"], base.method_options if change["new"] == base.method else {})
+            self._move_method_settings(change["old"], change["new"])
+        finally:
+            self._loading = False
         self._enable()
         self._changed()
+
+    def _move_method_settings(self, old: str, new: str) -> None:
+        """The controls of the fields method ``old`` fills in (``Method.CONFIG_DEFAULTS``) that
+        still show its setting now show ``new``'s, as ``RunConfig.replace`` would make them."""
+        names = {**methods.get(old).CONFIG_DEFAULTS, **methods.get(new).CONFIG_DEFAULTS}
+        try:
+            shown = {name: self.fields[name].get() for name in names}
+        except ConfigError:  # a control that cannot be read keeps its text, and the status names it
+            return
+        for name, value in with_method_settings(shown, old, new).items():
+            self.fields[name].set(value)
 
     def values(self) -> dict[str, Any]:
         """Every field as the controls say (method options as a dict); ConfigError when a
         control's text cannot be read as its field's type."""
         values = {name: field.get() for name, field in self.fields.items()}
-        defaults = methods.get(values["method"]).defaults
         base = self.trainer.cfg if self.trainer is not None else self._base
-        kept = base.method_options if values["method"] == base.method else {}
-        # keep the options the run sets explicitly; add those that now differ from the defaults
-        values["method_options"] = {key: field.get() for key, field in self.option_fields.items()
-                                    if key in kept or field.get() != defaults[key]}
+        # the run's own options when the method is its own: they stay explicit, as do those changed
+        kept = MethodOptions(base.method_options if values["method"] == base.method else {},
+                             methods.get(values["method"]).OPTIONS)
+        shown = {key: field.get() for key, field in self.option_fields.items()}
+        values["method_options"] = kept.shown_as(shown).explicit
         return values
 
     @property
@@ -231,8 +242,9 @@ class HyperparameterPanel(w.VBox):
     def _diff(self, values: dict[str, Any]) -> dict[str, Any]:
         base = self.trainer.cfg if self.trainer is not None else self._base
         out = {name: v for name, v in values.items() if name != "method_options" and v != getattr(base, name)}
-        defaults = methods.get(values["method"]).defaults
-        if "method" in out or {**defaults, **values["method_options"]} != {**defaults, **base.method_options}:
+        declared = methods.get(values["method"]).OPTIONS
+        shown, current = (MethodOptions(o, declared) for o in (values["method_options"], base.method_options))
+        if "method" in out or shown != current:  # compared as they train: an explicit default is no change
             out["method_options"] = values["method_options"]
         return out
 
@@ -306,116 +318,6 @@ class HyperparameterPanel(w.VBox):
         while (self.fork_dir / f"fork-{index}").exists():
             index += 1
         return self.fork_dir / f"fork-{index}"
-
-
-# --- controls ---------------------------------------------------------------------------------
-class _Field:
-    """One control: ``input`` (the ipywidget), ``row`` (it and its allowed values), ``get``/``set``
-    converting between the control's value and the config's."""
-
-    def __init__(self, name: str, input: w.ValueWidget, allowed: str, help: str, hint: str,
-                 get: Callable[[Any], Any] = lambda v: v, put: Callable[[Any], Any] = lambda v: v):
-        self.name, self.input, self._get, self._put = name, input, get, put
-        input.description = name.removeprefix("method_options.")  # the section title names the method
-        input.style = DESCRIPTION
-        # a checkbox's name sits right of the box, after the indent: let it take the room it needs
-        input.layout = w.Layout(width="auto" if isinstance(input, w.Checkbox) else CONTROL_WIDTH)
-        input.tooltip = "; ".join(x for x in (help, allowed, hint) if x)
-        # the section titles say live / fork; only a field not even a fork can change says so here
-        note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
-        self.row = w.HBox([input, w.HTML(f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>{note}</span>")])
-
-    def get(self) -> Any:
-        return self._get(self.input.value)
-
-    def set(self, value: Any) -> None:
-        value = self._put(value)
-        if isinstance(self.input, _OpenDropdown):
-            self.input.set_value(value)
-        else:
-            self.input.value = value
-
-
-def _field(option: Option, name: str, hint: str) -> _Field:
-    """The control of one declared option, labelled ``name``; its note says what is allowed."""
-    allowed = _allowed(option)
-    if option.name == "clusterer":
-        return _ClustererField(name, option.help, hint)
-    if option.kind == "choice":
-        return _Field(name, _OpenDropdown(options=option.choices), allowed, option.help, hint)
-    if name == "device":
-        return _Field(name, _OpenDropdown(options=DEVICES), allowed, option.help, hint)
-    if name == "task":
-        return _Field(name, w.Combobox(options=tuple(tasks.names()), ensure_option=False),
-                      f"{', '.join(tasks.names())}, reasoning_gym:NAME or a data file", option.help, hint)
-    if name == "target_modules":
-        return _Field(name, w.Text(), "a name, or names separated by commas", option.help, hint,
-                      get=_names, put=lambda v: v if isinstance(v, str) else ", ".join(v))
-    if option.kind == "bool":
-        return _Field(name, w.Checkbox(indent=True), allowed, option.help, hint)
-    if option.optional and option.kind in ("int", "float"):  # None (left empty) switches it off
-        read = int if option.kind == "int" else float
-        return _Field(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {_allowed(option, with_none=False)}",
-                      option.help, hint, get=lambda text: _optional(name, text, read, allowed),
-                      put=lambda v: "" if v is None else repr(v))
-    if option.kind == "int":
-        return _Field(name, w.IntText(), allowed, option.help, hint)
-    if option.kind == "float":
-        return _Field(name, w.FloatText(), allowed, option.help, hint)
-    return _Field(name, w.Text(), allowed, option.help, hint)
-
-
-class _OpenDropdown(w.Dropdown):
-    """A Dropdown that also takes a value outside its choices (e.g. device ``cuda:1``) by adding it."""
-
-    def set_value(self, value) -> None:
-        if value not in self.options:
-            self.options = (*self.options, value)
-        self.value = value
-
-
-class _ClustererField(_Field):
-    """A clusterer is a name (suggested: the built-in ones) or a callable set in code; a callable
-    is shown by name and kept as it is (a text box cannot hold a function)."""
-
-    def __init__(self, name: str, help: str, hint: str):
-        super().__init__(name, w.Combobox(options=CLUSTERERS, ensure_option=False),
-                         f"{', '.join(CLUSTERERS)}, a registered name, or a callable set in code", help, hint)
-        self._callable = None
-
-    def get(self) -> Any:
-        return self._callable if self._callable is not None else self.input.value
-
-    def set(self, value: Any) -> None:
-        self._callable = value if callable(value) else None
-        self.input.disabled = self._callable is not None
-        self.input.value = getattr(value, "__name__", repr(value)) if callable(value) else value
-
-
-def _allowed(option: Option, with_none: bool = True) -> str:
-    """``option.allowed()`` in the words a control's note needs: an unbounded number is "any number"
-    (not "a number in [-inf, inf)")."""
-    text = option.allowed(with_none)
-    if option.kind == "float" and option.low == -math.inf and option.high == math.inf:
-        return text.replace(f"a number in {option.bounds}", "any number")
-    return text
-
-
-def _optional(name: str, text: str, read: type, allowed: str) -> float | int | None:
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return None
-    try:
-        return read(text)
-    except ValueError:
-        raise ConfigError(name, text, allowed) from None
-
-
-def _names(text: str) -> str | list[str]:
-    """``all-linear`` stays a string; ``q_proj, v_proj`` becomes a list."""
-    if "," not in text:
-        return text.strip()
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _summary(changes: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """PolicySplitView: Policy Split's normal and high-entropy modes side by side.
 
 Token-entropy distributions of each mode's responses in the last batch, each mode's accuracy
-and the KL between the modes over steps (the trainer's recorded metrics), and example
-responses of each mode for one prompt. Refreshed on every step the trainer finishes.
+and the KL between the modes over steps (the run's recorded metrics), and example responses of
+each mode for one prompt: what the run's feed (``following.Feed``) brings, redrawn as it comes.
 """
 
 from __future__ import annotations
@@ -11,43 +11,70 @@ from collections.abc import Sequence
 
 import ipywidgets as w
 
+from workbench.metrics.registry import (
+    HIGH_ENTROPY_ACCURACY,
+    KL_HIGH_ENTROPY_TO_OTHER,
+    KL_NORMAL_TO_OTHER,
+    NORMAL_ACCURACY,
+    STEP,
+)
 from workbench.tasks import is_success
 
-from ._live import (FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, set_status, status_line, step_ticks,
-                    update_prompt_selector)
+from ._live import FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, step_ticks, update_prompt_selector
+from .following import FOLLOW_INTERVAL, Feed
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, panel_layout
 from .style import MODES as MODE_COLORS  # this module's MODES are the mode names
 
 MODES = ("normal", "high_entropy")
 MODE_NAMES = {"normal": "normal", "high_entropy": "high-entropy"}
-# the metrics Policy Split records each step (workbench.methods.policy_split.extra_metrics)
-ACCURACY = {m: f"{m}_accuracy" for m in MODES}
-KL = {m: f"kl_{m}_to_other" for m in MODES}
+ACCURACY = {"normal": NORMAL_ACCURACY, "high_entropy": HIGH_ENTROPY_ACCURACY}
+KL = {"normal": KL_NORMAL_TO_OTHER, "high_entropy": KL_HIGH_ENTROPY_TO_OTHER}
 KL_NAMES = {"normal": "KL(normal ‖ high-entropy)", "high_entropy": "KL(high-entropy ‖ normal)"}
 
 
 class PolicySplitView(w.VBox):
-    """The two modes of a Policy Split trainer side by side.
+    """The two modes of a Policy Split run side by side, of ``source``: a trainer in this process or
+    a run directory another process writes (followed every ``interval`` seconds).
 
     ``examples`` responses per mode are shown for the selected prompt; ``redraw_interval``
-    seconds throttles live redraws; at most ``max_points`` points are drawn per curve.
+    seconds throttles live redraws; at most ``max_points`` points are drawn per curve. ``poll()``
+    reads what is new and draws it at once; ``close()`` stops following.
     """
 
-    def __init__(self, trainer, examples: int = 4, redraw_interval: float = 0.5, max_points: int = 2000):
-        if trainer.cfg.method != "policy_split":
-            raise ValueError(f"PolicySplitView needs a Policy Split trainer: method={trainer.cfg.method!r} "
-                             "is not allowed; allowed: 'policy_split'")
-        self.trainer = trainer
+    def __init__(self, source, examples: int = 4, redraw_interval: float = 0.5, max_points: int = 2000,
+                 interval: float = FOLLOW_INTERVAL):
         self.examples = examples
         self.max_points = max_points
         self.steps: list[int] = []
         self.series: dict[str, list[float]] = {name: [] for name in (*ACCURACY.values(), *KL.values())}
-        self._batch, self._batch_step = trainer.last_batch, trainer.step_index - 1
-        for record in trainer.records:
-            self._record(record)
+        self._batch, self._batch_step = None, -1
+        self._build_figures()
+        self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
+        self.prompt.observe(lambda _: self._draw_examples(), names="value")
+        self.example_html = {m: w.HTML() for m in MODES}
+        self._throttle = Throttle(self._redraw, redraw_interval)
+        self.feed = Feed(source, self._on_update, interval=interval, detail=self._batch_text)
+        try:
+            self.feed.poll()  # a trainer's config is known at once: another method is refused here
+        except Exception:
+            self.feed.close()
+            raise
+        self.feed.start()
+        self._redraw()
 
-        self.status = status_line()
+        half = w.Layout(width=f"{HALF_WIDTH}px")
+        super().__init__([
+            self.feed.status,
+            self.entropy_figure,
+            w.HBox([self.accuracy_figure, self.kl_figure]),
+            self.prompt,
+            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
+                                   f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
+                    for m in MODES]),
+        ])
+
+    def _build_figures(self) -> None:
         self.entropy_figure = LiveFigure(layout=panel_layout(
             "token entropy of each mode's responses (last batch)", height=320, width=FULL_WIDTH, barmode="overlay",
             hovermode="closest",
@@ -67,7 +94,8 @@ class PolicySplitView(w.VBox):
         ))
         self.kl_figure = LiveFigure(layout=panel_layout(
             "KL between the modes", height=300, width=HALF_WIDTH,
-            xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "KL, k3 estimate (nats / token)"}},
+            xaxis={"title": {"text": "step"}},
+            yaxis={"title": {"text": f"KL, k3 estimate ({KL_NORMAL_TO_OTHER.unit})"}},
         ))
         for m in MODES:
             self.accuracy_figure.add_scatter(name=MODE_NAMES[m], mode="lines+markers", x=[], y=[],
@@ -75,41 +103,36 @@ class PolicySplitView(w.VBox):
             self.kl_figure.add_scatter(name=KL_NAMES[m], mode="lines+markers", x=[], y=[],
                                        line={"color": MODE_COLORS[m]})
 
-        self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
-        self.prompt.observe(lambda _: self._draw_examples(), names="value")
-        self.example_html = {m: w.HTML() for m in MODES}
+    # --- the feed ---------------------------------------------------------------------------
+    def _on_update(self, update) -> None:
+        if update.config is not None and update.config.method != "policy_split":
+            raise ValueError(f"PolicySplitView needs a Policy Split run: method={update.config.method!r} "
+                             "is not allowed; allowed: 'policy_split'")
+        if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
+            self.steps, self.series = [], {name: [] for name in self.series}
+        for row in update.rows:
+            self.steps.append(row[STEP])
+            for name, values in self.series.items():
+                values.append(row.get(name, float("nan")))
+        if update.rollout_steps:
+            newest = max(update.rollout_steps)
+            self._batch, self._batch_step = self.feed.source.step_batch(newest).batch, newest
+        if update.news:
+            self._throttle()
 
-        self._throttle = Throttle(self._redraw, redraw_interval)
-        self._unsubscribe = trainer.subscribe(self._on_phase)
-        self._redraw()
-
-        half = w.Layout(width=f"{HALF_WIDTH}px")
-        super().__init__([
-            self.status,
-            self.entropy_figure,
-            w.HBox([self.accuracy_figure, self.kl_figure]),
-            self.prompt,
-            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
-                                   f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
-                    for m in MODES]),
-        ])
-
-    # --- events -----------------------------------------------------------------------------
-    def _on_phase(self, phase) -> None:
-        if phase.name != "metrics":
-            return
-        self._batch, self._batch_step = phase.batch, phase.step
-        self._record(phase.numbers)
-        self._throttle()
-
-    def _record(self, numbers: dict) -> None:
-        self.steps.append(numbers["step"])
-        for name, values in self.series.items():
-            values.append(numbers.get(name, float("nan")))
-
-    def refresh(self) -> None:
-        """Redraw now (live redraws are throttled)."""
+    def poll(self) -> None:
+        """Read what is new and redraw now (live redraws are throttled)."""
+        self.feed.poll()
         self._throttle.flush()
+
+    def close(self) -> None:
+        """Stop following the run, and close the widget."""
+        self.feed.close()
+        self._throttle.cancel()
+        super().close()
+
+    def _batch_text(self) -> list[str]:
+        return [f"last batch: step {self._batch_step}" if self._batch is not None else "no batch yet"]
 
     # --- drawing ----------------------------------------------------------------------------
     def _redraw(self) -> None:
@@ -130,10 +153,6 @@ class PolicySplitView(w.VBox):
         with self.entropy_figure.batch_update():
             for trace, m in zip(self.entropy_figure.data, MODES):
                 trace.x = self.mode_entropies(m)
-        if self._batch is None:
-            set_status(self.status, "no batch yet: take a training step")
-        else:
-            set_status(self.status, f"last batch: step {self._batch_step}")
 
     def _draw_curves(self) -> None:
         steps = list(self.steps)

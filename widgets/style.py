@@ -19,6 +19,8 @@ The colour language (shown once in the README), all from the colour-blind-safe O
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK = OKABE_ITO
 GREY = "#777777"
@@ -78,6 +80,17 @@ def figure_layout(title: str = "", height: int = 300, **axes) -> dict:
     }
     layout.update(axes)
     return layout
+
+
+class PanelSize(TypedDict):
+    """The size keywords of ``panel_layout``, typed so that ``**size`` checks against it."""
+
+    width: int
+    height: int
+
+
+# two panels side by side in a tab fit a 1,366-px laptop screen with JupyterLab's side bar folded
+SIDE_BY_SIDE: PanelSize = {"width": 580, "height": 330}
 
 
 def panel_layout(title: str, height: int = 340, width: int = 620, right_axis: bool = False, **axes) -> dict:

@@ -8,18 +8,20 @@ run directory) and never Ray, so it follows a sweep run from a terminal or a clu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ipywidgets as w
 import pandas as pd
 
-from workbench.run_follower import RunFollower
+from workbench.metrics import registry
+from workbench.metrics.registry import STEP, pass_at
 from workbench.run_lock import lock_held
+from workbench.run_source import RunSource, open_run
 from workbench.sweep import EVAL_FILE, STATUSES, TRIALS_FILE, SweepPlan, load_plan, read_trials
 
-from ._live import (FULL_WIDTH, Every, PollGuard, Polled, esc, metric_title, numeric_columns, set_status, status_line,
-                    step_ticks)
-from .following import FOLLOW_INTERVAL, is_run_directory
+from ._live import FULL_WIDTH, Every, Polled, PollGuard, esc, numeric_columns, set_status, status_line, step_ticks
+from .following import FOLLOW_INTERVAL
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, TRIAL_STATES, panel_layout, run_color
 from .sweep_axes import setting_labels, sweep_axes, value_text
@@ -48,14 +50,14 @@ class SweepView(Polled, w.VBox):
     token_view: TokenView | None = None
 
     def __init__(self, sweep_dir: str | Path, interval: float = FOLLOW_INTERVAL):
-        if not is_run_directory(sweep_dir):
+        if not isinstance(sweep_dir, (str, os.PathLike)):
             raise TypeError(f"sweep_dir={type(sweep_dir).__name__} is not allowed: a sweep directory (str or Path)")
         if not interval > 0:
             raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
         self.dir, self.interval = Path(sweep_dir), interval
         self.plan: SweepPlan | None = None
         self.trials = pd.DataFrame(columns=["name", "status", "step", "metric"])  # read_trials' table
-        self.followers: dict[str, RunFollower] = {}  # the trials selected so far, by name
+        self.followers: dict[str, RunSource] = {}  # the trials selected so far, by name
         self.frames: dict[str, pd.DataFrame] = {}  # their metrics rows, numeric columns
         self._rows: dict[str, list[dict]] = {}
         self._seen: tuple | None = None  # trials.json's (inode, size, mtime) and the eval.json count, as read
@@ -128,7 +130,7 @@ class SweepView(Polled, w.VBox):
         changed = [t.name for t in self.curves.data] != list(self.table.value)  # a selection not drawn yet
         for name in self.table.value:
             if name not in self.followers:
-                self.followers[name], self._rows[name] = RunFollower(self.dir / name, self.plan.steps), []
+                self.followers[name], self._rows[name] = open_run(self.dir / name, self.plan.steps), []
             update = self.followers[name].poll()
             if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
                 self._rows[name] = []
@@ -177,7 +179,7 @@ class SweepView(Polled, w.VBox):
                               plan.metric: trials.metric.map(value_text)})
         for key, label in setting_labels(list(plan.space)).items():
             cells[label] = trials[key].map(value_text) if key in trials else "-"
-        cells["pass@1"] = trials["pass@1"].map(value_text) if "pass@1" in trials else "-"
+        cells[pass_at(1)] = trials[pass_at(1)].map(value_text) if pass_at(1) in trials else "-"
         return cells.astype(str)
 
     def _draw_parallel(self) -> None:
@@ -194,7 +196,7 @@ class SweepView(Polled, w.VBox):
         """The selected trials' curves of the chosen metric (the sweep's metric at first)."""
         names = list(self.table.value)
         frames = [self.frames[n] for n in names if n in self.frames]
-        options = sorted({c for f in frames for c in f.columns if c != "step"})
+        options = sorted({c for f in frames for c in f.columns if c != STEP})
         want = self.curve_metric.value or (self.plan.metric if self.plan else None)
         self._updating = True
         try:
@@ -211,10 +213,10 @@ class SweepView(Polled, w.VBox):
         with self.curves.batch_update():
             for trace, name in zip(self.curves.data, names):
                 frame = self.frames.get(name, pd.DataFrame())
-                steps, values = (frame.step.tolist(), frame[metric].tolist()) if metric in frame else ([], [])
+                steps, values = (frame[STEP].tolist(), frame[metric].tolist()) if metric in frame else ([], [])
                 trace.x, trace.y = steps, values
                 drawn += steps
-            self.curves.layout.yaxis.title.text = metric_title(metric) if metric else ""
+            self.curves.layout.yaxis.title.text = registry.title(metric) if metric else ""
             self.curves.layout.xaxis.update(step_ticks(drawn))
 
     def _show_selected(self) -> None:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from workbench.options import MethodOptions
 from workbench.sweep import Dimension, SweepPlan
 
 from ._live import esc
@@ -93,6 +94,6 @@ def _top_pass(trials: pd.DataFrame) -> str | None:
 def setting_labels(keys: list[str]) -> dict[str, str]:
     """Column and axis names of the searched keys: a method option by its own name when that is
     unique (``method_options.alpha`` -> ``alpha``)."""
-    short = {k: k.removeprefix("method_options.") for k in keys}
+    short = {k: MethodOptions.key(k) or k for k in keys}
     taken = {s for s in short.values() if list(short.values()).count(s) > 1} | set(keys)
     return {k: s if s == k or s not in taken else k for k, s in short.items()}

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
 from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
 
-from workbench.batch import RecordedTokens, RolloutBatch
+from workbench.batch import RolloutBatch
 
 from ._live import update_prompt_selector
-from .following import FOLLOW_INTERVAL, RunWatch, is_run_directory
+from .following import FOLLOW_INTERVAL, Feed
 from .style import DIVERGING, FONT_SIZE, PIVOT_OUTLINE, SEQUENTIAL, TOKEN_VALUES
 from .token_text import ShownToken, TokenDecoder, display_token  # noqa: F401 (display_token: also read from here)
 
@@ -180,52 +181,59 @@ def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True, to
 class TokenView(W.VBox):
     """The responses of one prompt of a ``RolloutBatch`` as stacked token strips.
 
-    ``source`` is a batch, a Trainer (its ``last_batch`` and tokenizer), or a run directory (a str
-    or Path) another process writes: then the view follows it (polled every ``interval`` seconds,
-    ``poll()`` at once) and shows the newest step's rollouts file, with a step selector that grows
-    as steps arrive (pick an older step to stay on it); tokens read as the run recorded them
-    unless a ``tokenizer`` is given. ``value`` colours the tokens: one of the per-token values
-    the batch holds (``token_values``). ``close()`` stops following."""
+    ``source`` is a batch, shown as it is, or a run to follow (``following.Feed``): a Trainer in
+    this process or a run directory (a str or Path) another process writes. A followed run shows
+    its newest step's rollouts, with a step selector that grows as steps arrive (pick an older step
+    to stay on it; a trainer holds its last few steps' batches, a run directory every step), its
+    tokens decoded by the trainer's tokenizer or read as the run recorded them, unless a
+    ``tokenizer`` is given. ``value`` colours the tokens: one of the per-token values the batch
+    holds (``token_values``). ``poll()`` reads what is new at once; ``close()`` stops following."""
 
     def __init__(self, source, tokenizer=None, value: str = "entropy", prompt: int = 0,
                  interval: float = FOLLOW_INTERVAL):
         self.tokenizer = tokenizer
-        self._source = source
         self.prompt_control = W.Dropdown(description="prompt", layout=W.Layout(width="420px"))
         self.value_control = W.Dropdown(description="colour by", layout=W.Layout(width="300px"))
         self.legend = W.HTML()
         self.strips = W.HTML()
-        self.watch: RunWatch | None = None
+        self.feed: Feed | None = None
+        self.batch: RolloutBatch | None = None
+        self.shown_step: int | None = None
         controls, head = [self.prompt_control, self.value_control], []
-        if is_run_directory(source):
-            self.watch = RunWatch(source, self._on_run_update, interval=interval, name="TokenView")
+        if not isinstance(source, RolloutBatch):
+            self.feed = Feed(source, self._on_update, interval=interval)
             self.step_control = W.Dropdown(description="step", layout=W.Layout(width="180px"))
             self.step_control.observe(lambda change: self.show_step(change["new"]), names="value")
-            controls, head = [self.step_control, *controls], [self.watch.status]
-            self._given_tokenizer, self._first = tokenizer, {"value": value, "prompt": prompt}
+            controls, head = [self.step_control, *controls], [self.feed.status]
+            self._given_tokenizer = tokenizer
+            # update()'s keywords for the first step shown
+            self._first: dict[str, Any] = {"value": value, "prompt": prompt}
         super().__init__([*head, W.HBox(controls), self.legend, self.strips])
         self.add_class("wb-token-view")  # a stable hook for styling and browser tests
         self._updating = False
         self.prompt_control.observe(self._on_control, names="value")
         self.value_control.observe(self._on_control, names="value")
-        if self.watch is None:
+        if self.feed is None:
             self.update(source, value=value, prompt=prompt)
         else:
-            self.batch = self.shown_step = None
             self.render()
-            self.watch.start()
+            self.feed.start()
 
-    # --- a followed run directory --------------------------------------------------------------
+    # --- a followed run --------------------------------------------------------------------------
     def poll(self) -> None:
-        """Read what the followed run directory wrote since the last poll, and show it."""
-        if self.watch is None:
-            raise RuntimeError("this view shows a batch or a trainer, not a run directory: update() shows a new batch")
-        self.watch.poll()
+        """Read what the followed run recorded since the last poll, and show it."""
+        self._followed().poll()
 
-    def _on_run_update(self, update) -> None:
-        """New rollouts files: the newest is shown if the newest was shown (or none yet)."""
+    def _followed(self) -> Feed:
+        """The feed of the followed run."""
+        if self.feed is None:
+            raise RuntimeError("this view shows a batch, not a run: update(batch) shows another")
+        return self.feed
+
+    def _on_update(self, update) -> None:
+        """New rollouts: the newest step is shown if the newest was shown (or none yet)."""
         known = [] if update.restarted else list(self.step_control.options)
-        steps = sorted({*known, *update.rollout_steps})
+        steps = self._followed().source.rollout_steps()
         chosen = self.step_control.value
         stay = known and chosen != known[-1] and chosen in steps  # an older step picked: kept
         target = chosen if stay else steps[-1] if steps else None
@@ -242,34 +250,34 @@ class TokenView(W.VBox):
             self.show_step(target)
 
     def show_step(self, step: int | None) -> None:
-        """Show the rollouts of ``step`` of the followed run directory."""
+        """Show the rollouts of ``step`` of the followed run."""
         if self._updating or step is None:
             return
-        frame = self.watch.follower.rollouts(step)
-        self.tokenizer = self._given_tokenizer or (RecordedTokens(frame) if "tokens" in frame else None)
+        recorded = self._followed().source.step_batch(step)
+        self.tokenizer = self._given_tokenizer or recorded.tokenizer
         first, self._first = self._first, {}  # the constructor's value and prompt apply to the first step shown
         self.shown_step = step
-        self.update(RolloutBatch.from_frame(frame), **first)
+        self.update(recorded.batch, **first)
 
     def close(self) -> None:
-        """Stop following the run directory, and close the widget."""
-        if getattr(self, "watch", None) is not None:
-            self.watch.close()
+        """Stop following the run, and close the widget."""
+        feed = getattr(self, "feed", None)  # None too when closed before __init__ set it
+        if feed is not None:
+            feed.close()
         super().close()
 
     def _on_control(self, _change) -> None:
         if not self._updating:  # update() sets both controls, then renders once
             self.render()
 
-    def update(self, source=None, value: str | None = None, prompt: int | None = None) -> None:
-        """Show a new batch (or a Trainer's latest one; no argument: re-read the Trainer given
-        before), keeping the selected prompt and value where they still exist."""
-        source = self._source = source if source is not None else self._source
-        batch = getattr(source, "last_batch", source)
+    def update(self, batch=None, value: str | None = None, prompt: int | None = None) -> None:
+        """Show ``batch`` (none given: the one shown, after a poll of the followed run), keeping the
+        selected prompt and value where they still exist."""
+        if batch is None and self.feed is not None:
+            self.feed.poll()
+        batch = batch if batch is not None else self.batch
         if batch is None:
-            raise ValueError("the trainer has no batch yet: run a step first (trainer.last_batch is None)")
-        if source is not batch and self.tokenizer is None:
-            self.tokenizer = source.policy.tokenizer
+            raise ValueError("no rollouts recorded yet: run a step first")
         self.batch, self.values = batch, token_values(batch)
         self.decode = TokenDecoder(self.tokenizer)
         if value is None:  # keep the selection where the new batch has it

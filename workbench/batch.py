@@ -8,6 +8,7 @@ generated tokens (the EOS included). Widgets draw only what is stored here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,11 @@ import torch
 
 from .sampling import Samples
 from .tasks import Problem
+
+# fields that hand state from one stage of a step to the next (not per-row data)
+STEP_HANDOFFS = ("step_numbers", "graph_logprobs", "training_rows")
+
+_Filled = TypeVar("_Filled")
 
 
 @dataclass
@@ -41,12 +47,20 @@ class RolloutBatch:
     pivots: torch.Tensor | None = None  # [N, T] bool critical decision pivots
     ref_logprobs: torch.Tensor | None = None  # [N, T] the reference's log-probs, when a method already ran it (ERPO)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific per-token values
+    # What a method's hooks hand on to later stages of the same step; never saved.
+    # Numbers for the step's metrics row (EEPO's unlearning figures): kept by select and concat.
+    step_numbers: dict[str, Any] = field(default_factory=dict)
+    # (rows, their log-probs [rows, T] under the current policy WITH their graph), when a method already
+    # ran them forward (EEPO's unlearning pass): the update's first micro-batch then reuses them
+    graph_logprobs: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the rows the loss trains on when they are not these (Policy Split: each response in both contexts)
+    training_rows: RolloutBatch | None = None
 
     @classmethod
     def from_samples(
         cls, problems: list[Problem], prompt_ids: list[list[int]], samples: Samples, texts: list[str],
         num_generations: int, mode: str = "normal", stage: int = 1,
-    ) -> "RolloutBatch":
+    ) -> RolloutBatch:
         """Rows of ``samples`` were drawn prompt-major: ``num_generations`` per problem."""
         n = samples.ids.shape[0]
         return cls(
@@ -63,6 +77,27 @@ class RolloutBatch:
             mode=[mode] * n,
             stage=[stage] * n,
         )
+
+    def rows_to_train(self) -> RolloutBatch:
+        """The rows the loss trains on: ``training_rows`` where a method set them, else these."""
+        return self.training_rows if self.training_rows is not None else self
+
+    # --- fields a stage of the step fills, for code that runs after that stage --------------------
+    @property
+    def scored_rewards(self) -> torch.Tensor:
+        return _filled(self.rewards, "rewards", "scoring")
+
+    @property
+    def scored_answers(self) -> list[str | None]:
+        return _filled(self.answers, "answers", "scoring")
+
+    @property
+    def scored_strategies(self) -> list[str | None]:
+        return _filled(self.strategies, "strategies", "scoring")
+
+    @property
+    def computed_advantages(self) -> torch.Tensor:
+        return _filled(self.advantages, "advantages", "the method's advantages")
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -88,15 +123,17 @@ class RolloutBatch:
         return out
 
     @staticmethod
-    def concat(batches: list["RolloutBatch"]) -> "RolloutBatch":
+    def concat(batches: list[RolloutBatch]) -> RolloutBatch:
         """Rows of several batches over the same problems (e.g. EEPO's two stages)."""
         first = batches[0]
         width = max(b.ids.shape[1] for b in batches)
-        values = {}
+        values: dict[str, Any] = {}  # field name -> its value, each field of its own type
         for f in fields(RolloutBatch):
             parts = [getattr(b, f.name) for b in batches]
             if f.name == "problems":
                 values[f.name] = first.problems
+            elif f.name in STEP_HANDOFFS:
+                values[f.name] = {k: v for p in parts for k, v in p.items()} if f.name == "step_numbers" else None
             elif f.name == "extras":
                 keys = set.intersection(*(set(p) for p in parts)) if parts else set()
                 values[f.name] = {k: torch.cat([_pad(p[k], width) for p in parts]) for k in keys}
@@ -108,14 +145,16 @@ class RolloutBatch:
                 values[f.name] = [x for p in parts for x in p]
         return RolloutBatch(**values)
 
-    def select(self, rows) -> "RolloutBatch":
+    def select(self, rows) -> RolloutBatch:
         """A batch of the given rows (problems kept whole; ``group`` still indexes them)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        values = {}
+        values: dict[str, Any] = {}  # field name -> its value, each field of its own type
         for f in fields(RolloutBatch):
             v = getattr(self, f.name)
             if f.name == "problems":
                 values[f.name] = v
+            elif f.name in STEP_HANDOFFS:  # row-indexed hand-offs no longer fit the rows
+                values[f.name] = dict(v) if f.name == "step_numbers" else None
             elif f.name == "extras":
                 values[f.name] = {k: t[rows] for k, t in v.items()}
             elif v is None:
@@ -174,7 +213,7 @@ class RolloutBatch:
         return frame
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "RolloutBatch":
+    def from_frame(cls, frame: pd.DataFrame) -> RolloutBatch:
         """The batch a rollouts frame (``to_frame``, a rollouts/step-N.parquet) records, to draw a
         step another process ran. What the file does not hold stays empty: no top-k alternatives
         (k = 0 in a file written before they were recorded), no prompt ids, problems without their
@@ -197,6 +236,13 @@ class RolloutBatch:
                 out[i, :lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
             return out
 
+        def sampled_per_token(column: str) -> torch.Tensor:
+            values = per_token(column, torch.float32)
+            if values is None:  # to_frame writes the sampler's values for every row
+                raise ValueError(f"the rollouts frame's {column} column holds no values: "
+                                 "the frame RolloutBatch.to_frame writes has one per response")
+            return values
+
         first = frame.drop_duplicates("group").set_index("group")
         ids = per_token("token_ids", torch.long)
         rewards = _column(frame, "reward", torch.float32)
@@ -207,8 +253,9 @@ class RolloutBatch:
             group=torch.tensor(frame["group"].to_numpy(), dtype=torch.long),
             prompt_ids=[[] for _ in range(n)],
             ids=ids if ids is not None else torch.zeros((n, 0), dtype=torch.long),
-            mask=torch.as_tensor([[1.0] * k + [0.0] * (width - k) for k in lengths]).view(n, width),  # float, as sampled
-            logprobs=per_token("logprob", torch.float32), entropy=per_token("entropy", torch.float32),
+            # float, as sampled
+            mask=torch.as_tensor([[1.0] * k + [0.0] * (width - k) for k in lengths]).view(n, width),
+            logprobs=sampled_per_token("logprob"), entropy=sampled_per_token("entropy"),
             topk_ids=_alternatives(frame, "topk_ids", lengths, width, torch.long),
             topk_probs=_alternatives(frame, "topk_probs", lengths, width, torch.float32),
             text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
@@ -219,6 +266,13 @@ class RolloutBatch:
             token_advantages=per_token("token_advantage", torch.float32), gate=per_token("gate", torch.float32),
             pivots=per_token("pivot", torch.bool),
         )
+
+
+def _filled(value: _Filled | None, name: str, stage: str) -> _Filled:
+    """A batch field that ``stage`` of the step fills; a clear error where code reads it earlier."""
+    if value is None:
+        raise RuntimeError(f"RolloutBatch.{name} is read before {stage} filled it")
+    return value
 
 
 def _labels(frame: pd.DataFrame, column: str) -> list | None:

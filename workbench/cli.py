@@ -26,19 +26,20 @@ from .integrations import MissingExtraError
 
 def _requested(args) -> dict:
     """The RunConfig fields the command line names (--config file, --preset, --set, --model,
-    --task, --method), without the defaults: what a --resume is asked to change."""
+    --task, --method), without the defaults: what a --resume is asked to change. Over a config
+    file the others are changes as ``RunConfig.replace`` makes them (``method_options.X`` sets
+    one option; another method brings its own settings)."""
     from .config import PRESETS, ConfigError, RunConfig
 
     if args.preset not in PRESETS:
         raise ConfigError("preset", args.preset, f"one of {', '.join(sorted(PRESETS))}")
-    values = RunConfig.from_yaml(args.config).to_dict() if args.config else dict(PRESETS[args.preset])
     changes = overrides(args.set)
     for name in ("model", "task", "method"):
         if getattr(args, name):
             changes[name] = getattr(args, name)
-    if isinstance(changes.get("method_options"), dict) and isinstance(values.get("method_options"), dict):
-        changes["method_options"] = {**values["method_options"], **changes["method_options"]}
-    return {**values, **changes}
+    if args.config:
+        return RunConfig.from_yaml(args.config).replace(**changes).to_dict()
+    return {**PRESETS[args.preset], **changes}
 
 
 def _config(args):

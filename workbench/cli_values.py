@@ -7,20 +7,19 @@ import argparse
 
 import yaml
 
+from .options import MethodOptions
+
 
 def overrides(pairs: list[str], flag: str = "--set") -> dict:
-    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option.
-    (``--trl`` pairs, GRPOConfig fields, are read the same way.)"""
+    """``--set KEY=VALUE`` pairs as RunConfig fields; ``method_options.KEY=VALUE`` sets one method option
+    (``MethodOptions.gathered``). (``--trl`` pairs, GRPOConfig fields, are read the same way.)"""
     values = {}
     for pair in pairs:
         if "=" not in pair:
             raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} learning_rate=1e-3")
         key, raw = pair.split("=", 1)
-        if key.startswith("method_options."):
-            values.setdefault("method_options", {})[key.removeprefix("method_options.")] = scalar(raw)
-        else:
-            values[key] = scalar(raw)
-    return values
+        values[key] = scalar(raw)
+    return MethodOptions.gathered(values)
 
 
 def scalar(raw: str):

@@ -2,7 +2,8 @@
 
 Every field is declared once (``workbench.options``): its type, range or choices, default and
 one line of help. Validation, YAML and ``--set`` parsing, ``workbench options``, the
-hyperparameter panel and the options table of ``docs/methods.md`` read the declarations.
+hyperparameter panel and the options table of ``docs/methods.md`` read the declarations, and so
+do ``set_live`` and ``fork`` (``changes_in``: what a running trainer may change).
 Option names follow TRL's ``GRPOConfig`` where the concept is the same (``num_generations``,
 ``temperature``, ``max_completion_length``, ``beta``, ``epsilon``, ``epsilon_high``,
 ``loss_type``, ``scale_rewards``, ``top_entropy_quantile``, ``learning_rate``).
@@ -12,6 +13,7 @@ Method-specific coefficients live in ``method_options`` and are declared by each
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,48 @@ import yaml
 
 from . import methods, tasks, yaml12
 from .core import LOSS_TYPES, SCALE_REWARDS
-from .options import ConfigError, Option, anything, choice, config_field, flag, integer, number, of_dataclass, text
+from .options import (
+    ConfigError,
+    MethodOptions,
+    Option,
+    anything,
+    choice,
+    config_field,
+    flag,
+    integer,
+    number,
+    of_dataclass,
+    text,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _filled_by_methods(field: str, unfilled: str = "") -> str:
+    """What None means for ``field``, read from the methods' ``CONFIG_DEFAULTS``: the setting a
+    method fills in unless it says otherwise (``unfilled`` where that is none), then the methods
+    that fill in another."""
+    plain = methods.Method.CONFIG_DEFAULTS.get(field)
+    differing: dict[Any, list[str]] = {}
+    for name in methods.names():
+        value = methods.get(name).CONFIG_DEFAULTS.get(field)
+        if value != plain:
+            differing.setdefault(value, []).append(name)
+    words = [unfilled if plain is None else f"the method's: {plain}"]
+    words += [f"{', '.join(names)}: {value}" for value, names in differing.items()]
+    return "; ".join(words)
 
 
 @dataclass
 class RunConfig:
     # what to train
     model: str = config_field(text("tiny", "the policy: 'tiny' (embedded), 'smollm2-135m', a model directory or a hub name",
-                                   "'tiny', 'smollm2-135m', a local model directory or a Hugging Face hub name"))
+                                   "'tiny', 'smollm2-135m', a local model directory or a Hugging Face hub name",
+                                   changes_in="new_run"))
     task: str = config_field(text("countdown", "the task: a built-in name, reasoning_gym:NAME[?field=value] or a data file",
-                                  "a built-in task, reasoning_gym:NAME or a data file path"))
+                                  f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME or a data "
+                                  "file path", suggestions=tuple(tasks.names())))
     method: str = config_field(choice("grpo", "the training method (GRPO, a baseline or an exploration method)",
                                       methods.names()))
     seed: int = config_field(integer(0, "seeds the adapter's initialisation, the prompts and every sampling stream",
@@ -43,61 +74,71 @@ class RunConfig:
     max_completion_length: int = config_field(integer(32, "most tokens a response", low=1))
     # below about 0.01 the logits / temperature of a float32 model overflow to inf and sampling breaks
     temperature: float = config_field(number(1.0, "sampling temperature (also divides the logits of the loss)",
-                                             low=0.01, high=100.0))
+                                             low=0.01, high=100.0, changes_in="live"))
     top_p: float = config_field(number(1.0, "nucleus sampling: keep the smallest set of tokens of this probability",
-                                       low=0.0, high=1.0, low_open=True))
-    top_k: int = config_field(integer(0, "sample among the k most likely tokens (0: all)"))
+                                       low=0.0, high=1.0, low_open=True, changes_in="live"))
+    top_k: int = config_field(integer(0, "sample among the k most likely tokens (0: all)", changes_in="live"))
     # optimisation
-    learning_rate: float = config_field(number(2e-3, "AdamW learning rate of the adapter", low=0.0, high=1.0))
+    learning_rate: float = config_field(number(2e-3, "AdamW learning rate of the adapter", low=0.0, high=1.0,
+                                               changes_in="live"))
     weight_decay: float = config_field(number(0.0, "AdamW weight decay", low=0.0, high=1.0))
-    max_grad_norm: float = config_field(number(1.0, "clip the gradient to this norm", low=0.0, low_open=True))
+    max_grad_norm: float = config_field(number(1.0, "clip the gradient to this norm", low=0.0, low_open=True,
+                                               changes_in="live"))
     num_iterations: int = config_field(integer(1, "updates on each batch (PPO epochs; 1: on-policy)", low=1))
     gradient_accumulation_steps: int = config_field(integer(1, "split each update into this many micro-batches "
                                                             "at least", low=1))
     micro_batch_tokens: int = config_field(integer(4096, "most rows x longest row one forward pass of the update "
                                                    "holds (rows are grouped by length)", low=1))
-    # the loss (docs/methods.md sections 0 and 1)
+    # the loss (docs/methods.md sections 0 and 1). None: the method's setting (Method.CONFIG_DEFAULTS),
+    # filled in when the config is made, so that config.yaml records what trains
     loss_type: str | None = config_field(Option(None, "how token losses are averaged: dapo (over all tokens), "
                                                 "grpo (per response), dr_grpo (by the length limit)", "choice",
                                                 choices=LOSS_TYPES, optional=True,
-                                                none_means="the method's: dapo; poly_epo: dr_grpo, its paper's"))
+                                                none_means=_filled_by_methods("loss_type")))
     scale_rewards: str = config_field(choice("group", "divide advantages by the std of the group, of the batch, "
                                              "or not at all", SCALE_REWARDS))
     epsilon: float = config_field(number(0.2, "PPO clip range below (and above, unless epsilon_high)",
-                                         low=0.0, high=1.0, low_open=True))
+                                         low=0.0, high=1.0, low_open=True, changes_in="live"))
     epsilon_high: float | None = config_field(number(None, "PPO clip range above (clip-higher)", low=0.0,
-                                                     low_open=True, optional=True,
-                                                     none_means="epsilon; poly_epo: 0.28, its paper's"))
-    beta: float = config_field(number(0.0, "weight of the KL to the reference in the loss", low=0.0))
-    entropy_coef: float = config_field(number(0.0, "weight of the entropy bonus in the loss", low=0.0))
-    top_entropy_quantile: float = config_field(number(1.0, "train only on this top fraction of tokens by entropy",
-                                                      low=0.0, high=1.0, low_open=True))
+                                                     low_open=True, optional=True, changes_in="live",
+                                                     none_means=_filled_by_methods("epsilon_high", "epsilon")))
+    beta: float = config_field(number(0.0, "weight of the KL to the reference in the loss", low=0.0, changes_in="live"))
+    entropy_coef: float | None = config_field(number(None, "weight of the entropy bonus in the loss", low=0.0,
+                                                     optional=True, changes_in="live",
+                                                     none_means=_filled_by_methods("entropy_coef")))
+    top_entropy_quantile: float | None = config_field(number(
+        None, "train only on this top fraction of tokens by entropy", low=0.0, high=1.0, low_open=True, optional=True,
+        changes_in="live", none_means=_filled_by_methods("top_entropy_quantile")))
     # LoRA
-    lora_r: int = config_field(integer(8, "LoRA rank", low=1))
-    lora_alpha: int = config_field(integer(16, "LoRA alpha (the adapter is scaled by alpha / r)", low=1))
-    lora_dropout: float = config_field(number(0.0, "LoRA dropout", low=0.0, high=1.0, high_open=True))
+    lora_r: int = config_field(integer(8, "LoRA rank", low=1, changes_in="new_run"))
+    lora_alpha: int = config_field(integer(16, "LoRA alpha (the adapter is scaled by alpha / r)", low=1,
+                                           changes_in="new_run"))
+    lora_dropout: float = config_field(number(0.0, "LoRA dropout", low=0.0, high=1.0, high_open=True,
+                                              changes_in="new_run"))
     target_modules: str | list[str] = config_field(anything(
-        "all-linear", "the layers that get an adapter", '"all-linear", a module name, or a non-empty list of module names'))
+        "all-linear", "the layers that get an adapter",
+        '"all-linear", a module name, or a non-empty list of module names', changes_in="new_run", comma_list=True))
     # telemetry and storage
     track_kl: bool = config_field(flag(True, "measure the KL to the reference even when beta is 0 (telemetry)"))
     pivot_z_threshold: float = config_field(number(1.0, "a token is a pivot when its entropy is this many stds "
-                                                   "above its group's"))
+                                                   "above its group's", changes_in="live"))
     save_rollouts: bool = config_field(flag(True, "write every step's rollouts to the run directory"))
     checkpoint_every: int = config_field(integer(0, "save a checkpoint every this many steps (0: when a run starts, "
                                                  "ends or is interrupted only)"))
     # hardware
     device: str = config_field(text("auto", "where to train: auto, cpu, cuda, cuda:N or mps",
-                                    "auto, cpu, cuda, cuda:N or mps"))
+                                    "auto, cpu, cuda, cuda:N or mps", changes_in="new_run", suggestions=DEVICES))
     dtype: str = config_field(choice("auto", "autocast dtype (auto: bfloat16 on a GPU that has it, else float32)",
-                                     DTYPES))
+                                     DTYPES, changes_in="new_run"))
     gradient_checkpointing: bool = config_field(flag(False, "recompute activations in the backward pass (less "
                                                      "memory, slower)"))
     threads: int = config_field(integer(0, "CPU threads (0: all cores)"))
     check_memory: bool = config_field(flag(True, "refuse a run whose step cannot fit in the free memory (an "
                                                  "estimate from the sizes, made before anything is allocated)"))
-    # method-specific coefficients, e.g. {"alpha": 0.3} for EEPO
+    # method-specific coefficients, e.g. {"alpha": 0.3} for EEPO: those the run sets (MethodOptions.explicit)
     method_options: dict[str, Any] = config_field(
-        anything({}, "the method's own options (see the method's table)", "a mapping of option name to value"),
+        anything({}, "the method's own options (see the method's table)", "a mapping of option name to value",
+                 changes_in="live"),
         default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,13 +215,18 @@ class RunConfig:
         return text
 
     def replace(self, **changes) -> "RunConfig":
-        """A copy with ``changes``. Another method gets its own settings for the fields the old
-        one filled in (``Method.CONFIG_DEFAULTS``) unless ``changes`` sets them."""
+        """A copy with ``changes`` (what ``set_live``, ``fork`` and ``resume`` take). A
+        ``method_options`` change names only the options it changes (``MethodOptions.merged``).
+        Another method starts from its own settings: its options are those ``changes`` give, and
+        the fields the old one filled in (``Method.CONFIG_DEFAULTS``) get the new one's unless
+        ``changes`` sets them."""
         values = {**self.to_dict(), **changes}
-        if changes.get("method", self.method) != self.method and self.method in methods.names():
-            for name, value in methods.get(self.method).CONFIG_DEFAULTS.items():
-                if name not in changes and values[name] == value:
-                    values[name] = None
+        if values["method"] == self.method:
+            if isinstance(changes.get("method_options"), Mapping):
+                values["method_options"] = MethodOptions(self.method_options).merged(changes["method_options"]).explicit
+        elif values["method"] in methods.names():  # another name is refused by validation, naming the choices
+            values = with_method_settings({**values, "method_options": changes.get("method_options", {})},
+                                          self.method, values["method"], kept=changes)
         return self.from_dict(values)
 
     @property
@@ -202,6 +248,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def with_method_settings(values: dict[str, Any], old: str, new: str, kept=()) -> dict[str, Any]:
+    """RunConfig ``values`` moved from method ``old`` to method ``new``: each field still at
+    ``old``'s own setting (``Method.CONFIG_DEFAULTS``; None where it fills none) gets ``new``'s,
+    unless named in ``kept`` (the user's)."""
+    before, after = methods.get(old).CONFIG_DEFAULTS, methods.get(new).CONFIG_DEFAULTS
+    return {**values, **{name: after.get(name) for name in {**before, **after}
+                         if name not in kept and values.get(name) == before.get(name)}}
+
+
 def _target_modules(value: Any) -> None:
     """PEFT's target_modules: "all-linear" (or one module name), or a non-empty list of names."""
     names = [value] if isinstance(value, str) else value
@@ -216,7 +271,7 @@ def options_markdown() -> str:
     """The options tables of ``docs/methods.md``: every RunConfig field, then each method's options."""
     from .options import markdown_table
 
-    parts = ["### RunConfig", "", markdown_table(OPTIONS)]
+    parts = ["### RunConfig", "", markdown_table(OPTIONS, changes_in=True)]
     for name in methods.names():
         declared = methods.get(name).OPTIONS
         if declared:

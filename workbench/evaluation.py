@@ -10,13 +10,16 @@ row's highest-entropy token and at its lowest-entropy one.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics, tasks
+from . import methods, metrics, tasks
 from .options import ConfigError
-from .methods.policy_split import MODES
 from .sampling import Sampler
 from .tasks import is_success, score_batch
 
@@ -36,21 +39,23 @@ def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prom
     if beyond or not k:
         raise ConfigError("k", beyond[0] if beyond else k, f"an integer from 1 to n_samples ({n_samples}): "
                           "sample more responses per prompt for a larger k")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(MODES)}")
+    modes = methods.modes()
+    if mode not in modes:
+        raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(modes)}")
     problems = trainer.task.prompts(split, num_prompts, seed=12345)
     per_call = max(1, max_batch // n_samples)
     correct, entropies, lengths, strategies, answers = [], [], [], [], []
     for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
         chunk = problems[start : start + per_call]
-        batch = trainer.sample_group(chunk, n_samples, system=MODES[mode], mode=mode,
+        batch = trainer.sample_group(chunk, n_samples, system=modes[mode], mode=mode,
                                      generator=trainer.generator(10**6 + start, len(split)))
         trainer.score(batch)
         for rows in batch.group_rows():
             rows_l = rows.tolist()
             rewards = batch.rewards[rows]
             correct.append(int(tasks.is_success(rewards).sum()))
-            strategies.append(metrics.distinct([batch.strategies[i] for i in rows_l if tasks.is_success(batch.rewards[i])]))
+            successes = [i for i in rows_l if tasks.is_success(batch.rewards[i])]
+            strategies.append(metrics.distinct([batch.strategies[i] for i in successes]))
             answers.append(metrics.distinct([batch.answers[i] for i in rows_l]))
         entropies.append(batch.entropy[batch.mask.bool()])
         lengths.append(batch.response_lengths())
@@ -92,41 +97,27 @@ def pivot_sensitivity(
     ``max_completion_length`` are used; given a Policy, pass ``task=`` (temperature defaults to
     1.0 and the length limit to the batch width). ``seed`` makes the result deterministic.
     """
-    policy, sampler, task, temperature, limit, truncation, autocast = _resampling_setup(
-        trainer_or_policy, batch, task, temperature, max_completion_length)
-    if not 0 <= response < len(batch):
-        raise ValueError(f"response={response!r} is not a row of this batch; allowed: 0 to {len(batch) - 1}")
-    if n < 1:
-        raise ValueError(f"n={n!r} must be an integer >= 1")
-    length = int(batch.mask[response].sum())
-    if length == 0:
-        raise ValueError(f"response={response} has no generated tokens to resample from")
-    if position is not None and not 0 <= position < length:
-        raise ValueError(f"position={position!r} is not a token of response {response}; allowed: 0 to {length - 1}")
+    resampling = _resampling_setup(trainer_or_policy, batch, task, temperature, max_completion_length)
+    length = _response_length(batch, response, position, n)
     entropy = batch.entropy[response, :length].float().cpu()
     ids = batch.ids[response, :length].tolist()
     pivot = int(entropy.argmax()) if position is None else position
     # a final EOS is nearly always certain and ends the response: not an interesting low position
-    candidates = length - 1 if length > 1 and ids[-1] == policy.tokenizer.eos_token_id else length
+    eos_id = resampling.policy.tokenizer.eos_token_id
+    candidates = length - 1 if length > 1 and ids[-1] == eos_id else length
     low = int(entropy[:candidates].argmin())
 
     problem = batch.problems[int(batch.group[response])]
     if batch.rewards is not None:
         original = is_success(float(batch.rewards[response]))
     else:
-        original = is_success(score_batch(task, [problem], [batch.text[response]])[0].reward)
-    generator = torch.Generator(policy.device).manual_seed(seed)
-    policy.model.eval()
+        original = is_success(score_batch(resampling.task, [problem], [batch.text[response]])[0].reward)
+    generator = torch.Generator(resampling.policy.device).manual_seed(seed)
+    resampling.policy.model.eval()
 
     def flip_rate(at: int) -> float:
-        prefix = ids[:at]
-        with autocast():
-            samples = sampler.generate([batch.prompt_ids[response] + prefix], n, max_new_tokens=max(1, limit - at),
-                                       temperature=temperature, generator=generator, **truncation)
-        head = torch.tensor(prefix, dtype=torch.long, device=samples.ids.device).expand(n, -1)
-        full_ids = torch.cat([head, samples.ids], dim=1)
-        full_mask = torch.cat([torch.ones_like(head, dtype=samples.mask.dtype), samples.mask], dim=1)
-        scores = score_batch(task, [problem] * n, policy.decode(full_ids, full_mask))
+        completions = resampling.complete(batch.prompt_ids[response], ids[:at], n, generator)
+        scores = score_batch(resampling.task, [problem] * n, completions)
         return sum(is_success(s.reward) != original for s in scores) / n
 
     return {
@@ -140,21 +131,58 @@ def pivot_sensitivity(
     }
 
 
-def _resampling_setup(trainer_or_policy, batch, task, temperature, max_completion_length):
-    """(policy, sampler, task, temperature, length limit, top-k/top-p, autocast) for resampling:
-    a Trainer's own settings, or a bare Policy's defaults (its task must be given)."""
+def _response_length(batch, response: int, position: int | None, n: int) -> int:
+    """The number of generated tokens of row ``response``, after checking the request against it."""
+    if not 0 <= response < len(batch):
+        raise ValueError(f"response={response!r} is not a row of this batch; allowed: 0 to {len(batch) - 1}")
+    if n < 1:
+        raise ValueError(f"n={n!r} must be an integer >= 1")
+    length = int(batch.mask[response].sum())
+    if length == 0:
+        raise ValueError(f"response={response} has no generated tokens to resample from")
+    if position is not None and not 0 <= position < length:
+        raise ValueError(f"position={position!r} is not a token of response {response}; allowed: 0 to {length - 1}")
+    return length
+
+
+@dataclass
+class _Resampling:
+    """What resampling continuations of a response needs: a Trainer's settings or a Policy's defaults."""
+
+    policy: Any
+    sampler: Sampler
+    task: Any
+    temperature: float
+    limit: int  # the completion length limit, prefix included
+    truncation: dict[str, Any]  # top-k/top-p keywords of Sampler.generate
+    autocast: Callable[[], AbstractContextManager[Any]]
+
+    def complete(self, prompt_ids: list[int], prefix: list[int], n: int, generator: torch.Generator) -> list[str]:
+        """The texts of ``n`` completions that continue ``prefix`` (prefix included)."""
+        with self.autocast():
+            samples = self.sampler.generate(
+                [prompt_ids + prefix], n, max_new_tokens=max(1, self.limit - len(prefix)),
+                temperature=self.temperature, generator=generator, **self.truncation)
+        head = torch.tensor(prefix, dtype=torch.long, device=samples.ids.device).expand(n, -1)
+        full_ids = torch.cat([head, samples.ids], dim=1)
+        full_mask = torch.cat([torch.ones_like(head, dtype=samples.mask.dtype), samples.mask], dim=1)
+        return self.policy.decode(full_ids, full_mask)
+
+
+def _resampling_setup(trainer_or_policy, batch, task, temperature, max_completion_length) -> _Resampling:
+    """A Trainer's own resampling settings, or a bare Policy's defaults (its task must be given)."""
     if hasattr(trainer_or_policy, "sampler"):
         trainer = trainer_or_policy
         cfg = trainer.cfg
-        return (trainer.policy, trainer.sampler, trainer.task if task is None else task,
-                cfg.temperature if temperature is None else temperature,
-                cfg.max_completion_length if max_completion_length is None else max_completion_length,
-                {"top_k": cfg.top_k or None, "top_p": cfg.top_p}, trainer.autocast)
+        return _Resampling(trainer.policy, trainer.sampler, trainer.task if task is None else task,
+                           cfg.temperature if temperature is None else temperature,
+                           cfg.max_completion_length if max_completion_length is None else max_completion_length,
+                           {"top_k": cfg.top_k or None, "top_p": cfg.top_p}, trainer.autocast)
     policy = trainer_or_policy
     if task is None:
         raise ValueError("pivot_sensitivity(policy, ...) needs task=: the task that scores the resampled completions")
     tok = policy.tokenizer
-    return (policy, Sampler(policy.model, tok.eos_token_id, tok.pad_token_id), task,
-            1.0 if temperature is None else temperature,
-            batch.ids.shape[1] if max_completion_length is None else max_completion_length,
-            {}, contextlib.nullcontext)
+    return _Resampling(policy, Sampler(policy.model, tok.eos_token_id, tok.pad_token_id), task,
+                       1.0 if temperature is None else temperature,
+                       batch.ids.shape[1] if max_completion_length is None else max_completion_length,
+                       {}, contextlib.nullcontext)

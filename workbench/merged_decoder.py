@@ -46,7 +46,7 @@ class KVCache:
         shared = 0 if self.prefix is None else self.prefix[0][0].shape[2]
         return shared + self.valid[:, : self.length].sum(-1, keepdim=True)
 
-    def select(self, rows: torch.Tensor, capacity: int) -> "KVCache":
+    def select(self, rows: torch.Tensor, capacity: int) -> KVCache:
         """The cache of ``rows`` (repeats allowed), with room for ``capacity`` positions."""
         def take(t: torch.Tensor) -> torch.Tensor:
             out = t.new_zeros((len(rows), t.shape[1], capacity, t.shape[3]))
@@ -80,7 +80,9 @@ class MergedDecoder:
     @staticmethod
     def supports(model) -> bool:
         config = _base_model(model).config
-        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES or getattr(config, "use_sliding_window", False):
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            return False
+        if getattr(config, "use_sliding_window", False):
             return False
         # DoRA and adapters on the embeddings have no merged form here
         return not any(m.lora_magnitude_vector or m.lora_embedding_A for m in model.modules() if hasattr(m, "lora_A"))
@@ -191,7 +193,9 @@ class MergedDecoder:
         return cache.select(layout.row_of, capacity + extra_capacity), hidden[layout.row_of]
 
     @torch.no_grad()
-    def completion_logits(self, prompt_rows: list[list[int]], completion_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    def completion_logits(
+        self, prompt_rows: list[list[int]], completion_ids: torch.Tensor, pad_id: int
+    ) -> torch.Tensor:
         """Logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
         width = completion_ids.shape[1]
         cache, last = self.prefill(prompt_rows, pad_id, width)

@@ -114,7 +114,9 @@ def _locate(name_or_path: str) -> str:
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/", "~")):
-        raise PolicyLoadError(f"model path {name_or_path!r} does not exist: pass an existing directory, a hub name, or 'tiny'")
+        raise PolicyLoadError(
+            f"model path {name_or_path!r} does not exist: pass an existing directory, a hub name, or 'tiny'"
+        )
     try:  # already in the local Hugging Face cache: no network needed
         from huggingface_hub import snapshot_download
 
@@ -223,7 +225,9 @@ def _convert(gguf: Path, out: Path) -> None:
     # as SmolLM2-Instruct is published: a turn ends with <|im_end|>, which also pads; no BOS is prepended
     tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token = "<|im_end|>", "<|im_end|>", "<|im_start|>"
     if hasattr(tokenizer, "add_bos_token"):
-        tokenizer.add_bos_token = False
+        # (ignore: transformers defines this property's setter apart from its getter, so mypy reads
+        # it as read-only; the setter exists and rebuilds the post-processor)
+        tokenizer.add_bos_token = False  # type: ignore[misc]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for config in (model.config, model.generation_config):
         config.eos_token_id, config.pad_token_id = im_end, im_end

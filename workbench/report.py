@@ -21,6 +21,24 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from . import yaml12
+from .metrics import registry
+from .metrics.registry import (
+    ACCURACY,
+    CLIP_FRACTION,
+    DISTINCT_CORRECT_STRATEGIES,
+    DISTINCT_STRATEGIES,
+    ENTROPY_AT_PIVOTS,
+    ENTROPY_ELSEWHERE,
+    ENTROPY_MEAN,
+    ENTROPY_P50,
+    ENTROPY_P95,
+    GROUPS,
+    KL,
+    RESPONSE_LENGTH,
+    REWARD_MEAN,
+    STEP,
+    UNIQUE_ANSWERS,
+)
 from .store import RunStore
 
 COLOURS = qualitative.Plotly
@@ -101,11 +119,11 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     """A run's metrics as resume reads them (damaged lines skipped with a warning naming them)."""
     rows = RunStore(path.parent).read_metrics()
     frame = pd.DataFrame(rows)
-    if "step" not in frame:
-        return pd.DataFrame({"step": []})
+    if STEP not in frame:
+        return pd.DataFrame({STEP: []})
     # nulls, "inf" strings and unknown method-specific values all become NaN gaps in a line
     frame = frame.apply(lambda col: col.map(_as_float))
-    return frame.dropna(subset=["step"]).sort_values("step")
+    return frame.dropna(subset=[STEP]).sort_values(STEP)
 
 
 def _as_float(v) -> float:
@@ -118,18 +136,33 @@ def _as_float(v) -> float:
 
 # --- figures ------------------------------------------------------------------------
 def _figures(runs: list[dict]) -> list[go.Figure]:
+    """The panels every run has, then one per method group (``registry.method_groups``) whose
+    metrics some run recorded."""
     solid, dash, dot = "solid", "dash", "dot"
-    reward = _panel(runs, "Reward", "reward", [("reward_mean", "reward mean", solid)], rolling="reward_mean")
-    entropy = _panel(runs, "Token entropy (mean, p50–p95 band)", "token entropy (nats)",
-                     [("entropy_mean", "entropy mean", solid)], band=("entropy_p50", "entropy_p95"))
-    diversity = _panel(runs, "Diversity per group", "count per group", [
-        ("distinct_strategies", "distinct strategies", solid),
-        ("distinct_correct_strategies", "distinct correct strategies", dash),
-        ("unique_answers", "unique answers", dot)])
-    length = _panel(runs, "Response length", "response length (tokens)", [("response_length", "length", solid)])
-    pivots = _panel(runs, "Entropy at pivots vs elsewhere", "token entropy (nats)", [
-        ("entropy_at_pivots", "at pivots", solid), ("entropy_elsewhere", "elsewhere", dash)])
-    return [reward, entropy, _kl_clip(runs), diversity, length, pivots]
+    reward = _panel(runs, GROUPS["reward"].title, "reward · fraction", [
+        (REWARD_MEAN, "reward mean", solid), (ACCURACY, "accuracy", dot)], rolling=REWARD_MEAN)
+    entropy = _panel(runs, f"{GROUPS['entropy'].title} (mean, p50–p95 band)", _axis("token entropy", ENTROPY_MEAN),
+                     [(ENTROPY_MEAN, "entropy mean", solid)], band=(ENTROPY_P50, ENTROPY_P95))
+    diversity = _panel(runs, GROUPS["diversity"].title, GROUPS["diversity"].unit, [
+        (DISTINCT_STRATEGIES, DISTINCT_STRATEGIES.label, solid),
+        (DISTINCT_CORRECT_STRATEGIES, DISTINCT_CORRECT_STRATEGIES.label, dash),
+        (UNIQUE_ANSWERS, UNIQUE_ANSWERS.label, dot)])
+    length = _panel(runs, GROUPS["length"].title, _axis("response length", RESPONSE_LENGTH),
+                    [(RESPONSE_LENGTH, "length", solid)])
+    pivots = _panel(runs, "Entropy at pivots vs elsewhere", _axis("token entropy", ENTROPY_AT_PIVOTS), [
+        (ENTROPY_AT_PIVOTS, "at pivots", solid), (ENTROPY_ELSEWHERE, "elsewhere", dash)])
+    figures = [reward, entropy, _kl_clip(runs), diversity, length, pivots]
+    for group in registry.method_groups():
+        metrics = [m for m in registry.panel_metrics(group.name) if any(m in r["metrics"] for r in runs)]
+        if metrics:
+            dashes = (solid, dash, dot, "dashdot")
+            figures.append(_panel(runs, group.title, group.unit,
+                                  [(m, m.label, dashes[i % len(dashes)]) for i, m in enumerate(metrics)]))
+    return figures
+
+
+def _axis(name: str, metric: registry.Metric) -> str:
+    return f"{name} ({metric.unit})"
 
 
 def _panel(runs, title, ylabel, series, rolling=None, band=None, fig=None, row=None) -> go.Figure:
@@ -138,17 +171,17 @@ def _panel(runs, title, ylabel, series, rolling=None, band=None, fig=None, row=N
         m, colour, group = run["metrics"], COLOURS[i % len(COLOURS)], dict(legendgroup=run["name"], **pos)
         if band and all(c in m for c in band):
             b = m.dropna(subset=list(band))
-            fig.add_scatter(x=b["step"], y=b[band[1]], mode="lines", line_width=0, showlegend=False,
+            fig.add_scatter(x=b[STEP], y=b[band[1]], mode="lines", line_width=0, showlegend=False,
                             hoverinfo="skip", **group)
-            fig.add_scatter(x=b["step"], y=b[band[0]], mode="lines", line_width=0, fill="tonexty",
+            fig.add_scatter(x=b[STEP], y=b[band[0]], mode="lines", line_width=0, fill="tonexty",
                             fillcolor=_rgba(colour, 0.2), name=_label(runs, run, "p50–p95"), **group)
         for col, name, dash in series:
             if col in m and m[col].notna().any():
-                fig.add_scatter(x=m["step"], y=m[col], mode="lines+markers", marker_size=3,
+                fig.add_scatter(x=m[STEP], y=m[col], mode="lines+markers", marker_size=3,
                                 line=dict(color=colour, dash=dash, width=1.5), name=_label(runs, run, name), **group)
         if rolling and rolling in m and len(m) > ROLLING_AFTER:
             smooth = m[rolling].rolling(max(5, len(m) // 10), min_periods=1).mean()
-            fig.add_scatter(x=m["step"], y=smooth, mode="lines", line=dict(color=colour, width=3), opacity=0.6,
+            fig.add_scatter(x=m[STEP], y=smooth, mode="lines", line=dict(color=colour, width=3), opacity=0.6,
                             name=_label(runs, run, "rolling mean"), **group)
     fig.update_yaxes(title_text=ylabel, **pos)
     if row:
@@ -159,8 +192,8 @@ def _panel(runs, title, ylabel, series, rolling=None, band=None, fig=None, row=N
 def _kl_clip(runs: list[dict]) -> go.Figure:
     # KL and clip fraction live on different scales, so they get stacked subplots
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
-    _panel(runs, "", "KL to reference (nats)", [("kl", "KL", "solid")], fig=fig, row=1)
-    _panel(runs, "", "clip fraction", [("clip_fraction", "clip fraction", "dash")], fig=fig, row=2)
+    _panel(runs, "", _axis("KL to reference", KL), [(KL, "KL", "solid")], fig=fig, row=1)
+    _panel(runs, "", CLIP_FRACTION.label, [(CLIP_FRACTION, CLIP_FRACTION.label, "dash")], fig=fig, row=2)
     fig.update_yaxes(rangemode="tozero").update_xaxes(title_text="step", row=2, col=1)
     return _style(fig, "KL to reference and clip fraction")
 
@@ -221,10 +254,11 @@ def _eval_section(runs: list[dict]) -> list[str]:
 
 
 def _passk_figure(runs: list[dict], rows) -> go.Figure:
-    fig, colour, ks = go.Figure(), {r["name"]: COLOURS[i % len(COLOURS)] for i, r in enumerate(runs)}, set()
+    fig, colour = go.Figure(), {r["name"]: COLOURS[i % len(COLOURS)] for i, r in enumerate(runs)}
+    ks: set[int] = set()  # every k any curve has, for the axis ticks
     for name, stage, split, scores in rows:
-        points = sorted((int(k[5:]), _as_float(v)) for k, v in scores.items()
-                        if k.startswith("pass@") and k[5:].isdigit())
+        curve = [(registry.pass_k(key), value) for key, value in scores.items()]
+        points = sorted((k, _as_float(v)) for k, v in curve if k)
         ks.update(k for k, _ in points)
         if points:
             fig.add_scatter(x=[k for k, _ in points], y=[v for _, v in points], mode="lines+markers",
@@ -308,5 +342,6 @@ def _page(title: str, body: str) -> str:
     # the page draws no geo maps; moving plotly's unused topojson default off the CDN keeps it fully offline
     library = get_plotlyjs().replace("https://cdn.plot.ly/un/", "topojson/")
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{PAGE_CSS}{ROLLOUT_CSS}</style>\n<script>window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>\n"
+            f"<style>{PAGE_CSS}{ROLLOUT_CSS}</style>\n"
+            "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
             f"<script>{library}</script>\n</head><body>\n{body}\n</body></html>\n")

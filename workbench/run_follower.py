@@ -10,15 +10,20 @@ whole; a resume replaces metrics.jsonl with its first rows.
 Where a run is in words (``describe``): "waiting for the run to start" before config.yaml exists,
 "step 12 of 50 · waiting for step 13" while it runs, "finished" once the last step arrives or
 the writer lets go of the run's lock with no rows left to read.
+
+It is one of the two ``run_source.RunSource`` feeds widgets read (the other is ``LiveRun``, a
+trainer in this process): ``poll``, ``describe``, ``step_batch``, ``watch``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .batch import RecordedTokens, RolloutBatch
 from .config import RunConfig
 from .run_lock import lock_held
 from .store import RunStore, parse_metrics
@@ -41,13 +46,26 @@ class RunUpdate:
                     or self.restarted)
 
 
+@dataclass
+class StepBatch:
+    """The rollouts of one step as a ``RolloutBatch``, with what decodes its token ids: the trainer's
+    tokenizer, the token texts the run recorded (``batch.RecordedTokens``), or None (ids only)."""
+
+    step: int
+    batch: RolloutBatch
+    tokenizer: object | None
+
+
 class RunFollower:
     """Follows the run directory ``run_dir`` (which may not exist yet); ``steps`` is how many steps
     the run is to train, when known (a run directory does not record it), so that the last one
     can be recognised.
 
     ``state`` is "waiting" (no config.yaml yet), "running" or "finished"; ``last_step`` the last
-    step whose metrics were read (None before the first); ``config`` the run's config."""
+    step whose metrics were read (None before the first); ``config`` the run's config. Another
+    process trains the run: ``controllable`` is False."""
+
+    controllable = False
 
     def __init__(self, run_dir: str | Path, steps: int | None = None):
         if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
@@ -90,6 +108,42 @@ class RunFollower:
     def rollouts(self, step: int):
         """The rollouts frame of ``step`` (a pandas DataFrame, as ``RolloutBatch.to_frame`` wrote it)."""
         return self.store.read_rollouts(step)
+
+    def step_batch(self, step: int) -> StepBatch:
+        """The rollouts of ``step`` as a batch, its tokens read as the run recorded them."""
+        frame = self.rollouts(step)
+        tokens = RecordedTokens(frame) if "tokens" in frame else None
+        return StepBatch(step, RolloutBatch.from_frame(frame), tokens)
+
+    def rollout_steps(self) -> list[int]:
+        """The steps whose rollouts the polls so far have reported, in order."""
+        return sorted(self._rollouts)
+
+    @property
+    def origin(self) -> str:
+        return f"following {self.dir}"
+
+    @property
+    def location(self) -> Path:
+        """The run directory."""
+        return self.dir
+
+    def watch(self, on_change: Callable[[], None], interval: float) -> Callable[[], None]:
+        """Call ``on_change()`` every ``interval`` seconds, on a daemon thread, until the returned
+        function is called: a directory does not say when it changes, so it is looked at."""
+        if not interval > 0:
+            raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                on_change()
+
+        threading.Thread(target=loop, daemon=True, name=f"RunFollower {self.dir.name}").start()
+        return stop.set
+
+    def close(self) -> None:
+        """Nothing to let go of: a follower holds no file open between polls."""
 
     def describe(self) -> str:
         """Where the run is, in words, as of the last poll."""

@@ -79,8 +79,8 @@ class Sampler:
     cache); others, or ``merged=False``, through the transformers model with a DynamicCache.
     """
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5, merged: bool | None = None,
-                 telemetry: bool = True):
+    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5,
+                 merged: bool | None = None, telemetry: bool = True):
         self.model = model
         self.telemetry = telemetry  # False: skip entropy and top-k (zeros), only to measure what they cost
         self.eos_token_id = eos_token_id
@@ -97,13 +97,13 @@ class Sampler:
             positions = cache.next_positions()
             ones = torch.ones_like(positions, dtype=torch.bool)
 
-            def step(token: torch.Tensor) -> torch.Tensor:
+            def merged_step(token: torch.Tensor) -> torch.Tensor:
                 nonlocal positions
                 hidden = decoder.forward(token[:, None], ones, positions, cache)
                 positions = positions + 1
                 return decoder.logits(hidden[:, -1])
 
-            return decoder.logits(last), step
+            return decoder.logits(last), merged_step
         cache, ids, attention, positions = prefill_shared_prefix(self.model, rows, self.pad_token_id, device)
         state = {"attention": attention, "positions": positions}
 
@@ -113,12 +113,12 @@ class Sampler:
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
             ).logits[:, -1, :]
 
-        def step(token: torch.Tensor) -> torch.Tensor:
+        def cached_step(token: torch.Tensor) -> torch.Tensor:
             state["positions"] = state["positions"][:, -1:] + 1
             state["attention"] = torch.cat([state["attention"], state["attention"].new_ones((len(rows), 1))], dim=-1)
             return forward(token[:, None])
 
-        return forward(ids), step
+        return forward(ids), cached_step
 
     @torch.no_grad()
     def generate(

@@ -26,7 +26,18 @@ from pathlib import Path
 import pandas as pd
 
 from .options import ConfigError
-from .study_runs import BASE, EVAL_FILE, PLAN_FILE, StudyPlan, claim_plan, evaluate_base, run_one, steps_done, study_runs
+from .study_runs import (
+    BASE,
+    EVAL_FILE,
+    PLAN_FILE,
+    StudyPlan,
+    claim_plan,
+    evaluate_base,
+    run_one,
+    steps_done,
+    study_runs,
+)
+
 # two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
          10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -148,7 +159,8 @@ def summarize(out: str | Path, measures: tuple[str, ...] | None = None) -> pd.Da
         return pd.DataFrame()
     if measures is None:
         curve = ("pass@1", f"pass@{_largest_k(finals)}")
-        others = [c for c in finals.columns if c not in ("method", "seed", "split", "samples") and not c.startswith("pass@")]
+        others = [c for c in finals.columns
+                  if c not in ("method", "seed", "split", "samples") and not c.startswith("pass@")]
         measures = (*curve, *others)
     rows = []
     for (method, split), group in finals.groupby(["method", "split"], sort=False):

@@ -12,13 +12,25 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from .metrics.registry import (
+    DISTINCT_CORRECT_STRATEGIES,
+    DISTINCT_STRATEGIES,
+    ENTROPY_MEAN,
+    PASS_AT_K,
+    RESPONSE_LENGTH,
+    REWARD_MEAN,
+    STEP,
+    pass_at,
+    pass_k,
+)
 from .report import COLOURS, _esc, _figure_html, _page, _rgba, _style
 from .study import BASE, final_evaluations, histories, load_plan, summarize
 
-OVER_STEPS = (("entropy_mean", "Token entropy (nats)"), ("reward_mean", "Accuracy (mean reward)"),
-              ("distinct_strategies", "Distinct strategies per group"), ("response_length", "Response length (tokens)"))
-TABLE = (("pass@1", "pass@1"), ("pass@{k}", "pass@{k}"), ("entropy_mean", "entropy"),
-         ("distinct_correct_strategies", "correct strategies"), ("response_length", "length"))
+OVER_STEPS = ((ENTROPY_MEAN, f"Token entropy ({ENTROPY_MEAN.unit})"), (REWARD_MEAN, "Accuracy (mean reward)"),
+              (DISTINCT_STRATEGIES, "Distinct strategies per group"),
+              (RESPONSE_LENGTH, f"Response length ({RESPONSE_LENGTH.unit})"))
+TABLE = ((pass_at(1), "pass@1"), (PASS_AT_K, PASS_AT_K), (ENTROPY_MEAN, "entropy"),
+         (DISTINCT_CORRECT_STRATEGIES, "correct strategies"), (RESPONSE_LENGTH, "length"))
 
 
 def write_study_report(study_dir: str | Path, out_path: str | Path | None = None) -> Path:
@@ -73,7 +85,7 @@ def _over_steps(history, key: str, title: str, colours: dict) -> go.Figure:
     fig = go.Figure()
     if not history.empty and key in history:
         for method, runs in history.groupby("method", sort=False):
-            by_step = runs.groupby("step")[key]
+            by_step = runs.groupby(STEP)[key]
             mean, low, high = by_step.mean(), by_step.min(), by_step.max()
             colour = colours.get(method, COLOURS[0])
             fig.add_scatter(x=high.index, y=high, mode="lines", line_width=0, showlegend=False, hoverinfo="skip",
@@ -91,9 +103,9 @@ def _passk(finals, split: str, colours: dict) -> go.Figure:
     ks = []
     if not finals.empty:
         part = finals[finals.split == split]
-        ks = sorted(int(c[5:]) for c in part.columns if c.startswith("pass@") and part[c].notna().any())
+        ks = sorted(k for c in part.columns if (k := pass_k(c)) and part[c].notna().any())
         for method, runs in part.groupby("method", sort=False):
-            mean = [runs[f"pass@{k}"].mean() for k in ks]
+            mean = [runs[pass_at(k)].mean() for k in ks]
             base = method.split(" (")[0]
             fig.add_scatter(x=ks, y=mean, mode="lines+markers", name=method,
                             line=dict(color=colours.get(base, COLOURS[0]), dash="dot" if "(" in method else "solid"))

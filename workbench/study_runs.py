@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import methods
 from .options import ConfigError
 
 PLAN_FILE = "study.json"
@@ -108,7 +109,7 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
         trainer.run(plan.steps - trainer.step_index, progress=False)  # saves on the way out, stopped or not
     finally:
         trainer.close()
-    modes = ("normal", "high_entropy") if method == "policy_split" else ("normal",)
+    modes = tuple(methods.get(method).MODES)
     result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
     write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
                                                                       if "high_entropy" in result else {})})

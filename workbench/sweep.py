@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .options import ConfigError, choice, config_field, integer, of_dataclass, text
+from .options import ConfigError, MethodOptions, choice, config_field, integer, of_dataclass, text
 
 PLAN_FILE = "sweep.json"
 TRIALS_FILE = "trials.json"
@@ -147,15 +147,11 @@ class SweepPlan:
 
     def run_config(self, params: dict, threads: int | None = None):
         """A trial's RunConfig: the overrides, then its ``params`` (``method_options.X`` keys set
-        one method option)."""
+        one method option: ``MethodOptions.gathered``)."""
         from .config import RunConfig
 
-        values = json.loads(json.dumps(self.overrides))  # a copy, method_options included
-        for key, value in params.items():
-            if key.startswith("method_options."):
-                values.setdefault("method_options", {})[key.removeprefix("method_options.")] = value
-            else:
-                values[key] = value
+        overrides = json.loads(json.dumps(self.overrides))  # a copy, method_options included
+        values = MethodOptions.gathered({**overrides, **params})
         values["checkpoint_every"] = self.checkpoint_every
         if threads is not None:
             values["threads"] = threads
@@ -167,7 +163,7 @@ class SweepPlan:
         from .config import OPTIONS
 
         key = dimension.key
-        if key in OWN_FIELDS or (key not in OPTIONS and not key.startswith("method_options.")) or key == "method_options":
+        if key in OWN_FIELDS or key == "method_options" or (key not in OPTIONS and MethodOptions.key(key) is None):
             raise ConfigError(f"space.{key}", dimension.describe(), "a RunConfig field (workbench options) or "
                               "method_options.NAME (workbench options --method M)")
         others = {d.key: d.examples[0] for d in self.dimensions if d.key != key}

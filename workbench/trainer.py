@@ -17,22 +17,29 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 
-from . import budget, core, evaluation, methods, metrics, models, tasks, update
+from . import core, evaluation, methods, step, tasks, update
 from .batch import RolloutBatch
+from .metrics import registry as M
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
-from .policy import LoraSettings, Policy
+from .policy import Policy
 from .sampling import Sampler
+from . import lifecycle
 # LIVE_FIELDS and FORK_REFUSES say what set_live and fork accept: workbench.trainer.LIVE_FIELDS is their public name
-from .lifecycle import FORK_REFUSES, LIVE_FIELDS, RunLifecycle, claim_run_directory  # noqa: F401
+from .lifecycle import FORK_REFUSES, LIVE_FIELDS  # noqa: F401
+from .run_writer import RunWriter
 from .store import RunStore
 
+if TYPE_CHECKING:
+    from .step_context import StepContext
 
-class Trainer(RunLifecycle):
+
+class Trainer:
     def __init__(
         self,
         cfg: RunConfig | None = None,
@@ -47,16 +54,16 @@ class Trainer(RunLifecycle):
         cfg.validate()  # a config's fields can be reassigned after it was built
         if cfg.task not in tasks.names() and Path(cfg.task).is_file():  # a resume from elsewhere finds it too
             cfg = cfg.replace(task=str(Path(cfg.task).resolve()))
-        store = claim_run_directory(out_dir) if out_dir is not None else None  # before any work: a wrong out_dir fails at once
+        writer = RunWriter.claim(out_dir) if out_dir is not None else None  # before any work: a wrong out_dir fails at once
         try:
             self._build(cfg, policy, task, reward_funcs, reward_errors)
         except BaseException:
-            if store is not None:
-                store.unlock()
+            if writer is not None:
+                writer.close()
             raise
-        self.store = None
-        if store is not None:
-            self._start_run(store)
+        self.writer: RunWriter | None = None  # the run directory this trainer writes, if any
+        if writer is not None:
+            self.start_run(writer)
 
     def _build(self, cfg, policy, task, reward_funcs, reward_errors) -> None:
         self.cfg = cfg
@@ -64,7 +71,7 @@ class Trainer(RunLifecycle):
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.autocast_dtype = _autocast_dtype(cfg.dtype, self.device)
-        self.policy = policy or self._load_policy(cfg)
+        self.policy = policy or Policy.for_run(cfg, device=self.device)
         if cfg.gradient_checkpointing:
             # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
             self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -84,12 +91,6 @@ class Trainer(RunLifecycle):
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
         self._step_open = False  # a phases() generator is part-way through a step
-
-    def _load_policy(self, cfg: RunConfig) -> Policy:
-        model, tokenizer = models.load(cfg.model, device=self.device)
-        budget.check_memory(cfg, model, self.device)  # before the adapter and anything else is allocated
-        lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
-        return Policy.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
 
     # --- events -------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Phase], None]) -> Callable[[], None]:
@@ -114,62 +115,24 @@ class Trainer(RunLifecycle):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    # --- the StepContext an engine offers its method (workbench.step) ------------------------
     def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter="policy", grad: bool = False,
                        with_entropy: bool = False, with_complement: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs [N, T] (float32) of ``ids`` after ``prompt_ids``, and their
-        entropies or their log(1 - p) when asked: THE way every method and the update score tokens. ``adapter``:
-        "policy" (the current adapter), "reference" (adapter off) or a dict of moved adapter
-        tensors (EEPO's unlearned policy); the config's temperature and autocast apply; a graph
-        is kept only with ``grad=True``."""
-        with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), self.autocast():
-            logp, second = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy,
-                                                      with_complement=with_complement)
-        return logp.float(), None if second is None else second.float()
+        """``step.token_logprobs`` under this run's temperature and autocast."""
+        return step.token_logprobs(self.policy, self.cfg.temperature, self.autocast(), prompt_ids, ids, adapter,
+                                   grad, with_entropy, with_complement)
 
-    def sample_group(
-        self,
-        problems: list[tasks.Problem],
-        num_generations: int,
-        system: str | None = None,
-        mode: str = "normal",
-        stage: int = 1,
-        generator: torch.Generator | None = None,
-    ) -> RolloutBatch:
-        """Sample ``num_generations`` responses per problem with the current adapter, after an
-        optional ``system`` prompt (Policy Split's high-entropy mode)."""
-        prompt_ids = self.policy.format_prompts([p.prompt for p in problems], system)
-        budget.check_context(self.policy.model, prompt_ids, self.cfg.max_completion_length)
-        self.policy.model.eval()
-        with self.autocast():
-            samples = self.sampler.generate(
-                prompt_ids,
-                num_generations,
-                max_new_tokens=self.cfg.max_completion_length,
-                temperature=self.cfg.temperature,
-                top_k=self.cfg.top_k or None,
-                top_p=self.cfg.top_p,
-                generator=generator or self.generator(self.step_index, stage, len(mode)),
-            )
-        texts = self.policy.decode(samples.ids, samples.mask)
-        return RolloutBatch.from_samples(problems, prompt_ids, samples, texts, num_generations, mode, stage)
+    def sample_group(self, problems: list[tasks.Problem], num_generations: int, system: str | None = None,
+                     mode: str = "normal", stage: int = 1, generator: torch.Generator | None = None) -> RolloutBatch:
+        """``step.sample_group`` with this trainer's sampler: ``num_generations`` responses per problem
+        with the current adapter, after an optional ``system`` prompt (Policy Split's high-entropy mode)."""
+        return step.sample_group(self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage,
+                                 generator)
 
     def score(self, batch: RolloutBatch) -> int:
-        """Fill the batch's rewards, answers and strategies; return how many reward-function
-        failures were scored 0 (``reward_errors="zero"``; the default mode raises instead)."""
-        problems = [batch.problems[g] for g in batch.group.tolist()]
-        failures_before = getattr(self.task, "error_count", 0)
-        scores = tasks.score_batch(self.task, problems, batch.text)
-        batch.rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=batch.ids.device)
-        if not torch.isfinite(batch.rewards).all():  # e.g. 1e308, finite in Python, inf in float32
-            row = int((~torch.isfinite(batch.rewards)).nonzero()[0])
-            raise tasks.RewardFunctionError(
-                f"reward {scores[row].reward!r} of response {row} ({batch.text[row][:80]!r}) is not a finite "
-                "float32 number (|r| < 3.4e38): scale the rewards down")
-        batch.answers = [s.answer for s in scores]
-        batch.strategies = [s.strategy for s in scores]
-        batch.parsed = torch.tensor([s.parsed for s in scores], dtype=torch.bool)
-        return getattr(self.task, "error_count", 0) - failures_before
+        """``step.score`` with this run's task: the number of reward-function failures scored 0."""
+        return step.score(self.task, batch)
 
     def train_problems(self) -> list[tasks.Problem]:
         return self.task.prompts("train", self.cfg.num_prompts, seed=self._seed(self.step_index, 7))
@@ -189,8 +152,8 @@ class Trainer(RunLifecycle):
         try:
             batch = yield from self._emitting(self.method.sample(self, self.train_problems()))
             reward_errors = self.score(batch)
-            yield self._emit(Phase("score", self.step_index, batch, {"reward_mean": float(batch.rewards.mean()),
-                                                                     "reward_errors": reward_errors}))
+            yield self._emit(Phase("score", self.step_index, batch, {M.REWARD_MEAN: float(batch.rewards.mean()),
+                                                                     M.REWARD_ERRORS: reward_errors}))
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
             numbers = update.update(self, batch)
@@ -198,8 +161,9 @@ class Trainer(RunLifecycle):
             step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
             self._record(batch, step_metrics)
             committed = True  # in metrics.jsonl and the history: from here on the step has happened
-            self._checkpoint_if_due()
-            yield self._emit(Phase("metrics", step_metrics["step"], batch, step_metrics))
+            if self.writer is not None:
+                self.writer.checkpoint_if_due(self.step_index, self.cfg.checkpoint_every, *self._checkpoint_contents())
+            yield self._emit(Phase("metrics", step_metrics[M.STEP], batch, step_metrics))
         finally:
             self._step_open = False
             if not committed:
@@ -241,12 +205,13 @@ class Trainer(RunLifecycle):
                         break
                     result = self.step()
                     bar.update(1)
-                    bar.set_postfix(reward=f"{result.metrics['reward_mean']:.2f}",
-                                    entropy=f"{result.metrics['entropy_mean']:.3f}")
+                    bar.set_postfix(reward=f"{result.metrics[M.REWARD_MEAN]:.2f}",
+                                    entropy=f"{result.metrics[M.ENTROPY_MEAN]:.3f}")
         except BaseException:  # Ctrl-C, a crash: the unfinished step is undone; keep the finished ones
-            self._save_on_the_way_out()
+            if self.writer is not None:
+                self.writer.save_on_the_way_out(self.step_index, *self._checkpoint_contents())
             raise
-        if self.store is not None:
+        if self.writer is not None:
             self.save_checkpoint()
         return self.history
 
@@ -256,29 +221,16 @@ class Trainer(RunLifecycle):
 
     # --- metrics ------------------------------------------------------------------------------
     def _metrics(self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
-        batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
-        if batch.gate is None:
-            batch.gate = torch.ones_like(batch.entropy)
-        out = {
-            "step": self.step_index,
-            **metrics.rollout_metrics(batch),
-            **update_numbers,
-            "nan_skips": float(self.nan_skips),
-            # reward-function failures scored 0 in this step (reward_errors="zero")
-            "reward_errors": float(reward_errors),
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
-            **self.method.extra_metrics(self, batch),
-            "step_time": seconds,
-        }
-        return out
+        step.finish_rollouts(batch, self.cfg)
+        return step.metrics_row(self.step_index, batch, update_numbers, self.method.extra_metrics(self, batch),
+                                nan_skips=self.nan_skips, reward_errors=reward_errors,
+                                learning_rate=self.optimizer.param_groups[0]["lr"], seconds=seconds)
 
     def _record(self, batch: RolloutBatch, step_metrics: dict) -> None:
-        """Commit a finished step. The metrics line is written last of the files: a failure before
-        it leaves no trace of the step (its rollouts file is rewritten when the step runs again)."""
-        if self.store is not None:
-            if self.cfg.save_rollouts:
-                self.store.write_rollouts(self.step_index, batch.to_frame(self.step_index, self.policy.tokenizer))
-            self.store.append_metrics(step_metrics)
+        """Commit a finished step: to the run directory (``RunWriter.record``), then to the history."""
+        if self.writer is not None:
+            frame = batch.to_frame(self.step_index, self.policy.tokenizer) if self.cfg.save_rollouts else None
+            self.writer.record(self.step_index, frame, step_metrics)
         self.last_batch = batch
         self._history.append(step_metrics)
         self.step_index += 1
@@ -293,11 +245,64 @@ class Trainer(RunLifecycle):
         """The per-step metric dicts behind ``history``, without building a DataFrame."""
         return list(self._history)
 
+    # --- the run directory and changes of course (lifecycle.py) -------------------------------------
+    @property
+    def store(self) -> RunStore | None:
+        """The files of the run directory this trainer writes (None: it writes none)."""
+        return self.writer.store if self.writer is not None else None
+
+    def start_run(self, writer: RunWriter) -> None:
+        """Write a new run directory (claimed by ``writer``) and a checkpoint of where it starts, so
+        that it can be resumed whatever happens next."""
+        try:
+            writer.start(self.cfg, self._history)  # a fork's inherited history too
+            self.writer = writer
+            self.save_checkpoint()
+        except BaseException:
+            self.writer = None
+            writer.close()
+            raise
+
+    def _checkpoint_contents(self) -> tuple:
+        return self.policy, self.optimizer, {"nan_skips": self.nan_skips}
+
+    def save_checkpoint(self) -> Path:
+        if self.writer is None:
+            raise ValueError("this trainer has no run directory: pass out_dir= to save checkpoints")
+        return self.writer.checkpoint(self.step_index, *self._checkpoint_contents())
+
+    def close(self) -> None:
+        """Let go of the run directory (its writer lock); the trainer no longer writes it."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def set_live(self, **changes) -> RunConfig:
+        """Change fields that are safe to change between steps (``LIVE_FIELDS``) from the next step
+        on; config.yaml records them (``lifecycle.set_live``)."""
+        return lifecycle.set_live(self, changes)
+
+    def fork(self, out_dir: str | Path | None = None, **changes) -> Trainer:
+        """A branch from this run's adapter, optimizer and step with config ``changes`` (``lifecycle.fork``)."""
+        return lifecycle.fork(self, out_dir, changes)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, read_only: bool = False, **kwargs) -> Trainer:
+        """Continue a run from its latest checkpoint, exactly (``lifecycle.resume``); ``read_only``:
+        its last checkpoint's policy, with nothing locked or written."""
+        return lifecycle.resume(cls, run_dir, read_only, kwargs)
+
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate(self, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
                  max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
         """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
         return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
+
+if TYPE_CHECKING:  # the type checker verifies that the Trainer is the StepContext its methods see
+
+    def _is_a_step_context(trainer: Trainer) -> StepContext:
+        return trainer
+
 
 def _device(name: str) -> torch.device:
     if name == "auto":

@@ -5,9 +5,9 @@
       micro_batch_loss                     log-probs (Trainer.token_logprobs) -> core loss
       optimizer step                       clipped gradient, or a counted skip
 
-The maths is ``core``'s (pure tensor functions); a method changes it only through its hooks
-(``loss_settings``, ``token_loss``, ``old_logprobs``, ``training_batch``,
-``precomputed_logprobs``).
+The loss is ``step.policy_loss`` (the one loss function, shared with the TRL backend); a method
+changes it only through its hooks (``loss_settings``, ``token_loss``, ``old_logprobs``) and what it
+left in the batch (``training_rows``, ``graph_logprobs``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import core
+from . import step
 from .batch import RolloutBatch, micro_batches
 
 
@@ -28,6 +28,7 @@ class UpdatePlan:
     precomputed: torch.Tensor | None  # log-probs of chunks[0] with their graph (EEPO), else None
     keep: torch.Tensor  # [N, T] bool: tokens the loss counts
     valid_tokens: torch.Tensor  # scalar: valid tokens in the batch
+    kept_tokens: torch.Tensor  # scalar: tokens the loss counts in the batch
     with_entropy: bool  # the entropy bonus needs entropies with their gradient
     use_ref: bool  # the KL to the reference is computed (in the loss, or as telemetry)
     kl_rows: torch.Tensor  # [N] bool: rows whose KL is measured
@@ -41,7 +42,7 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
     policy's log-probs, the loss (``core`` on tensors) and its gradient; then the clipped
     optimizer step. A non-finite loss or gradient skips the update and is counted."""
     settings = trainer.method.loss_settings()
-    batch = trainer.method.training_batch(batch)
+    batch = batch.rows_to_train()
     plan = plan_update(trainer, batch, settings)
     trainer.policy.model.train()
     totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
@@ -70,22 +71,17 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
         trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.policy.model.eval()
-    return {
-        "loss": float("nan") if skipped else totals["loss"],
-        "clip_fraction": totals["clipped"] / float(plan.valid_tokens),
-        "kl": totals["kl"] / plan.kl_tokens if plan.use_ref else float("nan"),
-        "grad_norm": grad_norm,
-        "skipped": float(skipped),
-    }
+    return step.update_numbers(totals["loss"], totals["clipped"], float(plan.valid_tokens), totals["kl"],
+                               plan.kl_tokens if plan.use_ref else 0.0, grad_norm, skipped)
 
 def plan_update(trainer, batch: RolloutBatch, settings: dict) -> UpdatePlan:
     """What the update's passes share: the micro-batches, the tokens the loss counts, and
     which rows' KL to the reference is measured."""
-    keep = batch.mask.bool()
-    if settings["top_entropy_quantile"] < 1.0:
-        keep = core.top_entropy_mask(batch.entropy, batch.mask, settings["top_entropy_quantile"])
+    keep = step.loss_mask(batch, settings)
     with_entropy = settings["entropy_coef"] > 0
-    precomputed = trainer.method.precomputed_logprobs(batch, with_entropy)
+    # a method's pass that already ran these rows, with their graph: used once, and not with the
+    # entropy bonus (which needs the entropies' graph too)
+    precomputed, batch.graph_logprobs = None if with_entropy else batch.graph_logprobs, None
     chunks = split_into_micro_batches(trainer.cfg, batch, skip=precomputed[0] if precomputed else None)
     if precomputed:
         chunks.insert(0, precomputed[0])
@@ -95,7 +91,8 @@ def plan_update(trainer, batch: RolloutBatch, settings: dict) -> UpdatePlan:
     kl_rows = torch.ones(len(batch), dtype=torch.bool) if exact_kl else one_response_per_group(batch)
     return UpdatePlan(
         chunks=chunks, precomputed=precomputed[1] if precomputed else None, keep=keep,
-        valid_tokens=batch.mask.sum().clamp(min=1), with_entropy=with_entropy,
+        valid_tokens=batch.mask.sum().clamp(min=1), kept_tokens=keep.sum().clamp(min=1).to(batch.mask.dtype),
+        with_entropy=with_entropy,
         use_ref=settings["beta"] > 0 or trainer.cfg.track_kl, kl_rows=kl_rows,
         kl_tokens=float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1)),
     )
@@ -124,24 +121,17 @@ def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, ite
             plan.ref_logps.append(batch.ref_logprobs[rows].float())
         elif plan.use_ref:  # the reference never moves: one pass per step
             plan.ref_logps.append(reference_logprobs(trainer, batch, rows[plan.kl_rows[rows]], rows))
-    token_loss, clipped = trainer.method.token_loss(
-        logp, plan.old_logps[c], batch.token_advantages[rows], mask, settings,
-        generator=trainer.generator(trainer.step_index, 11, iteration, c),
-    )
-    token_loss = token_loss * plan.keep[rows]  # [rows, T]
-    kl_sum = 0.0
-    if plan.use_ref:
-        kl = core.kl_k3(logp, plan.ref_logps[c])
-        if settings["beta"] > 0:
-            token_loss = token_loss + settings["beta"] * kl
-        if record:  # telemetry of the last pass only: no sync on the others
-            kl_sum = float((kl.detach() * mask * plan.kl_rows[rows, None].to(mask.device)).sum())
     # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
-    weight = float(mask.sum() / plan.valid_tokens) if cfg.loss_type == "dapo" else len(rows) / len(batch)
-    loss = core.aggregate_loss(token_loss, mask, cfg.loss_type, cfg.max_completion_length) * weight
-    if entropy is not None:  # the entropy bonus, with its gradient
-        loss = loss - settings["entropy_coef"] * (entropy * mask).sum() / plan.valid_tokens
-    return loss, clipped & mask.bool(), kl_sum
+    share = step.BatchShare(plan.valid_tokens, len(rows) / len(batch), plan.kept_tokens)
+    part = step.policy_loss(
+        trainer.method, settings, share, logp, plan.old_logps[c], batch.token_advantages[rows], mask, plan.keep[rows],
+        loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length, entropy=entropy,
+        ref_logp=plan.ref_logps[c] if plan.use_ref else None,
+        generator=trainer.generator(trainer.step_index, 11, iteration, c))
+    kl_sum = 0.0
+    if record and part.kl is not None:  # telemetry of the last pass only: no sync on the others
+        kl_sum = float((part.kl * mask * plan.kl_rows[rows, None].to(mask.device)).sum())
+    return part.loss, part.clipped, kl_sum
 
 
 def reference_logprobs(trainer, batch: RolloutBatch, measured: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

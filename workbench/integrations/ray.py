@@ -22,9 +22,10 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
-from . import require
 from ..study_runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
+from . import require
 
 POLL_SECONDS = 1.0
 
@@ -36,7 +37,7 @@ def threads_per_run(overrides: dict) -> int:
 
 
 @contextlib.contextmanager
-def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> Iterator[object]:
+def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> Iterator[ModuleType]:
     """Ray, connected: to the cluster at ``address``, to the Ray this process already joined, or
     to a local one started here on every core (and shut down on leaving)."""
     ray = require("ray", "ray", feature)
@@ -51,15 +52,17 @@ def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> I
         ray.shutdown()
 
 
-def _study_task(run_dir: str, plan: dict, method: str | None, seed: int | None, threads: int) -> str:
-    """One run of the study (``method`` None: the base model's evaluation), in a Ray worker."""
+def _study_task(run_dir: str, plan_fields: dict, run: tuple[str, int] | None, threads: int) -> str:
+    """One run of the study, ``run`` = (method, seed), or the base model's evaluation when ``run``
+    is None, in a Ray worker. The plan travels as its fields (``asdict``)."""
     import torch
 
     torch.set_num_threads(threads)
-    plan = StudyPlan(**plan)
-    if method is None:
+    plan = StudyPlan(**plan_fields)
+    if run is None:
         evaluate_base(Path(run_dir), plan, threads=threads)
     else:
+        method, seed = run
         run_one(Path(run_dir), plan, method, seed, threads=threads)
     return run_dir
 
@@ -78,10 +81,10 @@ def run_study_on_ray(out: Path, plan: StudyPlan, progress: bool = True, address:
         task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=0)(_study_task)
         pending = {}
         if not (out / BASE / EVAL_FILE).exists():
-            pending[task.remote(str(out / BASE), asdict(plan), None, None, threads)] = "base"
+            pending[task.remote(str(out / BASE), asdict(plan), None, threads)] = "base"
         for run_dir, method, seed in runs:
             if not (run_dir / EVAL_FILE).exists():
-                pending[task.remote(str(run_dir), asdict(plan), method, seed, threads)] = run_dir.name
+                pending[task.remote(str(run_dir), asdict(plan), (method, seed), threads)] = run_dir.name
         bar = tqdm(total=len(runs) * plan.steps, desc=f"study on Ray ({threads} CPU/run)", unit="step",
                    disable=not progress)
         failures = []

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..study_runs import claim_plan, write_json
 from ..sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
@@ -24,7 +25,10 @@ from . import require
 from .ray import ray_cluster, threads_per_run
 
 FEATURE = "workbench sweep"
-tune = require("ray.tune", "ray", FEATURE)
+if TYPE_CHECKING:  # the checker sees the module itself, so tune.Callback is a class it can resolve
+    from ray import tune
+else:  # at run time a missing ray is a MissingExtraError that names the extra to install
+    tune = require("ray.tune", "ray", FEATURE)
 
 
 def run_sweep(out: str | Path, plan: SweepPlan, progress: bool = True, address: str | None = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import accelerate
 import pandas as pd
@@ -33,25 +34,21 @@ import trl
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from .. import core, methods, metrics, models, tasks
+from .. import core, methods, step, tasks
 from ..batch import RolloutBatch
 from ..config import ConfigError, RunConfig
-from ..methods.base import Method
-from ..policy import LoraSettings, Policy
+from ..policy import Policy
 from ..prompt_layout import left_pad
 from ..sampling import Sampler
+from ..run_writer import RunWriter
 from ..store import RunStore
-from ..trainer import Trainer
 from .trl_config import grpo_config, half_precision
+
+if TYPE_CHECKING:
+    from ..step_context import StepContext
 
 TOP_ALTERNATIVES = 5  # as the workbench's sampler records
 SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this
-
-
-def samples_on_its_own(name: str) -> bool:
-    """Whether method ``name`` samples in phases of its own (EEPO, Policy Split) rather than one
-    plain group, which TRL's generation (HF or vLLM) can do."""
-    return methods.get(name).sample is not Method.sample
 
 
 class WorkbenchGRPOTrainer(GRPOTrainer):
@@ -66,17 +63,19 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     def __init__(self, cfg: RunConfig, out_dir: str | Path, steps: int, policy: Policy | None = None,
                  task: tasks.Task | None = None, resume: bool = False, **trl_fields):
         cfg.validate()
-        self.own_sampling = samples_on_its_own(cfg.method)
+        self.own_sampling = methods.get(cfg.method).samples_on_its_own()
         if self.own_sampling and trl_fields.get("use_vllm"):
             raise ConfigError("trl.use_vllm", True, f"false for {cfg.method}: it samples in phases of its own, "
                               "with the workbench's sampler (vLLM generates plain groups only)")
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
-        self.run_store = RunStore(out_dir)
+        self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
+        self.writer: RunWriter | None = None
         self.user_fields = trl_fields
         # before the model loads: a DeepSpeed ZeRO-3 config then shards it as it loads (zero3_init_flag)
         args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl_fields)
-        self.policy = policy or _new_policy(cfg)
+        half = half_precision(cfg)  # the frozen base in the run's half precision, when it has one (half the memory)
+        self.policy = policy or Policy.for_run(cfg, dtype=getattr(torch, half) if half else None)
         self.task = task or tasks.from_config(cfg.task)
         self.problems = [p for step in range(steps) for p in
                          self.task.prompts("train", cfg.num_prompts, seed=core.derive_seed(cfg.seed, step, 7))]
@@ -94,22 +93,23 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self._loss_numbers = torch.zeros(4)
         super().__init__(model=self.policy.model, reward_funcs=[self.reward], args=args, train_dataset=dataset,
                          processing_class=self.policy.tokenizer)
+        if "ref" in self.policy.model.peft_config:
+            # with beta > 0 TRL keeps a copy of the adapter it was given as the reference; the workbench's
+            # reference is the base model (the adapter off), whatever adapter the run starts from
+            self.policy.model.delete_adapter("ref")
         if self.accelerator.is_main_process:
             self._claim(resume)
 
     def _claim(self, resume: bool) -> None:
         """Take the run directory's writer lock; a new run writes its config, a resumed one drops
         the metrics rows after its last checkpoint (they are trained again)."""
-        store = self.run_store
         if resume:
-            store.lock()
-            store.truncate_metrics(self.last_checkpoint_step() - 1)
+            self.writer = RunWriter.reopen(self.run_store.dir)
+            self.writer.store.truncate_metrics(self.last_checkpoint_step() - 1)
         else:
-            from ..lifecycle import claim_run_directory
-
-            claim_run_directory(store.dir)
-            store.create(self.cfg)
-        store.write_backend({"backend": "trl", "processes": self.accelerator.num_processes,
+            self.writer = RunWriter.claim(self.run_store.dir)
+            self.writer.start(self.cfg)
+        self.writer.store.write_backend({"backend": "trl", "processes": self.accelerator.num_processes,
                              "distributed_type": str(self.accelerator.distributed_type),
                              "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
                              "trl_fields": self.user_fields})
@@ -125,8 +125,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         try:
             return super().train(resume_from_checkpoint=bool(resume and self.last_checkpoint_step()) or None, **kwargs)
         finally:
-            if self.accelerator.is_main_process:
-                self.run_store.unlock()
+            if self.writer is not None:
+                self.writer.close()
 
     # --- what the method hooks see of a trainer ----------------------------------------------------
     @property
@@ -142,17 +142,17 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     def autocast(self):
         return self.accelerator.autocast()
 
-    # the Trainer's sampling, for the methods that sample in phases of their own
-    sample_group = Trainer.sample_group
+    def sample_group(self, problems: list[tasks.Problem], num_generations: int, system: str | None = None,
+                     mode: str = "normal", stage: int = 1, generator: torch.Generator | None = None) -> RolloutBatch:
+        """``step.sample_group`` with the workbench's sampler, for the methods that sample on their own."""
+        return step.sample_group(self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage,
+                                 generator)
 
     def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False,
                        with_complement: bool = False):
-        """As ``Trainer.token_logprobs``: per-token log-probs [N, T] (and entropies or log(1 - p)) under ``adapter``."""
-        with (contextlib.nullcontext() if grad else torch.no_grad()), self.policy.adapter(adapter), \
-                self.accelerator.autocast():
-            logp, second = self.policy.token_logprobs(prompt_ids, ids, self.cfg.temperature, with_entropy=with_entropy,
-                                                      with_complement=with_complement)
-        return logp.float(), None if second is None else second.float()
+        """``step.token_logprobs`` under the run's temperature and accelerate's autocast."""
+        return step.token_logprobs(self.policy, self.cfg.temperature, self.autocast(), prompt_ids, ids, adapter,
+                                   grad, with_entropy, with_complement)
 
     # --- TRL's extension points ----------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: list):
@@ -175,8 +175,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
             batch = done.value
         finally:
             self.model.train(training)
-        self.method.precomputed_logprobs(batch, False)  # EEPO's kept graph: TRL's loss runs its own pass
-        # TRL's rows are group-major (a group's G rows together); keep the method's order within a group
+        # TRL's rows are group-major (a group's G rows together); keep the method's order within a group.
+        # (The reordered batch drops EEPO's kept graph: TRL's loss runs its own pass.)
         batch = batch.select(sorted(range(len(batch)), key=lambda i: (int(batch.group[i]), i)))
         self._sampled = batch
         return [batch.ids[i, :n].tolist() for i, n in enumerate(batch.mask.sum(-1).long().tolist())], None
@@ -187,23 +187,19 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self._step_problems = [self.problems[i] for i in problem_index[::self.cfg.num_generations]]
         out = super()._generate_and_score_completions(inputs)
         batch = self._sampled if self.own_sampling else self.rollout_batch(out)
-        self._attach_scores(batch)
-        numbers = self.method.advantages(self, batch)
-        train = self.method.training_batch(batch)
+        step.apply_scores(batch, self._scores)
+        self.method.advantages(self, batch)
+        train = batch.rows_to_train()
         device = out["completion_ids"].device
         if self.own_sampling:
             out = self.training_inputs(train, device)
         out["advantages"] = train.token_advantages.to(device)  # [B, T]
-        keep = train.mask.bool()
-        if self.settings["top_entropy_quantile"] < 1.0:
-            keep = core.top_entropy_mask(train.entropy, train.mask, self.settings["top_entropy_quantile"])
-        out["keep"] = keep.to(device)
+        out["keep"] = step.loss_mask(train, self.settings).to(device)
+        out["num_kept_in_batch"] = self.accelerator.gather(out["keep"].sum()).sum()  # all processes' kept tokens
         if train.ref_logprobs is not None:
             out["ref_logprobs"] = train.ref_logprobs.to(device)
-        batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, self.cfg.pivot_z_threshold, group=batch.group)
-        if batch.gate is None:
-            batch.gate = torch.ones_like(batch.entropy)
-        self._collect(batch, {**numbers, **self.method.extra_metrics(self, batch)}, started)
+        step.finish_rollouts(batch, self.cfg)
+        self._collect(batch, self.method.extra_metrics(self, batch), started)
         return out
 
     def training_inputs(self, train: RolloutBatch, device) -> dict:
@@ -222,13 +218,6 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
                 "completion_ids": train.ids.to(device), "completion_mask": mask.to(device),
                 "old_logprobs": old.float().to(device),
                 "num_items_in_batch": self.accelerator.gather(mask.sum().to(device)).sum()}
-
-    def _attach_scores(self, batch: RolloutBatch) -> None:
-        """The verifier's scores of this process's rows (TRL's reward call kept them)."""
-        batch.rewards = torch.tensor([s.reward for s in self._scores], dtype=torch.float32)
-        batch.answers = [s.answer for s in self._scores]
-        batch.strategies = [s.strategy for s in self._scores]
-        batch.parsed = torch.tensor([s.parsed for s in self._scores], dtype=torch.bool)
 
     def rollout_batch(self, out: dict) -> RolloutBatch:
         """This process's rows as TRL sampled them, with the telemetry of one scoring pass."""
@@ -284,51 +273,37 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         old = logp.detach() if old is None else old
         if "old_logprobs" in inputs:  # the method's (training_inputs): NaN where it takes the above
             old = torch.where(torch.isnan(inputs["old_logprobs"]), old, inputs["old_logprobs"])
-        token_loss, clipped = self.method.token_loss(
-            logp, old, inputs["advantages"], mask, s, generator=self.generator(self.state.global_step, 11, self._step))
-        token_loss = token_loss * inputs["keep"]
-        if "importance_sampling_ratio" in inputs:  # vLLM sampled: correct for its numerics, as TRL does
-            token_loss = token_loss * inputs["importance_sampling_ratio"]
-        ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))
-        kl_sum, kl_tokens = torch.zeros((), device=logp.device), torch.zeros((), device=logp.device)
-        if ref is not None:  # the KL is measured where a reference pass ran (beta > 0, or ERPO's)
-            kl = core.kl_k3(logp, ref)
-            kl_sum, kl_tokens = (kl.detach() * mask).sum(), mask.sum()
-            if s["beta"] > 0:
-                token_loss = token_loss + s["beta"] * kl
-        loss = self.normalised(token_loss, mask, inputs["num_items_in_batch"])
-        if with_entropy:  # the entropy bonus, with its gradient
-            loss = loss - s["entropy_coef"] * self.normalised(entropy, mask, inputs["num_items_in_batch"], "dapo")
-        counts = torch.stack([(clipped & mask.bool()).sum(), mask.sum(), kl_sum, kl_tokens]).float()
+        ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))  # where a reference pass ran
+        # summed over micro-batches and averaged over the processes (DDP): the whole generation's loss
+        processes = self.accelerator.num_processes
+        share = step.BatchShare(inputs["num_items_in_batch"] / processes, 1.0 / self.current_gradient_accumulation_steps,
+                                inputs["num_kept_in_batch"].clamp(min=1) / processes)
+        part = step.policy_loss(
+            self.method, s, share, logp, old, inputs["advantages"], mask, inputs["keep"], loss_type=self.cfg.loss_type,
+            max_completion_length=self.cfg.max_completion_length, entropy=entropy if with_entropy else None,
+            ref_logp=ref, sampling_ratio=inputs.get("importance_sampling_ratio"),  # vLLM sampled: as TRL corrects
+            generator=self.generator(self.state.global_step, 11, self._step))
+        kl_sum = kl_tokens = torch.zeros((), device=logp.device)
+        if part.kl is not None:  # measured where a reference pass ran (beta > 0, or ERPO's)
+            kl_sum, kl_tokens = (part.kl * mask).sum(), mask.sum()
+        counts = torch.stack([part.clipped.sum(), mask.sum(), kl_sum, kl_tokens]).float()
         self._loss_numbers += self.accelerator.gather(counts[None]).sum(0).cpu()
-        return loss
-
-    def normalised(self, token_values: torch.Tensor, mask: torch.Tensor, tokens_in_batch, loss_type: str | None = None):
-        """This micro-batch's share of the step's loss: summed over micro-batches and averaged over
-        processes (DDP), it is ``core.aggregate_loss`` over the whole generation batch."""
-        loss_type = loss_type or self.cfg.loss_type
-        if loss_type == "dapo":  # over every valid token of every process
-            return (token_values * mask).sum() / (tokens_in_batch / self.accelerator.num_processes)
-        return core.aggregate_loss(token_values, mask, loss_type, self.cfg.max_completion_length) \
-            / self.current_gradient_accumulation_steps
+        return part.loss
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         super().log(logs, start_time)
         if self._pending is None or "loss" not in logs or not self.model.training:
             return
-        step = self.state.global_step - 1  # the workbench counts steps from 0
+        index = self.state.global_step - 1  # the workbench counts steps from 0
         frame = _joined(self._pending["frames"], self.cfg.num_generations)
-        batch = RolloutBatch.from_frame(frame)
         clipped, tokens, kl_sum, kl_tokens = self._loss_numbers.tolist()
-        numbers = pd.DataFrame(self._pending["numbers"]).mean().to_dict()
-        row = {"step": step, **metrics.rollout_metrics(batch), **numbers,
-               "loss": float(logs["loss"]), "clip_fraction": clipped / max(tokens, 1.0),
-               "kl": kl_sum / kl_tokens if kl_tokens else float("nan"), "grad_norm": float(logs.get("grad_norm", "nan")),
-               "skipped": 0.0, "nan_skips": 0.0, "reward_errors": 0.0, "learning_rate": float(logs["learning_rate"]),
-               "step_time": time.perf_counter() - self._pending["started"]}
-        if self.cfg.save_rollouts:
-            self.run_store.write_rollouts(step, frame)
-        self.run_store.append_metrics(row)  # last: a step is on record once its row is
+        update = step.update_numbers(float(logs["loss"]), clipped, tokens, kl_sum, kl_tokens,
+                                     float(logs.get("grad_norm", "nan")), skipped=False)
+        method_numbers = pd.DataFrame(self._pending["numbers"]).mean().to_dict()  # over the processes
+        row = step.metrics_row(index, RolloutBatch.from_frame(frame), update, method_numbers, nan_skips=0,
+                               reward_errors=0, learning_rate=float(logs["learning_rate"]),
+                               seconds=time.perf_counter() - self._pending["started"])
+        self.writer.record(index, frame if self.cfg.save_rollouts else None, row)  # the row last
         self._pending = None
         self._loss_numbers.zero_()
 
@@ -343,10 +318,7 @@ def _joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _new_policy(cfg: RunConfig) -> Policy:
-    """``cfg.model`` with a new LoRA adapter, initialised as the workbench Trainer's (``cfg.seed``).
-    The frozen base is loaded in the run's half precision, when it has one (half the memory)."""
-    half = half_precision(cfg)
-    model, tokenizer = models.load(cfg.model, dtype=getattr(torch, half) if half else None)
-    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
-    return Policy.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
+if TYPE_CHECKING:  # the type checker verifies that the TRL engine is the StepContext its methods see
+
+    def _is_a_step_context(trainer: WorkbenchGRPOTrainer) -> StepContext:
+        return trainer

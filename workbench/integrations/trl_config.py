@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import ConfigError, RunConfig
+
+if TYPE_CHECKING:  # imported where it is used: trl comes with the [scale] extra
+    from trl import GRPOConfig
 
 
 def on_cpu(cfg: RunConfig) -> bool:
@@ -52,7 +56,7 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
 
 
 def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None,
-                **trl) -> "GRPOConfig":  # noqa: F821 (trl is imported here, by the caller's extra)
+                **trl) -> GRPOConfig:
     """The GRPOConfig of a run of ``cfg`` for ``steps`` steps on ``processes`` processes (default:
     accelerate's), with ``trl`` further GRPOConfig fields; ``settings`` are the method's loss settings."""
     from accelerate import PartialState

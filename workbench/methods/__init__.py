@@ -1,4 +1,4 @@
-"""Training methods: small classes with hooks over the trainer (see ``base.Method``)."""
+"""Training methods: small classes with hooks over the step (see ``base.Method`` and ``workbench.step``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,18 @@ from .policy_split import PolicySplit
 from .poly_epo import GRPODiv, PolyEPO
 
 _REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
-    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov, EEPO, PolicySplit, ERPO, PolyEPO, GRPODiv
+    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov,
+    EEPO, PolicySplit, ERPO, PolyEPO, GRPODiv,
 )}
 
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def modes() -> dict[str, str | None]:
+    """Every prompt context some method samples in, with its system prompt (None: the prompt as it is)."""
+    return {mode: system for method in _REGISTRY.values() for mode, system in method.MODES.items()}
 
 
 def get(name: str) -> type[Method]:
@@ -26,4 +32,7 @@ def get(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-__all__ = ["Method", "EEPO", "ERPO", "GRPO", "GRPODiv", "PolicySplit", "PolyEPO", "ClipCov", "EntropyAdvantage", "KLCov", "ClipHigher", "EntropyBonus", "TopEntropy", "get", "names"]
+__all__ = [
+    "Method", "EEPO", "ERPO", "GRPO", "GRPODiv", "PolicySplit", "PolyEPO", "ClipCov", "EntropyAdvantage", "KLCov",
+    "ClipHigher", "EntropyBonus", "TopEntropy", "get", "modes", "names",
+]

@@ -42,9 +42,9 @@ import torch
 
 from .. import core
 from ..batch import RolloutBatch
-from ..options import ConfigError, choice, integer, number
 from ..events import Phase
 from ..metrics import distinct
+from ..options import ConfigError, choice, integer, number
 from .base import Method
 
 GATES = ("entropy", "always", "never")
@@ -73,6 +73,7 @@ def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class EEPO(Method):
     name = "eepo"
+    SAMPLE_PHASES = ("sample_stage1", "unlearn", "sample_stage2")
     OPTIONS = {
         "alpha": number(0.3, "gate threshold on the moving average of stage-1 entropy (nats)", low=0.0),
         "window": integer(3, "m: steps in the moving average, the current one included", low=1),
@@ -94,78 +95,74 @@ class EEPO(Method):
         if cfg.num_generations % 2:
             raise ConfigError("num_generations", cfg.num_generations, "an even number for EEPO (half per stage)")
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.last_unlearn: dict[str, float] = {}
-        self._stage1_logp: torch.Tensor | None = None
-        self._unlearning_loss = float("nan")
-        self._unlearning_grad_norm = float("nan")
-
-    def gate(self, trainer, stage1_entropy: float) -> tuple[bool, list[float]]:
+    def gate(self, ctx, stage1_entropy: float) -> tuple[bool, list[float]]:
         """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
         (read from the history, so a resumed run gates exactly as an uninterrupted one)."""
         window_size = self.options["window"]
-        previous = [h["eepo_stage1_entropy"] for h in trainer.records[-(window_size - 1):]] if window_size > 1 else []
+        previous = [h["eepo_stage1_entropy"] for h in ctx.records[-(window_size - 1):]] if window_size > 1 else []
         window = previous + [stage1_entropy]
         mode = self.options["gate"]
         on = mode == "always" or (mode == "entropy" and sum(window) / len(window) < self.options["alpha"])
         return on, window
 
-    def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
-        self._stage1_logp = None
+    def sample(self, ctx, problems) -> Generator[Phase, None, RolloutBatch]:
         half = self.cfg.num_generations // 2
-        stage1 = trainer.sample_group(problems, half, stage=1)
-        yield Phase("sample_stage1", trainer.step_index, stage1, {"responses": len(stage1)})
+        stage1 = ctx.sample_group(problems, half, stage=1)
+        yield Phase("sample_stage1", ctx.step_index, stage1, {"responses": len(stage1)})
         entropy = float(stage1.entropy[stage1.mask.bool()].mean())
-        on, window = self.gate(trainer, entropy)
+        on, window = self.gate(ctx, entropy)
         numbers = {"gate": on, "entropy_window": window, "stage1_entropy": entropy,
                    "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0,
                    "grad_norm": 0.0}
-        moved = {}
+        moved: dict[str, torch.Tensor] = {}  # no tensor moved: the rollout model is the policy itself
+        kept: torch.Tensor | None = None
         if on:
-            moved = self.unlearn(trainer, stage1)
-            numbers.update(self.unlearning_effect(trainer, stage1, moved))
+            moved, kept, figures = self.unlearn(ctx, stage1)
+            numbers.update(figures)
+            numbers.update(self.unlearning_effect(ctx, stage1, moved))
         # The rollout model is the policy with its adapter tensors swapped for the moved ones:
         # nothing is written into the policy, so it is bit-for-bit itself again on exit.
-        with trainer.policy.swapped_adapter(moved):
-            yield Phase("unlearn", trainer.step_index, stage1, numbers)
-            stage2 = trainer.sample_group(problems, self.cfg.num_generations - half, stage=2)
-        self.last_unlearn = numbers
+        with ctx.policy.swapped_adapter(moved):
+            yield Phase("unlearn", ctx.step_index, stage1, numbers)
+            stage2 = ctx.sample_group(problems, self.cfg.num_generations - half, stage=2)
         batch = RolloutBatch.concat([stage1, stage2])
-        yield Phase("sample_stage2", trainer.step_index, batch, {"responses": len(stage2)})
+        batch.step_numbers["eepo_unlearn"] = numbers
+        if kept is not None:  # the stage-1 rows come first
+            batch.graph_logprobs = (torch.arange(kept.shape[0]), torch.nn.functional.pad(
+                kept, (0, batch.ids.shape[1] - kept.shape[1])))
+        yield Phase("sample_stage2", ctx.step_index, batch, {"responses": len(stage2)})
         return batch
 
-    def unlearn(self, trainer, stage1: RolloutBatch) -> dict[str, torch.Tensor]:
-        """One plain SGD step with the complementary loss of the stage-1 tokens: the moved
-        adapter tensors, by name. The policy's own tensors are not written."""
-        params = trainer.policy.trainable_parameters()
+    def unlearn(self, ctx, stage1: RolloutBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict]:
+        """One plain SGD step with the complementary loss of the stage-1 tokens: (the moved adapter
+        tensors by name, the stage-1 log-probs with their graph when the update can reuse them,
+        the step's loss and gradient norm). The policy's own tensors are not written."""
+        params = ctx.policy.trainable_parameters()
         unclipped = self.options["unlearn_clip"] == "none"
-        logp, complement = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, grad=True, with_complement=unclipped)
+        logp, complement = ctx.token_logprobs(stage1.prompt_ids, stage1.ids, grad=True, with_complement=unclipped)
         loss = (unclipped_unlearning_loss(complement, stage1.mask) if unclipped
                 else unlearning_loss(logp, stage1.mask, self.options["eps"]))
         # The update needs these same log-probs of the stage-1 rows (the policy has not moved by
         # then): keep the graph and hand it over instead of running the forward pass again.
         reuse = self.cfg.num_iterations == 1 and self.cfg.lora_dropout == 0
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=reuse)
-        self._stage1_logp = logp if reuse else None
-        self._unlearning_loss = float(loss.detach())
         # The gradient grows as the policy sharpens and the adapter grows (about 0.6 when the gate
         # first opens on the embedded model, 2-3 after a few hundred steps), and so does the step.
-        self._unlearning_grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        grad_norm = float(torch.nn.utils.get_total_norm(grads))
         clip = self.options["unlearn_max_grad_norm"]
-        scale = min(1.0, clip / (self._unlearning_grad_norm + 1e-6)) if clip is not None else 1.0
+        scale = min(1.0, clip / (grad_norm + 1e-6)) if clip is not None else 1.0
         lr = self.options["unlearn_lr"] * scale
-        return {name: p.detach() - lr * g for (name, p), g in zip(params.items(), grads)}
+        moved = {name: p.detach() - lr * g for (name, p), g in zip(params.items(), grads)}
+        # grad_norm: before clipping
+        return moved, logp if reuse else None, {"unlearning_loss": float(loss.detach()), "grad_norm": grad_norm}
 
-    def unlearning_effect(self, trainer, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
+    def unlearning_effect(self, ctx, stage1: RolloutBatch, moved: dict[str, torch.Tensor]) -> dict[str, float]:
         """How far the step moved the stage-1 tokens: mean log-prob drop and k3 KL(policy || rollout)."""
-        after, _ = trainer.token_logprobs(stage1.prompt_ids, stage1.ids, adapter=moved)
+        after, _ = ctx.token_logprobs(stage1.prompt_ids, stage1.ids, adapter=moved)
         before = stage1.logprobs.float()  # the sampler's: the policy before the step
         valid = stage1.mask.bool()
         lengths = stage1.mask.sum(-1).clamp(min=1)
         return {
-            "unlearning_loss": self._unlearning_loss,
-            "grad_norm": self._unlearning_grad_norm,  # before clipping
             # per stage-1 response (row order), its mean token log-prob before and after the step
             "logp_before": ((before * stage1.mask).sum(-1) / lengths).tolist(),
             "logp_after": ((after * stage1.mask).sum(-1) / lengths).tolist(),
@@ -174,21 +171,14 @@ class EEPO(Method):
             "kl_policy_rollout": float(core.kl_k3(before, after)[valid].mean()),
         }
 
-    def precomputed_logprobs(self, batch: RolloutBatch, with_entropy: bool):
-        """The unlearning pass's log-probs of the stage-1 rows (the batch's first rows), with their graph, once."""
-        cached, self._stage1_logp = self._stage1_logp, None
-        if cached is None or with_entropy:
-            return None
-        return torch.arange(cached.shape[0]), torch.nn.functional.pad(cached, (0, batch.ids.shape[1] - cached.shape[1]))
-
     def old_logprobs(self, batch: RolloutBatch, rows: torch.Tensor, recomputed: torch.Tensor) -> torch.Tensor:
         if self.options["behaviour_logprobs"] == "B":
             return recomputed
         stage2 = torch.tensor([batch.stage[i] == 2 for i in rows.tolist()], device=recomputed.device)
         return torch.where(stage2[:, None], batch.logprobs[rows].to(recomputed.dtype), recomputed)
 
-    def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
-        u = self.last_unlearn
+    def extra_metrics(self, ctx, batch: RolloutBatch) -> dict[str, float]:
+        u = batch.step_numbers["eepo_unlearn"]
         out = {
             "eepo_stage1_entropy": u["stage1_entropy"],
             "eepo_window_mean": u["window_mean"],
@@ -199,13 +189,14 @@ class EEPO(Method):
         }
         stage = torch.tensor(batch.stage)
         groups = batch.group_rows()
+        rewards, strategies = batch.scored_rewards, batch.scored_strategies
         for s in (1, 2):
             rows = stage == s
-            out[f"stage{s}_accuracy"] = float(batch.rewards[rows].mean())
+            out[f"stage{s}_accuracy"] = float(rewards[rows].mean())
             out[f"stage{s}_entropy"] = float(batch.entropy[rows][batch.mask[rows].bool()].mean())
-        overlap = {"answers": [], "strategies": []}
-        for key, labels in (("answers", batch.answers), ("strategies", batch.strategies)):
-            per_stage = {1: [], 2: []}
+        overlap: dict[str, list[float]] = {"answers": [], "strategies": []}
+        for key, labels in (("answers", batch.scored_answers), ("strategies", strategies)):
+            per_stage: dict[int, list[int]] = {1: [], 2: []}
             for g in groups:
                 sets = {s: {labels[i] for i in g.tolist() if batch.stage[i] == s} - {None} for s in (1, 2)}
                 for s in (1, 2):
@@ -216,7 +207,7 @@ class EEPO(Method):
                 out[f"stage{s}_distinct_{key}"] = sum(per_stage[s]) / len(groups)
             out[f"stage_overlap_{key}"] = sum(overlap[key]) / len(groups)
         out["stage2_new_strategies"] = sum(
-            distinct([batch.strategies[i] for i in g.tolist() if batch.stage[i] == 2
-                      and batch.strategies[i] not in {batch.strategies[j] for j in g.tolist() if batch.stage[j] == 1}])
+            distinct([strategies[i] for i in g.tolist() if batch.stage[i] == 2
+                      and strategies[i] not in {strategies[j] for j in g.tolist() if batch.stage[j] == 1}])
             for g in groups) / len(groups)
         return out

@@ -13,7 +13,7 @@ tokens where a response could have gone another way (critical decision pivots):
     additive:     A_{i,t} = A_i + eta Psi                                      (eta 0.2, default)
     redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
 
-Both log-probs come from one numerical path: the scoring pass (``trainer.token_logprobs``)
+Both log-probs come from one numerical path: the scoring pass (``ctx.token_logprobs``)
 with the adapter on and off, in the same dtype. The sampler's log-probs would not do: under
 bfloat16 its KV-cached decode and the scoring pass round differently by up to ~3e-3 nats, and the
 z-score turns that noise into O(1) advantages. On one path, s is exactly 0 at step 0 (LoRA's B
@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..options import choice, integer, number
 from ..metrics.pivots import group_zscore
+from ..options import choice, integer, number
 from .base import Method
 
 VARIANTS = ("additive", "redistribute")
@@ -117,19 +117,16 @@ class ERPO(Method):
                               "this gives 0 (rounding, not progress)", low=0.0),
         "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
         "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
-        "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate", VARIANTS),
+        "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate",
+                          VARIANTS),
     }
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.last: dict[str, float] = {}
-
-    def advantages(self, trainer, batch):
-        numbers = super().advantages(trainer, batch)
+    def advantages(self, ctx, batch):
+        numbers = super().advantages(ctx, batch)
         o, mask = self.options, batch.mask
         # both from the scoring pass, in one dtype: s is what the adapter changed, not rounding
-        old = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="policy")[0].to(batch.logprobs.device)
-        ref = trainer.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
+        old = ctx.token_logprobs(batch.prompt_ids, batch.ids, adapter="policy")[0].to(batch.logprobs.device)
+        ref = ctx.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
         progress = (old - ref) * mask  # [N, T] nats
         normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group, o["noise_floor"])
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
@@ -140,19 +137,19 @@ class ERPO(Method):
         batch.extras["erpo_progress_normalized"] = normalized
         valid = mask.bool()
         psi = modulation(batch.advantages.to(gate.dtype), gate, normalized)
-        self.last = {
+        batch.step_numbers["erpo"] = advantage_numbers = {
             "erpo_gate_mean": float(gate[valid].mean()),
             "erpo_psi_abs_mean": float(psi[valid].abs().mean()),
             "erpo_progress_abs_mean": float(progress[valid].abs().mean()),
             "erpo_token_advantage_abs_mean": float(batch.token_advantages[valid].abs().mean()),
         }
-        return {**numbers, **self.last}
+        return {**numbers, **advantage_numbers}
 
-    def extra_metrics(self, trainer, batch):
+    def extra_metrics(self, ctx, batch):
         valid = batch.mask.bool()
         at_pivots, elsewhere = valid & batch.pivots, valid & ~batch.pivots
         return {
-            **self.last,
+            **batch.step_numbers["erpo"],
             # the gate should open at pivots and stay shut elsewhere
             "erpo_gate_at_pivots": float(batch.gate[at_pivots].mean()) if at_pivots.any() else float("nan"),
             "erpo_gate_elsewhere": float(batch.gate[elsewhere].mean()) if elsewhere.any() else float("nan"),

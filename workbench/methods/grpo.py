@@ -1,8 +1,10 @@
 """GRPO and the baselines (docs/methods.md).
 
-GRPO is ``Method`` unchanged. Three baselines differ only in the coefficients of the loss:
-the entropy bonus (``entropy_coef`` 0.01 unless set), clip-higher (``epsilon_high`` 0.28
-unless set) and the high-entropy-minority rule (``top_entropy_quantile`` 0.2 unless set).
+GRPO is ``Method`` unchanged. Three baselines differ only in the coefficients of the loss,
+which they fill into the config (``CONFIG_DEFAULTS``) when it leaves them None, so config.yaml
+records what trains and a value the user sets (0 included) is kept: the entropy bonus
+(``entropy_coef`` 0.01), clip-higher (``epsilon_high`` 0.28) and the high-entropy-minority
+rule (``top_entropy_quantile`` 0.2).
 Three change one hook: the entropy advantage (Cheng et al. 2025) shapes the advantages,
 Clip-Cov and KL-Cov (Cui et al. 2025, as in verl) change the token loss of the few tokens
 with the largest covariance between advantage and log-prob.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import core
-from ..options import ConfigError, number
+from ..options import ConfigError, MethodOptions, number
 from .base import Method
 
 
@@ -23,25 +25,17 @@ class GRPO(Method):
 
 class EntropyBonus(GRPO):
     name = "entropy_bonus"
-
-    def loss_settings(self):
-        return {**super().loss_settings(), "entropy_coef": self.cfg.entropy_coef or 0.01}
+    CONFIG_DEFAULTS = {"entropy_coef": 0.01}
 
 
 class ClipHigher(GRPO):
     name = "clip_higher"
-
-    def loss_settings(self):
-        settings = super().loss_settings()
-        return {**settings, "epsilon_high": 0.28 if settings["epsilon_high"] is None else settings["epsilon_high"]}
+    CONFIG_DEFAULTS = {"epsilon_high": 0.28}
 
 
 class TopEntropy(GRPO):
     name = "top_entropy"
-
-    def loss_settings(self):
-        quantile = self.cfg.top_entropy_quantile
-        return {**super().loss_settings(), "top_entropy_quantile": 0.2 if quantile == 1.0 else quantile}
+    CONFIG_DEFAULTS = {"top_entropy_quantile": 0.2}
 
 
 class EntropyAdvantage(GRPO):
@@ -53,8 +47,8 @@ class EntropyAdvantage(GRPO):
         "kappa": number(2.0, "the term is at most |A| / kappa", low=0.0, low_open=True),
     }
 
-    def advantages(self, trainer, batch):
-        numbers = super().advantages(trainer, batch)
+    def advantages(self, ctx, batch):
+        numbers = super().advantages(ctx, batch)
         shaped = core.entropy_advantage(batch.advantages, batch.entropy, self.options["alpha"], self.options["kappa"])
         batch.token_advantages = shaped * batch.mask
         return numbers
@@ -73,14 +67,15 @@ class ClipCov(GRPO):
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
+        o = MethodOptions(cfg.method_options, cls.OPTIONS)
         if o["cov_high"] < o["cov_low"]:  # an empty band would drop nothing
             raise ConfigError("method_options.cov_high", o["cov_high"], f"a number >= cov_low = {o['cov_low']:g}")
 
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         loss, clipped = super().token_loss(logp, logp_old, advantages, mask, settings)
         o = self.options
-        dropped = core.clip_cov_mask(advantages, logp, mask, clipped, o["ratio"], o["cov_low"], o["cov_high"], generator)
+        dropped = core.clip_cov_mask(advantages, logp, mask, clipped, o["ratio"], o["cov_low"], o["cov_high"],
+                                     generator)
         return loss * ~dropped, clipped | dropped
 
 

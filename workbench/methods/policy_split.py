@@ -34,8 +34,8 @@ import torch
 
 from .. import core
 from ..batch import RolloutBatch
-from ..options import ConfigError, choice, number
 from ..events import Phase
+from ..options import ConfigError, choice, number
 from ..tasks import is_success
 from .base import Method
 
@@ -79,6 +79,8 @@ def high_entropy_bonus(adv, logp_he, logp_normal, mask, alpha=0.5, eta=0.03, kap
 
 class PolicySplit(Method):
     name = "policy_split"
+    MODES = MODES
+    SAMPLE_PHASES = ("sample_normal", "sample_high_entropy")
     OPTIONS = {
         "alpha": number(0.5, "weight of -logp_HE in the bonus b (1 - alpha: of -logp_N)", low=0.0, high=1.0),
         "eta": number(0.03, "scale of the high-entropy bonus on high-entropy-context rows", low=0.0, low_open=True),
@@ -95,38 +97,36 @@ class PolicySplit(Method):
         if cfg.num_generations % 2:
             raise ConfigError("num_generations", cfg.num_generations, "an even number for Policy Split (half per mode)")
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self._train_batch: RolloutBatch | None = None
-        self._logps: dict[str, torch.Tensor] = {}
-
-    def sample(self, trainer, problems) -> Generator[Phase, None, RolloutBatch]:
+    def sample(self, ctx, problems) -> Generator[Phase, None, RolloutBatch]:
         half = self.cfg.num_generations // 2
-        normal = trainer.sample_group(problems, half, mode="normal")
-        yield Phase("sample_normal", trainer.step_index, normal, {"responses": len(normal)})
-        he = trainer.sample_group(problems, self.cfg.num_generations - half, system=HIGH_ENTROPY_PROMPT,
+        normal = ctx.sample_group(problems, half, mode="normal")
+        yield Phase("sample_normal", ctx.step_index, normal, {"responses": len(normal)})
+        he = ctx.sample_group(problems, self.cfg.num_generations - half, system=HIGH_ENTROPY_PROMPT,
                                   mode="high_entropy")
         batch = RolloutBatch.concat([normal, he])
-        yield Phase("sample_high_entropy", trainer.step_index, batch, {"responses": len(he)})
+        yield Phase("sample_high_entropy", ctx.step_index, batch, {"responses": len(he)})
         return batch
 
-    def advantages(self, trainer, batch: RolloutBatch) -> dict[str, float]:
-        super().advantages(trainer, batch)  # A over all G responses of each prompt
+    def advantages(self, ctx, batch: RolloutBatch) -> dict[str, float]:
+        super().advantages(ctx, batch)  # A over all G responses of each prompt
+        advantages = batch.computed_advantages
         # Each prompt in each context, tokenized once per problem and shared by its G rows.
         prompts = [p.prompt for p in batch.problems]
-        per_problem = {mode: trainer.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
+        per_problem = {mode: ctx.policy.format_prompts(prompts, system) for mode, system in MODES.items()}
         contexts = {mode: [ids[g] for g in batch.group.tolist()] for mode, ids in per_problem.items()}
-        self._logps = {mode: trainer.token_logprobs(ids, batch.ids)[0] for mode, ids in contexts.items()}
+        logps = {mode: ctx.token_logprobs(ids, batch.ids)[0] for mode, ids in contexts.items()}
+        # each response's log-probs in each context, for the metrics
+        batch.extras["logp_in_normal"], batch.extras["logp_in_high_entropy"] = logps["normal"], logps["high_entropy"]
         bonus, penalty = torch.zeros_like(batch.mask), torch.zeros_like(batch.mask)
         o = self.options
         for rows in batch.group_rows():
-            he, normal = self._logps["high_entropy"][rows], self._logps["normal"][rows]
-            bonus[rows] = high_entropy_bonus(batch.advantages[rows], he, normal, batch.mask[rows],
+            he, normal = logps["high_entropy"][rows], logps["normal"][rows]
+            bonus[rows] = high_entropy_bonus(advantages[rows], he, normal, batch.mask[rows],
                                              o["alpha"], o["eta"], o["kappa"], o["clamp_form"])
             if o["eta2"] > 0:  # the official code's normal-context term: the same with contexts swapped
-                penalty[rows] = high_entropy_bonus(batch.advantages[rows], normal, he, batch.mask[rows],
+                penalty[rows] = high_entropy_bonus(advantages[rows], normal, he, batch.mask[rows],
                                                    o["alpha"], o["eta2"], o["kappa"], o["clamp_form"])
-        base = batch.advantages[:, None] * batch.mask
+        base = advantages[:, None] * batch.mask
         sampled_he = torch.tensor([m == "high_entropy" for m in batch.mode])[:, None]
         batch.extras["he_bonus"], batch.extras["normal_penalty"] = bonus, penalty
         # each response in its own context
@@ -135,26 +135,23 @@ class PolicySplit(Method):
         in_normal.prompt_ids, in_normal.token_advantages = contexts["normal"], base - penalty
         in_he.prompt_ids, in_he.token_advantages = contexts["high_entropy"], base + bonus
         in_normal.mode, in_he.mode = ["normal"] * len(batch), ["high_entropy"] * len(batch)
-        self._train_batch = RolloutBatch.concat([in_normal, in_he])
+        batch.training_rows = RolloutBatch.concat([in_normal, in_he])
         valid = batch.mask.bool()
         return {"he_bonus_abs_mean": float(bonus[valid].abs().mean()),
                 "normal_penalty_abs_mean": float(penalty[valid].abs().mean()),
-                "advantage_abs_mean": float(batch.advantages.abs().mean())}
+                "advantage_abs_mean": float(advantages.abs().mean())}
 
-    def training_batch(self, batch: RolloutBatch) -> RolloutBatch:
-        return self._train_batch
-
-    def extra_metrics(self, trainer, batch: RolloutBatch) -> dict[str, float]:
+    def extra_metrics(self, ctx, batch: RolloutBatch) -> dict[str, float]:
         out = {}
-        mode = batch.mode
+        mode, rewards, answers = batch.mode, batch.scored_rewards, batch.scored_answers
         groups = batch.group_rows()
-        logp_n, logp_he = self._logps["normal"], self._logps["high_entropy"]
+        logp_n, logp_he = batch.extras["logp_in_normal"], batch.extras["logp_in_high_entropy"]
         for m, other_logp, own_logp in (("normal", logp_he, logp_n), ("high_entropy", logp_n, logp_he)):
             rows = torch.tensor([x == m for x in mode])
             valid = batch.mask[rows].bool()
-            out[f"{m}_accuracy"] = float(batch.rewards[rows].mean())
+            out[f"{m}_accuracy"] = float(rewards[rows].mean())
             out[f"{m}_entropy"] = float(batch.entropy[rows][valid].mean())
-            correct = [len({batch.answers[i] for i in g.tolist() if mode[i] == m and is_success(batch.rewards[i])})
+            correct = [len({answers[i] for i in g.tolist() if mode[i] == m and is_success(rewards[i])})
                        for g in groups]
             out[f"{m}_unique_correct_answers"] = sum(correct) / len(groups)
             # KL(own mode || other mode), estimated (k3) on tokens the own mode sampled

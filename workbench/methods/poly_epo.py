@@ -20,8 +20,8 @@ C = C(N, n), the expected "sum" advantage is exactly (K - 1) / (C - 1) times the
 The advantage is not divided by any std, so ``scale_rewards`` does not act on Poly-EPO.
 The paper's loss settings are clip 0.20 / 0.28, KL 0, no entropy bonus and a constant length
 normalisation. ``epsilon_high`` (0.28) and ``loss_type`` ("dr_grpo") are filled in when the
-config leaves them None (``CONFIG_DEFAULTS``), and the run records them; KL and the entropy
-bonus are the RunConfig's defaults (0).
+config leaves them None (``CONFIG_DEFAULTS``), and the run records them; KL (the RunConfig's
+default) and the entropy bonus (every method's but entropy_bonus's) are 0.
 
 GRPO+DIV shapes the reward instead: d_i = (N / |cluster(y_i)| - 1) / (N - 1), 1 for a
 response alone in its cluster, 0 when all share one, and the advantage is GRPO's group
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from .. import core
-from ..options import ConfigError, anything, choice, integer, number
+from ..options import ConfigError, MethodOptions, anything, choice, integer, number
 from .base import Method
 
 REDUCE = ("sum", "mean")
@@ -181,14 +181,17 @@ def strategy_clusters(batch, rows, clusterer: str | Callable = "strategy",
         problem = batch.problems[int(batch.group[rows[0]])]
         result = list(clusterer([batch.text[i] for i in rows], problem))
         if len(result) != len(rows):
-            raise ValueError(f"the clusterer returned {len(result)} cluster ids for {len(rows)} texts; give one per text")
+            raise ValueError(
+                f"the clusterer returned {len(result)} cluster ids for {len(rows)} texts; give one per text"
+            )
         return [degenerate_cluster if c is None else int(c) for c in result]
     if clusterer not in CLUSTERERS:
         raise ValueError(f"clusterer={clusterer!r} is not allowed; use one of {', '.join(_clusterer_names())} "
                          "or a callable")
     labels = batch.strategies if clusterer == "strategy" else batch.answers
     if labels is None:
-        raise ValueError(f"clusterer={clusterer!r} needs a scored batch: batch.{'strategies' if clusterer == 'strategy' else 'answers'} is None")
+        field = "strategies" if clusterer == "strategy" else "answers"
+        raise ValueError(f"clusterer={clusterer!r} needs a scored batch: batch.{field} is None")
     return _relabel([labels[i] for i in rows], degenerate_cluster)
 
 
@@ -207,7 +210,8 @@ def _clustering_options() -> dict:
     return {
         "clusterer": anything("strategy", "what makes two responses the same: strategy, answer, a registered "
                               "name, or a callable (texts, problem) -> list[int]",
-                              "strategy, answer, a name given to register_clusterer, or a callable"),
+                              "strategy, answer, a name given to register_clusterer, or a callable",
+                              suggestions=CLUSTERERS),
         "degenerate_cluster": integer(DEGENERATE_CLUSTER, "the cluster id of responses that count for nothing "
                                       "(unparsed)", low=-math.inf),
     }
@@ -229,7 +233,7 @@ class PolyEPO(Method):
 
     @classmethod
     def validate(cls, cfg) -> None:
-        o = {**cls.defaults, **cfg.method_options}
+        o = MethodOptions(cfg.method_options, cls.OPTIONS)
         N, n = cfg.num_generations, o["set_size"]
         # first, to name the group's own bound: n = N leaves one set, equal to its own baseline,
         # so every advantage is 0 (M = 0)
@@ -243,18 +247,14 @@ class PolyEPO(Method):
                               f"too many to enumerate (limit {MAX_ENUMERATED_SETS})")
         _validate_clustering(o)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.last: dict[str, float] = {}
-
-    def advantages(self, trainer, batch):
+    def advantages(self, ctx, batch):
         o = self.options
         adv = torch.zeros(len(batch))
         objective, distinct = [], []
         for g, rows in enumerate(batch.group_rows()):
             clusters = strategy_clusters(batch, rows, o["clusterer"], o["degenerate_cluster"])
             # seeded by (seed, step, group) alone, so a resumed run draws the same sets
-            seed = core.derive_seed(self.cfg.seed, trainer.step_index, g)
+            seed = core.derive_seed(self.cfg.seed, ctx.step_index, g)
             index = set_indices(len(rows), o["set_size"], o["num_sets"], seed)
             group_adv, f = _marginal(batch.rewards[rows].double().cpu(), clusters, index, o["reduce"],
                                      o["degenerate_cluster"])
@@ -263,12 +263,12 @@ class PolyEPO(Method):
             distinct.append(_distinct_clusters(clusters, o["degenerate_cluster"]))
         batch.advantages = adv.to(batch.mask.device)
         batch.token_advantages = batch.advantages[:, None] * batch.mask
-        self.last = {"poly_set_objective_mean": sum(objective) / len(objective),
+        batch.step_numbers["set_rl"] = advantage_numbers = {"poly_set_objective_mean": sum(objective) / len(objective),
                      "poly_distinct_clusters": sum(distinct) / len(distinct)}
-        return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **self.last}
+        return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **advantage_numbers}
 
-    def extra_metrics(self, trainer, batch):
-        return dict(self.last)
+    def extra_metrics(self, ctx, batch):
+        return dict(batch.step_numbers["set_rl"])
 
 
 class GRPODiv(Method):
@@ -281,14 +281,10 @@ class GRPODiv(Method):
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        o = {**cls.defaults, **cfg.method_options}
+        o = MethodOptions(cfg.method_options, cls.OPTIONS)
         _validate_clustering(o)
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.last: dict[str, float] = {}
-
-    def advantages(self, trainer, batch):
+    def advantages(self, ctx, batch):
         o = self.options
         bonus = torch.zeros(len(batch))
         objective, distinct = [], []
@@ -303,10 +299,10 @@ class GRPODiv(Method):
         shaped = batch.rewards.float() + o["div_coef"] * bonus
         batch.advantages = batch.ungrouped(core.group_advantages(batch.grouped(shaped), self.cfg.scale_rewards))
         batch.token_advantages = batch.advantages[:, None] * batch.mask
-        self.last = {"div_bonus_mean": float(bonus.mean()),
+        batch.step_numbers["set_rl"] = advantage_numbers = {"div_bonus_mean": float(bonus.mean()),
                      "poly_set_objective_mean": sum(objective) / len(objective),
                      "poly_distinct_clusters": sum(distinct) / len(distinct)}
-        return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **self.last}
+        return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **advantage_numbers}
 
-    def extra_metrics(self, trainer, batch):
-        return dict(self.last)
+    def extra_metrics(self, ctx, batch):
+        return dict(batch.step_numbers["set_rl"])

@@ -1,14 +1,25 @@
 """Telemetry: entropy statistics, critical decision pivots, diversity and pass@k (pure functions; the
-experiments that sample, evaluation and pivot sensitivity, are in ``workbench.evaluation``)."""
+experiments that sample, evaluation and pivot sensitivity, are in ``workbench.evaluation``), and
+``registry``, the one list of the metrics the workbench records."""
 
-from .diversity import distinct, distinct_n, group_diversity, pairwise_similarity, self_bleu, strategy_count, unique_answers
+from . import registry
+from .diversity import (
+    distinct,
+    distinct_n,
+    group_diversity,
+    pairwise_similarity,
+    self_bleu,
+    strategy_count,
+    unique_answers,
+)
 from .entropy import entropy_stats, fit_reward_entropy
 from .passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
 from .pivots import find_pivots, group_zscore, pivot_stats
+from .registry import Metric
 from .rollout import rollout_metrics
 
 __all__ = [
-    "distinct", "distinct_n", "entropy_stats", "find_pivots", "fit_reward_entropy", "group_diversity", "group_zscore",
-    "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats", "rollout_metrics", "self_bleu",
-    "strategy_count", "unique_answers",
+    "Metric", "distinct", "distinct_n", "entropy_stats", "find_pivots", "fit_reward_entropy", "group_diversity",
+    "group_zscore", "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats",
+    "registry", "rollout_metrics", "self_bleu", "strategy_count", "unique_answers",
 ]

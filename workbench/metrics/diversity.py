@@ -102,7 +102,7 @@ def unique_answers(answers: Sequence[object]) -> int:
     return distinct(answers)
 
 
-def strategy_count(strategies: Sequence[object], correct: Sequence[object] | None = None,
+def strategy_count(strategies: Sequence[object], correct: Sequence[float] | None = None,
                    correct_only: bool = False) -> int:
     """Number of distinct strategies (None not counted); with ``correct_only``, only among the
     responses whose ``correct`` entry (a bool or a reward) is a success (above 0.5)."""

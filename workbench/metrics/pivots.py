@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 
-
 def group_zscore(values: torch.Tensor, mask: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """z-score of ``values`` [N, T] over the valid tokens of each group; 0 on padding."""
     valid = mask.bool()

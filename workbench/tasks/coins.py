@@ -3,8 +3,9 @@
 ``Pay 12 with 2 5.`` -> ``5+5=10,10+2=12``: a chain of running sums, each step adding one
 coin, so a character-level model never has to add more than two numbers at once. The
 strategy is the multiset of coins used (``2+5+5``), so "few big coins" and "many small
-coins" are different strategies of one problem. A payment uses at least two coins. Splits work as in countdown: a stable hash puts 20% of (coins, amount) pairs in
-``test``; ``ood`` uses more coin values and larger amounts.
+coins" are different strategies of one problem. A payment uses at least two coins. Splits
+work as in countdown: a stable hash puts 20% of (coins, amount) pairs in ``test``; ``ood``
+uses more coin values and larger amounts.
 """
 
 from __future__ import annotations

@@ -37,11 +37,19 @@ def _apply(op: str, a: int, b: int) -> int | None:
     return a - b if a >= b else None  # intermediate results stay non-negative
 
 
+def _tree_step(op: str, a: int, b: int) -> int:
+    """``_apply`` on a step of a tree ``_combine`` built: its subtractions never go negative."""
+    value = _apply(op, a, b)
+    if value is None:
+        raise ValueError(f"{a}{op}{b} goes negative: not a step of a built tree")
+    return value
+
+
 def _value(tree: Tree) -> int:
     if isinstance(tree, int):
         return tree
     op, left, right = tree
-    return _apply(op, _value(left), _value(right))
+    return _tree_step(op, _value(left), _value(right))
 
 
 def _terms(tree: Tree, op: str) -> list[str]:
@@ -103,7 +111,7 @@ def render(tree: Tree, rng: random.Random) -> str:
             return node
         op, left, right = node
         a, b = walk(left), walk(right)
-        value = _apply(op, a, b)
+        value = _tree_step(op, a, b)
         if op in "+*" and rng.random() < 0.5:
             a, b = b, a
         steps.append(f"{a}{op}{b}={value}")

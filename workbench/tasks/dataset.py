@@ -11,15 +11,9 @@ Splits: ``test`` holds about ``test_fraction`` of the rows, chosen by a stable h
 prompts always land in the same split -- and ``train`` the rest. ``ood`` exists only when
 ``ood_path`` or ``ood_rows`` is given.
 
-The verifier parses the final answer of a completion (never evaluating it):
-
-* ``match="numeric"``: the first number after the last ``####``, else after the last
-  ``answer:`` (any case), else inside the last ``\\boxed{...}``, else the last number in
-  the text. Thousands commas, ``+`` signs and trailing zeros (``42.0``) are normalised and
-  values compared with tolerance 1e-6.
-* ``match="exact"``: the first non-empty line after the last ``####`` (commas removed, as
-  for references) or ``answer:``, else the whole completion; stripped, case-sensitive
-  string equality.
+The verifier parses the final answer of a completion (never evaluating it) as
+:mod:`workbench.tasks.answers` describes: ``match="numeric"`` compares the parsed number with the
+reference's within tolerance 1e-6, ``match="exact"`` the stripped text, case-sensitively.
 
 The parsed answer is also the strategy label (answer-based clustering).
 """
@@ -29,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import re
 import warnings
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from .answers import format_number, parse_exact_answer, parse_number_answer, reference_answer, to_decimal
 from .base import UNPARSED, Problem, Score, check_split
 
 
@@ -44,14 +39,6 @@ class DatasetError(ValueError):
 MATCHES = ("numeric", "exact")
 _FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _TOLERANCE = Decimal("1e-6")
-# A number: thousands-grouped (1,234,567) or plain digits, optional decimals; a sign only
-# when it does not follow a word character (so "10-5" yields 10 and 5, not -5).
-_NUMBER = re.compile(
-    r"(?:(?<![\w.)\]])[-+])?(?<![0-9.])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?(?![0-9])"
-    r"|(?:(?<![\w.)\]])[-+])?(?<![0-9.])\.[0-9]+(?![0-9])"
-)
-_ANSWER_MARK = re.compile(r"answer\s*:", re.IGNORECASE)
-_BOXED = "\\boxed{"
 
 
 class DatasetTask:
@@ -99,7 +86,7 @@ class DatasetTask:
         name: str | None = None,
         ood_path: str | Path | None = None,
         ood_rows: Any = None,
-    ) -> "DatasetTask":
+    ) -> DatasetTask:
         """Rows from a local .json, .jsonl, .parquet or .csv file (read with pandas)."""
         path = Path(path)
         if ood_path is not None:
@@ -132,7 +119,7 @@ class DatasetTask:
         task_name: str | None = None,
         ood_path: str | Path | None = None,
         ood_rows: Any = None,
-    ) -> "DatasetTask":
+    ) -> DatasetTask:
         """Rows of ``split`` of a Hugging Face Hub dataset (``datasets.load_dataset``)."""
         try:
             import datasets
@@ -196,7 +183,7 @@ class DatasetTask:
                     f"{self.prompt_column!r}; prompts must be text (render chat messages to text first)"
                 )
             reference = reference_answer(answer)
-            if self.match == "numeric" and _to_decimal(reference) is None:
+            if self.match == "numeric" and to_decimal(reference) is None:
                 raise DatasetError(
                     f"{self.source}: row {index} has answer {str(answer)[:80]!r}, which is not a number; "
                     "use match='exact' for non-numeric answers"
@@ -263,15 +250,16 @@ class DatasetTask:
         return out
 
     def score(self, problem: Problem, completion: str) -> Score:
+        text: str | None
         try:
             if not isinstance(completion, str) or problem.answer is None:
                 return UNPARSED
             if self.match == "numeric":
                 value = parse_number_answer(completion)
-                reference = _to_decimal(problem.answer)
+                reference = to_decimal(problem.answer)
                 if value is None:
                     return UNPARSED
-                text = _format(value)
+                text = format_number(value)
                 correct = reference is not None and abs(value - reference) <= _TOLERANCE
             else:
                 text = parse_exact_answer(completion)
@@ -287,85 +275,6 @@ class DatasetTask:
         return f"DatasetTask(name={self.name!r}, match={self.match!r}, {sizes})"
 
 
-# --- answer parsing -------------------------------------------------------------------
-def reference_answer(answer: Any) -> str:
-    """The reference of a raw answer: GSM8K ``... #### 1,234`` -> ``1234``; else stripped text."""
-    text = _format(answer) if isinstance(answer, (int, float)) and not isinstance(answer, bool) else str(answer)
-    if "####" in text:
-        return text.rsplit("####", 1)[1].strip().replace(",", "")
-    return text.strip()
-
-
-def parse_number_answer(completion: str) -> Decimal | None:
-    """The final numeric answer of a completion (see the module docstring), or None."""
-    segment = _after_marker(completion)
-    if segment is not None:
-        match = _NUMBER.search(segment)
-        return _to_decimal(match.group()) if match else None
-    boxed = completion.rfind(_BOXED)
-    if boxed >= 0:
-        inner = completion[boxed + len(_BOXED) :].split("}", 1)[0]
-        match = _NUMBER.search(inner)
-        if match:
-            return _to_decimal(match.group())
-    last = None
-    for last in _NUMBER.finditer(completion):
-        pass
-    return _to_decimal(last.group()) if last else None
-
-
-def parse_exact_answer(completion: str) -> str | None:
-    """The final answer text of a completion for exact matching, or None when empty."""
-    segment = _after_marker(completion)
-    if segment is None:
-        text = completion.strip()
-    else:
-        text = next((line.strip() for line in segment.splitlines() if line.strip()), "")
-        if "####" in completion:  # reduced as a GSM8K reference is
-            text = text.replace(",", "").strip()
-    return text or None
-
-
-def _after_marker(text: str) -> str | None:
-    """Text after the last ``####``, else after the last ``answer:``; None when neither occurs."""
-    if "####" in text:
-        return text.rsplit("####", 1)[1]
-    last = None
-    for last in _ANSWER_MARK.finditer(text):
-        pass
-    return text[last.end() :] if last else None
-
-
-def _to_decimal(text: str) -> Decimal | None:
-    """A finite Decimal of a number string (commas, ``+`` and whitespace allowed), else None."""
-    cleaned = str(text).strip().replace(",", "")
-    if cleaned.startswith("+"):
-        cleaned = cleaned[1:]
-    if not cleaned or len(cleaned) > 400 or not re.fullmatch(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,4})?", cleaned):
-        return None
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
-
-
-def _format(value: Any) -> str:
-    """Canonical text of a number: ``42.0`` -> ``42``, ``-0`` -> ``0``, no exponent."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value.is_integer():
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if value == 0:
-        return "0"
-    text = format(value.normalize(), "f")
-    return text
-
-
 # --- reading rows ---------------------------------------------------------------------
 def _read_file(path: Path, answer_column: str):
     import pandas as pd
@@ -379,7 +288,9 @@ def _read_file(path: Path, answer_column: str):
         return _parse_file(path, suffix, answer_column)
     except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         message = " ".join(str(error).split())[:300]
-        raise DatasetError(f"{path}: not a readable {suffix} file of rows ({type(error).__name__}: {message})") from error
+        raise DatasetError(
+            f"{path}: not a readable {suffix} file of rows ({type(error).__name__}: {message})"
+        ) from error
 
 
 def _parse_file(path: Path, suffix: str, answer_column: str):

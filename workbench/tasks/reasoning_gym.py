@@ -33,11 +33,12 @@ on its line, else after an unclosed ``<answer>``; without any of these it takes 
 number of the completion (numeric references) or its last non-empty line. For a numeric
 reference (``"-4"``, ``"0.3125"``) the first number of that answer text is taken (after the
 last ``=`` when there is one: ``Answer: 3 + 4 = 7``), with commas and a ``+`` sign removed and
-``7.0`` written ``7``; a fraction ``10/32`` stays one (coin_flip's scorer reads fractions). The reward is reasoning-gym's own ``dataset.score_answer(answer=...,
-entry=...)``; with ``partial_credit=False`` (default) it is 1.0 when that score is 1 and 0.0
-otherwise, because its substring credit (answer ``"14"`` for reference ``"4"`` scores 0.5)
-rewards wrong numbers. A scorer that raises scores 0 unparsed. The strategy of a completion is
-its parsed answer (answer clusters, as :class:`DatasetTask` does).
+``7.0`` written ``7``; a fraction ``10/32`` stays one (coin_flip's scorer reads fractions).
+The reward is reasoning-gym's own ``dataset.score_answer(answer=..., entry=...)``; with
+``partial_credit=False`` (default) it is 1.0 when that score is 1 and 0.0 otherwise, because
+its substring credit (answer ``"14"`` for reference ``"4"`` scores 0.5) rewards wrong numbers.
+A scorer that raises scores 0 unparsed. The strategy of a completion is its parsed answer
+(answer clusters, as :class:`DatasetTask` does).
 
 Datasets whose scorer evaluates the model's answer as code (``eval`` or
 ``sympy.parse_expr``) are refused: :data:`EVALUATING_SCORERS`.
@@ -52,8 +53,8 @@ import json
 import re
 from typing import Any
 
+from .answers import NUMBER, format_number, last_match, to_decimal
 from .base import UNPARSED, Problem, Score, check_split, stable_bucket
-from .dataset import _NUMBER, _format, _to_decimal
 
 PREFIX = "reasoning_gym:"
 INSTALL_HINT = "pip install -e '.[real]'"
@@ -138,7 +139,9 @@ class ReasoningGymTask:
                 f"datasets, e.g. {', '.join(sorted(OOD_HARDER))}"
             )
         if answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format={answer_format!r} is not an answer format; allowed: {', '.join(ANSWER_FORMATS)}")
+            raise ValueError(
+                f"answer_format={answer_format!r} is not an answer format; allowed: {', '.join(ANSWER_FORMATS)}"
+            )
         if not isinstance(partial_credit, bool):
             raise ValueError(f"partial_credit={partial_credit!r} must be true or false")
         if ood_config is not None and not isinstance(ood_config, dict):
@@ -155,7 +158,7 @@ class ReasoningGymTask:
 
     # --- construction by name -----------------------------------------------------------
     @classmethod
-    def from_name(cls, spec: str, **options: Any) -> "ReasoningGymTask":
+    def from_name(cls, spec: str, **options: Any) -> ReasoningGymTask:
         """The task of ``reasoning_gym:NAME[?field=value&...]``; ``options`` override the name's."""
         name, config, ood_config = parse_name(spec)
         if "ood_config" in options:
@@ -274,7 +277,7 @@ class ReasoningGymTask:
             if not isinstance(completion, str) or problem.answer is None:
                 return UNPARSED
             entry = problem.meta["entry"]
-            numeric = _to_decimal(problem.answer) is not None
+            numeric = to_decimal(problem.answer) is not None
             answer = extract_answer(completion, numeric)
             if answer is None:
                 return UNPARSED
@@ -299,21 +302,19 @@ def extract_answer(completion: str, numeric: bool) -> str | None:
         if segment is not None:
             if "=" in segment:
                 segment = segment.rsplit("=", 1)[1]
-            match = _NUMBER.search(segment)
+            match = NUMBER.search(segment)
         else:
-            match = None
-            for match in _NUMBER.finditer(completion):
-                pass
-        value = _to_decimal(match.group()) if match else None
-        if value is None:
+            match = last_match(NUMBER, completion)
+        value = to_decimal(match.group()) if match else None
+        if match is None or value is None:
             return None
         after = _DENOMINATOR.match(completion if segment is None else segment, match.end())
         before = _NUMERATOR.search((completion if segment is None else segment)[: match.start()])
         if after and "." not in match.group():  # a fraction, as coin_flip accepts: 10/32
-            return f"{_format(value)}/{int(after.group(1))}"
+            return f"{format_number(value)}/{int(after.group(1))}"
         if before and value == int(value) and value > 0:
-            return f"{before.group(1)}/{_format(value)}"
-        return _format(value)
+            return f"{before.group(1)}/{format_number(value)}"
+        return format_number(value)
     if segment is None:
         segment = next((line for line in reversed(completion.splitlines()) if line.strip()), "")
     text = segment.strip()
@@ -323,15 +324,11 @@ def extract_answer(completion: str, numeric: bool) -> str | None:
 def _answer_segment(text: str) -> str | None:
     """The answer text: last closed tag pair, else the line after the last ``answer:``, else the
     line after an unclosed ``<answer>``; None when none of these occurs."""
-    tagged = None
-    for tagged in _TAGGED.finditer(text):
-        pass
+    tagged = last_match(_TAGGED, text)
     if tagged is not None:
         return tagged.group(1).strip()
     for marks in (_ANSWER_MARK, _OPEN_TAG):
-        last = None
-        for last in marks.finditer(text):
-            pass
+        last = last_match(marks, text)
         if last is not None:
             rest = text[last.end() :]
             return next((line for line in rest.splitlines() if line.strip()), "")

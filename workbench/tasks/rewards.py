@@ -13,7 +13,8 @@ and ``parsed`` flag still come from the wrapped task's verifier.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .base import Problem, Score
 
@@ -31,7 +32,9 @@ def score_batch(task: Any, problems: Sequence[Problem], completions: Sequence[st
     """Scores of ``completions`` (one per problem): ``task.score_batch`` when the task has
     one, else ``task.score`` item by item. The trainer scores through this function."""
     if len(problems) != len(completions):
-        raise ValueError(f"{len(problems)} problems but {len(completions)} completions; give one completion per problem")
+        raise ValueError(
+            f"{len(problems)} problems but {len(completions)} completions; give one completion per problem"
+        )
     batch = getattr(task, "score_batch", None)
     if callable(batch):
         return list(batch(list(problems), list(completions)))
@@ -66,7 +69,9 @@ class RewardFunctionTask:
         else:
             weights = [float(w) for w in reward_weights]
             if len(weights) != len(funcs):
-                raise ValueError(f"{len(weights)} reward_weights for {len(funcs)} reward functions; give one weight per function")
+                raise ValueError(
+                    f"{len(weights)} reward_weights for {len(funcs)} reward functions; give one weight per function"
+                )
             if not all(math.isfinite(w) for w in weights):
                 raise ValueError(f"reward_weights={list(reward_weights)!r} must be finite numbers")
         if reward_errors not in _ERROR_MODES:
@@ -117,6 +122,7 @@ class RewardFunctionTask:
     def _call(self, fn: RewardFunc, prompts: list[str], completions: list[str], columns: dict) -> list[float | None]:
         """Rewards of ``fn`` for the batch; None marks a failure (only in "zero" mode)."""
         n = len(prompts)
+        error: Exception | None  # what the batch call raised, if it raised
         try:
             raw = fn(prompts=prompts, completions=completions, **columns)
         except Exception as e:

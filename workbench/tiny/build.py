@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from .. import tasks
-from ..methods.policy_split import HIGH_ENTROPY_PROMPT
-from .tokenizer import build_char_tokenizer, save_char_tokenizer
-
+from .. import methods, tasks
+from ..tasks import Coins, Countdown
 from . import CHECKPOINT_DIR
+from .tokenizer import build_char_tokenizer, save_char_tokenizer
 
 
 @dataclass
@@ -76,7 +75,7 @@ def model_config(cfg: BuildConfig, vocab_size: int, tokenizer) -> Qwen2Config:
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        torch_dtype="float32",
+        dtype="float32",
     )
 
 
@@ -86,13 +85,13 @@ class DemonstrationStream:
     def __init__(self, cfg: BuildConfig):
         self.rng = random.Random(cfg.seed)
         self.cfg = cfg
-        self.tasks = [tasks.get(name) for name, _ in cfg.task_mix]
+        self.tasks = [_demonstrating_task(name) for name, _ in cfg.task_mix]
         self.weights = [w for _, w in cfg.task_mix]
         # A large fixed pool per task: every train problem appears many times.
         self.pools = [t.prompts("train", 4000, seed=cfg.seed) for t in self.tasks]
-        self.four_number = {}
+        self.four_number: dict[int, tuple[Countdown, list[tasks.Problem]]] = {}
         for i, task in enumerate(self.tasks):
-            if task.name == "countdown":
+            if isinstance(task, Countdown):
                 wider = dataclasses.replace(task, size=task.ood_size)
                 self.four_number[i] = (wider, wider.prompts("train", 2000, seed=cfg.seed))
 
@@ -103,9 +102,17 @@ class DemonstrationStream:
             task, pool = self.four_number[i]
         problem = self.rng.choice(pool)
         if high_entropy:  # the plain-text form Policy.format_prompts gives a tokenizer without a chat template
-            prompt = f"{HIGH_ENTROPY_PROMPT}\n{problem.prompt}"
+            prompt = f"{methods.modes()['high_entropy']}\n{problem.prompt}"
             return prompt, task.demonstration(problem, self.rng, self.cfg.high_entropy_solve_prob)
         return problem.prompt, task.demonstration(problem, self.rng, self.cfg.solve_prob)
+
+
+def _demonstrating_task(name: str) -> Countdown | Coins:
+    """The built-in task ``name``: one of those that write demonstrations to pretrain on."""
+    task = tasks.get(name)
+    if not isinstance(task, (Countdown, Coins)):
+        raise ValueError(f"task_mix names {name!r}, which writes no demonstrations; allowed: countdown, coins")
+    return task
 
 
 def encode_batch(pairs, tokenizer):

@@ -63,15 +63,16 @@ class TrainingDashboard(W.VBox):
         if not isinstance(max_points, int) or max_points < 4:
             raise ValueError(f"max_points={max_points!r} is not allowed: an integer >= 4")
         self.max_points = max_points
-        self.drawing = DashboardFigures(max_points, fit, on_fit_change=lambda: self._throttle.flush())
         self._throttle = Throttle(self._redraw_now, min_interval)
+        self.drawing = DashboardFigures(max_points, fit, on_fit_change=lambda: self._throttle.flush())
         self.redraws = 0
         self._pending: list[Mapping] = []  # rows polled, not drawn yet
         self._draw_lock = threading.Lock()  # the rows vs a redraw on the timer thread
         self.feed = Feed(source, self._on_update, steps, interval, detail=self._status_parts)
         controls = [self.drawing.fit_control]
-        if self.feed.source.controllable:  # this process trains the run: the buttons drive it
-            controls = [*self._trainer_controls(self.feed.source.trainer, steps or TRAINER_STEPS), *controls]
+        trainer = self.feed.trainer
+        if trainer is not None:  # this process trains the run: the buttons drive it
+            controls = [*self._trainer_controls(trainer, steps or TRAINER_STEPS), *controls]
         controls = W.HBox(controls, layout=W.Layout(flex_flow="row wrap", align_items="center", grid_gap="6px"))
         super().__init__([controls, self.status, self.drawing.fit_line, self.drawing.tabs],
                          layout=W.Layout(width="100%"))
@@ -188,8 +189,8 @@ class TrainingDashboard(W.VBox):
             return []
         state = f"<b style='color:{STATES[self.state]}'>{self.state}</b>"
         parts = [busy(state) if self.running else state]
-        phase = self.runner.last_phase
-        phase = html.escape(phase.name) if phase is not None else None
+        last_phase = self.runner.last_phase
+        phase = html.escape(last_phase.name) if last_phase is not None else None
         open_step = self.runner.cursor.is_open
         if self.running:
             parts.append("running" + (f", after phase <code>{phase}</code>" if open_step and phase else "") + "…")
@@ -250,7 +251,7 @@ class TrainingDashboard(W.VBox):
     def step_phase(self, wait: bool = True):
         """One phase; returns its ``Phase`` when ``wait``."""
         self._driver().launch(steps=None, phases=1, wait=wait)
-        return self.runner.last_phase if wait else None
+        return self._driver().last_phase if wait else None
 
     def pause(self) -> None:
         """Stop a background run after the current phase; the unfinished step is kept."""
@@ -266,7 +267,7 @@ class TrainingDashboard(W.VBox):
         return self._driver().wait(timeout)
 
     def _on_runner_change(self) -> None:
-        if not self.runner.running:
+        if not self._driver().running:
             PollGuard.tick(self.poll)  # the final redraw of a run: nothing waits on the throttle
         self._show()
 

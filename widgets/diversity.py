@@ -17,6 +17,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from workbench import metrics
+from workbench.batch import RolloutBatch
 from workbench.metrics.registry import pass_at, pass_k
 from workbench.tasks import is_success
 
@@ -63,7 +64,8 @@ class DiversityPanel(w.VBox):
         self.max_points = max_points
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self.distinct_records: list[dict[str, float]] = []
-        self._batch, self._batch_step = None, -1
+        self._batch: RolloutBatch | None = None  # the newest step's rollouts read so far
+        self._batch_step = -1
         self._backlog: list[int] = []  # steps whose rollouts are still to be read
 
         self.n_samples = w.IntText(value=n_samples, description="samples / prompt",
@@ -84,7 +86,7 @@ class DiversityPanel(w.VBox):
         self.distinct_figure = _distinct_figure(self.distinct_ns)
         self._throttle = Throttle(self._redraw, redraw_interval)
         self.feed = Feed(source, self._on_update, interval=interval, detail=self._backlog_text)
-        if self.feed.source.controllable:  # a policy in this process to evaluate
+        if self.feed.trainer is not None:  # a policy in this process to evaluate
             evaluation = w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button])
         else:
             evaluation = w.HTML("the run's evaluations (its eval.json: <code>workbench eval RUN_DIR</code> adds one)")
@@ -109,10 +111,10 @@ class DiversityPanel(w.VBox):
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Run ``trainer.evaluate`` on each split with the panel's settings and add the curves
         under the panel's label; returns {split: result}, or {} when a setting is invalid."""
-        if not self.feed.source.controllable:
+        trainer = self.feed.trainer
+        if trainer is None:
             raise RuntimeError(f"this panel follows {self.feed.source.location}, with no policy to evaluate: "
                                "`workbench eval RUN_DIR` evaluates its last checkpoint into eval.json, shown here")
-        trainer = self.feed.source.trainer
         n, prompts = self.n_samples.value, self.num_prompts.value
         for name, value in (("samples / prompt", n), ("prompts", prompts)):
             if value < 1:
@@ -170,7 +172,7 @@ class DiversityPanel(w.VBox):
     def _record(self, step: int, batch) -> None:
         """Distinct-n of a step's batch, in the step order (a step recorded again is replaced)."""
         groups = [[batch.text[i] for i in rows.tolist()] for rows in batch.group_rows()]
-        record = {"step": step}
+        record: dict[str, float] = {"step": step}
         for n in self.distinct_ns:
             record[f"distinct_{n}"] = sum(metrics.distinct_n(texts, n) for texts in groups) / len(groups)
         kept = [r for r in self.distinct_records if r["step"] != step]
@@ -215,15 +217,16 @@ class DiversityPanel(w.VBox):
 
     def _draw_group(self) -> None:
         batch, rows = self._batch, self.group_rows()
-        if not rows:
+        if batch is None or not rows:
             self.prompt_text.value = "<i>no rollouts recorded yet</i>"
             return
         problem = batch.problems[self.prompt.value]
         key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
         self.prompt_text.value = (f"<div style='font-size:{FONT_SIZE}px'><b>prompt</b> <code>{esc(problem.prompt)}"
                                   f"</code> (step {self._batch_step}{key})</div>")
-        correct = [is_success(float(batch.rewards[i])) for i in rows]
-        labels = [UNPARSED if batch.strategies[i] is None else batch.strategies[i] for i in rows]
+        rewards, strategies = batch.scored_rewards, batch.scored_strategies
+        correct = [is_success(float(rewards[i])) for i in rows]
+        labels = [UNPARSED if strategies[i] is None else strategies[i] for i in rows]
         order = sorted(set(labels), key=lambda s: (-labels.count(s), s))
         with self.strategy_figure.batch_update():
             for trace, want in zip(self.strategy_figure.data, (True, False)):
@@ -241,7 +244,7 @@ class DiversityPanel(w.VBox):
 
     def _draw_distinct(self) -> None:
         records = list(self.distinct_records)
-        steps = [r["step"] for r in records]
+        steps = [int(r["step"]) for r in records]
         with self.distinct_figure.batch_update():
             for trace, n in zip(self.distinct_figure.data, self.distinct_ns):
                 trace.x, trace.y = downsample(steps, [r[f"distinct_{n}"] for r in records], self.max_points)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import ipywidgets as W
 
 from workbench.run_follower import RunUpdate
-from workbench.run_source import RunSource, open_run
+from workbench.run_source import LiveRun, RunSource, open_run
 
 from ._live import ERROR_COLOR, Polled, PollGuard, busy
 from .style import FONT_SIZE
@@ -49,6 +49,11 @@ class Feed(Polled):
     def state(self) -> str:
         """The source's state: a run directory's "waiting", "running" or "finished"; "live" for a trainer."""
         return self.source.state
+
+    @property
+    def trainer(self):
+        """The trainer this process drives when the source is one (``controllable``), else None."""
+        return self.source.trainer if isinstance(self.source, LiveRun) else None
 
     def start(self) -> None:
         """Poll now, then whenever the source may have news, until ``close``."""

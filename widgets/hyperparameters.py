@@ -52,7 +52,7 @@ class HyperparameterPanel(w.VBox):
         self.fork_dir = None if fork_dir is None else Path(fork_dir)
         self.forks: list = []
         self._loading = False
-        self._shown: dict | None = None  # the trainer's config as the controls last showed it
+        self._shown: dict = {}  # the trainer's config as the controls last showed it
         self._sync_lock = threading.Lock()  # the follower thread vs the buttons
         self.fields: dict[str, Control] = {
             name: control_of(option, name, self._hint(name))
@@ -121,6 +121,7 @@ class HyperparameterPanel(w.VBox):
         """Show the fields of the trainer's config that changed since the controls last showed it
         (a ``set_live`` in code, another panel); edits pending in other controls are kept.
         Returns the names shown."""
+        assert self.trainer is not None, "only a panel on a trainer follows one"
         with self._sync_lock:
             cfg = self.trainer.cfg
             current = cfg.to_dict()
@@ -148,8 +149,9 @@ class HyperparameterPanel(w.VBox):
 
     def close(self) -> None:
         """Stop following the trainer and close the widgets."""
-        if getattr(self, "_follower", None) is not None:
-            self._follower.cancel()
+        follower = getattr(self, "_follower", None)
+        if follower is not None:
+            follower.cancel()
         super().close()
 
     def _build_options(self, method: str, options: dict) -> None:
@@ -175,7 +177,7 @@ class HyperparameterPanel(w.VBox):
             field.input.disabled = name in FORK_REFUSES or (name not in LIVE_FIELDS and not unlocked)
 
     def _unlock_changed(self, change) -> None:
-        if not change["new"]:  # locking again: the fixed fields go back to the run's values
+        if not change["new"] and self.trainer is not None:  # locking again: the fixed fields go back to the run's values
             cfg = self.trainer.cfg
             shown_method = self.fields["method"].get()
             self._loading = True
@@ -269,6 +271,9 @@ class HyperparameterPanel(w.VBox):
     def apply(self) -> bool:
         """Set the changed live fields on the trainer (``trainer.set_live``); True if applied.
         Nothing is applied when a value is invalid or a fixed field was changed."""
+        if self.trainer is None:
+            set_status(self.status, "no trainer to apply to: this panel edits a starting config", error=True)
+            return False
         try:
             changes = self.changes()
         except ConfigError as error:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import ipywidgets as w
 
+from workbench.batch import RolloutBatch
 from workbench.metrics.registry import (
     HIGH_ENTROPY_ACCURACY,
     KL_HIGH_ENTROPY_TO_OTHER,
@@ -48,7 +49,8 @@ class PolicySplitView(w.VBox):
         self.max_points = max_points
         self.steps: list[int] = []
         self.series: dict[str, list[float]] = {name: [] for name in (*ACCURACY.values(), *KL.values())}
-        self._batch, self._batch_step = None, -1
+        self._batch: RolloutBatch | None = None  # the newest step's rollouts
+        self._batch_step = -1
         self._build_figures()
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_examples(), names="value")

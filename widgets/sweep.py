@@ -125,12 +125,18 @@ class SweepView(Polled, w.VBox):
         self.trials, self._seen = trials if len(trials) else self.trials.iloc[:0], signature
         return True
 
+    def _known_plan(self) -> SweepPlan:
+        """The sweep's plan, read with its first trials (what shows a trial needs it)."""
+        if self.plan is None:
+            raise RuntimeError(f"{self.dir} has no trials yet: its plan is read with the first {TRIALS_FILE}")
+        return self.plan
+
     def _follow_selected(self) -> None:
         """Read the selected trials' new metrics rows; draw their curves when any came."""
         changed = [t.name for t in self.curves.data] != list(self.table.value)  # a selection not drawn yet
         for name in self.table.value:
             if name not in self.followers:
-                self.followers[name], self._rows[name] = open_run(self.dir / name, self.plan.steps), []
+                self.followers[name], self._rows[name] = open_run(self.dir / name, self._known_plan().steps), []
             update = self.followers[name].poll()
             if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
                 self._rows[name] = []
@@ -173,7 +179,7 @@ class SweepView(Polled, w.VBox):
 
     def table_cells(self) -> pd.DataFrame:
         """The table as text, a row per trial: status, steps taken, the metric, the settings, pass@1."""
-        plan, trials = self.plan, self.trials
+        plan, trials = self._known_plan(), self.trials
         steps = [f"{'-' if pd.isna(step) else int(step) + 1}/{plan.steps}" for step in trials.step]
         cells = pd.DataFrame({"trial": trials.name, "status": trials.status, "steps": steps,
                               plan.metric: trials.metric.map(value_text)})
@@ -188,7 +194,7 @@ class SweepView(Polled, w.VBox):
         started = self.trials[self.trials.status != "pending"]
         codes = [STATUSES.index(s) for s in started.status]
         with self.parallel.batch_update():
-            self.parallel.data[0].dimensions = sweep_axes(self.plan, started) if len(started) else []
+            self.parallel.data[0].dimensions = sweep_axes(self._known_plan(), started) if len(started) else []
             self.parallel.data[0].line = {"color": codes, "colorscale": STATUS_SCALE, "cmin": -0.5,
                                           "cmax": len(STATUSES) - 0.5}
 
@@ -237,7 +243,7 @@ class SweepView(Polled, w.VBox):
             counts = self.trials.status.value_counts()
             parts = [" · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "finished", "stopped", "failed"))
                      + "".join(f" · {counts[s]} {s}" for s in ("pending", "interrupted") if counts.get(s))
-                     + f" (of {self.plan.trials} trials)"]
+                     + f" (of {self._known_plan().trials} trials)"]
             if lock_held(self.dir) is False:
                 resume = ": run the same command again to resume the interrupted trials"
                 parts.append("the sweep's process has ended" + (resume if counts.get("interrupted") else ""))
@@ -250,7 +256,7 @@ class SweepView(Polled, w.VBox):
         """Show the token view of trial ``name`` (default: the first selected) below, following its
         run directory; the one shown before is closed."""
         name = name if name is not None else (self.table.value[0] if self.table.value else None)
-        if name not in set(self.trials.name):
+        if name is None or name not in set(self.trials.name):
             raise ValueError(f"name={name!r} is not allowed: a trial of this sweep "
                              f"({', '.join(self.trials.name) or 'none has started yet'})")
         if self.token_view is not None:

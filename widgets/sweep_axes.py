@@ -38,6 +38,7 @@ def setting_axis(dimension: Dimension, label: str, values: pd.Series) -> dict:
                 "range": [0, max(len(categories) - 1, 1)], "tickvals": list(range(len(categories))),
                 "ticktext": [esc(value_text(v)) for v in categories]}
     if dimension.kind == "loguniform":
+        assert dimension.low is not None and dimension.high is not None  # a range's dimension has both ends
         ticks = _log_ticks(dimension.low, dimension.high)
         return {"label": f"{label} (log)", "values": np.log10(values.astype(float)).tolist(),
                 "range": [math.log10(dimension.low), math.log10(dimension.high)],

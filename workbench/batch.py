@@ -228,20 +228,7 @@ class RolloutBatch:
         n, width = len(frame), max(lengths, default=0)
 
         def per_token(column: str, dtype: torch.dtype) -> torch.Tensor | None:
-            values = frame[column].tolist() if column in frame else [None] * n
-            if all(v is None for v in values):
-                return None
-            out = torch.zeros((n, width), dtype=dtype)
-            for i, v in enumerate(values):
-                out[i, :lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
-            return out
-
-        def sampled_per_token(column: str) -> torch.Tensor:
-            values = per_token(column, torch.float32)
-            if values is None:  # to_frame writes the sampler's values for every row
-                raise ValueError(f"the rollouts frame's {column} column holds no values: "
-                                 "the frame RolloutBatch.to_frame writes has one per response")
-            return values
+            return _token_column(frame, column, lengths, dtype)
 
         first = frame.drop_duplicates("group").set_index("group")
         ids = per_token("token_ids", torch.long)
@@ -255,7 +242,7 @@ class RolloutBatch:
             ids=ids if ids is not None else torch.zeros((n, 0), dtype=torch.long),
             # float, as sampled
             mask=torch.as_tensor([[1.0] * k + [0.0] * (width - k) for k in lengths]).view(n, width),
-            logprobs=sampled_per_token("logprob"), entropy=sampled_per_token("entropy"),
+            logprobs=_sampled_column(frame, "logprob", lengths), entropy=_sampled_column(frame, "entropy", lengths),
             topk_ids=_alternatives(frame, "topk_ids", lengths, width, torch.long),
             topk_probs=_alternatives(frame, "topk_probs", lengths, width, torch.float32),
             text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
@@ -273,6 +260,28 @@ def _filled(value: _Filled | None, name: str, stage: str) -> _Filled:
     if value is None:
         raise RuntimeError(f"RolloutBatch.{name} is read before {stage} filled it")
     return value
+
+
+def _token_column(frame: pd.DataFrame, column: str, lengths: list[int], dtype: torch.dtype) -> torch.Tensor | None:
+    """[N, T] from a frame's per-response token values (``lengths[i]`` of row i, right-padded with
+    0); None when the frame has no such column or no value in it."""
+    n, width = len(frame), max(lengths, default=0)
+    values = frame[column].tolist() if column in frame else [None] * n
+    if all(v is None for v in values):
+        return None
+    out = torch.zeros((n, width), dtype=dtype)
+    for i, v in enumerate(values):
+        out[i, :lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
+    return out
+
+
+def _sampled_column(frame: pd.DataFrame, column: str, lengths: list[int]) -> torch.Tensor:
+    """``_token_column`` of a value the sampler gives every token (log-probs, entropy)."""
+    values = _token_column(frame, column, lengths, torch.float32)
+    if values is None:  # to_frame writes the sampler's values for every row
+        raise ValueError(f"the rollouts frame's {column} column holds no values: "
+                         "the frame RolloutBatch.to_frame writes has one per response")
+    return values
 
 
 def _labels(frame: pd.DataFrame, column: str) -> list | None:

@@ -119,7 +119,7 @@ def _train_on_trl(args, out: Path) -> int:
                               f"({getattr(recorded, changed[0])!r}): a TRL run resumes as it was configured")
         cfg = recorded
     trainer = WorkbenchGRPOTrainer(cfg, out, steps=args.steps, resume=args.resume, **overrides(args.trl, "--trl"))
-    trainer.train(resume=args.resume)
+    trainer.train()
     if trainer.accelerator.is_main_process:
         rows = RunStore(out).read_metrics()
         if rows:

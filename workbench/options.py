@@ -15,7 +15,7 @@ import math
 import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 KINDS = ("int", "float", "bool", "choice", "text", "any")
 # how a run's value can change once it trains: live (Trainer.set_live, from the next step), in a
@@ -109,8 +109,8 @@ class Option:
                 raise ConfigError(label, value, self.allowed(), show_type=True)
             if not math.isfinite(value):
                 raise ConfigError(label, value, self.allowed())
-            if (value < self.low or value > self.high or (self.low_open and value == self.low)
-                    or (self.high_open and value == self.high)):
+            v = cast(float, value)  # compared as it is: an int beyond 2**53 must not be rounded
+            if v < self.low or v > self.high or (self.low_open and v == self.low) or (self.high_open and v == self.high):
                 raise ConfigError(label, value, self.allowed())
         elif self.kind == "bool":
             if not isinstance(value, bool):

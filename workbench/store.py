@@ -17,40 +17,30 @@ One writer: a trainer takes the run's lock before it writes anything, and a seco
 report, widgets) never take it and never write into the run's files.
 
 Checkpoints are written to a temporary directory and renamed into place, so a process
-killed mid-write leaves the previous checkpoint intact; state.json records the sha256 of
-the other two files, so a truncated or altered file is refused with an error that names it.
-Optimizer and RNG state load with ``torch.load(weights_only=True)``; weights only from
-safetensors. A metrics line that fails to write is cut off again, so the file never holds
+killed mid-write leaves the previous checkpoint intact; what they hold and how it is checked
+on load is :mod:`workbench.checkpoint`. A metrics line that fails to write is cut off again, so the file never holds
 half a step. A damaged line (a crash mid-write, an editor, a stray byte) is reported with its
 line number and skipped, never taken as the end of the data: every reader sees the same rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
+from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
 from .config import RunConfig
 from .run_lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
 
-CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.pt", "state.json")
-HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256
 BACKEND_FILE = "backend.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or corrupt; the message names the file."""
 
 
 class DamagedMetricsWarning(UserWarning):
@@ -213,12 +203,7 @@ class RunStore:
         tmp = self.checkpoints_dir / f".tmp-step-{step}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        policy.save_adapter(tmp / "adapter.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-        # state.json is written last and records the other files' digests: a file changed on disk
-        # afterwards (truncated, bit-flipped, swapped) is caught on load, not trained on.
-        digests = {name: _sha256(tmp / name) for name in HASHED_FILES}
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "sha256": digests}))
+        write_checkpoint(tmp, step, policy, optimizer, state)
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -246,31 +231,9 @@ class RunStore:
         hint = (f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; rename it to broken-{path.name} "
                 f"to resume from step {earlier[-1]})" if earlier else "")
         try:
-            for name in CHECKPOINT_FILES:
-                if not (path / name).is_file():
-                    raise CheckpointError(f"checkpoint file {path / name} is missing")
-            state = _read_state(path / "state.json", step)
-            for name, digest in state.get("sha256", {}).items():
-                if name not in HASHED_FILES or _sha256(path / name) != digest:
-                    raise CheckpointError(f"checkpoint file {path / name} is truncated or corrupt: its sha256 "
-                                          "differs from the one recorded in state.json")
-            adapter = _read_adapter(path / "adapter.safetensors")
-            optimizer, torch_rng = _read_optimizer(path / "optimizer.pt")
+            return read_checkpoint(path, step)
         except CheckpointError as error:
             raise CheckpointError(f"{error}{hint}") from error.__cause__
-        return Checkpoint(path, step, adapter, optimizer, torch_rng, state)
-
-
-@dataclass
-class Checkpoint:
-    """What ``RunStore.load_checkpoint`` read: every tensor, checked, nothing applied yet."""
-
-    path: Path
-    step: int
-    adapter: dict[str, torch.Tensor]
-    optimizer: dict
-    torch_rng: torch.Tensor
-    state: dict
 
 
 def parse_metrics(data: bytes, first_line: int = 1) -> tuple[dict[int, dict], list[tuple[int, str]]]:
@@ -291,44 +254,6 @@ def parse_metrics(data: bytes, first_line: int = 1) -> tuple[dict[int, dict], li
         else:
             damaged.append((number, text))
     return by_step, damaged
-
-
-def _read_state(path: Path, step: int) -> dict:
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
-    if not isinstance(state, dict) or state.get("step") != step:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: it should hold a JSON object with "
-                              f"\"step\": {step}, not {str(state)[:80]!r}")
-    digests, nan_skips = state.get("sha256"), state.get("nan_skips", 0)
-    if not isinstance(digests, dict) or set(digests) != set(HASHED_FILES):
-        raise CheckpointError(f"checkpoint file {path} is corrupt: its \"sha256\" must record the digests of "
-                              f"{' and '.join(HASHED_FILES)}, so that they can be checked before they are loaded")
-    if not isinstance(nan_skips, int) or isinstance(nan_skips, bool) or nan_skips < 0:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: nan_skips={nan_skips!r}, not a count >= 0")
-    return state
-
-
-def _read_adapter(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))  # safetensors: tensors only, nothing executed
-    except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
-        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
-
-
-def _read_optimizer(path: Path) -> tuple[dict, torch.Tensor]:
-    try:
-        payload = torch.load(path, weights_only=True)  # refuses pickled code, only tensors and containers
-    except Exception as error:
-        raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
-    optimizer = payload.get("optimizer") if isinstance(payload, dict) else None
-    torch_rng = payload.get("torch_rng") if isinstance(payload, dict) else None
-    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer) or \
-            not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: expected an optimizer state_dict and a "
-                              "uint8 RNG state under 'optimizer' and 'torch_rng'")
-    return optimizer, torch_rng
 
 
 def _replace_directory(new: Path, final: Path) -> None:
@@ -354,14 +279,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(v):

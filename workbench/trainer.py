@@ -163,7 +163,7 @@ class Trainer:
             committed = True  # in metrics.jsonl and the history: from here on the step has happened
             if self.writer is not None:
                 self.writer.checkpoint_if_due(self.step_index, self.cfg.checkpoint_every, *self._checkpoint_contents())
-            yield self._emit(Phase("metrics", step_metrics[M.STEP], batch, step_metrics))
+            yield self._emit(Phase("metrics", int(step_metrics[M.STEP]), batch, step_metrics))
         finally:
             self._step_open = False
             if not committed:
@@ -189,6 +189,7 @@ class Trainer:
     def step(self) -> StepResult:
         for phase in self.phases():
             pass
+        assert phase.batch is not None  # the last phase, "metrics", carries the step's batch
         return StepResult(phase.step, phase.numbers, phase.batch)
 
     def run(self, steps: int, progress: bool = True, label: str | None = None) -> pd.DataFrame:

@@ -121,6 +121,7 @@ def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, ite
             plan.ref_logps.append(batch.ref_logprobs[rows].float())
         elif plan.use_ref:  # the reference never moves: one pass per step
             plan.ref_logps.append(reference_logprobs(trainer, batch, rows[plan.kl_rows[rows]], rows))
+    assert batch.token_advantages is not None, "the advantage phase fills the token advantages"
     # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
     share = step.BatchShare(plan.valid_tokens, len(rows) / len(batch), plan.kept_tokens)
     part = step.policy_loss(
@@ -146,7 +147,7 @@ def reference_logprobs(trainer, batch: RolloutBatch, measured: torch.Tensor, row
 
 def one_response_per_group(batch: RolloutBatch) -> torch.Tensor:
     """[N] bool: the first row of each group in each context and stage."""
-    first = {}
+    first: dict[tuple, int] = {}
     for i, key in enumerate(zip(batch.group.tolist(), batch.mode, batch.stage)):
         first.setdefault(key, i)
     chosen = torch.zeros(len(batch), dtype=torch.bool)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import accelerate
 import pandas as pd
 import torch
 import trl
 from accelerate.utils import gather_object
+from transformers.trainer_utils import TrainOutput
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import core, methods, step, tasks
@@ -70,6 +71,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
         self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
+        self.resuming = resume
         self.writer: RunWriter | None = None
         self.user_fields = trl_fields
         # before the model loads: a DeepSpeed ZeRO-3 config then shards it as it loads (zero3_init_flag)
@@ -120,10 +122,14 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
                  if p.name.split("-")[1].isdigit()]
         return max(steps, default=0)
 
-    def train(self, resume: bool = False, **kwargs):
-        """Train (from the newest checkpoint when ``resume``); the run directory's lock is let go at the end."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None) -> TrainOutput:
+        """TRL's train; a run made with ``resume=True`` continues from its newest checkpoint. The run
+        directory's lock is let go at the end."""
+        if resume_from_checkpoint is None and self.resuming:
+            resume_from_checkpoint = bool(self.last_checkpoint_step()) or None
         try:
-            return super().train(resume_from_checkpoint=bool(resume and self.last_checkpoint_step()) or None, **kwargs)
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
         finally:
             if self.writer is not None:
                 self.writer.close()
@@ -292,8 +298,8 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         super().log(logs, start_time)
-        if self._pending is None or "loss" not in logs or not self.model.training:
-            return
+        if self.writer is None or self._pending is None or "loss" not in logs or not self.policy.model.training:
+            return  # the main process writes the step, once its training loss is logged
         index = self.state.global_step - 1  # the workbench counts steps from 0
         frame = _joined(self._pending["frames"], self.cfg.num_generations)
         clipped, tokens, kl_sum, kl_tokens = self._loss_numbers.tolist()

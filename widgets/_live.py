@@ -116,9 +116,9 @@ def numeric_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:
     """A batch's prompts as the options (one line of plain text each); the selected prompt
     index stays selected across steps."""
-    options = [] if batch is None else [
-        (f"{g}: {' '.join(p.prompt.split())[:60]}", g) for g, p in enumerate(batch.problems)
-    ]
+    options = (
+        [] if batch is None else [(f"{g}: {' '.join(p.prompt.split())[:60]}", g) for g, p in enumerate(batch.problems)]
+    )
     keep = dropdown.value
     if options != list(dropdown.options):
         dropdown.options = options
@@ -126,9 +126,11 @@ def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:
         dropdown.value = keep if keep is not None and keep < len(options) else 0
 
 
-SPINNER_CSS = ("@keyframes wb-spin { to { transform: rotate(360deg); } } .wb-spinner { display:inline-block; "
-               "width:0.75em; height:0.75em; margin-right:5px; border:2px solid #bbb; border-top-color:#0072B2; "
-               "border-radius:50%; animation:wb-spin 0.9s linear infinite; vertical-align:-1px; }")
+SPINNER_CSS = (
+    "@keyframes wb-spin { to { transform: rotate(360deg); } } .wb-spinner { display:inline-block; "
+    "width:0.75em; height:0.75em; margin-right:5px; border:2px solid #bbb; border-top-color:#0072B2; "
+    "border-radius:50%; animation:wb-spin 0.9s linear infinite; vertical-align:-1px; }"
+)
 
 
 def busy(html_text: str) -> str:
@@ -200,4 +202,3 @@ class Polled:
     def error(self) -> Exception | None:
         """The last poll's error, None when it went through."""
         return self._guard.error
-

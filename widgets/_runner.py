@@ -93,8 +93,9 @@ class BackgroundRunner:
             self.error = error
         finally:
             self.progress_text = ""
-            self._finish("error" if self.error else "stopped" if self._discard
-                         else "paused" if self._pause.is_set() else "idle")
+            self._finish(
+                "error" if self.error else "stopped" if self._discard else "paused" if self._pause.is_set() else "idle"
+            )
 
     def _finish(self, state: str) -> None:
         if self._discard and self.cursor.is_open:

@@ -30,8 +30,14 @@ class RunComparison(Polled, w.VBox):
     every run again from its start; ``close()`` stops following.
     """
 
-    def __init__(self, runs: Sequence | Mapping, metric: str = REWARD_MEAN, smoothing: float = 0.0,
-                 max_points: int = 2000, interval: float = FOLLOW_INTERVAL):
+    def __init__(
+        self,
+        runs: Sequence | Mapping,
+        metric: str = REWARD_MEAN,
+        smoothing: float = 0.0,
+        max_points: int = 2000,
+        interval: float = FOLLOW_INTERVAL,
+    ):
         items = list(runs.items()) if isinstance(runs, Mapping) else [(None, run) for run in runs]
         if not items:
             raise ValueError("runs=[] is not allowed: pass at least one trainer or run directory")
@@ -41,28 +47,59 @@ class RunComparison(Polled, w.VBox):
         self._stops: list[Callable[[], None]] = []
         self._guard = PollGuard(self._show_status)  # the sources' polls, direct ones and reloads, one at a time
         self._open()
-        self.labels = _unique([str(label) if label is not None else _label(source, i)
-                               for i, ((label, _), source) in enumerate(zip(items, self.sources))])
-        self.metric = w.Dropdown(description="metric", layout=w.Layout(width="360px"))
-        self.smoothing = w.FloatSlider(value=smoothing, min=0.0, max=0.99, step=0.01, description="smoothing",
-                                       tooltip="exponential moving average weight (0 = raw values)",
-                                       continuous_update=False, layout=w.Layout(width="360px"))
-        self.reload_button = w.Button(description="Reload", icon="refresh", tooltip="read every run again")
-        self.reload_button.on_click(lambda _: self.reload())
-        self.status = status_line()
-        self.figure = LiveFigure(layout=panel_layout("", height=380, width=FULL_WIDTH, hovermode="x unified",
-                                                     xaxis={"title": {"text": "step"}}))
-        for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
-            color = run_color(i)  # the runs' colours in any notebook figure of the same runs
-            self.figure.add_scatter(name=esc(label), legendgroup=str(i), showlegend=False, mode="lines",
-                                    line={"color": color, "width": 1}, opacity=0.3, hoverinfo="skip", x=[], y=[])
-            self.figure.add_scatter(name=esc(label), legendgroup=str(i), mode="lines", line={"color": color},
-                                    x=[], y=[])
+        self.labels = _unique(
+            [
+                str(label) if label is not None else _label(source, i)
+                for i, ((label, _), source) in enumerate(zip(items, self.sources))
+            ]
+        )
+        self._build_controls(smoothing)
+        self.figure = self._build_figure()
         self._select(metric)
         self.metric.observe(lambda _: self._draw(), names="value")
         self.smoothing.observe(lambda _: self._draw(), names="value")
         super().__init__([w.HBox([self.metric, self.smoothing, self.reload_button]), self.status, self.figure])
         self._watch()
+
+    def _build_controls(self, smoothing: float) -> None:
+        """The metric selector, the smoothing slider, Reload and the status line."""
+        self.metric = w.Dropdown(description="metric", layout=w.Layout(width="360px"))
+        self.smoothing = w.FloatSlider(
+            value=smoothing,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            description="smoothing",
+            tooltip="exponential moving average weight (0 = raw values)",
+            continuous_update=False,
+            layout=w.Layout(width="360px"),
+        )
+        self.reload_button = w.Button(description="Reload", icon="refresh", tooltip="read every run again")
+        self.reload_button.on_click(lambda _: self.reload())
+        self.status = status_line()
+
+    def _build_figure(self) -> LiveFigure:
+        """The empty figure: a faint raw line and a smoothed one for each run, in the run's colour."""
+        figure = LiveFigure(
+            layout=panel_layout(
+                "", height=380, width=FULL_WIDTH, hovermode="x unified", xaxis={"title": {"text": "step"}}
+            )
+        )
+        for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
+            color = run_color(i)  # the runs' colours in any notebook figure of the same runs
+            figure.add_scatter(
+                name=esc(label),
+                legendgroup=str(i),
+                showlegend=False,
+                mode="lines",
+                line={"color": color, "width": 1},
+                opacity=0.3,
+                hoverinfo="skip",
+                x=[],
+                y=[],
+            )
+            figure.add_scatter(name=esc(label), legendgroup=str(i), mode="lines", line={"color": color}, x=[], y=[])
+        return figure
 
     @property
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -151,8 +188,9 @@ class RunComparison(Polled, w.VBox):
         """How many runs, where each is, and what is wrong."""
         parts = [f"{len(self.labels)} runs"]
         parts += [f"{label}: {source.describe()}" for label, source in zip(self.labels, self.sources)]
-        problem = "no metric common to every run" if self.metric.value is None and any(
-            len(f) for f in self._frames) else None
+        problem = (
+            "no metric common to every run" if self.metric.value is None and any(len(f) for f in self._frames) else None
+        )
         if self.error is not None:
             problem = f"{type(self.error).__name__}: {self.error}"
         set_status(self.status, "; ".join(parts + ([problem] if problem else [])), error=problem is not None)

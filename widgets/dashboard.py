@@ -54,8 +54,15 @@ class TrainingDashboard(W.VBox):
     _ready = False
     runner: BackgroundRunner | None = None
 
-    def __init__(self, source, steps: int | None = None, max_points: int = 2000, min_interval: float = 0.25,
-                 fit: bool = True, interval: float = FOLLOW_INTERVAL):
+    def __init__(
+        self,
+        source,
+        steps: int | None = None,
+        max_points: int = 2000,
+        min_interval: float = 0.25,
+        fit: bool = True,
+        interval: float = FOLLOW_INTERVAL,
+    ):
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps={steps!r} is not allowed: an integer >= 1")
         if min_interval < 0:
@@ -74,8 +81,9 @@ class TrainingDashboard(W.VBox):
         if trainer is not None:  # this process trains the run: the buttons drive it
             controls = [*self._trainer_controls(trainer, steps or TRAINER_STEPS), *controls]
         controls = W.HBox(controls, layout=W.Layout(flex_flow="row wrap", align_items="center", grid_gap="6px"))
-        super().__init__([controls, self.status, self.drawing.fit_line, self.drawing.tabs],
-                         layout=W.Layout(width="100%"))
+        super().__init__(
+            [controls, self.status, self.drawing.fit_line, self.drawing.tabs], layout=W.Layout(width="100%")
+        )
         self.add_class("wb-dashboard")  # a stable hook for styling and browser tests
         self.feed.start()  # polled once now
         self._throttle.flush()
@@ -85,8 +93,9 @@ class TrainingDashboard(W.VBox):
     def _trainer_controls(self, trainer, steps: int) -> list[W.Widget]:
         """The buttons that drive the trainer and the step-count control."""
         self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="TrainingDashboard")
-        self.steps_control = W.BoundedIntText(value=steps, min=1, max=10**7, description="steps",
-                                              layout=W.Layout(width="150px"))
+        self.steps_control = W.BoundedIntText(
+            value=steps, min=1, max=10**7, description="steps", layout=W.Layout(width="150px")
+        )
         self.buttons = {
             "start": W.Button(description="Start", icon="play", button_style="primary", tooltip="train `steps` steps"),
             "pause": W.Button(description="Pause", icon="pause", tooltip="stop after the current phase"),
@@ -202,8 +211,10 @@ class TrainingDashboard(W.VBox):
             parts.append(self.runner.progress_text)
         if self.runner.error is not None:
             error = self.runner.error
-            parts.append(f"<span style='color:{STATES['error']}'>"
-                         f"{html.escape(type(error).__name__)}: {html.escape(str(error))}</span>")
+            parts.append(
+                f"<span style='color:{STATES['error']}'>"
+                f"{html.escape(type(error).__name__)}: {html.escape(str(error))}</span>"
+            )
         return parts
 
     def _summary(self) -> list[str]:
@@ -211,8 +222,10 @@ class TrainingDashboard(W.VBox):
         parts = []
         last, skipped = self.drawing.last_row, self.drawing.skipped
         if last:
-            parts.append(f"reward {_number(last.get(REWARD_MEAN))} · entropy {_number(last.get(ENTROPY_MEAN))} "
-                         f"nats · {_number(last.get(STEP_TIME), 2)} s/step")
+            parts.append(
+                f"reward {_number(last.get(REWARD_MEAN))} · entropy {_number(last.get(ENTROPY_MEAN))} "
+                f"nats · {_number(last.get(STEP_TIME), 2)} s/step"
+            )
         if skipped:
             parts.append(f"<span style='color:{STATES['error']}'>⚠ {_skips_text(skipped)}</span>")
         return parts
@@ -236,8 +249,10 @@ class TrainingDashboard(W.VBox):
 
     def _driver(self) -> BackgroundRunner:
         if self.runner is None:
-            raise RuntimeError(f"this dashboard follows {self.feed.source.location}, which another process trains: "
-                               "starting, pausing, stepping and stopping it are that process's")
+            raise RuntimeError(
+                f"this dashboard follows {self.feed.source.location}, which another process trains: "
+                "starting, pausing, stepping and stopping it are that process's"
+            )
         return self.runner
 
     def start(self, steps: int | None = None) -> None:

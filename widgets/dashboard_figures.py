@@ -77,8 +77,12 @@ TITLES = {
 # the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
 TABS = {"reward · entropy": ("reward", "entropy"), "KL · diversity": ("kl", "diversity")}
 METHOD_PANELS = {g.name: registry.panel_metrics(g.name) for g in registry.method_groups()}
-COLUMNS = (STEP, *BAND, *(s[0] for specs in SERIES.values() for s in specs),
-           *(m for metrics in METHOD_PANELS.values() for m in metrics))
+COLUMNS = (
+    STEP,
+    *BAND,
+    *(s[0] for specs in SERIES.values() for s in specs),
+    *(m for metrics in METHOD_PANELS.values() for m in metrics),
+)
 # below this share of the reward's variance explained, the fit is not extrapolated to a ceiling
 FIT_MIN_R2 = 0.5
 
@@ -96,13 +100,15 @@ class DashboardFigures:
         self.max_points = max_points
         self.fit: dict[str, float] | None = None
         self.restart()
-        self.fit_control = W.Checkbox(value=fit, description="fit R = −a·exp(H) + b", indent=False,
-                                      layout=W.Layout(width="auto"))
+        self.fit_control = W.Checkbox(
+            value=fit, description="fit R = −a·exp(H) + b", indent=False, layout=W.Layout(width="auto")
+        )
         self.fit_control.observe(lambda _: on_fit_change(), names="value")
         self.fit_line = W.HTML()
         self.figures = {name: core_figure(name) for name in SERIES}
-        self.tabs = W.Tab(children=[_pair(self.figures[n] for n in names) for names in TABS.values()],
-                          titles=tuple(TABS))
+        self.tabs = W.Tab(
+            children=[_pair(self.figures[n] for n in names) for names in TABS.values()], titles=tuple(TABS)
+        )
 
     def restart(self) -> None:
         self.history = ThinnedHistory(COLUMNS, self.max_points)
@@ -123,8 +129,9 @@ class DashboardFigures:
             for trace in fig.data:
                 if trace.meta == column:
                     return trace
-        raise KeyError(f"column={column!r} has no trace; drawn: "
-                       f"{', '.join(t.meta for f in self.figures.values() for t in f.data)}")
+        raise KeyError(
+            f"column={column!r} has no trace; drawn: {', '.join(t.meta for f in self.figures.values() for t in f.data)}"
+        )
 
     def draw(self) -> None:
         h = self.history
@@ -188,10 +195,14 @@ class DashboardFigures:
         if f is None:
             return f"fit R = −a·exp(H) + b: needs {FIT_MIN_POINTS} steps with different entropies"
         if f["r2"] < FIT_MIN_R2:
-            return (f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
-                    f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})")
-        return (f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
-                f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)")
+            return (
+                f"fit R = −a·exp(H) + b over {f['n']} steps: R² = {f['r2']:.2f}, entropy explains too little "
+                f"of the reward yet to predict a ceiling (shown from R² ≥ {FIT_MIN_R2:g})"
+            )
+        return (
+            f"fit R = −a·exp(H) + b over {f['n']} steps: a = {f['a']:.3g}, b = {f['b']:.3g}, "
+            f"R² = {f['r2']:.2f} · predicted ceiling b − a = <b>{f['ceiling']:.3f}</b> (reward at entropy 0)"
+        )
 
 
 def core_figure(name: str) -> LiveFigure:
@@ -203,23 +214,69 @@ def core_figure(name: str) -> LiveFigure:
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
     if secondary:
-        fig.update_yaxes(title_text="clip fraction", secondary_y=True, showgrid=False, rangemode="nonnegative",
-                         tickformat=".1%", tickmode="auto")
+        fig.update_yaxes(
+            title_text="clip fraction",
+            secondary_y=True,
+            showgrid=False,
+            rangemode="nonnegative",
+            tickformat=".1%",
+            tickmode="auto",
+        )
     if name == "entropy":
-        # the band first, so the mean draws on top: p95 as the upper edge, p50 filled up to it
-        band = QUANTITY["entropy"]
-        fig.add_scatter(x=[], y=[], meta=BAND[1], name="p95", mode="lines",
-                        line={"width": 0.5, "color": band}, showlegend=False, hoverinfo="skip")
-        fig.add_scatter(x=[], y=[], meta=BAND[0], name="p50–p95", mode="lines", fill="tonexty",
-                        line={"width": 0.5, "color": band}, fillcolor=rgba(band, 0.25))
+        _add_entropy_band(fig)
     if name == "reward":
-        fig.add_scatter(x=[], y=[], meta="fit_ceiling", name="ceiling b − a (fit)", mode="lines",
-                        line={"color": QUANTITY["threshold"], "dash": "longdash", "width": 1.5}, visible=False)
-        fig.add_scatter(x=[], y=[], meta="skipped_update", name="update skipped (NaN/inf loss)", mode="markers",
-                        marker={"symbol": "x", "size": 11, "color": STATES["error"]}, visible=False)
+        _add_reward_markers(fig)
     for spec in SERIES[name]:
         _add_series(fig, spec)
     return fig
+
+
+def _add_entropy_band(fig: LiveFigure) -> None:
+    """The entropy panel's p50–p95 band (p95 the upper edge, p50 filled up to it), added before the
+    mean so the mean draws on top."""
+    band = QUANTITY["entropy"]
+    fig.add_scatter(
+        x=[],
+        y=[],
+        meta=BAND[1],
+        name="p95",
+        mode="lines",
+        line={"width": 0.5, "color": band},
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        x=[],
+        y=[],
+        meta=BAND[0],
+        name="p50–p95",
+        mode="lines",
+        fill="tonexty",
+        line={"width": 0.5, "color": band},
+        fillcolor=rgba(band, 0.25),
+    )
+
+
+def _add_reward_markers(fig: LiveFigure) -> None:
+    """The reward panel's fitted-ceiling line and skipped-update markers, hidden until there is data."""
+    fig.add_scatter(
+        x=[],
+        y=[],
+        meta="fit_ceiling",
+        name="ceiling b − a (fit)",
+        mode="lines",
+        line={"color": QUANTITY["threshold"], "dash": "longdash", "width": 1.5},
+        visible=False,
+    )
+    fig.add_scatter(
+        x=[],
+        y=[],
+        meta="skipped_update",
+        name="update skipped (NaN/inf loss)",
+        mode="markers",
+        marker={"symbol": "x", "size": 11, "color": STATES["error"]},
+        visible=False,
+    )
 
 
 def method_figure(group: str, metrics: Iterable[str]) -> LiveFigure:
@@ -235,8 +292,14 @@ def method_figure(group: str, metrics: Iterable[str]) -> LiveFigure:
 
 def _add_series(fig: LiveFigure, spec) -> None:
     column, label, color, dash, secondary = spec
-    trace = {"x": [], "y": [], "meta": str(column), "name": label, "mode": "lines",
-             "line": {"color": color, "dash": dash, "width": 2}}
+    trace = {
+        "x": [],
+        "y": [],
+        "meta": str(column),
+        "name": label,
+        "mode": "lines",
+        "line": {"color": color, "dash": dash, "width": 2},
+    }
     if secondary:
         fig.add_scatter(**trace, secondary_y=True)
     else:

@@ -56,9 +56,17 @@ class DiversityPanel(w.VBox):
     ``redraw_interval`` seconds throttles the live redraws.
     """
 
-    def __init__(self, source, splits: Sequence[str] = ("test", "ood"), n_samples: int = 8, num_prompts: int = 16,
-                 distinct_ns: Sequence[int] = (1, 2, 3), redraw_interval: float = 0.5, max_points: int = 2000,
-                 interval: float = FOLLOW_INTERVAL):
+    def __init__(
+        self,
+        source,
+        splits: Sequence[str] = ("test", "ood"),
+        n_samples: int = 8,
+        num_prompts: int = 16,
+        distinct_ns: Sequence[int] = (1, 2, 3),
+        redraw_interval: float = 0.5,
+        max_points: int = 2000,
+        interval: float = FOLLOW_INTERVAL,
+    ):
         self.splits = tuple(splits)
         self.distinct_ns = tuple(distinct_ns)
         self.max_points = max_points
@@ -68,15 +76,41 @@ class DiversityPanel(w.VBox):
         self._batch_step = -1
         self._backlog: list[int] = []  # steps whose rollouts are still to be read
 
-        self.n_samples = w.IntText(value=n_samples, description="samples / prompt",
-                                   style={"description_width": "initial"}, layout=w.Layout(width="190px"))
-        self.num_prompts = w.IntText(value=num_prompts, description="prompts",
-                                     style={"description_width": "initial"}, layout=w.Layout(width="150px"))
+        self._build_evaluation_controls(n_samples, num_prompts)
+        self._build_figures()
+        self._throttle = Throttle(self._redraw, redraw_interval)
+        self.feed = Feed(source, self._on_update, interval=interval, detail=self._backlog_text)
+        self._redraw()
+        self._draw_pass_at_k()
+        super().__init__(self._sections())
+        self.feed.start()
+
+    def _build_evaluation_controls(self, n_samples: int, num_prompts: int) -> None:
+        """The Evaluate button and its settings (shown only when this process trains the run)."""
+        self.n_samples = w.IntText(
+            value=n_samples,
+            description="samples / prompt",
+            style={"description_width": "initial"},
+            layout=w.Layout(width="190px"),
+        )
+        self.num_prompts = w.IntText(
+            value=num_prompts,
+            description="prompts",
+            style={"description_width": "initial"},
+            layout=w.Layout(width="150px"),
+        )
         self.label = w.Text(placeholder="label (default: method and step)", layout=w.Layout(width="260px"))
-        self.evaluate_button = w.Button(description="Evaluate", button_style="primary", icon="play",
-                                        tooltip=f"pass@k of the current policy on {', '.join(self.splits)}")
+        self.evaluate_button = w.Button(
+            description="Evaluate",
+            button_style="primary",
+            icon="play",
+            tooltip=f"pass@k of the current policy on {', '.join(self.splits)}",
+        )
         self.evaluate_button.on_click(lambda _: self.evaluate())
         self.evaluation_status = status_line()
+
+    def _build_figures(self) -> None:
+        """The pass@k figure, the prompt selector with its group's figures, and distinct-n."""
         self.passk_figure = _passk_figure()
         self.prompt = w.Dropdown(description="prompt", layout=w.Layout(width="480px"))
         self.prompt.observe(lambda _: self._draw_group(), names="value")
@@ -84,16 +118,14 @@ class DiversityPanel(w.VBox):
         self.strategy_figure = _strategy_figure()
         self.similarity_figure = _similarity_figure()
         self.distinct_figure = _distinct_figure(self.distinct_ns)
-        self._throttle = Throttle(self._redraw, redraw_interval)
-        self.feed = Feed(source, self._on_update, interval=interval, detail=self._backlog_text)
+
+    def _sections(self) -> list[w.Widget]:
+        """The panel's rows, top to bottom."""
         if self.feed.trainer is not None:  # a policy in this process to evaluate
             evaluation = w.HBox([self.n_samples, self.num_prompts, self.label, self.evaluate_button])
         else:
             evaluation = w.HTML("the run's evaluations (its eval.json: <code>workbench eval RUN_DIR</code> adds one)")
-        self._redraw()
-        self._draw_pass_at_k()
-
-        super().__init__([
+        return [
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>pass@k</b>"),
             evaluation,
             self.evaluation_status,
@@ -104,8 +136,7 @@ class DiversityPanel(w.VBox):
             self.prompt_text,
             w.HBox([self.strategy_figure, self.similarity_figure]),
             self.distinct_figure,
-        ])
-        self.feed.start()
+        ]
 
     # --- pass@k -----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]]:
@@ -113,8 +144,10 @@ class DiversityPanel(w.VBox):
         under the panel's label; returns {split: result}, or {} when a setting is invalid."""
         trainer = self.feed.trainer
         if trainer is None:
-            raise RuntimeError(f"this panel follows {self.feed.source.location}, with no policy to evaluate: "
-                               "`workbench eval RUN_DIR` evaluates its last checkpoint into eval.json, shown here")
+            raise RuntimeError(
+                f"this panel follows {self.feed.source.location}, with no policy to evaluate: "
+                "`workbench eval RUN_DIR` evaluates its last checkpoint into eval.json, shown here"
+            )
         n, prompts = self.n_samples.value, self.num_prompts.value
         for name, value in (("samples / prompt", n), ("prompts", prompts)):
             if value < 1:
@@ -126,8 +159,10 @@ class DiversityPanel(w.VBox):
         out: dict[str, dict[str, float]] = {}
         try:
             for i, split in enumerate(self.splits):
-                set_status(self.evaluation_status, f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): "
-                                                   f"{prompts} prompts x {n} samples ...")
+                set_status(
+                    self.evaluation_status,
+                    f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): {prompts} prompts x {n} samples ...",
+                )
                 out[split] = trainer.evaluate(split, n_samples=n, num_prompts=prompts)
         except ValueError as error:
             set_status(self.evaluation_status, str(error), error=True)
@@ -145,8 +180,10 @@ class DiversityPanel(w.VBox):
         for label, per_split in results.items():
             for split, result in per_split.items():
                 if not any(pass_k(key) for key in result):
-                    raise ValueError(f"results[{label!r}][{split!r}] has no pass@k entries: expected the dict "
-                                     "Trainer.evaluate returns")
+                    raise ValueError(
+                        f"results[{label!r}][{split!r}] has no pass@k entries: expected the dict "
+                        "Trainer.evaluate returns"
+                    )
             self.results[label] = {split: dict(result) for split, result in per_split.items()}
         self._draw_pass_at_k()
 
@@ -156,12 +193,17 @@ class DiversityPanel(w.VBox):
         for i, (label, per_split) in enumerate(self.results.items()):
             for split, result in per_split.items():
                 ks = sorted(k for k in map(pass_k, result) if k)
-                traces.append(go.Scatter(
-                    x=ks, y=[result[pass_at(k)] for k in ks], name=f"{esc(label)} · {esc(split)}",
-                    legendgroup=esc(label), mode="lines+markers",
-                    line={"color": series_color(i), "dash": SPLIT_DASHES[splits.index(split) % len(SPLIT_DASHES)]},
-                    hovertemplate="%{fullData.name}<br>pass@%{x}: %{y:.3f}<extra></extra>",
-                ))
+                traces.append(
+                    go.Scatter(
+                        x=ks,
+                        y=[result[pass_at(k)] for k in ks],
+                        name=f"{esc(label)} · {esc(split)}",
+                        legendgroup=esc(label),
+                        mode="lines+markers",
+                        line={"color": series_color(i), "dash": SPLIT_DASHES[splits.index(split) % len(SPLIT_DASHES)]},
+                        hovertemplate="%{fullData.name}<br>pass@%{x}: %{y:.3f}<extra></extra>",
+                    )
+                )
         self.passk_figure.data = []
         self.passk_figure.add_traces(traces)
         # a log axis autoranges an empty figure to 0.1 .. 500k: span 1 .. the largest k instead
@@ -197,7 +239,7 @@ class DiversityPanel(w.VBox):
             self._record(step, batch)
             if step >= self._batch_step:
                 self._batch, self._batch_step = batch, step
-        del self._backlog[len(self._backlog) - len(reading):]
+        del self._backlog[len(self._backlog) - len(reading) :]
         if reading or update.restarted:
             self._throttle()
 
@@ -222,8 +264,10 @@ class DiversityPanel(w.VBox):
             return
         problem = batch.problems[self.prompt.value]
         key = "" if problem.answer is None else f", answer key <code>{esc(problem.answer)}</code>"
-        self.prompt_text.value = (f"<div style='font-size:{FONT_SIZE}px'><b>prompt</b> <code>{esc(problem.prompt)}"
-                                  f"</code> (step {self._batch_step}{key})</div>")
+        self.prompt_text.value = (
+            f"<div style='font-size:{FONT_SIZE}px'><b>prompt</b> <code>{esc(problem.prompt)}"
+            f"</code> (step {self._batch_step}{key})</div>"
+        )
         rewards, strategies = batch.scored_rewards, batch.scored_strategies
         correct = [is_success(float(rewards[i])) for i in rows]
         labels = [UNPARSED if strategies[i] is None else strategies[i] for i in rows]
@@ -236,8 +280,14 @@ class DiversityPanel(w.VBox):
         similarity = metrics.pairwise_similarity(texts)
         ticks = [_row_tag(batch, i, k, c) for k, (i, c) in enumerate(zip(rows, correct))]
         shown = [esc(t) for t in texts]
-        hover = [[f"{ticks[a]} vs {ticks[b]}: similarity {similarity[a, b]:.2f}<br>{ticks[a]}: {shown[a]}"
-                  f"<br>{ticks[b]}: {shown[b]}" for b in range(len(rows))] for a in range(len(rows))]
+        hover = [
+            [
+                f"{ticks[a]} vs {ticks[b]}: similarity {similarity[a, b]:.2f}<br>{ticks[a]}: {shown[a]}"
+                f"<br>{ticks[b]}: {shown[b]}"
+                for b in range(len(rows))
+            ]
+            for a in range(len(rows))
+        ]
         with self.similarity_figure.batch_update():
             heatmap = self.similarity_figure.data[0]
             heatmap.z, heatmap.x, heatmap.y, heatmap.text = similarity, ticks, ticks, hover
@@ -271,22 +321,31 @@ def _row_tag(batch, row: int, k: int, correct: bool) -> str:
 
 # --- the empty figures the panel fills --------------------------------------------------------------
 def _passk_figure() -> LiveFigure:
-    return LiveFigure(layout=panel_layout(
-        "pass@k per split", height=340, width=FULL_WIDTH,
-        # ticks at k = 1, 2, 4, ...
-        xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
-        yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
-        hovermode="closest",
-    ))
+    return LiveFigure(
+        layout=panel_layout(
+            "pass@k per split",
+            height=340,
+            width=FULL_WIDTH,
+            # ticks at k = 1, 2, 4, ...
+            xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
+            yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
+            hovermode="closest",
+        )
+    )
 
 
 def _strategy_figure() -> LiveFigure:
-    fig = LiveFigure(layout=panel_layout(
-        "strategies of this prompt's responses", height=340, width=HALF_WIDTH, barmode="stack",
-        hovermode="closest",
-        xaxis={"title": {"text": "strategy"}, "type": "category"},
-        yaxis={"title": {"text": "responses"}, "dtick": 1},
-    ))
+    fig = LiveFigure(
+        layout=panel_layout(
+            "strategies of this prompt's responses",
+            height=340,
+            width=HALF_WIDTH,
+            barmode="stack",
+            hovermode="closest",
+            xaxis={"title": {"text": "strategy"}, "type": "category"},
+            yaxis={"title": {"text": "responses"}, "dtick": 1},
+        )
+    )
     fig.add_bar(name="correct", marker_color=CORRECT_COLOR, x=[], y=[])
     fig.add_bar(name="incorrect", marker_color=INCORRECT_COLOR, x=[], y=[])
     fig.layout.legend.traceorder = "normal"  # plotly lists stacked bars in reverse
@@ -294,21 +353,37 @@ def _strategy_figure() -> LiveFigure:
 
 
 def _similarity_figure() -> LiveFigure:
-    fig = LiveFigure(layout=panel_layout(
-        "pairwise similarity of the responses", height=340, width=HALF_WIDTH, hovermode="closest",
-        xaxis={"title": {"text": "response"}, "type": "category"},
-        yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
-    ))
-    fig.add_heatmap(z=[], zmin=0, zmax=1, colorscale=SEQUENTIAL, hovertemplate="%{text}<extra></extra>",
-                    colorbar={"title": {"text": "Jaccard of<br>char 3-grams"}})
+    fig = LiveFigure(
+        layout=panel_layout(
+            "pairwise similarity of the responses",
+            height=340,
+            width=HALF_WIDTH,
+            hovermode="closest",
+            xaxis={"title": {"text": "response"}, "type": "category"},
+            yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
+        )
+    )
+    fig.add_heatmap(
+        z=[],
+        zmin=0,
+        zmax=1,
+        colorscale=SEQUENTIAL,
+        hovertemplate="%{text}<extra></extra>",
+        colorbar={"title": {"text": "Jaccard of<br>char 3-grams"}},
+    )
     return fig
 
 
 def _distinct_figure(distinct_ns: Sequence[int]) -> LiveFigure:
-    fig = LiveFigure(layout=panel_layout(
-        "distinct-n of each prompt's responses (mean over prompts)", height=300, width=FULL_WIDTH,
-        xaxis={"title": {"text": "step"}}, yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
-    ))
+    fig = LiveFigure(
+        layout=panel_layout(
+            "distinct-n of each prompt's responses (mean over prompts)",
+            height=300,
+            width=FULL_WIDTH,
+            xaxis={"title": {"text": "step"}},
+            yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
+        )
+    )
     for i, n in enumerate(distinct_ns):
         fig.add_scatter(name=f"distinct-{n}", mode="lines+markers", x=[], y=[], line={"color": series_color(i)})
     return fig

@@ -59,8 +59,12 @@ class EEPOStepper(W.VBox):
         self.unlearn_numbers: dict | None = None
         self.runner = BackgroundRunner(StepCursor(trainer), self._on_runner_change, name="EEPOStepper")
 
-        self.button = W.Button(description="Next phase", icon="step-forward", button_style="primary",
-                               tooltip="run the next phase of EEPO's step")
+        self.button = W.Button(
+            description="Next phase",
+            icon="step-forward",
+            button_style="primary",
+            tooltip="run the next phase of EEPO's step",
+        )
         self.button.on_click(lambda _: None if self.runner.running else self.next_phase(wait=False))
         self.prompt_control = W.Dropdown(description="prompt", layout=W.Layout(width="420px"))
         self.prompt_control.observe(lambda _: self._draw_rollouts(), names="value")
@@ -72,8 +76,10 @@ class EEPOStepper(W.VBox):
         self.figures = {"window": self._window_figure(), "unlearning": self._unlearning_figure()}
         figs = W.HBox(list(self.figures.values()), layout=W.Layout(grid_gap="8px"))
         self.tabs = W.Tab(children=[self.rollouts, figs], titles=TABS)
-        super().__init__([W.HBox([self.button, self.prompt_control]), self.status, self.timeline, self.numbers,
-                          self.tabs], layout=W.Layout(width="100%"))
+        super().__init__(
+            [W.HBox([self.button, self.prompt_control]), self.status, self.timeline, self.numbers, self.tabs],
+            layout=W.Layout(width="100%"),
+        )
         self.add_class("wb-eepo-stepper")  # a stable hook for styling and browser tests
         self._draw_timeline()
         self.rollouts.value = f"<style>{CSS}{STEPPER_CSS}</style><i>press Next phase to sample stage 1</i>"
@@ -106,11 +112,17 @@ class EEPOStepper(W.VBox):
             self._show_phase(phase)
         self.button.disabled = self.runner.running
         if self.runner.running:
-            self.status.value = busy(f"<span style='font-size:{FONT_SIZE}px'>running phase "
-                                     f"<code>{self.next_name}</code> of step {self.trainer.step_index}…</span>")
+            self.status.value = busy(
+                f"<span style='font-size:{FONT_SIZE}px'>running phase "
+                f"<code>{self.next_name}</code> of step {self.trainer.step_index}…</span>"
+            )
         elif self.runner.error is not None:
-            set_status(self.status, f"{type(self.runner.error).__name__}: {self.runner.error} (the step was "
-                                    "discarded; the policy is as before it)", error=True)
+            set_status(
+                self.status,
+                f"{type(self.runner.error).__name__}: {self.runner.error} (the step was "
+                "discarded; the policy is as before it)",
+                error=True,
+            )
         else:
             set_status(self.status, f"ready: Next phase runs {self.next_name}")
 
@@ -154,8 +166,9 @@ class EEPOStepper(W.VBox):
                 marks.append(f"<span style='color:#888'>○ {name}</span>")
         if done == len(PHASES) - 1:
             marks.append(f"<span>step done: the next press starts step {step + 1}</span>")
-        self.timeline.value = (f"<style>{STEPPER_CSS}</style><div class='wb-timeline'><b>step {step}</b> · "
-                               f"{''.join(marks)}</div>")
+        self.timeline.value = (
+            f"<style>{STEPPER_CSS}</style><div class='wb-timeline'><b>step {step}</b> · {''.join(marks)}</div>"
+        )
 
     def _draw_numbers(self) -> None:
         phase = self.phase
@@ -163,21 +176,31 @@ class EEPOStepper(W.VBox):
         u = self.unlearn_numbers
         if u is not None:
             alpha = self.trainer.method.options["alpha"]
-            gate = ("<b>on</b>: window mean {:.3f} &lt; α = {:g}" if u["gate"] else
-                    "<b>off</b>: window mean {:.3f} ≥ α = {:g}, no unlearning step").format(u["window_mean"], alpha)
+            gate = (
+                "<b>on</b>: window mean {:.3f} &lt; α = {:g}"
+                if u["gate"]
+                else "<b>off</b>: window mean {:.3f} ≥ α = {:g}, no unlearning step"
+            ).format(u["window_mean"], alpha)
             if self.trainer.method.options["gate"] != "entropy":
                 gate = f"<b>{'on' if u['gate'] else 'off'}</b> (gate = {self.trainer.method.options['gate']})"
             clip = self.trainer.method.options["unlearn_max_grad_norm"]
             clipped = f", clipped to {clip:g}" if u["gate"] and clip is not None and u["grad_norm"] > clip else ""
-            parts.append(f"gate {gate} · stage-1 entropy {u['stage1_entropy']:.3f} nats · "
-                         f"unlearning gradient norm {u['grad_norm']:.3g}{clipped} · "
-                         f"log-prob drop {u['logp_drop']:.3f} nats/token · "
-                         f"KL(policy ‖ rollout model) {u['kl_policy_rollout']:.4f} nats/token")
+            parts.append(
+                f"gate {gate} · stage-1 entropy {u['stage1_entropy']:.3f} nats · "
+                f"unlearning gradient norm {u['grad_norm']:.3g}{clipped} · "
+                f"log-prob drop {u['logp_drop']:.3f} nats/token · "
+                f"KL(policy ‖ rollout model) {u['kl_policy_rollout']:.4f} nats/token"
+            )
         if phase is not None and phase.name not in ("sample_stage1", "unlearn"):
-            shown = {k: v for k, v in phase.numbers.items() if isinstance(v, (int, float)) and
-                     (phase.name != "metrics" or k == REWARD_MEAN or k in EEPO_METRICS)}
-            parts.append(f"<code>{html.escape(phase.name)}</code>: " + " · ".join(
-                f"{html.escape(k)} {v:.3g}" for k, v in shown.items()))
+            shown = {
+                k: v
+                for k, v in phase.numbers.items()
+                if isinstance(v, (int, float)) and (phase.name != "metrics" or k == REWARD_MEAN or k in EEPO_METRICS)
+            }
+            parts.append(
+                f"<code>{html.escape(phase.name)}</code>: "
+                + " · ".join(f"{html.escape(k)} {v:.3g}" for k, v in shown.items())
+            )
         self.numbers.value = "<div class='wb-numbers'>" + "<br>".join(parts) + "</div>"
 
     def _window_figure(self) -> LiveFigure:
@@ -186,10 +209,17 @@ class EEPOStepper(W.VBox):
         fig.update_xaxes(title_text="step", dtick=1)
         fig.update_yaxes(title_text="stage-1 entropy (nats)", rangemode="tozero")
         fig.add_bar(x=[], y=[], name="stage-1 entropy", marker_color=QUANTITY["entropy"], meta="window")
-        fig.add_scatter(x=[], y=[], mode="lines", name="α (gate threshold)", meta="alpha",
-                        line={"color": QUANTITY["threshold"], "dash": "dash", "width": 2})
-        fig.add_scatter(x=[], y=[], mode="lines", name="window mean", meta="window_mean",
-                        line={"color": BLACK, "width": 2})
+        fig.add_scatter(
+            x=[],
+            y=[],
+            mode="lines",
+            name="α (gate threshold)",
+            meta="alpha",
+            line={"color": QUANTITY["threshold"], "dash": "dash", "width": 2},
+        )
+        fig.add_scatter(
+            x=[], y=[], mode="lines", name="window mean", meta="window_mean", line={"color": BLACK, "width": 2}
+        )
         return fig
 
     def _unlearning_figure(self) -> LiveFigure:
@@ -208,8 +238,10 @@ class EEPOStepper(W.VBox):
             return
         for fig in self.figures.values():
             with fig.batch_update():
-                fig.layout.title.text = f"{fig.layout.meta}<br><sup>from step {self.phase.step - 1}: " \
-                                        f"this step's unlearn has not run yet</sup>"
+                fig.layout.title.text = (
+                    f"{fig.layout.meta}<br><sup>from step {self.phase.step - 1}: "
+                    f"this step's unlearn has not run yet</sup>"
+                )
                 for trace in fig.data:
                     trace.opacity = 0.35
 
@@ -225,8 +257,9 @@ class EEPOStepper(W.VBox):
             ends = [steps[0] - 0.5, steps[-1] + 0.5]  # across the bars, even a single one
             fig.data[1].x, fig.data[1].y = ends, [alpha, alpha]
             fig.data[2].x, fig.data[2].y = ends, [phase.numbers["window_mean"]] * 2
-            gate = "<span style='color:{}'>{}</span>".format(*((GATE["open"], "ON") if phase.numbers["gate"]
-                                                               else (GATE["shut"], "off")))
+            gate = "<span style='color:{}'>{}</span>".format(
+                *((GATE["open"], "ON") if phase.numbers["gate"] else (GATE["shut"], "off"))
+            )
             _set_title(fig, f"step {phase.step} · entropy gate {gate}: window of stage-1 entropy vs α")
 
     def _draw_unlearning(self, phase) -> None:
@@ -239,8 +272,11 @@ class EEPOStepper(W.VBox):
         with fig.batch_update():
             fig.data[0].x, fig.data[0].y = labels[: len(before)], before
             fig.data[1].x, fig.data[1].y = labels[: len(after)], after
-            _set_title(fig, f"step {phase.step} · unlearning: log-prob drop {phase.numbers['logp_drop']:.3f}, "
-                            f"KL {phase.numbers['kl_policy_rollout']:.4f} nats/token")
+            _set_title(
+                fig,
+                f"step {phase.step} · unlearning: log-prob drop {phase.numbers['logp_drop']:.3f}, "
+                f"KL {phase.numbers['kl_policy_rollout']:.4f} nats/token",
+            )
 
     def _draw_rollouts(self) -> None:
         if self.stage1 is None or self.prompt_control.value is None:
@@ -258,17 +294,21 @@ class EEPOStepper(W.VBox):
             if not rows[s]:
                 body.append("<i>not sampled yet</i>")
             for k, row in enumerate(rows[s]):
-                body.append(f"<div class='wb-row'>{row_header(batch, row, f'#{k} · ')}"
-                            f"{_badges(batch, row, other, s)}"
-                            f"{token_strip(batch, row, self.decode, 'entropy', entropy, scale)}</div>")
+                body.append(
+                    f"<div class='wb-row'>{row_header(batch, row, f'#{k} · ')}"
+                    f"{_badges(batch, row, other, s)}"
+                    f"{token_strip(batch, row, self.decode, 'entropy', entropy, scale)}</div>"
+                )
             columns.append(f"<div>{''.join(body)}</div>")
         prompt = html.escape(batch.problems[group].prompt)
-        self.rollouts.value = (f"<style>{CSS}{STEPPER_CSS}</style><div class='wb-tokens'>"
-                               f"<div class='wb-prompt'>{prompt}</div>"
-                               f"{legend('entropy', scale)}<div class='wb-legend'>"
-                               f"{_badge('shared', SHARED)} also found by the other stage · "
-                               f"{_badge('new', NEW)} a strategy stage 1 did not find</div>"
-                               f"<div class='wb-stages'>{''.join(columns)}</div></div>")
+        self.rollouts.value = (
+            f"<style>{CSS}{STEPPER_CSS}</style><div class='wb-tokens'>"
+            f"<div class='wb-prompt'>{prompt}</div>"
+            f"{legend('entropy', scale)}<div class='wb-legend'>"
+            f"{_badge('shared', SHARED)} also found by the other stage · "
+            f"{_badge('new', NEW)} a strategy stage 1 did not find</div>"
+            f"<div class='wb-stages'>{''.join(columns)}</div></div>"
+        )
 
 
 def _set_title(fig: LiveFigure, title: str) -> None:
@@ -306,4 +346,3 @@ def _badges(batch, row: int, other_rows: list[int], stage: int) -> str:
         elif stage == 2:
             marks.append(_badge("new strategy", NEW))
     return f"<div>{''.join(marks)}</div>" if marks else ""
-

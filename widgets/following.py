@@ -33,8 +33,14 @@ class Feed(Polled):
     returns HTML parts the widget adds to it. ``poll()`` polls now; ``close()`` stops polling and
     closes the source."""
 
-    def __init__(self, source, on_update: Callable[[RunUpdate], None], steps: int | None = None,
-                 interval: float = FOLLOW_INTERVAL, detail: Callable[[], list[str]] | None = None):
+    def __init__(
+        self,
+        source,
+        on_update: Callable[[RunUpdate], None],
+        steps: int | None = None,
+        interval: float = FOLLOW_INTERVAL,
+        detail: Callable[[], list[str]] | None = None,
+    ):
         if not interval > 0:
             raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
         self.source: RunSource = open_run(source, steps)
@@ -74,12 +80,16 @@ class Feed(Polled):
         """Redraw the status line."""
         state = self.source.state
         where = html.escape(self.source.describe())
-        parts = [html.escape(self.source.origin),
-                 busy(where) if state == "running" else f"<b>{where}</b>" if state == "finished" else where]
+        parts = [
+            html.escape(self.source.origin),
+            busy(where) if state == "running" else f"<b>{where}</b>" if state == "finished" else where,
+        ]
         parts += self._detail() if self._detail is not None else []
         if self.error is not None:
-            parts.append(f"<span style='color:{ERROR_COLOR}'>{html.escape(type(self.error).__name__)}: "
-                         f"{html.escape(str(self.error))} (tried again at the next poll)</span>")
+            parts.append(
+                f"<span style='color:{ERROR_COLOR}'>{html.escape(type(self.error).__name__)}: "
+                f"{html.escape(str(self.error))} (tried again at the next poll)</span>"
+            )
         with self._show_lock:
             self.status.value = f"<div style='font-size:{FONT_SIZE}px'>{' · '.join(p for p in parts if p)}</div>"
 

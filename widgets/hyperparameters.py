@@ -39,57 +39,88 @@ class HyperparameterPanel(w.VBox):
     ``fork_dir/fork-N`` when ``fork_dir`` is given, none otherwise.
     """
 
-    def __init__(self, config_or_trainer, on_fork: Callable[[Any], None] | None = None,
-                 fork_dir: str | Path | None = None):
+    def __init__(
+        self, config_or_trainer, on_fork: Callable[[Any], None] | None = None, fork_dir: str | Path | None = None
+    ):
         if isinstance(config_or_trainer, RunConfig):
             self.trainer, self._base = None, config_or_trainer
         elif isinstance(getattr(config_or_trainer, "cfg", None), RunConfig):
             self.trainer, self._base = config_or_trainer, config_or_trainer.cfg
         else:
-            raise TypeError(f"HyperparameterPanel(config_or_trainer={type(config_or_trainer).__name__}) is not "
-                            "allowed: pass a workbench RunConfig or Trainer")
+            raise TypeError(
+                f"HyperparameterPanel(config_or_trainer={type(config_or_trainer).__name__}) is not "
+                "allowed: pass a workbench RunConfig or Trainer"
+            )
         self.on_fork = on_fork
         self.fork_dir = None if fork_dir is None else Path(fork_dir)
         self.forks: list = []
         self._loading = False
         self._shown: dict = {}  # the trainer's config as the controls last showed it
         self._sync_lock = threading.Lock()  # the follower thread vs the buttons
+        self._build_fields()
+        self.status = status_line()
+        self.revert_button = w.Button(
+            description="Revert",
+            icon="undo",
+            tooltip="set every control to the " + ("trainer's current config" if self.trainer else "starting config"),
+        )
+        self.revert_button.on_click(lambda _: self.revert())
+        sections, buttons = self._config_sections() if self.trainer is None else self._trainer_sections()
+        super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
+        self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
+        self.revert()
+        self._follower = Every(FOLLOW_INTERVAL, self._follow, "HyperparameterPanel") if self.trainer else None
+
+    def _build_fields(self) -> None:
+        """A control for every ``RunConfig`` field, and the (empty) box the method's options fill."""
         self.fields: dict[str, Control] = {
             name: control_of(option, name, self._hint(name))
-            for name, option in OPTIONS.items() if name != "method_options"
+            for name, option in OPTIONS.items()
+            if name != "method_options"
         }
         self.option_fields: dict[str, Control] = {}
         self.options_box = w.GridBox(layout=_grid())
         self.options_title = w.HTML()
         for name, field in self.fields.items():  # a new method first rebuilds its options, then checks
             field.input.observe(self._method_changed if name == "method" else self._changed, names="value")
-        self.status = status_line()
-        self.revert_button = w.Button(description="Revert", icon="undo", tooltip="set every control to the "
-                                      + ("trainer's current config" if self.trainer else "starting config"))
-        self.revert_button.on_click(lambda _: self.revert())
 
-        if self.trainer is None:
-            sections = [_title("run configuration"), w.GridBox([f.row for f in self.fields.values()], layout=_grid())]
-            buttons = [self.revert_button]
-        else:
-            self.unlock = w.Checkbox(value=False, indent=False, description="edit fixed fields for a fork",
-                                     tooltip="fixed fields cannot change in a running trainer; a fork can take them")
-            self.unlock.observe(self._unlock_changed, names="value")
-            self.apply_button = w.Button(description="Apply", button_style="primary", icon="check",
-                                         tooltip="set the live fields on the running trainer (trainer.set_live)")
-            self.apply_button.on_click(lambda _: self.apply())
-            self.fork_button = w.Button(description="Fork", icon="code-fork",
-                                        tooltip="branch a new run from the current adapter with these values")
-            self.fork_button.on_click(lambda _: self.fork())
-            live = [f.row for name, f in self.fields.items() if name in LIVE_FIELDS]
-            fixed = [f.row for name, f in self.fields.items() if name not in LIVE_FIELDS]
-            sections = [_title("live: applies from the next step"), w.GridBox(live, layout=_grid()),
-                        _title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]
-            buttons = [self.apply_button, self.fork_button, self.revert_button]
-        super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
-        self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
-        self.revert()
-        self._follower = Every(FOLLOW_INTERVAL, self._follow, "HyperparameterPanel") if self.trainer else None
+    def _config_sections(self) -> tuple[list[w.Widget], list[w.Button]]:
+        """Editing a ``RunConfig``: every field in one grid, and Revert."""
+        sections = [_title("run configuration"), w.GridBox([f.row for f in self.fields.values()], layout=_grid())]
+        return sections, [self.revert_button]
+
+    def _trainer_sections(self) -> tuple[list[w.Widget], list[w.Button]]:
+        """Steering a trainer: the live fields, the fixed ones behind an unlock box, and Apply, Fork, Revert."""
+        self.unlock = w.Checkbox(
+            value=False,
+            indent=False,
+            description="edit fixed fields for a fork",
+            tooltip="fixed fields cannot change in a running trainer; a fork can take them",
+        )
+        self.unlock.observe(self._unlock_changed, names="value")
+        self.apply_button = w.Button(
+            description="Apply",
+            button_style="primary",
+            icon="check",
+            tooltip="set the live fields on the running trainer (trainer.set_live)",
+        )
+        self.apply_button.on_click(lambda _: self.apply())
+        self.fork_button = w.Button(
+            description="Fork",
+            icon="code-fork",
+            tooltip="branch a new run from the current adapter with these values",
+        )
+        self.fork_button.on_click(lambda _: self.fork())
+        live = [f.row for name, f in self.fields.items() if name in LIVE_FIELDS]
+        fixed = [f.row for name, f in self.fields.items() if name not in LIVE_FIELDS]
+        sections = [
+            _title("live: applies from the next step"),
+            w.GridBox(live, layout=_grid()),
+            _title("fixed for this run: fork to change"),
+            self.unlock,
+            w.GridBox(fixed, layout=_grid()),
+        ]
+        return sections, [self.apply_button, self.fork_button, self.revert_button]
 
     # --- reading and writing the controls --------------------------------------------------
     def _hint(self, name: str) -> str:
@@ -164,9 +195,11 @@ class HyperparameterPanel(w.VBox):
         for key, field in self.option_fields.items():
             field.set(shown[key])
             field.input.observe(self._changed, names="value")
-        self.options_title.value = (f"<b style='font-size:{FONT_SIZE + 2}px'>options of method "
-                                    f"{esc(method)}</b>" if declared else
-                                    f"<span style='font-size:{FONT_SIZE}px'>method {esc(method)} has no options</span>")
+        self.options_title.value = (
+            f"<b style='font-size:{FONT_SIZE + 2}px'>options of method {esc(method)}</b>"
+            if declared
+            else f"<span style='font-size:{FONT_SIZE}px'>method {esc(method)} has no options</span>"
+        )
         self.options_box.children = [f.row for f in self.option_fields.values()]
 
     def _enable(self) -> None:
@@ -177,7 +210,9 @@ class HyperparameterPanel(w.VBox):
             field.input.disabled = name in FORK_REFUSES or (name not in LIVE_FIELDS and not unlocked)
 
     def _unlock_changed(self, change) -> None:
-        if not change["new"] and self.trainer is not None:  # locking again: the fixed fields go back to the run's values
+        if (
+            not change["new"] and self.trainer is not None
+        ):  # locking again: the fixed fields go back to the run's values
             cfg = self.trainer.cfg
             shown_method = self.fields["method"].get()
             self._loading = True
@@ -224,8 +259,9 @@ class HyperparameterPanel(w.VBox):
         values = {name: field.get() for name, field in self.fields.items()}
         base = self.trainer.cfg if self.trainer is not None else self._base
         # the run's own options when the method is its own: they stay explicit, as do those changed
-        kept = MethodOptions(base.method_options if values["method"] == base.method else {},
-                             methods.get(values["method"]).OPTIONS)
+        kept = MethodOptions(
+            base.method_options if values["method"] == base.method else {}, methods.get(values["method"]).OPTIONS
+        )
         shown = {key: field.get() for key, field in self.option_fields.items()}
         values["method_options"] = kept.shown_as(shown).explicit
         return values
@@ -281,8 +317,12 @@ class HyperparameterPanel(w.VBox):
             return False
         fixed = [name for name in changes if name not in LIVE_FIELDS]
         if fixed:
-            set_status(self.status, f"{', '.join(fixed)} cannot change in a running trainer (live fields: "
-                                    f"{', '.join(LIVE_FIELDS)}): Fork to change; nothing applied", error=True)
+            set_status(
+                self.status,
+                f"{', '.join(fixed)} cannot change in a running trainer (live fields: "
+                f"{', '.join(LIVE_FIELDS)}): Fork to change; nothing applied",
+                error=True,
+            )
             return False
         if not changes:
             set_status(self.status, "nothing to apply: the controls match the trainer's config")
@@ -309,8 +349,11 @@ class HyperparameterPanel(w.VBox):
             return None
         self.forks.append(branch)
         where = f" in {out_dir}" if out_dir is not None else ""
-        set_status(self.status, f"fork {len(self.forks) - 1}{where} from step {branch.step_index}: "
-                                f"{_summary(changes) or 'same values'} (panel.forks[{len(self.forks) - 1}])")
+        set_status(
+            self.status,
+            f"fork {len(self.forks) - 1}{where} from step {branch.step_index}: "
+            f"{_summary(changes) or 'same values'} (panel.forks[{len(self.forks) - 1}])",
+        )
         self._load(self.trainer.cfg)
         if self.on_fork is not None:
             self.on_fork(branch)

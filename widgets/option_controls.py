@@ -27,8 +27,16 @@ class Control:
     """One control: ``input`` (the ipywidget), ``row`` (it and its allowed values), ``get``/``set``
     converting between the control's value and the config's."""
 
-    def __init__(self, name: str, input: w.ValueWidget, allowed: str, help: str, hint: str,
-                 get: Callable[[Any], Any] = lambda v: v, put: Callable[[Any], Any] = lambda v: v):
+    def __init__(
+        self,
+        name: str,
+        input: w.ValueWidget,
+        allowed: str,
+        help: str,
+        hint: str,
+        get: Callable[[Any], Any] = lambda v: v,
+        put: Callable[[Any], Any] = lambda v: v,
+    ):
         self.name, self.input, self._get, self._put = name, input, get, put
         input.description = MethodOptions.key(name) or name  # the section title names the method
         input.style = DESCRIPTION
@@ -56,15 +64,28 @@ def control_of(option: Option, name: str, hint: str) -> Control:
     if option.suggestions:
         return Control(name, w.Combobox(options=option.suggestions, ensure_option=False), allowed, option.help, hint)
     if option.comma_list:
-        return Control(name, w.Text(), f"{allowed}; names separated by commas", option.help, hint,
-                       get=_names, put=lambda v: v if isinstance(v, str) else ", ".join(v))
+        return Control(
+            name,
+            w.Text(),
+            f"{allowed}; names separated by commas",
+            option.help,
+            hint,
+            get=_names,
+            put=lambda v: v if isinstance(v, str) else ", ".join(v),
+        )
     if option.kind == "bool":
         return Control(name, w.Checkbox(indent=True), allowed, option.help, hint)
     if option.optional and option.kind in ("int", "float"):  # None (left empty) switches it off
         read = int if option.kind == "int" else float
-        return Control(name, w.Text(placeholder="none"), f"empty: {option.none_means}; else {_allowed(option, False)}",
-                       option.help, hint, get=lambda text: _optional(name, text, read, allowed),
-                       put=lambda v: "" if v is None else repr(v))
+        return Control(
+            name,
+            w.Text(placeholder="none"),
+            f"empty: {option.none_means}; else {_allowed(option, False)}",
+            option.help,
+            hint,
+            get=lambda text: _optional(name, text, read, allowed),
+            put=lambda v: "" if v is None else repr(v),
+        )
     if option.kind == "int":
         return Control(name, w.IntText(), allowed, option.help, hint)
     if option.kind == "float":
@@ -78,8 +99,9 @@ class _NameOrCallableControl(Control):
     hold a function)."""
 
     def __init__(self, name: str, option: Option, hint: str):
-        super().__init__(name, w.Combobox(options=option.suggestions, ensure_option=False), _allowed(option),
-                         option.help, hint)
+        super().__init__(
+            name, w.Combobox(options=option.suggestions, ensure_option=False), _allowed(option), option.help, hint
+        )
         self._callable = None
 
     def get(self) -> Any:

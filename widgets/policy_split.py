@@ -43,8 +43,14 @@ class PolicySplitView(w.VBox):
     reads what is new and draws it at once; ``close()`` stops following.
     """
 
-    def __init__(self, source, examples: int = 4, redraw_interval: float = 0.5, max_points: int = 2000,
-                 interval: float = FOLLOW_INTERVAL):
+    def __init__(
+        self,
+        source,
+        examples: int = 4,
+        redraw_interval: float = 0.5,
+        max_points: int = 2000,
+        interval: float = FOLLOW_INTERVAL,
+    ):
         self.examples = examples
         self.max_points = max_points
         self.steps: list[int] = []
@@ -66,50 +72,85 @@ class PolicySplitView(w.VBox):
         self._redraw()
 
         half = w.Layout(width=f"{HALF_WIDTH}px")
-        super().__init__([
-            self.feed.status,
-            self.entropy_figure,
-            w.HBox([self.accuracy_figure, self.kl_figure]),
-            self.prompt,
-            w.HBox([w.VBox([w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
-                                   f"{MODE_NAMES[m]} mode</b>"), self.example_html[m]], layout=half)
-                    for m in MODES]),
-        ])
+        super().__init__(
+            [
+                self.feed.status,
+                self.entropy_figure,
+                w.HBox([self.accuracy_figure, self.kl_figure]),
+                self.prompt,
+                w.HBox(
+                    [
+                        w.VBox(
+                            [
+                                w.HTML(
+                                    f"<b style='font-size:{FONT_SIZE + 2}px;color:{MODE_COLORS[m]}'>"
+                                    f"{MODE_NAMES[m]} mode</b>"
+                                ),
+                                self.example_html[m],
+                            ],
+                            layout=half,
+                        )
+                        for m in MODES
+                    ]
+                ),
+            ]
+        )
 
     def _build_figures(self) -> None:
-        self.entropy_figure = LiveFigure(layout=panel_layout(
-            "token entropy of each mode's responses (last batch)", height=320, width=FULL_WIDTH, barmode="overlay",
-            hovermode="closest",
-            xaxis={"title": {"text": "token entropy (nats)"}},
-            yaxis={"title": {"text": "fraction of the mode's tokens"}},
-        ))
+        self.entropy_figure = LiveFigure(
+            layout=panel_layout(
+                "token entropy of each mode's responses (last batch)",
+                height=320,
+                width=FULL_WIDTH,
+                barmode="overlay",
+                hovermode="closest",
+                xaxis={"title": {"text": "token entropy (nats)"}},
+                yaxis={"title": {"text": "fraction of the mode's tokens"}},
+            )
+        )
         for m in MODES:
             self.entropy_figure.add_histogram(
-                name=MODE_NAMES[m], x=[], histnorm="probability", bingroup="entropy", opacity=0.6,
+                name=MODE_NAMES[m],
+                x=[],
+                histnorm="probability",
+                bingroup="entropy",
+                opacity=0.6,
                 marker_color=MODE_COLORS[m],
                 hovertemplate=f"{MODE_NAMES[m]}<br>%{{x}} nats: %{{y:.3f}} of tokens<extra></extra>",
             )
-        self.accuracy_figure = LiveFigure(layout=panel_layout(
-            "accuracy of each mode", height=300, width=HALF_WIDTH,
-            xaxis={"title": {"text": "step"}},
-            yaxis={"title": {"text": "accuracy (fraction correct)"}, "range": [0, 1.02]},
-        ))
-        self.kl_figure = LiveFigure(layout=panel_layout(
-            "KL between the modes", height=300, width=HALF_WIDTH,
-            xaxis={"title": {"text": "step"}},
-            yaxis={"title": {"text": f"KL, k3 estimate ({KL_NORMAL_TO_OTHER.unit})"}},
-        ))
+        self.accuracy_figure = LiveFigure(
+            layout=panel_layout(
+                "accuracy of each mode",
+                height=300,
+                width=HALF_WIDTH,
+                xaxis={"title": {"text": "step"}},
+                yaxis={"title": {"text": "accuracy (fraction correct)"}, "range": [0, 1.02]},
+            )
+        )
+        self.kl_figure = LiveFigure(
+            layout=panel_layout(
+                "KL between the modes",
+                height=300,
+                width=HALF_WIDTH,
+                xaxis={"title": {"text": "step"}},
+                yaxis={"title": {"text": f"KL, k3 estimate ({KL_NORMAL_TO_OTHER.unit})"}},
+            )
+        )
         for m in MODES:
-            self.accuracy_figure.add_scatter(name=MODE_NAMES[m], mode="lines+markers", x=[], y=[],
-                                             line={"color": MODE_COLORS[m]})
-            self.kl_figure.add_scatter(name=KL_NAMES[m], mode="lines+markers", x=[], y=[],
-                                       line={"color": MODE_COLORS[m]})
+            self.accuracy_figure.add_scatter(
+                name=MODE_NAMES[m], mode="lines+markers", x=[], y=[], line={"color": MODE_COLORS[m]}
+            )
+            self.kl_figure.add_scatter(
+                name=KL_NAMES[m], mode="lines+markers", x=[], y=[], line={"color": MODE_COLORS[m]}
+            )
 
     # --- the feed ---------------------------------------------------------------------------
     def _on_update(self, update) -> None:
         if update.config is not None and update.config.method != "policy_split":
-            raise ValueError(f"PolicySplitView needs a Policy Split run: method={update.config.method!r} "
-                             "is not allowed; allowed: 'policy_split'")
+            raise ValueError(
+                f"PolicySplitView needs a Policy Split run: method={update.config.method!r} "
+                "is not allowed; allowed: 'policy_split'"
+            )
         if update.restarted:  # resumed from an earlier checkpoint: its rows are the history now
             self.steps, self.series = [], {name: [] for name in self.series}
         for row in update.rows:
@@ -190,7 +231,9 @@ def _table(batch, rows: Sequence[int]) -> str:
             f"<td>{esc(batch.strategies[i])}</td><td class='wb-text'>{esc(batch.text[i])}</td></tr>"
         )
     # the class scopes the style to these tables
-    return (f"<style>.wb-rollouts td,.wb-rollouts th{{padding:2px 8px;text-align:left;vertical-align:top}}"
-            f".wb-rollouts .wb-text{{font-family:monospace;white-space:pre-wrap}}</style>"
-            f"<table class='wb-rollouts' style='font-size:{FONT_SIZE}px;border-collapse:collapse'>"
-            f"<tr><th>reward</th><th>answer</th><th>strategy</th><th>completion</th></tr>{''.join(body)}</table>")
+    return (
+        f"<style>.wb-rollouts td,.wb-rollouts th{{padding:2px 8px;text-align:left;vertical-align:top}}"
+        f".wb-rollouts .wb-text{{font-family:monospace;white-space:pre-wrap}}</style>"
+        f"<table class='wb-rollouts' style='font-size:{FONT_SIZE}px;border-collapse:collapse'>"
+        f"<tr><th>reward</th><th>answer</th><th>strategy</th><th>completion</th></tr>{''.join(body)}</table>"
+    )

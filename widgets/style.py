@@ -30,14 +30,27 @@ DIVERGING = [[0.0, "#2166AC"], [0.5, "#F7F7F7"], [1.0, "#B35806"]]
 GATE_SCALE = [[0.0, "#FFFFFF"], [1.0, GREEN]]
 PIVOT_OUTLINE = VERMILLION
 
-QUANTITY = {"reward": BLUE, "accuracy": BLUE, "entropy": GREEN, "kl": PURPLE, "clip": SKY,
-            "diversity": ORANGE, "threshold": VERMILLION}
+QUANTITY = {
+    "reward": BLUE,
+    "accuracy": BLUE,
+    "entropy": GREEN,
+    "kl": PURPLE,
+    "clip": SKY,
+    "diversity": ORANGE,
+    "threshold": VERMILLION,
+}
 GATE = {"open": GREEN, "shut": GREY}
 MODES = {"normal": BLUE, "high_entropy": ORANGE}
 STAGES = {1: BLUE, 2: ORANGE}
 STATES = {"idle": GREY, "running": BLUE, "paused": ORANGE, "stopped": GREY, "error": VERMILLION}
-TRIAL_STATES = {"pending": SKY, "running": BLUE, "finished": GREEN, "stopped": GREY, "failed": VERMILLION,
-                "interrupted": ORANGE}
+TRIAL_STATES = {
+    "pending": SKY,
+    "running": BLUE,
+    "finished": GREEN,
+    "stopped": GREY,
+    "failed": VERMILLION,
+    "interrupted": ORANGE,
+}
 RUNS = (BLUE, ORANGE, GREEN, PURPLE, SKY, VERMILLION, YELLOW, BLACK)
 FONT_SIZE = 14
 
@@ -63,7 +76,7 @@ def series_color(index: int) -> str:
 
 def rgba(color: str, alpha: float) -> str:
     """``#RRGGBB`` as a CSS rgba() with ``alpha`` (bands, fills)."""
-    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 

@@ -28,13 +28,17 @@ from .sweep_axes import setting_labels, sweep_axes, value_text
 from .tokens import TokenView
 
 TABLE_ROWS = 8  # trials shown without scrolling
-CSS = (f"<style>.wb-sweep-table select, .wb-sweep-head {{ font-family:monospace; font-size:{FONT_SIZE - 1}px; }}"
-       ".wb-sweep-head { margin:0 0 -4px; padding:0 0 0 6px; white-space:pre; font-weight:bold; }</style>")
+CSS = (
+    f"<style>.wb-sweep-table select, .wb-sweep-head {{ font-family:monospace; font-size:{FONT_SIZE - 1}px; }}"
+    ".wb-sweep-head { margin:0 0 -4px; padding:0 0 0 6px; white-space:pre; font-weight:bold; }</style>"
+)
 # line colours of the parallel coordinates: one flat band of the scale per status (codes 0..4)
 STATUS_SCALE = [[(i + edge) / len(STATUSES), TRIAL_STATES[s]] for i, s in enumerate(STATUSES) for edge in (0, 1)]
-STATUS_KEY = (f"<div style='font-size:{FONT_SIZE - 2}px;color:#333'>lines: "
-              + " ".join(f"<span style='color:{TRIAL_STATES[s]}'>&#9632;</span> {s}" for s in STATUSES[1:])
-              + " · <i>none</i>: no value yet (only a finished trial is evaluated on the test split)</div>")
+STATUS_KEY = (
+    f"<div style='font-size:{FONT_SIZE - 2}px;color:#333'>lines: "
+    + " ".join(f"<span style='color:{TRIAL_STATES[s]}'>&#9632;</span> {s}" for s in STATUSES[1:])
+    + " · <i>none</i>: no value yet (only a finished trial is evaluated on the test split)</div>"
+)
 
 
 class SweepView(Polled, w.VBox):
@@ -73,24 +77,44 @@ class SweepView(Polled, w.VBox):
         self.table = w.SelectMultiple(options=[], rows=TABLE_ROWS, layout=w.Layout(width=f"{FULL_WIDTH}px"))
         self.table.add_class("wb-sweep-table")
         self.curve_metric = w.Dropdown(description="curves of", layout=w.Layout(width="360px"))
-        self.open_button = w.Button(description="token view", icon="eye", disabled=True, layout=w.Layout(width="auto"),
-                                    tooltip="the token view of the first selected trial, below")
+        self.open_button = w.Button(
+            description="token view",
+            icon="eye",
+            disabled=True,
+            layout=w.Layout(width="auto"),
+            tooltip="the token view of the first selected trial, below",
+        )
         self.detail = w.HTML()
         layout = panel_layout("settings and results (a line per started trial)", height=340, width=FULL_WIDTH)
         layout["margin"] = {"l": 90, "r": 110, "t": 80, "b": 30}  # the axes' names above, their ticks beside
         self.parallel = LiveFigure(layout=layout)
         self.parallel.add_parcoords(dimensions=[], labelfont={"size": FONT_SIZE - 1}, tickfont={"size": FONT_SIZE - 3})
         self.key = w.HTML(STATUS_KEY)
-        self.curves = LiveFigure(layout=panel_layout("the selected trials, step by step", height=320, width=FULL_WIDTH,
-                                                     xaxis={"title": {"text": "step"}}))
+        self.curves = LiveFigure(
+            layout=panel_layout(
+                "the selected trials, step by step", height=320, width=FULL_WIDTH, xaxis={"title": {"text": "step"}}
+            )
+        )
         self.token_box = w.VBox()
         self.table.observe(lambda _: self._act(self._show_selection), names="value")
         self.curve_metric.observe(lambda _: self._act(self._draw_curves), names="value")
         self.open_button.on_click(lambda _: self.open_trial())
-        hint = w.HTML(f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>ctrl- or shift-click: several "
-                      "trials</span>")
-        super().__init__([self.status, self.header, self.table, w.HBox([self.curve_metric, self.open_button, hint]),
-                          self.detail, self.parallel, self.key, self.curves, self.token_box])
+        hint = w.HTML(
+            f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>ctrl- or shift-click: several trials</span>"
+        )
+        super().__init__(
+            [
+                self.status,
+                self.header,
+                self.table,
+                w.HBox([self.curve_metric, self.open_button, hint]),
+                self.detail,
+                self.parallel,
+                self.key,
+                self.curves,
+                self.token_box,
+            ]
+        )
         self.add_class("wb-sweep-view")  # a stable hook for styling and browser tests
 
     # --- following ----------------------------------------------------------------------------------
@@ -120,8 +144,9 @@ class SweepView(Polled, w.VBox):
         try:
             trials = read_trials(self.dir)
         except (ValueError, KeyError, TypeError) as error:  # not recorded as read: the next poll reads it again
-            raise ValueError(f"{TRIALS_FILE} could not be read ({type(error).__name__}: {error}); "
-                             "trying again") from None
+            raise ValueError(
+                f"{TRIALS_FILE} could not be read ({type(error).__name__}: {error}); trying again"
+            ) from None
         self.trials, self._seen = trials if len(trials) else self.trials.iloc[:0], signature
         return True
 
@@ -181,8 +206,9 @@ class SweepView(Polled, w.VBox):
         """The table as text, a row per trial: status, steps taken, the metric, the settings, pass@1."""
         plan, trials = self._known_plan(), self.trials
         steps = [f"{'-' if pd.isna(step) else int(step) + 1}/{plan.steps}" for step in trials.step]
-        cells = pd.DataFrame({"trial": trials.name, "status": trials.status, "steps": steps,
-                              plan.metric: trials.metric.map(value_text)})
+        cells = pd.DataFrame(
+            {"trial": trials.name, "status": trials.status, "steps": steps, plan.metric: trials.metric.map(value_text)}
+        )
         for key, label in setting_labels(list(plan.space)).items():
             cells[label] = trials[key].map(value_text) if key in trials else "-"
         cells[pass_at(1)] = trials[pass_at(1)].map(value_text) if pass_at(1) in trials else "-"
@@ -195,8 +221,12 @@ class SweepView(Polled, w.VBox):
         codes = [STATUSES.index(s) for s in started.status]
         with self.parallel.batch_update():
             self.parallel.data[0].dimensions = sweep_axes(self._known_plan(), started) if len(started) else []
-            self.parallel.data[0].line = {"color": codes, "colorscale": STATUS_SCALE, "cmin": -0.5,
-                                          "cmax": len(STATUSES) - 0.5}
+            self.parallel.data[0].line = {
+                "color": codes,
+                "colorscale": STATUS_SCALE,
+                "cmin": -0.5,
+                "cmax": len(STATUSES) - 0.5,
+            }
 
     def _draw_curves(self) -> None:
         """The selected trials' curves of the chosen metric (the sweep's metric at first)."""
@@ -232,8 +262,11 @@ class SweepView(Polled, w.VBox):
         self.open_button.description = f"token view of {first}" if first else "token view"
         errors = self.trials.set_index("name").get("error", pd.Series(dtype=object))
         error = errors.get(first) if first is not None else None
-        self.detail.value = "" if not isinstance(error, str) else (
-            f"<span style='font-size:{FONT_SIZE}px'>{esc(first)} failed: <code>{esc(error)}</code></span>")
+        self.detail.value = (
+            ""
+            if not isinstance(error, str)
+            else (f"<span style='font-size:{FONT_SIZE}px'>{esc(first)} failed: <code>{esc(error)}</code></span>")
+        )
 
     def _show_status(self) -> None:
         """How many trials are where, whether the sweep's process has ended, and what is wrong."""
@@ -241,9 +274,11 @@ class SweepView(Polled, w.VBox):
             parts = [f"waiting for the sweep to start (no trials in {self.dir / TRIALS_FILE} yet)"]
         else:
             counts = self.trials.status.value_counts()
-            parts = [" · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "finished", "stopped", "failed"))
-                     + "".join(f" · {counts[s]} {s}" for s in ("pending", "interrupted") if counts.get(s))
-                     + f" (of {self._known_plan().trials} trials)"]
+            parts = [
+                " · ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "finished", "stopped", "failed"))
+                + "".join(f" · {counts[s]} {s}" for s in ("pending", "interrupted") if counts.get(s))
+                + f" (of {self._known_plan().trials} trials)"
+            ]
             if lock_held(self.dir) is False:
                 resume = ": run the same command again to resume the interrupted trials"
                 parts.append("the sweep's process has ended" + (resume if counts.get("interrupted") else ""))
@@ -257,13 +292,17 @@ class SweepView(Polled, w.VBox):
         run directory; the one shown before is closed."""
         name = name if name is not None else (self.table.value[0] if self.table.value else None)
         if name is None or name not in set(self.trials.name):
-            raise ValueError(f"name={name!r} is not allowed: a trial of this sweep "
-                             f"({', '.join(self.trials.name) or 'none has started yet'})")
+            raise ValueError(
+                f"name={name!r} is not allowed: a trial of this sweep "
+                f"({', '.join(self.trials.name) or 'none has started yet'})"
+            )
         if self.token_view is not None:
             self.token_view.close()
         self.token_view = TokenView(self.dir / name, interval=self.interval)
-        self.token_box.children = [w.HTML(f"<b style='font-size:{FONT_SIZE}px'>{esc(name)}: its tokens</b>"),
-                                   self.token_view]
+        self.token_box.children = [
+            w.HTML(f"<b style='font-size:{FONT_SIZE}px'>{esc(name)}: its tokens</b>"),
+            self.token_view,
+        ]
         return self.token_view
 
     def close(self) -> None:

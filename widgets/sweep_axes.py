@@ -34,15 +34,23 @@ def setting_axis(dimension: Dimension, label: str, values: pd.Series) -> dict:
     or a choice (strings included), log10 of a loguniform setting labelled with its values."""
     if dimension.kind in ("grid", "choice"):
         categories = list(dimension.values) + [v for v in dict.fromkeys(values) if v not in dimension.values]
-        return {"label": label, "values": [categories.index(v) for v in values],
-                "range": [0, max(len(categories) - 1, 1)], "tickvals": list(range(len(categories))),
-                "ticktext": [esc(value_text(v)) for v in categories]}
+        return {
+            "label": label,
+            "values": [categories.index(v) for v in values],
+            "range": [0, max(len(categories) - 1, 1)],
+            "tickvals": list(range(len(categories))),
+            "ticktext": [esc(value_text(v)) for v in categories],
+        }
     if dimension.kind == "loguniform":
         assert dimension.low is not None and dimension.high is not None  # a range's dimension has both ends
         ticks = _log_ticks(dimension.low, dimension.high)
-        return {"label": f"{label} (log)", "values": np.log10(values.astype(float)).tolist(),
-                "range": [math.log10(dimension.low), math.log10(dimension.high)],
-                "tickvals": np.log10(ticks).tolist(), "ticktext": [f"{t:g}" for t in ticks]}
+        return {
+            "label": f"{label} (log)",
+            "values": np.log10(values.astype(float)).tolist(),
+            "range": [math.log10(dimension.low), math.log10(dimension.high)],
+            "tickvals": np.log10(ticks).tolist(),
+            "ticktext": [f"{t:g}" for t in ticks],
+        }
     return {"label": label, "values": values.astype(float).tolist(), "range": [dimension.low, dimension.high]}
 
 
@@ -75,7 +83,7 @@ def _log_ticks(low: float, high: float) -> list[float]:
     """1-2-5 ticks in [low, high] (only the powers of ten when those are many), with both ends."""
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
     steps = (1,) if len(decades) > 3 else (1, 2, 5)
-    inside = [m * 10.0 ** e for e in decades for m in steps if low * (1 + 1e-9) < m * 10.0 ** e < high * (1 - 1e-9)]
+    inside = [m * 10.0**e for e in decades for m in steps if low * (1 + 1e-9) < m * 10.0**e < high * (1 - 1e-9)]
     return [low, *inside, high]
 
 

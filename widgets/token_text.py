@@ -52,7 +52,7 @@ def _bytes_segments(data: bytes) -> list[_Segment]:
     while i < len(data):
         for n in range(1, 5):  # UTF-8 is prefix-free: the shortest prefix that decodes is one character
             try:
-                out += _text_segments(data[i:i + n].decode("utf-8"))
+                out += _text_segments(data[i : i + n].decode("utf-8"))
                 i += n
                 break
             except UnicodeDecodeError:
@@ -115,8 +115,7 @@ class ShownToken:
 
 
 def _segments_html(segments: list[_Segment], kind: str) -> str:
-    inner = "".join(html.escape(s) if not k else f"<span class='wb-{k}'>{html.escape(s)}</span>"
-                    for s, k in segments)
+    inner = "".join(html.escape(s) if not k else f"<span class='wb-{k}'>{html.escape(s)}</span>" for s, k in segments)
     return f"<span class='wb-special'>{inner}</span>" if kind == "special" else inner
 
 

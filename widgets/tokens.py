@@ -105,11 +105,14 @@ def _or(value, default: str):
 def row_header(batch, row: int, label: str = "") -> str:
     """Reward, answer, strategy, mode, stage (and advantage) of a response, as escaped HTML."""
     scored = batch.answers is not None  # before scoring there is no answer yet; after, None means unparsed
-    fields = [("reward", None if batch.rewards is None else float(batch.rewards[row])),
-              ("answer", _or(batch.answers[row], "unparsed") if scored else None),
-              ("strategy", _or(batch.strategies[row], "none") if batch.strategies is not None else None),
-              ("mode", batch.mode[row]), ("stage", batch.stage[row]),
-              ("advantage", None if batch.advantages is None else float(batch.advantages[row]))]
+    fields = [
+        ("reward", None if batch.rewards is None else float(batch.rewards[row])),
+        ("answer", _or(batch.answers[row], "unparsed") if scored else None),
+        ("strategy", _or(batch.strategies[row], "none") if batch.strategies is not None else None),
+        ("mode", batch.mode[row]),
+        ("stage", batch.stage[row]),
+        ("advantage", None if batch.advantages is None else float(batch.advantages[row])),
+    ]
     parts = [f"{name} <b>{html.escape(_fmt(value))}</b>" for name, value in fields if value is not None]
     return f"<div class='wb-head'>{html.escape(label)}{' · '.join(parts)}</div>"
 
@@ -144,8 +147,10 @@ def token_strip(batch, row: int, decode: TokenDecoder, value: str, values: dict,
     for t, (token_id, token) in enumerate(zip(ids, shown_tokens)):
         shown = per_token[value][t]
         background, color = scale(shown)
-        described = " · ".join(f"{TOKEN_VALUES[k][0]} {_fmt(per_token[k][t])}"
-                               + (f" {TOKEN_VALUES[k][1]}" if TOKEN_VALUES[k][1] else "") for k in order)
+        described = " · ".join(
+            f"{TOKEN_VALUES[k][0]} {_fmt(per_token[k][t])}" + (f" {TOKEN_VALUES[k][1]}" if TOKEN_VALUES[k][1] else "")
+            for k in order
+        )
         alternatives = "".join(f"\n  {decode(i).label()}   {p:.3f}" for i, p in zip(top_ids[t], top_probs[t]) if p > 0)
         head = f"{token.label()}   token {token_id}{' · pivot' if pivots[t] else ''}"
         if t in runs:
@@ -153,15 +158,20 @@ def token_strip(batch, row: int, decode: TokenDecoder, value: str, values: dict,
             head += f"\nbytes of a character split over tokens {start + 1}-{end}: {decode.joined(ids[start:end])}"
         title = f"{head}\n{described}" + (f"\ntop-{len(top_ids[t])}:{alternatives}" if top_ids[t] else "")
         css = "wb-token wb-pivot" if pivots[t] else "wb-token"
-        spans.append(f"<span class='{css}' style='background:{background};color:{color}' "
-                     f"data-value='{shown:.6g}' title='{html.escape(title)}'>{token.html}</span>"
-                     + "<br>" * min(token.newlines, NEWLINE_BREAKS))
+        spans.append(
+            f"<span class='{css}' style='background:{background};color:{color}' "
+            f"data-value='{shown:.6g}' title='{html.escape(title)}'>{token.html}</span>"
+            + "<br>"
+            * min(token.newlines, NEWLINE_BREAKS)
+        )
     return f"<div class='wb-strip'>{''.join(spans)}</div>"
 
 
-MARKS_KEY = ("<span>· <span class='wb-mark'>␣</span> space <span class='wb-mark'>↵</span> newline "
-             "<span class='wb-mark'>⇥</span> tab · <span class='wb-byte'>&lt;0xF0&gt;</span> byte of a split "
-             "character · <span class='wb-special'>&lt;|special|&gt;</span> special token</span>")
+MARKS_KEY = (
+    "<span>· <span class='wb-mark'>␣</span> space <span class='wb-mark'>↵</span> newline "
+    "<span class='wb-mark'>⇥</span> tab · <span class='wb-byte'>&lt;0xF0&gt;</span> byte of a split "
+    "character · <span class='wb-special'>&lt;|special|&gt;</span> special token</span>"
+)
 
 
 def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True, top_k: int = 5) -> str:
@@ -169,13 +179,15 @@ def legend(value: str, scale: ColorScale, note: str = "", marks: bool = True, to
     ``top_k``: the alternatives each token's hover lists (0: a recorded step, which has none)."""
     label, unit, _ = TOKEN_VALUES[value]
     unit = f" ({unit})" if unit else ""
-    return (f"<div class='wb-legend'><span>colour = {html.escape(label)}{html.escape(unit)}:</span>"
-            f"<span>{scale.low:.3g}</span><span class='wb-bar' style='background:{scale.gradient()}'></span>"
-            f"<span>{scale.high:.3g}</span>"
-            f"<span class='wb-token wb-pivot' style='background:#fff'>pivot</span> outlined"
-            f"{MARKS_KEY if marks else ''}"
-            f"<span>· hover a token for its values{f' and top-{top_k} alternatives' if top_k else ''}"
-            f"{html.escape(note)}</span></div>")
+    return (
+        f"<div class='wb-legend'><span>colour = {html.escape(label)}{html.escape(unit)}:</span>"
+        f"<span>{scale.low:.3g}</span><span class='wb-bar' style='background:{scale.gradient()}'></span>"
+        f"<span>{scale.high:.3g}</span>"
+        f"<span class='wb-token wb-pivot' style='background:#fff'>pivot</span> outlined"
+        f"{MARKS_KEY if marks else ''}"
+        f"<span>· hover a token for its values{f' and top-{top_k} alternatives' if top_k else ''}"
+        f"{html.escape(note)}</span></div>"
+    )
 
 
 class TokenView(W.VBox):
@@ -189,8 +201,9 @@ class TokenView(W.VBox):
     ``tokenizer`` is given. ``value`` colours the tokens: one of the per-token values the batch
     holds (``token_values``). ``poll()`` reads what is new at once; ``close()`` stops following."""
 
-    def __init__(self, source, tokenizer=None, value: str = "entropy", prompt: int = 0,
-                 interval: float = FOLLOW_INTERVAL):
+    def __init__(
+        self, source, tokenizer=None, value: str = "entropy", prompt: int = 0, interval: float = FOLLOW_INTERVAL
+    ):
         self.tokenizer = tokenizer
         self.prompt_control = W.Dropdown(description="prompt", layout=W.Layout(width="420px"))
         self.value_control = W.Dropdown(description="colour by", layout=W.Layout(width="300px"))
@@ -312,6 +325,8 @@ class TokenView(W.VBox):
         rows = [i for i, g in enumerate(batch.group.tolist()) if g == group]
         body = [f"<div class='wb-prompt'>{html.escape(batch.problems[group].prompt)}</div>"]
         for k, row in enumerate(rows):
-            body.append(f"<div class='wb-row'>{row_header(batch, row, f'#{k} · ')}"
-                        f"{token_strip(batch, row, self.decode, value, self.values, scale)}</div>")
+            body.append(
+                f"<div class='wb-row'>{row_header(batch, row, f'#{k} · ')}"
+                f"{token_strip(batch, row, self.decode, value, self.values, scale)}</div>"
+            )
         self.strips.value = f"<div class='wb-tokens'>{''.join(body)}</div>"

@@ -13,6 +13,18 @@ from .trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "ConfigError", "LoraSettings", "Phase", "Policy", "PolicyLoadError", "RolloutBatch",
-    "RunConfig", "StepResult", "Trainer", "core", "methods", "metrics", "tasks",
+    "PRESETS",
+    "ConfigError",
+    "LoraSettings",
+    "Phase",
+    "Policy",
+    "PolicyLoadError",
+    "RolloutBatch",
+    "RunConfig",
+    "StepResult",
+    "Trainer",
+    "core",
+    "methods",
+    "metrics",
+    "tasks",
 ]

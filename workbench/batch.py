@@ -58,8 +58,14 @@ class RolloutBatch:
 
     @classmethod
     def from_samples(
-        cls, problems: list[Problem], prompt_ids: list[list[int]], samples: Samples, texts: list[str],
-        num_generations: int, mode: str = "normal", stage: int = 1,
+        cls,
+        problems: list[Problem],
+        prompt_ids: list[list[int]],
+        samples: Samples,
+        texts: list[str],
+        num_generations: int,
+        mode: str = "normal",
+        stage: int = 1,
     ) -> RolloutBatch:
         """Rows of ``samples`` were drawn prompt-major: ``num_generations`` per problem."""
         n = samples.ids.shape[0]
@@ -218,11 +224,13 @@ class RolloutBatch:
         step another process ran. What the file does not hold stays empty: no top-k alternatives
         (k = 0 in a file written before they were recorded), no prompt ids, problems without their
         answer key or verifier data, no method extras."""
-        missing = sorted({"group", "prompt", "completion", "mode", "stage", "token_ids", "entropy", "logprob"}
-                         - set(frame.columns))
+        missing = sorted(
+            {"group", "prompt", "completion", "mode", "stage", "token_ids", "entropy", "logprob"} - set(frame.columns)
+        )
         if missing:
-            raise ValueError(f"a rollouts frame needs the columns {', '.join(missing)}: "
-                             "the frame RolloutBatch.to_frame writes")
+            raise ValueError(
+                f"a rollouts frame needs the columns {', '.join(missing)}: the frame RolloutBatch.to_frame writes"
+            )
         frame = frame.reset_index(drop=True)
         lengths = [len(ids) for ids in frame["token_ids"]]
         n, width = len(frame), max(lengths, default=0)
@@ -235,22 +243,32 @@ class RolloutBatch:
         rewards = _column(frame, "reward", torch.float32)
         scored = rewards is not None  # before scoring a batch has no answers and no strategies
         return cls(
-            problems=[Problem(id=str(first.at[g, "problem_id"]) if "problem_id" in first else f"group {g}",
-                              prompt=str(first.at[g, "prompt"])) for g in range(int(frame["group"].max()) + 1)],
+            problems=[
+                Problem(
+                    id=str(first.at[g, "problem_id"]) if "problem_id" in first else f"group {g}",
+                    prompt=str(first.at[g, "prompt"]),
+                )
+                for g in range(int(frame["group"].max()) + 1)
+            ],
             group=torch.tensor(frame["group"].to_numpy(), dtype=torch.long),
             prompt_ids=[[] for _ in range(n)],
             ids=ids if ids is not None else torch.zeros((n, 0), dtype=torch.long),
             # float, as sampled
             mask=torch.as_tensor([[1.0] * k + [0.0] * (width - k) for k in lengths]).view(n, width),
-            logprobs=_sampled_column(frame, "logprob", lengths), entropy=_sampled_column(frame, "entropy", lengths),
+            logprobs=_sampled_column(frame, "logprob", lengths),
+            entropy=_sampled_column(frame, "entropy", lengths),
             topk_ids=_alternatives(frame, "topk_ids", lengths, width, torch.long),
             topk_probs=_alternatives(frame, "topk_probs", lengths, width, torch.float32),
-            text=frame["completion"].tolist(), mode=frame["mode"].tolist(), stage=frame["stage"].tolist(),
+            text=frame["completion"].tolist(),
+            mode=frame["mode"].tolist(),
+            stage=frame["stage"].tolist(),
             rewards=rewards,
             answers=_labels(frame, "answer") if scored else None,
             strategies=_labels(frame, "strategy") if scored else None,
-            parsed=_column(frame, "parsed", torch.bool), advantages=_column(frame, "advantage", torch.float32),
-            token_advantages=per_token("token_advantage", torch.float32), gate=per_token("gate", torch.float32),
+            parsed=_column(frame, "parsed", torch.bool),
+            advantages=_column(frame, "advantage", torch.float32),
+            token_advantages=per_token("token_advantage", torch.float32),
+            gate=per_token("gate", torch.float32),
             pivots=per_token("pivot", torch.bool),
         )
 
@@ -271,7 +289,7 @@ def _token_column(frame: pd.DataFrame, column: str, lengths: list[int], dtype: t
         return None
     out = torch.zeros((n, width), dtype=dtype)
     for i, v in enumerate(values):
-        out[i, :lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
+        out[i, : lengths[i]] = torch.as_tensor(np.asarray(v, dtype=float)).to(dtype)
     return out
 
 
@@ -279,8 +297,10 @@ def _sampled_column(frame: pd.DataFrame, column: str, lengths: list[int]) -> tor
     """``_token_column`` of a value the sampler gives every token (log-probs, entropy)."""
     values = _token_column(frame, column, lengths, torch.float32)
     if values is None:  # to_frame writes the sampler's values for every row
-        raise ValueError(f"the rollouts frame's {column} column holds no values: "
-                         "the frame RolloutBatch.to_frame writes has one per response")
+        raise ValueError(
+            f"the rollouts frame's {column} column holds no values: "
+            "the frame RolloutBatch.to_frame writes has one per response"
+        )
     return values
 
 
@@ -335,7 +355,7 @@ def micro_batches(lengths: list[int], max_tokens: int, overhead_tokens: int = 25
                 best[j], cut[j] = cost, i
     runs, j = [], len(order)
     while j > 0:
-        runs.append(order[cut[j]:j])
+        runs.append(order[cut[j] : j])
         j = cut[j]
     return runs[::-1]
 

@@ -66,15 +66,22 @@ def check_memory(cfg, model, device: torch.device) -> None:
         return
     largest = sorted(parts.items(), key=lambda item: -item[1])[:3]
     detail = ", ".join(f"{name} {size / GB:.1f} GB" for name, size in largest)
-    raise ConfigError("check_memory", True, f"a run that fits: one step needs at least {need / GB:.1f} GB ({detail}) "
-                      f"and {device.type} has {free / GB:.1f} GB free. Lower num_prompts, num_generations, "
-                      "max_completion_length, micro_batch_tokens or lora_r; or set check_memory=false to try anyway")
+    raise ConfigError(
+        "check_memory",
+        True,
+        f"a run that fits: one step needs at least {need / GB:.1f} GB ({detail}) "
+        f"and {device.type} has {free / GB:.1f} GB free. Lower num_prompts, num_generations, "
+        "max_completion_length, micro_batch_tokens or lora_r; or set check_memory=false to try anyway",
+    )
 
 
 def check_context(model, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
     longest = max((len(p) for p in prompt_ids), default=0)
     if limit is not None and longest + max_new_tokens > limit:
-        raise ConfigError("max_completion_length", max_new_tokens,
-                          f"at most {max(limit - longest, 0)}: the longest prompt has {longest} tokens and the model "
-                          f"reads {limit} tokens at most (shorten the prompts or the responses)")
+        raise ConfigError(
+            "max_completion_length",
+            max_new_tokens,
+            f"at most {max(limit - longest, 0)}: the longest prompt has {longest} tokens and the model "
+            f"reads {limit} tokens at most (shorten the prompts or the responses)",
+        )

@@ -56,8 +56,10 @@ def read_checkpoint(path: Path, step: int) -> Checkpoint:
     state = _read_state(path / "state.json", step)
     for name, digest in state.get("sha256", {}).items():
         if name not in HASHED_FILES or _sha256(path / name) != digest:
-            raise CheckpointError(f"checkpoint file {path / name} is truncated or corrupt: its sha256 "
-                                  "differs from the one recorded in state.json")
+            raise CheckpointError(
+                f"checkpoint file {path / name} is truncated or corrupt: its sha256 "
+                "differs from the one recorded in state.json"
+            )
     adapter = _read_adapter(path / "adapter.safetensors")
     optimizer, torch_rng = _read_optimizer(path / "optimizer.pt")
     return Checkpoint(path, step, adapter, optimizer, torch_rng, state)
@@ -69,12 +71,16 @@ def _read_state(path: Path, step: int) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
     if not isinstance(state, dict) or state.get("step") != step:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: it should hold a JSON object with "
-                              f"\"step\": {step}, not {str(state)[:80]!r}")
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt: it should hold a JSON object with "
+            f'"step": {step}, not {str(state)[:80]!r}'
+        )
     digests, nan_skips = state.get("sha256"), state.get("nan_skips", 0)
     if not isinstance(digests, dict) or set(digests) != set(HASHED_FILES):
-        raise CheckpointError(f"checkpoint file {path} is corrupt: its \"sha256\" must record the digests of "
-                              f"{' and '.join(HASHED_FILES)}, so that they can be checked before they are loaded")
+        raise CheckpointError(
+            f'checkpoint file {path} is corrupt: its "sha256" must record the digests of '
+            f"{' and '.join(HASHED_FILES)}, so that they can be checked before they are loaded"
+        )
     if not isinstance(nan_skips, int) or isinstance(nan_skips, bool) or nan_skips < 0:
         raise CheckpointError(f"checkpoint file {path} is corrupt: nan_skips={nan_skips!r}, not a count >= 0")
     return state
@@ -94,10 +100,16 @@ def _read_optimizer(path: Path) -> tuple[dict, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {path} is unreadable: {error}") from error
     optimizer = payload.get("optimizer") if isinstance(payload, dict) else None
     torch_rng = payload.get("torch_rng") if isinstance(payload, dict) else None
-    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer) or \
-            not isinstance(torch_rng, torch.Tensor) or torch_rng.dtype != torch.uint8:
-        raise CheckpointError(f"checkpoint file {path} is corrupt: expected an optimizer state_dict and a "
-                              "uint8 RNG state under 'optimizer' and 'torch_rng'")
+    if (
+        not isinstance(optimizer, dict)
+        or not {"state", "param_groups"} <= set(optimizer)
+        or not isinstance(torch_rng, torch.Tensor)
+        or torch_rng.dtype != torch.uint8
+    ):
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt: expected an optimizer state_dict and a "
+            "uint8 RNG state under 'optimizer' and 'torch_rng'"
+        )
     return optimizer, torch_rng
 
 

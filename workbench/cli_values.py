@@ -65,8 +65,19 @@ def one_line(error: BaseException) -> str:
     from .tasks import DatasetError, RewardFunctionError
 
     message = " ".join(str(error).split())
-    if isinstance(error, (ConfigError, PolicyLoadError, CheckpointError, RunLockedError, RewardFunctionError,
-                          DatasetError, UsageError, MissingExtraError)):
+    if isinstance(
+        error,
+        (
+            ConfigError,
+            PolicyLoadError,
+            CheckpointError,
+            RunLockedError,
+            RewardFunctionError,
+            DatasetError,
+            UsageError,
+            MissingExtraError,
+        ),
+    ):
         return message
     if isinstance(error, OSError) and error.filename:
         return f"{error.strerror or type(error).__name__}: {error.filename}"

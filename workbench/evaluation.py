@@ -25,8 +25,16 @@ from .tasks import is_success, score_batch
 
 
 @torch.no_grad()
-def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
-             max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
+def evaluate(
+    trainer,
+    split: str = "test",
+    k=None,
+    n_samples: int = 16,
+    num_prompts: int = 64,
+    max_batch: int = 256,
+    progress: bool = False,
+    mode: str = "normal",
+) -> dict[str, float]:
     """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
 
     ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
@@ -37,8 +45,11 @@ def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prom
     k = metrics.pass_at_k_grid(n_samples) if k is None else list(k)
     beyond = [kk for kk in k if isinstance(kk, bool) or not isinstance(kk, int) or not 1 <= kk <= n_samples]
     if beyond or not k:
-        raise ConfigError("k", beyond[0] if beyond else k, f"an integer from 1 to n_samples ({n_samples}): "
-                          "sample more responses per prompt for a larger k")
+        raise ConfigError(
+            "k",
+            beyond[0] if beyond else k,
+            f"an integer from 1 to n_samples ({n_samples}): sample more responses per prompt for a larger k",
+        )
     modes = methods.modes()
     if mode not in modes:
         raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(modes)}")
@@ -47,8 +58,9 @@ def evaluate(trainer, split: str = "test", k=None, n_samples: int = 16, num_prom
     correct, entropies, lengths, strategies, answers = [], [], [], [], []
     for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
         chunk = problems[start : start + per_call]
-        batch = trainer.sample_group(chunk, n_samples, system=modes[mode], mode=mode,
-                                     generator=trainer.generator(10**6 + start, len(split)))
+        batch = trainer.sample_group(
+            chunk, n_samples, system=modes[mode], mode=mode, generator=trainer.generator(10**6 + start, len(split))
+        )
         trainer.score(batch)
         for rows in batch.group_rows():
             rows_l = rows.tolist()
@@ -161,8 +173,13 @@ class _Resampling:
         """The texts of ``n`` completions that continue ``prefix`` (prefix included)."""
         with self.autocast():
             samples = self.sampler.generate(
-                [prompt_ids + prefix], n, max_new_tokens=max(1, self.limit - len(prefix)),
-                temperature=self.temperature, generator=generator, **self.truncation)
+                [prompt_ids + prefix],
+                n,
+                max_new_tokens=max(1, self.limit - len(prefix)),
+                temperature=self.temperature,
+                generator=generator,
+                **self.truncation,
+            )
         head = torch.tensor(prefix, dtype=torch.long, device=samples.ids.device).expand(n, -1)
         full_ids = torch.cat([head, samples.ids], dim=1)
         full_mask = torch.cat([torch.ones_like(head, dtype=samples.mask.dtype), samples.mask], dim=1)
@@ -174,15 +191,25 @@ def _resampling_setup(trainer_or_policy, batch, task, temperature, max_completio
     if hasattr(trainer_or_policy, "sampler"):
         trainer = trainer_or_policy
         cfg = trainer.cfg
-        return _Resampling(trainer.policy, trainer.sampler, trainer.task if task is None else task,
-                           cfg.temperature if temperature is None else temperature,
-                           cfg.max_completion_length if max_completion_length is None else max_completion_length,
-                           {"top_k": cfg.top_k or None, "top_p": cfg.top_p}, trainer.autocast)
+        return _Resampling(
+            trainer.policy,
+            trainer.sampler,
+            trainer.task if task is None else task,
+            cfg.temperature if temperature is None else temperature,
+            cfg.max_completion_length if max_completion_length is None else max_completion_length,
+            {"top_k": cfg.top_k or None, "top_p": cfg.top_p},
+            trainer.autocast,
+        )
     policy = trainer_or_policy
     if task is None:
         raise ValueError("pivot_sensitivity(policy, ...) needs task=: the task that scores the resampled completions")
     tok = policy.tokenizer
-    return _Resampling(policy, Sampler(policy.model, tok.eos_token_id, tok.pad_token_id), task,
-                       1.0 if temperature is None else temperature,
-                       batch.ids.shape[1] if max_completion_length is None else max_completion_length,
-                       {}, contextlib.nullcontext)
+    return _Resampling(
+        policy,
+        Sampler(policy.model, tok.eos_token_id, tok.pad_token_id),
+        task,
+        1.0 if temperature is None else temperature,
+        batch.ids.shape[1] if max_completion_length is None else max_completion_length,
+        {},
+        contextlib.nullcontext,
+    )

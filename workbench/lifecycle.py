@@ -26,8 +26,11 @@ def set_live(trainer, changes: dict) -> RunConfig:
     directory's config.yaml is rewritten, so a resumed run carries on with the new values."""
     fixed = sorted(set(changes) - set(LIVE_FIELDS))
     if fixed:
-        raise ConfigError(fixed[0], changes[fixed[0]],
-                          f"a field that can change mid-run ({', '.join(LIVE_FIELDS)}); fork the run to change it")
+        raise ConfigError(
+            fixed[0],
+            changes[fixed[0]],
+            f"a field that can change mid-run ({', '.join(LIVE_FIELDS)}); fork the run to change it",
+        )
     cfg = trainer.cfg.replace(**changes)  # merges method_options; validates the whole config
     trainer.cfg = trainer.method.cfg = cfg
     trainer.method.options = MethodOptions(cfg.method_options, trainer.method.OPTIONS)
@@ -53,8 +56,12 @@ def fork(trainer, out_dir: str | Path | None, changes: dict):
     cfg = trainer.cfg.replace(**changes)
     rebuild = [f for f in FORK_REFUSES if getattr(cfg, f) != getattr(trainer.cfg, f)]
     if rebuild:
-        raise ConfigError(rebuild[0], getattr(cfg, rebuild[0]), "the parent's value: a fork keeps the model and "
-                          f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it")
+        raise ConfigError(
+            rebuild[0],
+            getattr(cfg, rebuild[0]),
+            "the parent's value: a fork keeps the model and "
+            f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it",
+        )
     writer = RunWriter.claim(out_dir) if out_dir is not None else None
     try:
         policy = copy.deepcopy(trainer.policy)
@@ -113,14 +120,16 @@ def restore(trainer, checkpoint: Checkpoint) -> None:
     try:
         trainer.policy.load_adapter_state(checkpoint.adapter)
     except (PolicyLoadError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint file {checkpoint.path / 'adapter.safetensors'} does not fit this "
-                              f"model and adapter: {error}") from error
+        raise CheckpointError(
+            f"checkpoint file {checkpoint.path / 'adapter.safetensors'} does not fit this model and adapter: {error}"
+        ) from error
     try:
         trainer.optimizer.load_state_dict(checkpoint.optimizer)
         torch.set_rng_state(checkpoint.torch_rng)
     except (ValueError, KeyError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this "
-                              f"adapter: {error}") from error
+        raise CheckpointError(
+            f"checkpoint file {checkpoint.path / 'optimizer.pt'} does not fit this adapter: {error}"
+        ) from error
     apply_optimizer_settings(trainer)  # config.yaml decides: set_live rewrites it
     trainer.step_index = checkpoint.step
     trainer.nan_skips = checkpoint.state.get("nan_skips", 0)
@@ -142,9 +151,13 @@ def _resume_changes(cfg: RunConfig, changes: dict, run_dir: Path) -> dict:
     differ = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
     fixed = sorted(set(differ) - set(LIVE_FIELDS))
     if fixed:
-        raise ConfigError(fixed[0], differ[fixed[0]], f"the value in {run_dir / 'config.yaml'} "
-                          f"({getattr(cfg, fixed[0])!r}): a resumed run keeps what shapes it; only "
-                          f"{', '.join(LIVE_FIELDS)} can change on resume. Fork the run to change the rest")
+        raise ConfigError(
+            fixed[0],
+            differ[fixed[0]],
+            f"the value in {run_dir / 'config.yaml'} "
+            f"({getattr(cfg, fixed[0])!r}): a resumed run keeps what shapes it; only "
+            f"{', '.join(LIVE_FIELDS)} can change on resume. Fork the run to change the rest",
+        )
     if differ:
         cfg.replace(**differ)  # validates them (method_options merged) before anything is written
     return differ

@@ -48,6 +48,7 @@ class KVCache:
 
     def select(self, rows: torch.Tensor, capacity: int) -> KVCache:
         """The cache of ``rows`` (repeats allowed), with room for ``capacity`` positions."""
+
         def take(t: torch.Tensor) -> torch.Tensor:
             out = t.new_zeros((len(rows), t.shape[1], capacity, t.shape[3]))
             out[:, :, : self.length] = t[rows, :, : self.length]
@@ -100,7 +101,7 @@ class MergedDecoder:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         first = decoder.layers[0].self_attn
         self.apply_rotary = sys.modules[type(first).__module__].apply_rotary_pos_emb
         self.act = decoder.layers[0].mlp.act_fn
@@ -109,19 +110,28 @@ class MergedDecoder:
             attn, mlp = layer.self_attn, layer.mlp
             q, k, v = (_merged_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
             # q, k and v in one matmul; gate and up in another
-            qkv_bias = None if q[1] is None else torch.cat([
-                b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) for w, b in (q, k, v)
-            ])
+            qkv_bias = (
+                None
+                if q[1] is None
+                else torch.cat(
+                    [
+                        b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+                        for w, b in (q, k, v)
+                    ]
+                )
+            )
             gate, up = _merged_linear(mlp.gate_proj)[0], _merged_linear(mlp.up_proj)[0]
-            self.layers.append({
-                "input_norm": layer.input_layernorm.weight,
-                "qkv": torch.cat([q[0], k[0], v[0]]),
-                "qkv_bias": qkv_bias,
-                "o": _merged_linear(attn.o_proj),
-                "post_norm": layer.post_attention_layernorm.weight,
-                "gate_up": torch.cat([gate, up]),
-                "down": _merged_linear(mlp.down_proj)[0],
-            })
+            self.layers.append(
+                {
+                    "input_norm": layer.input_layernorm.weight,
+                    "qkv": torch.cat([q[0], k[0], v[0]]),
+                    "qkv_bias": qkv_bias,
+                    "o": _merged_linear(attn.o_proj),
+                    "post_norm": layer.post_attention_layernorm.weight,
+                    "gate_up": torch.cat([gate, up]),
+                    "down": _merged_linear(mlp.down_proj)[0],
+                }
+            )
         self.dtype = self.embed.dtype
         self.device = self.embed.device
 
@@ -131,8 +141,11 @@ class MergedDecoder:
         kind = self.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.dtype
         make = lambda: torch.zeros(shape, dtype=dtype, device=self.device)  # noqa: E731
-        return KVCache([make() for _ in self.layers], [make() for _ in self.layers],
-                       torch.zeros((rows, capacity), dtype=torch.bool, device=self.device))
+        return KVCache(
+            [make() for _ in self.layers],
+            [make() for _ in self.layers],
+            torch.zeros((rows, capacity), dtype=torch.bool, device=self.device),
+        )
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -160,8 +173,9 @@ class MergedDecoder:
             cache.values[i][:, :, start:end] = v
             keys, values = cache.keys[i][:, :, :end], cache.values[i][:, :, :end]
             if cache.prefix is None:
-                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed,
-                                                      enable_gqa=self.num_kv_heads != self.num_heads)
+                attn = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=allowed, enable_gqa=self.num_kv_heads != self.num_heads
+                )
             else:
                 attn = shared_prefix_attention(q, keys, values, allowed, *cache.prefix[i], self.scale)
             h = h + F.linear(attn.transpose(1, 2).reshape(n, length, q_size), *w["o"])
@@ -185,9 +199,12 @@ class MergedDecoder:
         if layout.prefix:  # a system prompt: runs once and stays one copy
             shared = len(layout.prefix)
             prefix_cache = self.new_cache(1, shared)
-            self.forward(torch.tensor([layout.prefix], device=self.device),
-                         torch.ones((1, shared), dtype=torch.bool, device=self.device),
-                         torch.arange(shared, device=self.device)[None], prefix_cache)
+            self.forward(
+                torch.tensor([layout.prefix], device=self.device),
+                torch.ones((1, shared), dtype=torch.bool, device=self.device),
+                torch.arange(shared, device=self.device)[None],
+                prefix_cache,
+            )
             cache.prefix = list(zip(prefix_cache.keys, prefix_cache.values))
         hidden = self.forward(layout.rest_ids, layout.rest_valid, layout.rest_positions, cache)[:, -1]
         return cache.select(layout.row_of, capacity + extra_capacity), hidden[layout.row_of]
@@ -200,7 +217,11 @@ class MergedDecoder:
         width = completion_ids.shape[1]
         cache, last = self.prefill(prompt_rows, pad_id, width)
         positions = cache.next_positions() + torch.arange(width, device=self.device)[None]
-        hidden = self.forward(completion_ids.to(self.device), torch.ones_like(completion_ids, dtype=torch.bool,
-                              device=self.device), positions, cache)
+        hidden = self.forward(
+            completion_ids.to(self.device),
+            torch.ones_like(completion_ids, dtype=torch.bool, device=self.device),
+            positions,
+            cache,
+        )
         # position t's logits come from the hidden state before token t
         return self.logits(torch.cat([last[:, None], hidden[:, :-1]], dim=1))

@@ -63,18 +63,27 @@ def load(name_or_path: str = TINY, dtype=None, device=None, trust_remote_code: b
         dtype = getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     except Exception as error:  # transformers, tokenizers and safetensors each raise their own types
-        hint = "" if os.path.isdir(path) else (
-            " If it is a hub name and this machine is offline, download it where you have a network "
-            "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model').")
+        hint = (
+            ""
+            if os.path.isdir(path)
+            else (
+                " If it is a hub name and this machine is offline, download it where you have a network "
+                "and pass the local directory instead, e.g. Policy.from_pretrained('/path/to/model')."
+            )
+        )
         if "trust_remote_code" in str(error) and not trust_remote_code:
-            hint = (" Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
-                    "after reading it.")
+            hint = (
+                " Its code is not run unless you pass Policy.from_pretrained(..., trust_remote_code=True) "
+                "after reading it."
+            )
         message = " ".join(str(error).split())
-        raise PolicyLoadError(f"could not load model {name_or_path!r}: {type(error).__name__}: {message}.{hint}") \
-            from error
+        raise PolicyLoadError(
+            f"could not load model {name_or_path!r}: {type(error).__name__}: {message}.{hint}"
+        ) from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -158,7 +167,8 @@ def _refuse_remote_code(directory: Path) -> None:
         raise PolicyLoadError(
             f"model directory {str(directory)!r} has its own code (config.json auto_map: "
             f"{', '.join(sorted(config['auto_map']))}); it is not run unless you pass "
-            "Policy.from_pretrained(..., trust_remote_code=True) after reading it")
+            "Policy.from_pretrained(..., trust_remote_code=True) after reading it"
+        )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -77,8 +77,11 @@ class Option:
         """What a value may be, in words (the end of every error message about this option);
         ``with_none=False`` leaves out an optional option's None."""
         if self.kind == "int":
-            text = ("an integer" if self.low == -math.inf else f"an integer >= {int(self.low)}") if self.high == math.inf \
+            text = (
+                ("an integer" if self.low == -math.inf else f"an integer >= {int(self.low)}")
+                if self.high == math.inf
                 else f"an integer from {int(self.low)} to {int(self.high)}"
+            )
         elif self.kind == "float":
             text = f"a number in {self.bounds}"
         elif self.kind == "bool":
@@ -110,7 +113,12 @@ class Option:
             if not math.isfinite(value):
                 raise ConfigError(label, value, self.allowed())
             v = cast(float, value)  # compared as it is: an int beyond 2**53 must not be rounded
-            if v < self.low or v > self.high or (self.low_open and v == self.low) or (self.high_open and v == self.high):
+            if (
+                v < self.low
+                or v > self.high
+                or (self.low_open and v == self.low)
+                or (self.high_open and v == self.high)
+            ):
                 raise ConfigError(label, value, self.allowed())
         elif self.kind == "bool":
             if not isinstance(value, bool):
@@ -126,7 +134,7 @@ class Option:
 
 
 # --- declaring options ------------------------------------------------------------------------
-def integer(default, help: str, low: int = 0, high: float = math.inf, **more) -> Option:
+def integer(default, help: str, low: float = 0, high: float = math.inf, **more) -> Option:
     return Option(default, help, "int", low=low, high=high, **more)
 
 
@@ -159,8 +167,11 @@ def config_field(option: Option, default_factory=None):
 
 def of_dataclass(cls) -> dict[str, Option]:
     """The options of a dataclass declared with :func:`config_field`, named after their fields."""
-    return {f.name: dataclasses.replace(f.metadata["option"], name=f.name)
-            for f in dataclasses.fields(cls) if "option" in f.metadata}
+    return {
+        f.name: dataclasses.replace(f.metadata["option"], name=f.name)
+        for f in dataclasses.fields(cls)
+        if "option" in f.metadata
+    }
 
 
 def named(options: dict[str, Option]) -> dict[str, Option]:
@@ -174,8 +185,10 @@ CHANGES_IN_WORDS = {"live": "live", "fork": "fork", "new_run": "new run"}
 def markdown_table(options: dict[str, Option], prefix: str = "", changes_in: bool = False) -> str:
     """A markdown table of ``options``: name, default, allowed values, (with ``changes_in``: how
     a running run can change it,) help."""
-    rows = ["| option | default | allowed | " + ("changes in | " if changes_in else "") + "what it does |",
-            "|---|---|---|" + ("---|" if changes_in else "") + "---|"]
+    rows = [
+        "| option | default | allowed | " + ("changes in | " if changes_in else "") + "what it does |",
+        "|---|---|---|" + ("---|" if changes_in else "") + "---|",
+    ]
     for key, o in options.items():
         default = "None" if o.default is None else repr(o.default) if isinstance(o.default, str) else o.default
         changes = [CHANGES_IN_WORDS[o.changes_in]] if changes_in else []

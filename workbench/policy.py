@@ -69,8 +69,9 @@ class Policy:
         return cls.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
 
     @classmethod
-    def with_adapter(cls, model, tokenizer, name: str, lora: LoraSettings | dict | None = None,
-                     seed: int = 0) -> Policy:
+    def with_adapter(
+        cls, model, tokenizer, name: str, lora: LoraSettings | dict | None = None, seed: int = 0
+    ) -> Policy:
         """A loaded base model (``models.load``) with a new LoRA adapter, initialised from ``seed``."""
         lora = LoraSettings(**lora) if isinstance(lora, dict) else (lora or LoraSettings())
         torch.manual_seed(seed)  # LoRA A matrices are random: seed them for reproducible runs
@@ -79,8 +80,9 @@ class Policy:
             try:
                 model = get_peft_model(model, lora.to_peft())
             except ValueError as error:  # e.g. target_modules that match no layer of this model
-                raise PolicyLoadError(f"could not add the LoRA adapter to {name!r}: "
-                                      f"{' '.join(str(error).split())}") from error
+                raise PolicyLoadError(
+                    f"could not add the LoRA adapter to {name!r}: {' '.join(str(error).split())}"
+                ) from error
         return cls(model=model, tokenizer=tokenizer, name=name, lora=lora)
 
     # --- the adapter --------------------------------------------------------------
@@ -165,14 +167,20 @@ class Policy:
             # and the same ids come out whatever apply_chat_template(tokenize=True) returns
             # (cast: with tokenize=False the template returns text; transformers annotates the
             # union of what every mode returns)
-            return self.encode([
-                cast(str, self.tokenizer.apply_chat_template(
-                    ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": t}],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                ))
-                for t in texts
-            ])
+            return self.encode(
+                [
+                    cast(
+                        str,
+                        self.tokenizer.apply_chat_template(
+                            ([{"role": "system", "content": system}] if system else [])
+                            + [{"role": "user", "content": t}],
+                            add_generation_prompt=True,
+                            tokenize=False,
+                        ),
+                    )
+                    for t in texts
+                ]
+            )
         return self.encode([f"{system}\n{t}" if system else t for t in texts])
 
     def decode(self, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -225,8 +233,9 @@ class Policy:
         logp = core.selective_log_softmax(logits, completion_ids, temperature)
         return logp, core.complement_logprobs(logits, completion_ids, temperature) if with_complement else None
 
-    def completion_logits(self, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
-                          merged: bool | None = None) -> torch.Tensor:
+    def completion_logits(
+        self, prompt_ids: list[list[int]], completion_ids: torch.Tensor, merged: bool | None = None
+    ) -> torch.Tensor:
         """The logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
         from .merged_decoder import MergedDecoder
 
@@ -252,17 +261,22 @@ class Policy:
         last_prompt_logits = self.model(
             input_ids=layout.rest_ids,
             attention_mask=prefix_attention.allowed_keys(layout.rest_valid, layout.rest_ids.shape[1]),
-            position_ids=layout.rest_positions, use_cache=False, logits_to_keep=1, shared_prefix=shared_prefix,
+            position_ids=layout.rest_positions,
+            use_cache=False,
+            logits_to_keep=1,
+            shared_prefix=shared_prefix,
             collect_kv=rest_kv,
         ).logits[row_of]  # [N, 1, V]
-        key_valid = torch.cat([layout.rest_valid[row_of], torch.ones_like(completion_ids, dtype=torch.bool)],
-                              dim=1)  # [N, R + T]
+        key_valid = torch.cat(
+            [layout.rest_valid[row_of], torch.ones_like(completion_ids, dtype=torch.bool)], dim=1
+        )  # [N, R + T]
         completion_logits = self.model(
             input_ids=completion_ids,
             attention_mask=prefix_attention.allowed_keys(key_valid, width),
             position_ids=layout.rest_positions[row_of, -1:] + 1 + torch.arange(width, device=self.device),
-            use_cache=False, logits_to_keep=width, shared_prefix=shared_prefix,
+            use_cache=False,
+            logits_to_keep=width,
+            shared_prefix=shared_prefix,
             row_context=[(k[row_of], v[row_of]) for k, v in rest_kv],
         ).logits
         return torch.cat([last_prompt_logits, completion_logits[:, :-1]], dim=1)
-

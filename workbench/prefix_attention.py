@@ -84,8 +84,10 @@ class _SharedPrefixAttention(torch.autograd.Function):
         out_p, lse_p = _from_prefix_layout(out_p, rows), _from_prefix_layout(lse_p, rows)
         out_o, lse_o = _attend(q, k, v, bias, scale, kernel)
         lse = torch.logaddexp(lse_p, lse_o)  # [N, Hkv, M]
-        out = (torch.exp(lse_p - lse)[..., None] * out_p.to(lse.dtype)
-               + torch.exp(lse_o - lse)[..., None] * out_o.to(lse.dtype)).to(q.dtype)
+        out = (
+            torch.exp(lse_p - lse)[..., None] * out_p.to(lse.dtype)
+            + torch.exp(lse_o - lse)[..., None] * out_o.to(lse.dtype)
+        ).to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, prefix_k, prefix_v, out, lse)
         ctx.scale, ctx.kernel = scale, kernel
         return out
@@ -95,14 +97,23 @@ class _SharedPrefixAttention(torch.autograd.Function):
         q, k, v, bias, prefix_k, prefix_v, out, lse = ctx.saved_tensors
         rows, dout = q.shape[0], dout.contiguous()
         dq_p, dk_p, dv_p = _attend_backward(
-            _to_prefix_layout(dout), _to_prefix_layout(q), prefix_k, prefix_v, _to_prefix_layout(out),
-            _to_prefix_layout(lse), None, ctx.scale, ctx.kernel)
+            _to_prefix_layout(dout),
+            _to_prefix_layout(q),
+            prefix_k,
+            prefix_v,
+            _to_prefix_layout(out),
+            _to_prefix_layout(lse),
+            None,
+            ctx.scale,
+            ctx.kernel,
+        )
         dq_o, dk, dv = _attend_backward(dout, q, k, v, out, lse, bias, ctx.scale, ctx.kernel)
         return dq_o + _from_prefix_layout(dq_p, rows), dk, dv, None, dk_p, dv_p, None, None
 
 
-def shared_prefix_attention(query, key, value, allowed, prefix_key, prefix_value, scale: float,
-                            kernel: bool | None = None) -> torch.Tensor:
+def shared_prefix_attention(
+    query, key, value, allowed, prefix_key, prefix_value, scale: float, kernel: bool | None = None
+) -> torch.Tensor:
     """Softmax attention of ``query`` [N, H, L, D] over [prefix | own keys]:
 
     * ``prefix_key``/``prefix_value`` [1, Hkv, P, D]: one copy, seen by every query;
@@ -121,8 +132,9 @@ def shared_prefix_attention(query, key, value, allowed, prefix_key, prefix_value
     bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill_(~allowed, float("-inf"))
     bias = bias.repeat(1, 1, group, 1)  # [N, 1, group*L, S]
     dtype = query.dtype
-    out = _SharedPrefixAttention.apply(q, key.to(dtype), value.to(dtype), bias, prefix_key.to(dtype),
-                                       prefix_value.to(dtype), scale, kernel)
+    out = _SharedPrefixAttention.apply(
+        q, key.to(dtype), value.to(dtype), bias, prefix_key.to(dtype), prefix_value.to(dtype), scale, kernel
+    )
     return out.reshape(n, heads, length, dim)
 
 
@@ -131,8 +143,19 @@ def shared_prefix_attention(query, key, value, allowed, prefix_key, prefix_value
 HOOK_PREFIX = "workbench_shared_prefix:"
 
 
-def _hooked_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, shared_prefix=None,
-                      row_context=None, collect_kv=None, **kwargs):
+def _hooked_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    shared_prefix=None,
+    row_context=None,
+    collect_kv=None,
+    **kwargs,
+):
     """The attention function of a model after ``install``.
 
     Without the arguments below it is the model's own implementation (its name follows
@@ -144,8 +167,9 @@ def _hooked_attention(module, query, key, value, attention_mask, scaling=None, d
     ``shared_prefix``: per layer (k, v) [1, Hkv, P, D], seen by every query.
     """
     if shared_prefix is None and row_context is None and collect_kv is None:
-        return _original_attention(module)(module, query, key, value, attention_mask, scaling=scaling,
-                                           dropout=dropout, **kwargs)
+        return _original_attention(module)(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if dropout:
         raise ValueError(f"attention dropout={dropout} is not supported by the shared-prefix attention")
     layer = module.layer_idx
@@ -155,11 +179,13 @@ def _hooked_attention(module, query, key, value, attention_mask, scaling=None, d
         key = torch.cat([row_context[layer][0], key], dim=2)
         value = torch.cat([row_context[layer][1], value], dim=2)
     if attention_mask is None:  # the prefix's own pass: plain causal attention
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                             enable_gqa=key.shape[1] != query.shape[1])
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+        )
     elif shared_prefix is None:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             enable_gqa=key.shape[1] != query.shape[1])
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+        )
     else:
         out = shared_prefix_attention(query, key, value, attention_mask, *shared_prefix[layer], scaling)
     return out.transpose(1, 2), None
@@ -182,9 +208,11 @@ def check_checkpointing(model) -> None:
         func = getattr(module, "_gradient_checkpointing_func", None)
         if getattr(module, "gradient_checkpointing", False) and func is not None:
             if getattr(func, "keywords", {}).get("use_reentrant", True):
-                raise ValueError("reentrant gradient checkpointing drops the gradient through the prompt's keys and "
-                                 "values; enable it with gradient_checkpointing_enable(gradient_checkpointing_kwargs="
-                                 "{'use_reentrant': False}) (the workbench's gradient_checkpointing=True does)")
+                raise ValueError(
+                    "reentrant gradient checkpointing drops the gradient through the prompt's keys and "
+                    "values; enable it with gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                    "{'use_reentrant': False}) (the workbench's gradient_checkpointing=True does)"
+                )
             return
 
 
@@ -204,7 +232,8 @@ def install(model) -> None:
         # (ignore: transformers leaves _global_mapping unannotated, so mypy infers the join of its
         # functions, builtins.function, which it does not accept as the Callable register declares)
         AttentionMaskInterface.register(
-            name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original]  # type: ignore[arg-type]
+            name,
+            ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[original],  # type: ignore[arg-type]
         )
     config._attn_implementation = name
 

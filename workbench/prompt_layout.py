@@ -67,6 +67,7 @@ def shared_layout(rows: list[list[int]], pad_id: int, device) -> SharedLayout:
     return SharedLayout(
         prefix=list(distinct[0][:shared]),
         row_of=torch.tensor([index[tuple(r)] for r in rows], device=device),
-        rest_ids=rest_ids.to(device), rest_valid=rest_valid,
+        rest_ids=rest_ids.to(device),
+        rest_valid=rest_valid,
         rest_positions=shared + (rest_valid.long().cumsum(-1) - 1).clamp(min=0),
     )

@@ -7,9 +7,7 @@ untrusted and passes through ``html.escape`` before it reaches the page.
 
 from __future__ import annotations
 
-import html
 import json
-import math
 import os
 from pathlib import Path
 
@@ -39,14 +37,13 @@ from .metrics.registry import (
     STEP,
     UNIQUE_ANSWERS,
 )
+from .report_rollouts import ROLLOUT_CSS, _entropy_legend, _samples
+from .report_rollouts import rollouts_html as rollouts_html  # public: a notebook cell draws rollouts with it
+from .report_text import _as_float, _esc, _fmt
 from .store import RunStore
 
 COLOURS = qualitative.Plotly
 ROLLING_AFTER = 20  # steps; shorter runs are readable without smoothing
-SAMPLE_PROMPTS, SAMPLE_COMPLETIONS = 3, 4
-PIVOT_OUTLINE = "#1f4e9c"
-ORANGE = (255, 140, 0)
-ENTROPY_SCALE = 2.0  # nats at full orange; fixed so colours compare across runs and reports
 PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
@@ -55,15 +52,6 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f
 /* auto-fill, not auto-fit: a lone first figure must not draw at full width and then be squeezed */
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}.grid>div{min-width:0}
 pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
-"""
-# Only class selectors, so the rollouts view can be embedded in a notebook without restyling it.
-ROLLOUT_CSS = """
-.prompt{background:#f6f6f6;padding:8px;white-space:pre-wrap;font-size:13px}
-.completion{margin:10px 0 18px 16px}.meta{font-size:13px;color:#555}
-.completion pre{white-space:pre-wrap;font-size:12px;margin:4px 0}
-.strip{font-family:monospace;font-size:12px;line-height:1.9;white-space:pre-wrap}
-.strip span{padding:1px 1px;margin:0 1px;border-radius:2px}
-.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;border:1px solid #ccc}
 """
 
 
@@ -126,38 +114,57 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     return frame.dropna(subset=[STEP]).sort_values(STEP)
 
 
-def _as_float(v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f if math.isfinite(f) else math.nan
-
-
 # --- figures ------------------------------------------------------------------------
 def _figures(runs: list[dict]) -> list[go.Figure]:
     """The panels every run has, then one per method group (``registry.method_groups``) whose
     metrics some run recorded."""
     solid, dash, dot = "solid", "dash", "dot"
-    reward = _panel(runs, GROUPS["reward"].title, "reward · fraction", [
-        (REWARD_MEAN, "reward mean", solid), (ACCURACY, "accuracy", dot)], rolling=REWARD_MEAN)
-    entropy = _panel(runs, f"{GROUPS['entropy'].title} (mean, p50–p95 band)", _axis("token entropy", ENTROPY_MEAN),
-                     [(ENTROPY_MEAN, "entropy mean", solid)], band=(ENTROPY_P50, ENTROPY_P95))
-    diversity = _panel(runs, GROUPS["diversity"].title, GROUPS["diversity"].unit, [
-        (DISTINCT_STRATEGIES, DISTINCT_STRATEGIES.label, solid),
-        (DISTINCT_CORRECT_STRATEGIES, DISTINCT_CORRECT_STRATEGIES.label, dash),
-        (UNIQUE_ANSWERS, UNIQUE_ANSWERS.label, dot)])
-    length = _panel(runs, GROUPS["length"].title, _axis("response length", RESPONSE_LENGTH),
-                    [(RESPONSE_LENGTH, "length", solid)])
-    pivots = _panel(runs, "Entropy at pivots vs elsewhere", _axis("token entropy", ENTROPY_AT_PIVOTS), [
-        (ENTROPY_AT_PIVOTS, "at pivots", solid), (ENTROPY_ELSEWHERE, "elsewhere", dash)])
+    reward = _panel(
+        runs,
+        GROUPS["reward"].title,
+        "reward · fraction",
+        [(REWARD_MEAN, "reward mean", solid), (ACCURACY, "accuracy", dot)],
+        rolling=REWARD_MEAN,
+    )
+    entropy = _panel(
+        runs,
+        f"{GROUPS['entropy'].title} (mean, p50–p95 band)",
+        _axis("token entropy", ENTROPY_MEAN),
+        [(ENTROPY_MEAN, "entropy mean", solid)],
+        band=(ENTROPY_P50, ENTROPY_P95),
+    )
+    diversity = _panel(
+        runs,
+        GROUPS["diversity"].title,
+        GROUPS["diversity"].unit,
+        [
+            (DISTINCT_STRATEGIES, DISTINCT_STRATEGIES.label, solid),
+            (DISTINCT_CORRECT_STRATEGIES, DISTINCT_CORRECT_STRATEGIES.label, dash),
+            (UNIQUE_ANSWERS, UNIQUE_ANSWERS.label, dot),
+        ],
+    )
+    length = _panel(
+        runs, GROUPS["length"].title, _axis("response length", RESPONSE_LENGTH), [(RESPONSE_LENGTH, "length", solid)]
+    )
+    pivots = _panel(
+        runs,
+        "Entropy at pivots vs elsewhere",
+        _axis("token entropy", ENTROPY_AT_PIVOTS),
+        [(ENTROPY_AT_PIVOTS, "at pivots", solid), (ENTROPY_ELSEWHERE, "elsewhere", dash)],
+    )
     figures = [reward, entropy, _kl_clip(runs), diversity, length, pivots]
     for group in registry.method_groups():
         metrics = [m for m in registry.panel_metrics(group.name) if any(m in r["metrics"] for r in runs)]
         if metrics:
             dashes = (solid, dash, dot, "dashdot")
-            figures.append(_panel(runs, group.title, group.unit,
-                                  [(m, m.label, dashes[i % len(dashes)]) for i, m in enumerate(metrics)]))
+            figures.append(
+                _panel(
+                    runs,
+                    group.title,
+                    group.unit,
+                    [(m, m.label, dashes[i % len(dashes)]) for i, m in enumerate(metrics)],
+                )
+            )
     return figures
 
 
@@ -171,18 +178,41 @@ def _panel(runs, title, ylabel, series, rolling=None, band=None, fig=None, row=N
         m, colour, group = run["metrics"], COLOURS[i % len(COLOURS)], dict(legendgroup=run["name"], **pos)
         if band and all(c in m for c in band):
             b = m.dropna(subset=list(band))
-            fig.add_scatter(x=b[STEP], y=b[band[1]], mode="lines", line_width=0, showlegend=False,
-                            hoverinfo="skip", **group)
-            fig.add_scatter(x=b[STEP], y=b[band[0]], mode="lines", line_width=0, fill="tonexty",
-                            fillcolor=_rgba(colour, 0.2), name=_label(runs, run, "p50–p95"), **group)
+            fig.add_scatter(
+                x=b[STEP], y=b[band[1]], mode="lines", line_width=0, showlegend=False, hoverinfo="skip", **group
+            )
+            fig.add_scatter(
+                x=b[STEP],
+                y=b[band[0]],
+                mode="lines",
+                line_width=0,
+                fill="tonexty",
+                fillcolor=_rgba(colour, 0.2),
+                name=_label(runs, run, "p50–p95"),
+                **group,
+            )
         for col, name, dash in series:
             if col in m and m[col].notna().any():
-                fig.add_scatter(x=m[STEP], y=m[col], mode="lines+markers", marker_size=3,
-                                line=dict(color=colour, dash=dash, width=1.5), name=_label(runs, run, name), **group)
+                fig.add_scatter(
+                    x=m[STEP],
+                    y=m[col],
+                    mode="lines+markers",
+                    marker_size=3,
+                    line=dict(color=colour, dash=dash, width=1.5),
+                    name=_label(runs, run, name),
+                    **group,
+                )
         if rolling and rolling in m and len(m) > ROLLING_AFTER:
             smooth = m[rolling].rolling(max(5, len(m) // 10), min_periods=1).mean()
-            fig.add_scatter(x=m[STEP], y=smooth, mode="lines", line=dict(color=colour, width=3), opacity=0.6,
-                            name=_label(runs, run, "rolling mean"), **group)
+            fig.add_scatter(
+                x=m[STEP],
+                y=smooth,
+                mode="lines",
+                line=dict(color=colour, width=3),
+                opacity=0.6,
+                name=_label(runs, run, "rolling mean"),
+                **group,
+            )
     fig.update_yaxes(title_text=ylabel, **pos)
     if row:
         return fig
@@ -199,8 +229,9 @@ def _kl_clip(runs: list[dict]) -> go.Figure:
 
 
 def _style(fig: go.Figure, title: str) -> go.Figure:
-    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=40),
-                      legend=dict(font_size=10))
+    fig.update_layout(
+        title=title, template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=40), legend=dict(font_size=10)
+    )
     if not fig.data:
         fig.add_annotation(text="no data recorded", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     return fig
@@ -212,14 +243,19 @@ def _label(runs: list[dict], run: dict, series: str) -> str:
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
 def _figure_html(fig: go.Figure) -> str:
     # the library is inlined once in <head>; each figure is a bare fragment
-    return pio.to_html(fig, include_plotlyjs=False, full_html=False, default_height="380px",
-                       config={"displaylogo": False, "responsive": True})
+    return pio.to_html(
+        fig,
+        include_plotlyjs=False,
+        full_html=False,
+        default_height="380px",
+        config={"displaylogo": False, "responsive": True},
+    )
 
 
 # --- tables and evaluation ---------------------------------------------------------
@@ -237,9 +273,14 @@ def _config_table(runs: list[dict]) -> str:
 
 def _eval_rows(runs: list[dict]) -> list[tuple[str, str, str, dict]]:
     """(run, stage, split, metrics) for every evaluation recorded in eval.json."""
-    return [(r["name"], stage, split, scores)
-            for r in runs for stage, splits in r["eval"].items() if isinstance(splits, dict)
-            for split, scores in splits.items() if isinstance(scores, dict)]
+    return [
+        (r["name"], stage, split, scores)
+        for r in runs
+        for stage, splits in r["eval"].items()
+        if isinstance(splits, dict)
+        for split, scores in splits.items()
+        if isinstance(scores, dict)
+    ]
 
 
 def _eval_section(runs: list[dict]) -> list[str]:
@@ -248,8 +289,12 @@ def _eval_section(runs: list[dict]) -> list[str]:
         return []
     cols = list(dict.fromkeys(k for *_, scores in rows for k in scores))
     head = "".join(f"<th>{_esc(c)}</th>" for c in ["run", "stage", "split", *cols])
-    body = "".join(f"<tr><td>{_esc(n)}</td><td>{_esc(st)}</td><td>{_esc(sp)}</td>"
-                   + "".join(f"<td>{_fmt(s.get(c))}</td>" for c in cols) + "</tr>" for n, st, sp, s in rows)
+    body = "".join(
+        f"<tr><td>{_esc(n)}</td><td>{_esc(st)}</td><td>{_esc(sp)}</td>"
+        + "".join(f"<td>{_fmt(s.get(c))}</td>" for c in cols)
+        + "</tr>"
+        for n, st, sp, s in rows
+    )
     return ["<h2>Evaluation</h2>", f"<table><tr>{head}</tr>{body}</table>", _figure_html(_passk_figure(runs, rows))]
 
 
@@ -261,87 +306,25 @@ def _passk_figure(runs: list[dict], rows) -> go.Figure:
         points = sorted((k, _as_float(v)) for k, v in curve if k)
         ks.update(k for k, _ in points)
         if points:
-            fig.add_scatter(x=[k for k, _ in points], y=[v for _, v in points], mode="lines+markers",
-                            line=dict(color=colour[name], dash="solid" if stage == "final" else "dot"),
-                            name=_label(runs, {"name": name}, f"{stage} · {split}"))
+            fig.add_scatter(
+                x=[k for k, _ in points],
+                y=[v for _, v in points],
+                mode="lines+markers",
+                line=dict(color=colour[name], dash="solid" if stage == "final" else "dot"),
+                name=_label(runs, {"name": name}, f"{stage} · {split}"),
+            )
     fig.update_xaxes(type="log", tickvals=sorted(ks), title_text="k (samples per problem, log scale)")
     fig.update_yaxes(title_text="pass@k (fraction of problems)", rangemode="tozero")
     return _style(fig, "pass@k, base vs final")
 
 
-def _fmt(v) -> str:
-    f = _as_float(v)
-    return "" if math.isnan(f) else f"{f:.3f}"
-
-
-# --- sample rollouts ---------------------------------------------------------------
-def _samples(run: dict, heading: bool) -> str:
-    parts = [f"<h3>{_esc(run['name'])}</h3>"] if heading else []
-    if run["rollouts"] is None:
-        return "".join(parts) + "<p>no rollouts recorded</p>"
-    parts.append(f'<p class="meta">from {_esc(run["rollouts"].name)}, the last rollouts file</p>')
-    parts.append(rollouts_html(pd.read_parquet(run["rollouts"]), standalone=False))
-    return "\n".join(parts)
-
-
-def rollouts_html(frame: pd.DataFrame, prompts: int = SAMPLE_PROMPTS, completions: int = SAMPLE_COMPLETIONS,
-                  standalone: bool = True) -> str:
-    """Prompts with their completions as entropy-coloured token strips (a rollouts frame, as in
-    ``RolloutBatch.to_frame``). All model text is escaped. ``standalone`` adds the styles and
-    legend, for use in a notebook cell."""
-    groups = [g for _, g in frame.groupby("group" if "group" in frame else "prompt", sort=False)]
-    # groups whose rewards differ carry the learning signal, so they come first
-    groups.sort(key=lambda g: "reward" not in g or g["reward"].nunique() <= 1)
-    parts = [f"<style>{ROLLOUT_CSS}</style>", _entropy_legend()] if standalone else []
-    for g in groups[:prompts]:
-        parts.append(f'<div class="prompt">{_esc(g["prompt"].iloc[0] if "prompt" in g else "")}</div>')
-        parts += [_completion(row) for _, row in g.head(completions).iterrows()]
-    return "\n".join(parts)
-
-
-def _completion(row: pd.Series) -> str:
-    meta = f"reward {_fmt(row.get('reward'))}" + "".join(
-        f" · {key} {_esc(row.get(key))}" for key in ("strategy", "answer", "length") if key in row)
-    return (f'<div class="completion"><div class="meta">{meta}</div>'
-            f'<pre>{_esc(row.get("completion", ""))}</pre>{_token_strip(row)}</div>')
-
-
-def _token_strip(row: pd.Series) -> str:
-    entropy, pivots = _seq(row, "entropy"), _seq(row, "pivot")
-    # without decoded tokens the ids still show where the entropy sits
-    tokens = _seq(row, "tokens") or [f"[{t}]" for t in _seq(row, "token_ids")]
-    spans = []
-    for i, (token, h) in enumerate(zip(tokens, entropy)):
-        h, pivot = _as_float(h), i < len(pivots) and bool(pivots[i])
-        t = 0.0 if math.isnan(h) else min(h / ENTROPY_SCALE, 1.0)
-        rgb = ",".join(str(round(255 + t * (c - 255))) for c in ORANGE)
-        outline = f";outline:2px solid {PIVOT_OUTLINE}" if pivot else ""
-        tip = f"{token} · entropy {'n/a' if math.isnan(h) else f'{h:.3f}'} nats" + (" · pivot" if pivot else "")
-        spans.append(f'<span style="background:rgb({rgb}){outline}" title="{_esc(tip)}">{_esc(token)}</span>')
-    return f'<div class="strip">{"".join(spans)}</div>' if spans else ""
-
-
-def _seq(row: pd.Series, key: str) -> list:
-    value = row.get(key)
-    return [] if value is None or isinstance(value, (float, str)) else list(value)
-
-
-def _entropy_legend() -> str:
-    return (f'<p class="meta">token background = entropy: 0 <span class="legend" style="background:'
-            f'linear-gradient(to right,#fff,rgb{ORANGE})"></span> ≥{ENTROPY_SCALE:g} nats · '
-            f'<span style="outline:2px solid {PIVOT_OUTLINE};padding:0 2px">pivot</span> outlined · '
-            "hover a token for its value</p>")
-
-
 # --- page ---------------------------------------------------------------------------
-def _esc(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _page(title: str, body: str) -> str:
     # the page draws no geo maps; moving plotly's unused topojson default off the CDN keeps it fully offline
     library = get_plotlyjs().replace("https://cdn.plot.ly/un/", "topojson/")
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{PAGE_CSS}{ROLLOUT_CSS}</style>\n"
-            "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
-            f"<script>{library}</script>\n</head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{PAGE_CSS}{ROLLOUT_CSS}</style>\n"
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
+        f"<script>{library}</script>\n</head><body>\n{body}\n</body></html>\n"
+    )

@@ -42,8 +42,9 @@ class RunUpdate:
 
     @property
     def news(self) -> bool:
-        return bool(self.rows or self.rollout_steps or self.config is not None or self.evaluations is not None
-                    or self.restarted)
+        return bool(
+            self.rows or self.rollout_steps or self.config is not None or self.evaluations is not None or self.restarted
+        )
 
 
 @dataclass
@@ -188,7 +189,7 @@ class RunFollower:
             if restarted:
                 self._forget_rows()
             return [], restarted
-        whole = data[:data.rfind(b"\n") + 1]  # a last line without its newline is still being written
+        whole = data[: data.rfind(b"\n") + 1]  # a last line without its newline is still being written
         by_step, damaged = parse_metrics(whole, first_line=self._lines + 1)
         if by_step and self.last_step is not None and min(by_step) <= self.last_step:
             self._forget_rows()  # a step written again: read it all as RunStore.read_metrics would

@@ -46,13 +46,23 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLockedError(f"{self.path.parent} is being written by {holder(self.path)}: one process writes a "
-                                 "run at a time. Wait for it to finish or stop it (a stopped run saves itself and can "
-                                 "be resumed); to read the run meanwhile, use workbench eval/report or a widget"
-                                 ) from None
+            raise RunLockedError(
+                f"{self.path.parent} is being written by {holder(self.path)}: one process writes a "
+                "run at a time. Wait for it to finish or stop it (a stopped run saves itself and can "
+                "be resumed); to read the run meanwhile, use workbench eval/report or a widget"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                                 "command": " ".join(sys.argv)[:300]}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.time(),
+                    "command": " ".join(sys.argv)[:300],
+                }
+            ).encode(),
+        )
         self._fd = fd
         self._release = weakref.finalize(self, os.close, fd)  # a lock dropped without release() lets go too
 
@@ -67,8 +77,11 @@ def holder(lock_path: Path) -> str:
     try:
         who = json.loads(lock_path.read_text())
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(who["since"]))
-        mine = " (this process: close the other Trainer with .close(), or restart the kernel)" \
-            if who["pid"] == os.getpid() and who["host"] == socket.gethostname() else ""
+        mine = (
+            " (this process: close the other Trainer with .close(), or restart the kernel)"
+            if who["pid"] == os.getpid() and who["host"] == socket.gethostname()
+            else ""
+        )
         return f"pid {who['pid']} on {who['host']} since {since}{mine}"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"

@@ -111,7 +111,7 @@ class LiveRun:
         restarted = len(records) < self._seen
         if restarted:
             self._seen = 0
-        update = RunUpdate(rows=records[self._seen:], restarted=restarted)
+        update = RunUpdate(rows=records[self._seen :], restarted=restarted)
         self._seen = len(records)
         if self.trainer.cfg is not self.config:  # set_live replaces the config
             self.config = update.config = self.trainer.cfg
@@ -128,8 +128,10 @@ class LiveRun:
             batch = self._batches.get(step)
             held = sorted(self._batches)
         if batch is None:
-            raise LookupError(f"step={step!r} is not held: a live trainer's last {KEPT_BATCHES} steps are "
-                              f"({', '.join(map(str, held)) or 'none yet'}); its run directory keeps every step")
+            raise LookupError(
+                f"step={step!r} is not held: a live trainer's last {KEPT_BATCHES} steps are "
+                f"({', '.join(map(str, held)) or 'none yet'}); its run directory keeps every step"
+            )
         return StepBatch(step, batch, self.trainer.policy.tokenizer)
 
     def rollout_steps(self) -> list[int]:
@@ -156,5 +158,6 @@ def open_run(source, steps: int | None = None) -> RunSource:
         return RunFollower(Path(source), steps)
     if hasattr(source, "records") and hasattr(source, "subscribe"):
         return LiveRun(source)
-    raise TypeError(f"source={type(source).__name__} is not allowed: a workbench Trainer or a run directory "
-                    "(str or Path)")
+    raise TypeError(
+        f"source={type(source).__name__} is not allowed: a workbench Trainer or a run directory (str or Path)"
+    )

@@ -32,8 +32,12 @@ class RunWriter:
             store.unlock()
             steps = store.checkpoint_steps()
             saved = f" (its last checkpoint is at step {steps[-1]})" if steps else ""
-            raise ConfigError("out_dir", str(store.dir), f"a directory that holds no run yet; this one holds a run{saved}"
-                              f": continue it with Trainer.resume({str(store.dir)!r}) (workbench train --resume)")
+            raise ConfigError(
+                "out_dir",
+                str(store.dir),
+                f"a directory that holds no run yet; this one holds a run{saved}"
+                f": continue it with Trainer.resume({str(store.dir)!r}) (workbench train --resume)",
+            )
         return cls(store)
 
     @classmethod
@@ -80,8 +84,12 @@ class RunWriter:
             self.checkpoint(step, policy, optimizer, state)
         except Exception as error:
             earlier = self.store.checkpoint_steps()
-            warnings.warn(f"could not save a checkpoint at step {step} ({error}); the run resumes "
-                          f"from step {earlier[-1] if earlier else 0}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"could not save a checkpoint at step {step} ({error}); the run resumes "
+                f"from step {earlier[-1] if earlier else 0}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def close(self) -> None:
         """Let go of the run directory's lock: this writer writes no more."""

@@ -79,8 +79,15 @@ class Sampler:
     cache); others, or ``merged=False``, through the transformers model with a DynamicCache.
     """
 
-    def __init__(self, model, eos_token_id: int, pad_token_id: int, top_alternatives: int = 5,
-                 merged: bool | None = None, telemetry: bool = True):
+    def __init__(
+        self,
+        model,
+        eos_token_id: int,
+        pad_token_id: int,
+        top_alternatives: int = 5,
+        merged: bool | None = None,
+        telemetry: bool = True,
+    ):
         self.model = model
         self.telemetry = telemetry  # False: skip entropy and top-k (zeros), only to measure what they cost
         self.eos_token_id = eos_token_id
@@ -109,8 +116,12 @@ class Sampler:
 
         def forward(step_ids: torch.Tensor) -> torch.Tensor:
             return self.model(
-                input_ids=step_ids, attention_mask=state["attention"], position_ids=state["positions"],
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
+                input_ids=step_ids,
+                attention_mask=state["attention"],
+                position_ids=state["positions"],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             ).logits[:, -1, :]
 
         def cached_step(token: torch.Tensor) -> torch.Tensor:

@@ -33,10 +33,19 @@ if TYPE_CHECKING:
     from .policy import Policy
     from .sampling import Sampler
 
+
 # --- sample ----------------------------------------------------------------------------------
-def sample_group(ctx: StepContext, sampler: Sampler, autocast, problems: list[tasks.Problem], num_generations: int,
-                 system: str | None = None, mode: str = "normal", stage: int = 1,
-                 generator: torch.Generator | None = None) -> RolloutBatch:
+def sample_group(
+    ctx: StepContext,
+    sampler: Sampler,
+    autocast,
+    problems: list[tasks.Problem],
+    num_generations: int,
+    system: str | None = None,
+    mode: str = "normal",
+    stage: int = 1,
+    generator: torch.Generator | None = None,
+) -> RolloutBatch:
     """Sample ``num_generations`` responses per problem with ``sampler`` under ``autocast``; the
     stream is ``generator`` or the step's own for this stage and mode."""
     cfg, policy = ctx.cfg, ctx.policy
@@ -45,24 +54,37 @@ def sample_group(ctx: StepContext, sampler: Sampler, autocast, problems: list[ta
     policy.model.eval()
     with autocast:
         samples = sampler.generate(
-            prompt_ids, num_generations, max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-            top_k=cfg.top_k or None, top_p=cfg.top_p,
+            prompt_ids,
+            num_generations,
+            max_new_tokens=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k or None,
+            top_p=cfg.top_p,
             generator=generator or ctx.generator(ctx.step_index, stage, len(mode)),
         )
     texts = policy.decode(samples.ids, samples.mask)
     return RolloutBatch.from_samples(problems, prompt_ids, samples, texts, num_generations, mode, stage)
 
 
-def token_logprobs(policy: Policy, temperature: float, autocast, prompt_ids: list[list[int]], ids: torch.Tensor,
-                   adapter: Adapter = "policy", grad: bool = False, with_entropy: bool = False,
-                   with_complement: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(
+    policy: Policy,
+    temperature: float,
+    autocast,
+    prompt_ids: list[list[int]],
+    ids: torch.Tensor,
+    adapter: Adapter = "policy",
+    grad: bool = False,
+    with_entropy: bool = False,
+    with_complement: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [N, T] (float32) of ``ids`` after ``prompt_ids`` at ``temperature``, and
     their entropies or their log(1 - p) when asked: THE way every method and the update score
     tokens. ``adapter``: "policy", "reference" (adapter off) or a dict of moved adapter tensors;
     a graph is kept only with ``grad=True``."""
-    with (contextlib.nullcontext() if grad else torch.no_grad()), policy.adapter(adapter), autocast:
-        logp, second = policy.token_logprobs(prompt_ids, ids, temperature, with_entropy=with_entropy,
-                                             with_complement=with_complement)
+    with contextlib.nullcontext() if grad else torch.no_grad(), policy.adapter(adapter), autocast:
+        logp, second = policy.token_logprobs(
+            prompt_ids, ids, temperature, with_entropy=with_entropy, with_complement=with_complement
+        )
     return logp.float(), None if second is None else second.float()
 
 
@@ -75,7 +97,8 @@ def apply_scores(batch: RolloutBatch, scores: Sequence[tasks.Score]) -> None:
         row = int((~torch.isfinite(batch.rewards)).nonzero()[0])
         raise tasks.RewardFunctionError(
             f"reward {scores[row].reward!r} of response {row} ({batch.text[row][:80]!r}) is not a finite "
-            "float32 number (|r| < 3.4e38): scale the rewards down")
+            "float32 number (|r| < 3.4e38): scale the rewards down"
+        )
     batch.answers = [s.answer for s in scores]
     batch.strategies = [s.strategy for s in scores]
     batch.parsed = torch.tensor([s.parsed for s in scores], dtype=torch.bool)
@@ -114,11 +137,23 @@ class MicroBatchLoss:
     kl: torch.Tensor | None  # [rows, T] detached k3 KL to the reference, where one was given
 
 
-def policy_loss(method: Method, settings: dict, share: BatchShare, logp: torch.Tensor, old_logp: torch.Tensor,
-                advantages: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, *, loss_type: str,
-                max_completion_length: int, entropy: torch.Tensor | None = None,
-                ref_logp: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> MicroBatchLoss:
+def policy_loss(
+    method: Method,
+    settings: dict,
+    share: BatchShare,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    loss_type: str,
+    max_completion_length: int,
+    entropy: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    sampling_ratio: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> MicroBatchLoss:
     """THE loss of one micro-batch (both engines): the method's token loss [rows, T] on the tokens
     ``keep`` counts, weighted by ``sampling_ratio`` (vLLM's importance correction) where given,
     plus beta x k3 KL to ``ref_logp``, aggregated as ``loss_type`` says and scaled to its ``share``;
@@ -150,8 +185,17 @@ def finish_rollouts(batch: RolloutBatch, cfg: RunConfig) -> None:
         batch.gate = torch.ones_like(batch.entropy)
 
 
-def metrics_row(step: int, batch: RolloutBatch, update_numbers: dict, method_numbers: dict, *, nan_skips: int,
-                reward_errors: int, learning_rate: float, seconds: float) -> dict[str, float]:
+def metrics_row(
+    step: int,
+    batch: RolloutBatch,
+    update_numbers: dict,
+    method_numbers: dict,
+    *,
+    nan_skips: int,
+    reward_errors: int,
+    learning_rate: float,
+    seconds: float,
+) -> dict[str, float]:
     """THE metrics row of a step (both engines): the rollouts' metrics, the update's numbers, the
     method's own, and the step's bookkeeping."""
     return {
@@ -167,8 +211,9 @@ def metrics_row(step: int, batch: RolloutBatch, update_numbers: dict, method_num
     }
 
 
-def update_numbers(loss: float, clipped: float, valid_tokens: float, kl_sum: float, kl_tokens: float,
-                   grad_norm: float, skipped: bool) -> dict[str, float]:
+def update_numbers(
+    loss: float, clipped: float, valid_tokens: float, kl_sum: float, kl_tokens: float, grad_norm: float, skipped: bool
+) -> dict[str, float]:
     """The update's part of the metrics row, from its sums (both engines)."""
     return {
         M.LOSS: float("nan") if skipped else loss,

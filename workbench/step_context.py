@@ -37,13 +37,25 @@ class StepContext(Protocol):
     def generator(self, *parts: int) -> torch.Generator:
         """A random stream seeded from (the run's seed, ``parts``) alone, so resume is exact."""
 
-    def sample_group(self, problems: list[Problem], num_generations: int, system: str | None = None,
-                     mode: str = "normal", stage: int = 1,
-                     generator: torch.Generator | None = None) -> RolloutBatch:
+    def sample_group(
+        self,
+        problems: list[Problem],
+        num_generations: int,
+        system: str | None = None,
+        mode: str = "normal",
+        stage: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
         """``num_generations`` responses per problem from the current adapter, after an optional
         ``system`` prompt, with their telemetry (``workbench.step.sample_group``)."""
 
-    def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter: Adapter = "policy",
-                       grad: bool = False, with_entropy: bool = False, with_complement: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def token_logprobs(
+        self,
+        prompt_ids: list[list[int]],
+        ids: torch.Tensor,
+        adapter: Adapter = "policy",
+        grad: bool = False,
+        with_entropy: bool = False,
+        with_complement: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs [N, T] of ``ids`` after ``prompt_ids`` (``workbench.step.token_logprobs``)."""

@@ -112,7 +112,7 @@ class RunStore:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except BaseException:  # disk full, interrupted: take the partial line back out
                 os.ftruncate(fd, size)
@@ -130,9 +130,13 @@ class RunStore:
         if self.damaged_lines:
             numbers = ", ".join(str(n) for n, _ in self.damaged_lines[:10])
             more = f" and {len(self.damaged_lines) - 10} more" if len(self.damaged_lines) > 10 else ""
-            warnings.warn(f"{self.metrics_path}: line{'s' if len(self.damaged_lines) > 1 else ''} {numbers}{more} "
-                          "are not a step's metrics (damaged or cut off) and were skipped; the rows after them "
-                          "were read", DamagedMetricsWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.metrics_path}: line{'s' if len(self.damaged_lines) > 1 else ''} {numbers}{more} "
+                "are not a step's metrics (damaged or cut off) and were skipped; the rows after them "
+                "were read",
+                DamagedMetricsWarning,
+                stacklevel=2,
+            )
         return [by_step[step] for step in sorted(by_step)]
 
     def truncate_metrics(self, last_step: int) -> list[dict]:
@@ -147,8 +151,9 @@ class RunStore:
             with open(self.metrics_path.with_name("metrics.jsonl.corrupt"), "a", encoding="utf-8") as aside:
                 aside.write(kept)
             for warning in caught:
-                warnings.warn(f"{warning.message} (set aside in metrics.jsonl.corrupt)", DamagedMetricsWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"{warning.message} (set aside in metrics.jsonl.corrupt)", DamagedMetricsWarning, stacklevel=2
+                )
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
@@ -228,8 +233,12 @@ class RunStore:
         step = steps[-1] if step is None else step
         path = self.checkpoints_dir / f"step-{step}"
         earlier = [s for s in steps if s < step]
-        hint = (f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; rename it to broken-{path.name} "
-                f"to resume from step {earlier[-1]})" if earlier else "")
+        hint = (
+            f" (checkpoints of earlier steps: {', '.join(map(str, earlier))}; rename it to broken-{path.name} "
+            f"to resume from step {earlier[-1]})"
+            if earlier
+            else ""
+        )
         try:
             return read_checkpoint(path, step)
         except CheckpointError as error:

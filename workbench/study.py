@@ -39,15 +39,35 @@ from .study_runs import (
 )
 
 # two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+T_975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 BACKENDS = ("serial", "ray")
 
 
-def run_study(out: str | Path, plan: StudyPlan, progress: bool = True, backend: str = "serial",
-              address: str | None = None, gpus_per_run: float = 0.0) -> Path:
+def run_study(
+    out: str | Path,
+    plan: StudyPlan,
+    progress: bool = True,
+    backend: str = "serial",
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+) -> Path:
     """Run (or resume) every run of ``plan`` into ``out``; returns ``out``.
 
     ``backend="serial"`` runs them one after another in this process; ``"ray"`` runs each as a
@@ -57,8 +77,9 @@ def run_study(out: str | Path, plan: StudyPlan, progress: bool = True, backend: 
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, f"one of {', '.join(BACKENDS)}")
     if backend == "serial" and (address is not None or gpus_per_run):
-        raise ConfigError("address" if address is not None else "gpus_per_run", address or gpus_per_run,
-                          "only with backend='ray'")
+        raise ConfigError(
+            "address" if address is not None else "gpus_per_run", address or gpus_per_run, "only with backend='ray'"
+        )
     out = Path(out)
     claim_plan(out, plan)
     from .store import RunStore
@@ -159,8 +180,9 @@ def summarize(out: str | Path, measures: tuple[str, ...] | None = None) -> pd.Da
         return pd.DataFrame()
     if measures is None:
         curve = ("pass@1", f"pass@{_largest_k(finals)}")
-        others = [c for c in finals.columns
-                  if c not in ("method", "seed", "split", "samples") and not c.startswith("pass@")]
+        others = [
+            c for c in finals.columns if c not in ("method", "seed", "split", "samples") and not c.startswith("pass@")
+        ]
         measures = (*curve, *others)
     rows = []
     for (method, split), group in finals.groupby(["method", "split"], sort=False):
@@ -171,8 +193,10 @@ def summarize(out: str | Path, measures: tuple[str, ...] | None = None) -> pd.Da
     table = pd.DataFrame(rows)
     grpo = table[table.method == "grpo"].set_index("split")["pass@1"] if "grpo" in set(table.method) else None
     if grpo is not None:
-        table["gain_vs_grpo"] = [(r["pass@1"] - grpo[r["split"]]) / grpo[r["split"]] if grpo.get(r["split"], 0) > 0
-                                 else math.nan for _, r in table.iterrows()]
+        table["gain_vs_grpo"] = [
+            (r["pass@1"] - grpo[r["split"]]) / grpo[r["split"]] if grpo.get(r["split"], 0) > 0 else math.nan
+            for _, r in table.iterrows()
+        ]
     return table
 
 

@@ -26,11 +26,19 @@ from .metrics.registry import (
 from .report import COLOURS, _esc, _figure_html, _page, _rgba, _style
 from .study import BASE, final_evaluations, histories, load_plan, summarize
 
-OVER_STEPS = ((ENTROPY_MEAN, f"Token entropy ({ENTROPY_MEAN.unit})"), (REWARD_MEAN, "Accuracy (mean reward)"),
-              (DISTINCT_STRATEGIES, "Distinct strategies per group"),
-              (RESPONSE_LENGTH, f"Response length ({RESPONSE_LENGTH.unit})"))
-TABLE = ((pass_at(1), "pass@1"), (PASS_AT_K, PASS_AT_K), (ENTROPY_MEAN, "entropy"),
-         (DISTINCT_CORRECT_STRATEGIES, "correct strategies"), (RESPONSE_LENGTH, "length"))
+OVER_STEPS = (
+    (ENTROPY_MEAN, f"Token entropy ({ENTROPY_MEAN.unit})"),
+    (REWARD_MEAN, "Accuracy (mean reward)"),
+    (DISTINCT_STRATEGIES, "Distinct strategies per group"),
+    (RESPONSE_LENGTH, f"Response length ({RESPONSE_LENGTH.unit})"),
+)
+TABLE = (
+    (pass_at(1), "pass@1"),
+    (PASS_AT_K, PASS_AT_K),
+    (ENTROPY_MEAN, "entropy"),
+    (DISTINCT_CORRECT_STRATEGIES, "correct strategies"),
+    (RESPONSE_LENGTH, "length"),
+)
 
 
 def write_study_report(study_dir: str | Path, out_path: str | Path | None = None) -> Path:
@@ -39,8 +47,12 @@ def write_study_report(study_dir: str | Path, out_path: str | Path | None = None
     title = f"study: {', '.join(plan.methods)} x {len(plan.seeds)} seeds x {plan.steps} steps"
     table, finals, history = summarize(study_dir), final_evaluations(study_dir), histories(study_dir)
     colours = {m: COLOURS[i % len(COLOURS)] for i, m in enumerate([BASE, *plan.methods])}
-    body = [f"<h1>{_esc(title)}</h1>", _plan_table(plan), "<h2>Final policies</h2>",
-            _summary_table(table, plan.eval_samples)]
+    body = [
+        f"<h1>{_esc(title)}</h1>",
+        _plan_table(plan),
+        "<h2>Final policies</h2>",
+        _summary_table(table, plan.eval_samples),
+    ]
     body += ["<h2>Over training</h2>", '<div class="grid">']
     body += [_figure_html(_over_steps(history, key, name, colours)) for key, name in OVER_STEPS]
     body += ["</div>", "<h2>pass@k</h2>", '<div class="grid">']
@@ -52,9 +64,13 @@ def write_study_report(study_dir: str | Path, out_path: str | Path | None = None
 
 
 def _plan_table(plan) -> str:
-    rows = [("methods", ", ".join(plan.methods)), ("seeds", ", ".join(map(str, plan.seeds))), ("steps", plan.steps),
-            ("evaluation", f"{plan.eval_prompts} prompts x {plan.eval_samples} samples on {', '.join(plan.splits)}"),
-            ("shared settings", ", ".join(f"{k}={v}" for k, v in plan.overrides.items()) or "defaults")]
+    rows = [
+        ("methods", ", ".join(plan.methods)),
+        ("seeds", ", ".join(map(str, plan.seeds))),
+        ("steps", plan.steps),
+        ("evaluation", f"{plan.eval_prompts} prompts x {plan.eval_samples} samples on {', '.join(plan.splits)}"),
+        ("shared settings", ", ".join(f"{k}={v}" for k, v in plan.overrides.items()) or "defaults"),
+    ]
     return "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
@@ -70,8 +86,10 @@ def _summary_table(table, k: int) -> str:
         gain = r.get("gain_vs_grpo", math.nan)
         cells.append("" if gain != gain else f"{gain:+.1%}")
         rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    note = ("<p>mean ± half-width of the 95% Student t interval over seeds; vs GRPO: relative change of mean "
-            "pass@1, (method − GRPO) / GRPO, on the same split.</p>")
+    note = (
+        "<p>mean ± half-width of the 95% Student t interval over seeds; vs GRPO: relative change of mean "
+        "pass@1, (method − GRPO) / GRPO, on the same split.</p>"
+    )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>{note}"
 
 
@@ -88,12 +106,23 @@ def _over_steps(history, key: str, title: str, colours: dict) -> go.Figure:
             by_step = runs.groupby(STEP)[key]
             mean, low, high = by_step.mean(), by_step.min(), by_step.max()
             colour = colours.get(method, COLOURS[0])
-            fig.add_scatter(x=high.index, y=high, mode="lines", line_width=0, showlegend=False, hoverinfo="skip",
-                            legendgroup=method)
-            fig.add_scatter(x=low.index, y=low, mode="lines", line_width=0, fill="tonexty", showlegend=False,
-                            fillcolor=_rgba(colour, 0.15), hoverinfo="skip", legendgroup=method)
-            fig.add_scatter(x=mean.index, y=mean, mode="lines", line=dict(color=colour, width=2), name=method,
-                            legendgroup=method)
+            fig.add_scatter(
+                x=high.index, y=high, mode="lines", line_width=0, showlegend=False, hoverinfo="skip", legendgroup=method
+            )
+            fig.add_scatter(
+                x=low.index,
+                y=low,
+                mode="lines",
+                line_width=0,
+                fill="tonexty",
+                showlegend=False,
+                fillcolor=_rgba(colour, 0.15),
+                hoverinfo="skip",
+                legendgroup=method,
+            )
+            fig.add_scatter(
+                x=mean.index, y=mean, mode="lines", line=dict(color=colour, width=2), name=method, legendgroup=method
+            )
     fig.update_xaxes(title_text="step").update_yaxes(title_text=title)
     return _style(fig, f"{title}: seed mean, band = seeds' range")
 
@@ -107,8 +136,13 @@ def _passk(finals, split: str, colours: dict) -> go.Figure:
         for method, runs in part.groupby("method", sort=False):
             mean = [runs[pass_at(k)].mean() for k in ks]
             base = method.split(" (")[0]
-            fig.add_scatter(x=ks, y=mean, mode="lines+markers", name=method,
-                            line=dict(color=colours.get(base, COLOURS[0]), dash="dot" if "(" in method else "solid"))
+            fig.add_scatter(
+                x=ks,
+                y=mean,
+                mode="lines+markers",
+                name=method,
+                line=dict(color=colours.get(base, COLOURS[0]), dash="dot" if "(" in method else "solid"),
+            )
     fig.update_xaxes(type="log", tickvals=ks, title_text="k (log scale)")
     fig.update_yaxes(title_text="pass@k (seed mean)", rangemode="tozero")
     return _style(fig, f"pass@k on {split}")

@@ -69,8 +69,12 @@ def claim_plan(out: Path, plan, plan_file: str = PLAN_FILE, kind: str = "study")
         found = json.loads(path.read_text())
         for key, value in wanted.items():
             if found.get(key) != value:
-                raise ConfigError(key, value, f"the plan of the {kind} in {out} ({key}={found.get(key)!r}): "
-                                  "resume it with the same plan, or choose another --out")
+                raise ConfigError(
+                    key,
+                    value,
+                    f"the plan of the {kind} in {out} ({key}={found.get(key)!r}): "
+                    "resume it with the same plan, or choose another --out",
+                )
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, wanted)
@@ -111,8 +115,10 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
         trainer.close()
     modes = tuple(methods.get(method).MODES)
     result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
-    write_json(run_dir / EVAL_FILE, {"final": result["normal"], **({"high_entropy": result["high_entropy"]}
-                                                                      if "high_entropy" in result else {})})
+    write_json(
+        run_dir / EVAL_FILE,
+        {"final": result["normal"], **({"high_entropy": result["high_entropy"]} if "high_entropy" in result else {})},
+    )
 
 
 def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -> None:
@@ -129,8 +135,10 @@ def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -
 
 
 def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
-    return {split: trainer.evaluate(split, n_samples=plan.eval_samples, num_prompts=plan.eval_prompts, mode=mode)
-            for split in plan.splits}
+    return {
+        split: trainer.evaluate(split, n_samples=plan.eval_samples, num_prompts=plan.eval_prompts, mode=mode)
+        for split in plan.splits
+    }
 
 
 def write_json(path: Path, value) -> None:

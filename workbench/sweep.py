@@ -58,7 +58,7 @@ class Dimension:
     high: float | None = None
 
     @classmethod
-    def parse(cls, key: str, spec: str) -> "Dimension":
+    def parse(cls, key: str, spec: str) -> Dimension:
         """``KIND:VALUES`` text (``grid:1e-3,3e-3``, ``loguniform:1e-4:1e-2``), or ``a,b,c`` for a grid."""
         from . import yaml12
 
@@ -82,10 +82,15 @@ class Dimension:
             return
         number = int if self.kind == "randint" else (int, float)
         if not all(isinstance(b, number) and not isinstance(b, bool) for b in (self.low, self.high)):
-            raise ConfigError(label, (self.low, self.high), f"{self.kind}: two {'integers' if number is int else 'numbers'}")
+            raise ConfigError(
+                label, (self.low, self.high), f"{self.kind}: two {'integers' if number is int else 'numbers'}"
+            )
         if not self.low < self.high or (self.kind == "loguniform" and self.low <= 0):
-            raise ConfigError(label, (self.low, self.high), f"{self.kind}: low < high"
-                              + (", both > 0" if self.kind == "loguniform" else ""))
+            raise ConfigError(
+                label,
+                (self.low, self.high),
+                f"{self.kind}: low < high" + (", both > 0" if self.kind == "loguniform" else ""),
+            )
 
     @property
     def examples(self) -> tuple:
@@ -93,7 +98,9 @@ class Dimension:
         return self.values if self.kind in ("grid", "choice") else (self.low, self.high)
 
     def describe(self) -> str:
-        return f"{self.kind}:{','.join(map(str, self.values))}" if self.values else f"{self.kind}:{self.low}:{self.high}"
+        return (
+            f"{self.kind}:{','.join(map(str, self.values))}" if self.values else f"{self.kind}:{self.low}:{self.high}"
+        )
 
 
 @dataclass
@@ -104,22 +111,36 @@ class SweepPlan:
     space: dict = field(default_factory=dict)  # KEY -> "KIND:VALUES" (see Dimension.parse)
     overrides: dict = field(default_factory=dict)  # RunConfig fields shared by every trial
     steps: int = config_field(integer(20, "training steps of a trial that is not stopped early", low=1))
-    samples: int = config_field(integer(1, "random draws per point of the grid (trials = grid points x samples)",
-                                        low=1))
-    metric: str = config_field(text("reward_mean", "the metric the scheduler and the ranking read: a column of "
-                                    "metrics.jsonl", "a metric every step records, e.g. reward_mean"))
+    samples: int = config_field(
+        integer(1, "random draws per point of the grid (trials = grid points x samples)", low=1)
+    )
+    metric: str = config_field(
+        text(
+            "reward_mean",
+            "the metric the scheduler and the ranking read: a column of metrics.jsonl",
+            "a metric every step records, e.g. reward_mean",
+        )
+    )
     mode: str = config_field(choice("max", "whether a higher or a lower metric is better", ("max", "min")))
-    scheduler: str = config_field(choice("asha", "asha: stop trials whose metric trails at a rung (ASHA); "
-                                                 "fifo: run every trial to the end", SCHEDULERS))
-    grace_period: int = config_field(integer(0, "steps every trial runs before ASHA may stop it (0: a quarter "
-                                                "of the steps)", low=0))
+    scheduler: str = config_field(
+        choice(
+            "asha",
+            "asha: stop trials whose metric trails at a rung (ASHA); fifo: run every trial to the end",
+            SCHEDULERS,
+        )
+    )
+    grace_period: int = config_field(
+        integer(0, "steps every trial runs before ASHA may stop it (0: a quarter of the steps)", low=0)
+    )
     reduction_factor: int = config_field(integer(2, "ASHA keeps 1 in this many trials at each rung", low=2))
     eval_prompts: int = config_field(integer(16, "evaluation prompts (test split) of a finished trial", low=1))
     eval_samples: int = config_field(integer(8, "samples a prompt: pass@k up to this k", low=1))
-    search_seed: int = config_field(integer(0, "seeds the random draws of the space (the trials' own seeds are "
-                                               "the `seed` field)"))
-    checkpoint_every: int = config_field(integer(5, "save each trial every this many steps (a restarted sweep "
-                                                    "resumes its trials from there)", low=1))
+    search_seed: int = config_field(
+        integer(0, "seeds the random draws of the space (the trials' own seeds are the `seed` field)")
+    )
+    checkpoint_every: int = config_field(
+        integer(5, "save each trial every this many steps (a restarted sweep resumes its trials from there)", low=1)
+    )
 
     def __post_init__(self):
         for name, option in of_dataclass(SweepPlan).items():
@@ -164,15 +185,22 @@ class SweepPlan:
 
         key = dimension.key
         if key in OWN_FIELDS or key == "method_options" or (key not in OPTIONS and MethodOptions.key(key) is None):
-            raise ConfigError(f"space.{key}", dimension.describe(), "a RunConfig field (workbench options) or "
-                              "method_options.NAME (workbench options --method M)")
+            raise ConfigError(
+                f"space.{key}",
+                dimension.describe(),
+                "a RunConfig field (workbench options) or method_options.NAME (workbench options --method M)",
+            )
         others = {d.key: d.examples[0] for d in self.dimensions if d.key != key}
         for value in dimension.examples:
             try:
                 self.run_config({**others, key: value})
             except ConfigError as error:
-                raise ConfigError(f"space.{key}", dimension.describe(), f"every value allowed ({error}); a dimension "
-                                  f"is KIND:VALUES with KIND one of {', '.join(KINDS)}, or a,b,c for a grid") from None
+                raise ConfigError(
+                    f"space.{key}",
+                    dimension.describe(),
+                    f"every value allowed ({error}); a dimension "
+                    f"is KIND:VALUES with KIND one of {', '.join(KINDS)}, or a,b,c for a grid",
+                ) from None
 
 
 def trial_name(trial_id: str) -> str:
@@ -201,8 +229,14 @@ def read_trials(out: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = []
     for trial in trials:
-        row = {"name": trial["name"], "status": trial["status"], "step": trial.get("step"),
-               "metric": trial.get("metric"), "error": trial.get("error"), **trial["params"]}
+        row = {
+            "name": trial["name"],
+            "status": trial["status"],
+            "step": trial.get("step"),
+            "metric": trial.get("metric"),
+            "error": trial.get("error"),
+            **trial["params"],
+        }
         evaluation = out / trial["name"] / EVAL_FILE
         if evaluation.exists():
             row.update(json.loads(evaluation.read_text())["final"].get("test", {}))
@@ -218,5 +252,6 @@ def best_trials(out: str | Path, n: int = 5) -> pd.DataFrame:
     if table.empty:
         return table
     ranked = table.assign(_finished=table.status == "finished").sort_values(
-        ["_finished", "metric"], ascending=[False, plan.mode == "min"])
+        ["_finished", "metric"], ascending=[False, plan.mode == "min"]
+    )
     return ranked.drop(columns="_finished").head(n).reset_index(drop=True)

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from . import core, evaluation, methods, step, tasks, update
+from . import core, evaluation, lifecycle, methods, step, tasks, update
 from .batch import RolloutBatch
-from .metrics import registry as M
 from .config import ConfigError, RunConfig
 from .events import Phase, StepResult
-from .policy import Policy
-from .sampling import Sampler
-from . import lifecycle
+
 # LIVE_FIELDS and FORK_REFUSES say what set_live and fork accept: workbench.trainer.LIVE_FIELDS is their public name
 from .lifecycle import FORK_REFUSES, LIVE_FIELDS  # noqa: F401
+from .metrics import registry as M
+from .policy import Policy
 from .run_writer import RunWriter
+from .sampling import Sampler
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -54,7 +54,9 @@ class Trainer:
         cfg.validate()  # a config's fields can be reassigned after it was built
         if cfg.task not in tasks.names() and Path(cfg.task).is_file():  # a resume from elsewhere finds it too
             cfg = cfg.replace(task=str(Path(cfg.task).resolve()))
-        writer = RunWriter.claim(out_dir) if out_dir is not None else None  # before any work: a wrong out_dir fails at once
+        writer = (
+            RunWriter.claim(out_dir) if out_dir is not None else None
+        )  # before any work: a wrong out_dir fails at once
         try:
             self._build(cfg, policy, task, reward_funcs, reward_errors)
         except BaseException:
@@ -116,19 +118,42 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # --- the StepContext an engine offers its method (workbench.step) ------------------------
-    def token_logprobs(self, prompt_ids: list[list[int]], ids: torch.Tensor, adapter="policy", grad: bool = False,
-                       with_entropy: bool = False, with_complement: bool = False
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def token_logprobs(
+        self,
+        prompt_ids: list[list[int]],
+        ids: torch.Tensor,
+        adapter="policy",
+        grad: bool = False,
+        with_entropy: bool = False,
+        with_complement: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``step.token_logprobs`` under this run's temperature and autocast."""
-        return step.token_logprobs(self.policy, self.cfg.temperature, self.autocast(), prompt_ids, ids, adapter,
-                                   grad, with_entropy, with_complement)
+        return step.token_logprobs(
+            self.policy,
+            self.cfg.temperature,
+            self.autocast(),
+            prompt_ids,
+            ids,
+            adapter,
+            grad,
+            with_entropy,
+            with_complement,
+        )
 
-    def sample_group(self, problems: list[tasks.Problem], num_generations: int, system: str | None = None,
-                     mode: str = "normal", stage: int = 1, generator: torch.Generator | None = None) -> RolloutBatch:
+    def sample_group(
+        self,
+        problems: list[tasks.Problem],
+        num_generations: int,
+        system: str | None = None,
+        mode: str = "normal",
+        stage: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
         """``step.sample_group`` with this trainer's sampler: ``num_generations`` responses per problem
         with the current adapter, after an optional ``system`` prompt (Policy Split's high-entropy mode)."""
-        return step.sample_group(self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage,
-                                 generator)
+        return step.sample_group(
+            self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage, generator
+        )
 
     def score(self, batch: RolloutBatch) -> int:
         """``step.score`` with this run's task: the number of reward-function failures scored 0."""
@@ -142,8 +167,10 @@ class Trainer:
         """Run one step, yielding a ``Phase`` after each named phase. One step at a time: starting
         a second while one is part-way (another widget's or cursor's) raises RuntimeError."""
         if self._step_open:
-            raise RuntimeError("a step of this trainer is already part-way through (a widget or StepCursor holds it): "
-                               "finish it or discard it first")
+            raise RuntimeError(
+                "a step of this trainer is already part-way through (a widget or StepCursor holds it): "
+                "finish it or discard it first"
+            )
         self._step_open = True
         started = time.perf_counter()
         adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
@@ -152,8 +179,14 @@ class Trainer:
         try:
             batch = yield from self._emitting(self.method.sample(self, self.train_problems()))
             reward_errors = self.score(batch)
-            yield self._emit(Phase("score", self.step_index, batch, {M.REWARD_MEAN: float(batch.rewards.mean()),
-                                                                     M.REWARD_ERRORS: reward_errors}))
+            yield self._emit(
+                Phase(
+                    "score",
+                    self.step_index,
+                    batch,
+                    {M.REWARD_MEAN: float(batch.rewards.mean()), M.REWARD_ERRORS: reward_errors},
+                )
+            )
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
             numbers = update.update(self, batch)
@@ -187,10 +220,9 @@ class Trainer:
             inner.close()
 
     def step(self) -> StepResult:
-        for phase in self.phases():
-            pass
-        assert phase.batch is not None  # the last phase, "metrics", carries the step's batch
-        return StepResult(phase.step, phase.numbers, phase.batch)
+        *_, last = self.phases()  # every phase; the last, "metrics", carries the step's numbers and batch
+        assert last.batch is not None
+        return StepResult(last.step, last.numbers, last.batch)
 
     def run(self, steps: int, progress: bool = True, label: str | None = None) -> pd.DataFrame:
         """Train ``steps`` steps (or until ``stop()``), with a progress bar labelled by the method
@@ -206,8 +238,9 @@ class Trainer:
                         break
                     result = self.step()
                     bar.update(1)
-                    bar.set_postfix(reward=f"{result.metrics[M.REWARD_MEAN]:.2f}",
-                                    entropy=f"{result.metrics[M.ENTROPY_MEAN]:.3f}")
+                    bar.set_postfix(
+                        reward=f"{result.metrics[M.REWARD_MEAN]:.2f}", entropy=f"{result.metrics[M.ENTROPY_MEAN]:.3f}"
+                    )
         except BaseException:  # Ctrl-C, a crash: the unfinished step is undone; keep the finished ones
             if self.writer is not None:
                 self.writer.save_on_the_way_out(self.step_index, *self._checkpoint_contents())
@@ -221,11 +254,20 @@ class Trainer:
         self._stop = True
 
     # --- metrics ------------------------------------------------------------------------------
-    def _metrics(self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0) -> dict[str, float]:
+    def _metrics(
+        self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0
+    ) -> dict[str, float]:
         step.finish_rollouts(batch, self.cfg)
-        return step.metrics_row(self.step_index, batch, update_numbers, self.method.extra_metrics(self, batch),
-                                nan_skips=self.nan_skips, reward_errors=reward_errors,
-                                learning_rate=self.optimizer.param_groups[0]["lr"], seconds=seconds)
+        return step.metrics_row(
+            self.step_index,
+            batch,
+            update_numbers,
+            self.method.extra_metrics(self, batch),
+            nan_skips=self.nan_skips,
+            reward_errors=reward_errors,
+            learning_rate=self.optimizer.param_groups[0]["lr"],
+            seconds=seconds,
+        )
 
     def _record(self, batch: RolloutBatch, step_metrics: dict) -> None:
         """Commit a finished step: to the run directory (``RunWriter.record``), then to the history."""
@@ -294,10 +336,19 @@ class Trainer:
         return lifecycle.resume(cls, run_dir, read_only, kwargs)
 
     # --- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, split: str = "test", k=None, n_samples: int = 16, num_prompts: int = 64,
-                 max_batch: int = 256, progress: bool = False, mode: str = "normal") -> dict[str, float]:
+    def evaluate(
+        self,
+        split: str = "test",
+        k=None,
+        n_samples: int = 16,
+        num_prompts: int = 64,
+        max_batch: int = 256,
+        progress: bool = False,
+        mode: str = "normal",
+    ) -> dict[str, float]:
         """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
         return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
+
 
 if TYPE_CHECKING:  # the type checker verifies that the Trainer is the StepContext its methods see
 
@@ -309,11 +360,17 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    usable = {"cpu": True, "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-              "mps": torch.backends.mps.is_available()}.get(device.type, False)
+    usable = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, False)
     if not usable:
-        have = ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-                         + (["mps"] if torch.backends.mps.is_available() else []))
+        have = ", ".join(
+            ["cpu"]
+            + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            + (["mps"] if torch.backends.mps.is_available() else [])
+        )
         raise ConfigError("device", name, f"a device this machine has: auto, {have} (the gpu preset needs a CUDA GPU)")
     return device
 

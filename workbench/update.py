@@ -71,8 +71,16 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
         trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.policy.model.eval()
-    return step.update_numbers(totals["loss"], totals["clipped"], float(plan.valid_tokens), totals["kl"],
-                               plan.kl_tokens if plan.use_ref else 0.0, grad_norm, skipped)
+    return step.update_numbers(
+        totals["loss"],
+        totals["clipped"],
+        float(plan.valid_tokens),
+        totals["kl"],
+        plan.kl_tokens if plan.use_ref else 0.0,
+        grad_norm,
+        skipped,
+    )
+
 
 def plan_update(trainer, batch: RolloutBatch, settings: dict) -> UpdatePlan:
     """What the update's passes share: the micro-batches, the tokens the loss counts, and
@@ -90,15 +98,21 @@ def plan_update(trainer, batch: RolloutBatch, settings: dict) -> UpdatePlan:
     exact_kl = settings["beta"] > 0 or batch.ref_logprobs is not None
     kl_rows = torch.ones(len(batch), dtype=torch.bool) if exact_kl else one_response_per_group(batch)
     return UpdatePlan(
-        chunks=chunks, precomputed=precomputed[1] if precomputed else None, keep=keep,
-        valid_tokens=batch.mask.sum().clamp(min=1), kept_tokens=keep.sum().clamp(min=1).to(batch.mask.dtype),
+        chunks=chunks,
+        precomputed=precomputed[1] if precomputed else None,
+        keep=keep,
+        valid_tokens=batch.mask.sum().clamp(min=1),
+        kept_tokens=keep.sum().clamp(min=1).to(batch.mask.dtype),
         with_entropy=with_entropy,
-        use_ref=settings["beta"] > 0 or trainer.cfg.track_kl, kl_rows=kl_rows,
+        use_ref=settings["beta"] > 0 or trainer.cfg.track_kl,
+        kl_rows=kl_rows,
         kl_tokens=float((batch.mask.cpu() * kl_rows[:, None]).sum().clamp(min=1)),
     )
 
-def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, iteration: int,
-                     settings: dict, record: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+
+def micro_batch_loss(
+    trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, iteration: int, settings: dict, record: bool
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(loss of micro-batch ``c`` with its graph, its clipped valid tokens [rows, T], the
     sum of its measured KL when ``record``, else 0). The first pass also fixes each micro-batch's old and reference
     log-probs in ``plan``."""
@@ -110,8 +124,12 @@ def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, ite
     else:
         # only as wide as this micro-batch's longest row; zeros after it (masked out)
         width = max(1, int(mask.sum(-1).max()))
-        logp, entropy = trainer.token_logprobs([batch.prompt_ids[i] for i in rows.tolist()], batch.ids[rows, :width],
-                                            grad=True, with_entropy=plan.with_entropy)
+        logp, entropy = trainer.token_logprobs(
+            [batch.prompt_ids[i] for i in rows.tolist()],
+            batch.ids[rows, :width],
+            grad=True,
+            with_entropy=plan.with_entropy,
+        )
         pad = (0, mask.shape[1] - width)
         logp = torch.nn.functional.pad(logp, pad)  # [rows, T]
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
@@ -125,10 +143,20 @@ def micro_batch_loss(trainer, batch: RolloutBatch, plan: UpdatePlan, c: int, ite
     # Normalise each micro-batch by the whole batch so accumulation equals one big batch.
     share = step.BatchShare(plan.valid_tokens, len(rows) / len(batch), plan.kept_tokens)
     part = step.policy_loss(
-        trainer.method, settings, share, logp, plan.old_logps[c], batch.token_advantages[rows], mask, plan.keep[rows],
-        loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length, entropy=entropy,
+        trainer.method,
+        settings,
+        share,
+        logp,
+        plan.old_logps[c],
+        batch.token_advantages[rows],
+        mask,
+        plan.keep[rows],
+        loss_type=cfg.loss_type,
+        max_completion_length=cfg.max_completion_length,
+        entropy=entropy,
         ref_logp=plan.ref_logps[c] if plan.use_ref else None,
-        generator=trainer.generator(trainer.step_index, 11, iteration, c))
+        generator=trainer.generator(trainer.step_index, 11, iteration, c),
+    )
     kl_sum = 0.0
     if record and part.kl is not None:  # telemetry of the last pass only: no sync on the others
         kl_sum = float((part.kl * mask * plan.kl_rows[rows, None].to(mask.device)).sum())
@@ -140,10 +168,12 @@ def reference_logprobs(trainer, batch: RolloutBatch, measured: torch.Tensor, row
     ref = torch.zeros(len(rows), batch.mask.shape[1])
     if len(measured):
         width = max(1, int(batch.mask[measured].sum(-1).max()))
-        values, _ = trainer.token_logprobs([batch.prompt_ids[i] for i in measured.tolist()],
-                                        batch.ids[measured, :width], adapter="reference")
+        values, _ = trainer.token_logprobs(
+            [batch.prompt_ids[i] for i in measured.tolist()], batch.ids[measured, :width], adapter="reference"
+        )
         ref[torch.isin(rows, measured), :width] = values.to(ref.device)
     return ref.to(batch.mask.device)
+
 
 def one_response_per_group(batch: RolloutBatch) -> torch.Tensor:
     """[N] bool: the first row of each group in each context and stage."""
@@ -153,6 +183,7 @@ def one_response_per_group(batch: RolloutBatch) -> torch.Tensor:
     chosen = torch.zeros(len(batch), dtype=torch.bool)
     chosen[list(first.values())] = True
     return chosen
+
 
 def split_into_micro_batches(cfg, batch: RolloutBatch, skip: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Row indices of each micro-batch of the update, rows in ``skip`` left out.

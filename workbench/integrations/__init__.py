@@ -18,5 +18,7 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise MissingExtraError(f"{feature} needs the [{extra}] extra ({error.name or module} is not installed): "
-                                f"pip install -e '.[{extra}]'") from None
+        raise MissingExtraError(
+            f"{feature} needs the [{extra}] extra ({error.name or module} is not installed): "
+            f"pip install -e '.[{extra}]'"
+        ) from None

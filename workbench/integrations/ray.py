@@ -44,8 +44,13 @@ def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> I
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, configure_logging=False,
-             log_to_driver=False)  # a run's errors come back with its task; its logs are in Ray's session dir
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        configure_logging=False,
+        log_to_driver=False,
+    )  # a run's errors come back with its task; its logs are in Ray's session dir
     try:
         yield ray
     finally:
@@ -67,8 +72,9 @@ def _study_task(run_dir: str, plan_fields: dict, run: tuple[str, int] | None, th
     return run_dir
 
 
-def run_study_on_ray(out: Path, plan: StudyPlan, progress: bool = True, address: str | None = None,
-                     gpus_per_run: float = 0.0) -> None:
+def run_study_on_ray(
+    out: Path, plan: StudyPlan, progress: bool = True, address: str | None = None, gpus_per_run: float = 0.0
+) -> None:
     """Every unfinished run of ``plan`` (and the base evaluation) as a Ray task; returns when all
     have ended, raising a RuntimeError that names each failed run after the others finished."""
     from dataclasses import asdict
@@ -85,8 +91,9 @@ def run_study_on_ray(out: Path, plan: StudyPlan, progress: bool = True, address:
         for run_dir, method, seed in runs:
             if not (run_dir / EVAL_FILE).exists():
                 pending[task.remote(str(run_dir), asdict(plan), (method, seed), threads)] = run_dir.name
-        bar = tqdm(total=len(runs) * plan.steps, desc=f"study on Ray ({threads} CPU/run)", unit="step",
-                   disable=not progress)
+        bar = tqdm(
+            total=len(runs) * plan.steps, desc=f"study on Ray ({threads} CPU/run)", unit="step", disable=not progress
+        )
         failures = []
         try:
             while pending:

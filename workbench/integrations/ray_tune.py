@@ -31,8 +31,9 @@ else:  # at run time a missing ray is a MissingExtraError that names the extra t
     tune = require("ray.tune", "ray", FEATURE)
 
 
-def run_sweep(out: str | Path, plan: SweepPlan, progress: bool = True, address: str | None = None,
-              gpus_per_run: float = 0.0) -> Path:
+def run_sweep(
+    out: str | Path, plan: SweepPlan, progress: bool = True, address: str | None = None, gpus_per_run: float = 0.0
+) -> Path:
     """Run (or resume) the sweep ``plan`` into ``out`` on Ray Tune; returns ``out``. A sweep
     whose every trial failed raises the first trial's error."""
     from ..store import RunStore
@@ -72,29 +73,53 @@ def _tuner(out: Path, plan: SweepPlan, progress: bool, gpus_per_run: float):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     threads = threads_per_run(plan.overrides)
-    trainable = tune.with_resources(tune.with_parameters(_trial, out=str(out), plan=plan, threads=threads),
-                                    {"cpu": threads, "gpu": gpus_per_run})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, out=str(out), plan=plan, threads=threads), {"cpu": threads, "gpu": gpus_per_run}
+    )
     recorder = TrialRecorder(out, plan, progress)
-    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=[recorder],
-                                failure_config=tune.FailureConfig(max_failures=0))
+    run_config = tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(out),
+        verbose=0,
+        callbacks=[recorder],
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
     if tune.Tuner.can_restore(str(out / TUNE_DIR)):
-        return tune.Tuner.restore(str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True,
-                                  param_space=_param_space(plan))
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=plan.steps, grace_period=plan.grace,
-                               reduction_factor=plan.reduction_factor)
-                 if plan.scheduler == "asha" else FIFOScheduler())
+        return tune.Tuner.restore(
+            str(out / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True, param_space=_param_space(plan)
+        )
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=plan.steps,
+            grace_period=plan.grace,
+            reduction_factor=plan.reduction_factor,
+        )
+        if plan.scheduler == "asha"
+        else FIFOScheduler()
+    )
     # reuse_actors: a worker that ended a trial takes the next one, instead of a fresh process
     # importing torch and loading the model again (20-40 s a trial on 2 cores)
-    tune_config = tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=scheduler, num_samples=plan.samples,
-                                  search_alg=BasicVariantGenerator(random_state=plan.search_seed), reuse_actors=True)
+    tune_config = tune.TuneConfig(
+        metric=plan.metric,
+        mode=plan.mode,
+        scheduler=scheduler,
+        num_samples=plan.samples,
+        search_alg=BasicVariantGenerator(random_state=plan.search_seed),
+        reuse_actors=True,
+    )
     return tune.Tuner(trainable, param_space=_param_space(plan), tune_config=tune_config, run_config=run_config)
 
 
 def _param_space(plan: SweepPlan) -> dict:
     """The plan's dimensions as Tune's search space (``randint``'s high is included here)."""
-    domains = {"grid": lambda d: tune.grid_search(list(d.values)), "choice": lambda d: tune.choice(list(d.values)),
-               "uniform": lambda d: tune.uniform(d.low, d.high), "loguniform": lambda d: tune.loguniform(d.low, d.high),
-               "randint": lambda d: tune.randint(d.low, d.high + 1)}
+    domains = {
+        "grid": lambda d: tune.grid_search(list(d.values)),
+        "choice": lambda d: tune.choice(list(d.values)),
+        "uniform": lambda d: tune.uniform(d.low, d.high),
+        "loguniform": lambda d: tune.loguniform(d.low, d.high),
+        "randint": lambda d: tune.randint(d.low, d.high + 1),
+    }
     return {d.key: domains[d.kind](d) for d in plan.dimensions}
 
 
@@ -118,8 +143,12 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
             if plan.metric not in row:
                 from ..options import ConfigError
 
-                raise ConfigError("metric", plan.metric, "a metric every step records: one of "
-                                  + ", ".join(sorted(k for k, v in row.items() if isinstance(v, (int, float)))))
+                raise ConfigError(
+                    "metric",
+                    plan.metric,
+                    "a metric every step records: one of "
+                    + ", ".join(sorted(k for k, v in row.items() if isinstance(v, (int, float)))),
+                )
             report = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if trainer.step_index == plan.steps:  # the last step: saved and evaluated before Tune hears of it
                 trainer.save_checkpoint()
@@ -160,14 +189,28 @@ class TrialRecorder(tune.Callback):
             from tqdm.auto import tqdm
 
             done = sum(t["step"] + 1 for t in self.trials.values() if t["step"] is not None)
-            self._bar = tqdm(total=self.plan.trials * self.plan.steps, initial=done, desc="sweep", unit="step",
-                             disable=not self.progress)
+            self._bar = tqdm(
+                total=self.plan.trials * self.plan.steps,
+                initial=done,
+                desc="sweep",
+                unit="step",
+                disable=not self.progress,
+            )
         return self._bar
 
     def _entry(self, trial) -> dict:
         name = trial_name(trial.trial_id)
-        entry = self.trials.setdefault(name, {"name": name, "params": {k: trial.config.get(k) for k in self.plan.space},
-                                              "status": "pending", "step": None, "metric": None, "error": None})
+        entry = self.trials.setdefault(
+            name,
+            {
+                "name": name,
+                "params": {k: trial.config.get(k) for k in self.plan.space},
+                "status": "pending",
+                "step": None,
+                "metric": None,
+                "error": None,
+            },
+        )
         return entry
 
     def on_step_begin(self, iteration, trials, **info):
@@ -211,8 +254,10 @@ class TrialRecorder(tune.Callback):
         self.bar.close()
 
     def _write(self) -> None:
-        write_json(self.out / TRIALS_FILE, {"updated": time.time(), "trials": sorted(self.trials.values(),
-                                                                                     key=lambda t: t["name"])})
+        write_json(
+            self.out / TRIALS_FILE,
+            {"updated": time.time(), "trials": sorted(self.trials.values(), key=lambda t: t["name"])},
+        )
         self._written = time.monotonic()
 
 

@@ -22,7 +22,6 @@ response in two contexts) replace TRL's batch before the loss (``training_inputs
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,23 +32,21 @@ import torch
 import trl
 from accelerate.utils import gather_object
 from transformers.trainer_utils import TrainOutput
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
 from .. import core, methods, step, tasks
 from ..batch import RolloutBatch
 from ..config import ConfigError, RunConfig
 from ..policy import Policy
 from ..prompt_layout import left_pad
-from ..sampling import Sampler
 from ..run_writer import RunWriter
+from ..sampling import Sampler
 from ..store import RunStore
+from . import trl_rows
 from .trl_config import grpo_config, half_precision
 
 if TYPE_CHECKING:
     from ..step_context import StepContext
-
-TOP_ALTERNATIVES = 5  # as the workbench's sampler records
-SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this
 
 
 class WorkbenchGRPOTrainer(GRPOTrainer):
@@ -61,13 +58,25 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     DeepSpeed, ...); the fields a RunConfig sets are refused there. Step s trains on the prompts
     the workbench Trainer's step s draws."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, steps: int, policy: Policy | None = None,
-                 task: tasks.Task | None = None, resume: bool = False, **trl_fields):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        steps: int,
+        policy: Policy | None = None,
+        task: tasks.Task | None = None,
+        resume: bool = False,
+        **trl_fields,
+    ):
         cfg.validate()
         self.own_sampling = methods.get(cfg.method).samples_on_its_own()
         if self.own_sampling and trl_fields.get("use_vllm"):
-            raise ConfigError("trl.use_vllm", True, f"false for {cfg.method}: it samples in phases of its own, "
-                              "with the workbench's sampler (vLLM generates plain groups only)")
+            raise ConfigError(
+                "trl.use_vllm",
+                True,
+                f"false for {cfg.method}: it samples in phases of its own, "
+                "with the workbench's sampler (vLLM generates plain groups only)",
+            )
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
         self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
@@ -79,22 +88,25 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         half = half_precision(cfg)  # the frozen base in the run's half precision, when it has one (half the memory)
         self.policy = policy or Policy.for_run(cfg, dtype=getattr(torch, half) if half else None)
         self.task = task or tasks.from_config(cfg.task)
-        self.problems = [p for step in range(steps) for p in
-                         self.task.prompts("train", cfg.num_prompts, seed=core.derive_seed(cfg.seed, step, 7))]
-        from datasets import Dataset
-
-        dataset = Dataset.from_dict({"prompt": [p.prompt for p in self.problems], "problem": list(range(len(self.problems)))})
+        self.problems, dataset = trl_rows.training_prompts(self.task, cfg, steps)
         self._scores: list[tasks.Score] = []
         self._step_problems: list[tasks.Problem] = []  # this process's problems of the step, one per group
         self._sampled: RolloutBatch | None = None  # what the method sampled (own sampling), in TRL's row order
-        self.sampler = Sampler(self.policy.model, self.policy.tokenizer.eos_token_id, self.policy.tokenizer.pad_token_id)
+        self.sampler = Sampler(
+            self.policy.model, self.policy.tokenizer.eos_token_id, self.policy.tokenizer.pad_token_id
+        )
         # this process's metrics of the steps so far (EEPO's gate reads its window from them)
         self.records: list[dict] = self.run_store.read_metrics() if resume else []
         self._pending: dict | None = None  # the step being trained: its rollouts and numbers, until it is logged
         # this step's clipped tokens, valid tokens, KL sum and tokens it was measured on (all processes)
         self._loss_numbers = torch.zeros(4)
-        super().__init__(model=self.policy.model, reward_funcs=[self.reward], args=args, train_dataset=dataset,
-                         processing_class=self.policy.tokenizer)
+        super().__init__(
+            model=self.policy.model,
+            reward_funcs=[self.reward],
+            args=args,
+            train_dataset=dataset,
+            processing_class=self.policy.tokenizer,
+        )
         if "ref" in self.policy.model.peft_config:
             # with beta > 0 TRL keeps a copy of the adapter it was given as the reference; the workbench's
             # reference is the base model (the adapter off), whatever adapter the run starts from
@@ -111,19 +123,31 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         else:
             self.writer = RunWriter.claim(self.run_store.dir)
             self.writer.start(self.cfg)
-        self.writer.store.write_backend({"backend": "trl", "processes": self.accelerator.num_processes,
-                             "distributed_type": str(self.accelerator.distributed_type),
-                             "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
-                             "trl_fields": self.user_fields})
+        self.writer.store.write_backend(
+            {
+                "backend": "trl",
+                "processes": self.accelerator.num_processes,
+                "distributed_type": str(self.accelerator.distributed_type),
+                "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
+                "trl_fields": self.user_fields,
+            }
+        )
 
     def last_checkpoint_step(self) -> int:
         """The global step of the newest TRL checkpoint in the run directory (0: none)."""
-        steps = [int(p.name.split("-")[1]) for p in (self.run_store.dir / "trl").glob("checkpoint-*")
-                 if p.name.split("-")[1].isdigit()]
+        steps = [
+            int(p.name.split("-")[1])
+            for p in (self.run_store.dir / "trl").glob("checkpoint-*")
+            if p.name.split("-")[1].isdigit()
+        ]
         return max(steps, default=0)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
-              ignore_keys_for_eval: list[str] | None = None) -> TrainOutput:
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
         """TRL's train; a run made with ``resume=True`` continues from its newest checkpoint. The run
         directory's lock is let go at the end."""
         if resume_from_checkpoint is None and self.resuming:
@@ -148,17 +172,41 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     def autocast(self):
         return self.accelerator.autocast()
 
-    def sample_group(self, problems: list[tasks.Problem], num_generations: int, system: str | None = None,
-                     mode: str = "normal", stage: int = 1, generator: torch.Generator | None = None) -> RolloutBatch:
+    def sample_group(
+        self,
+        problems: list[tasks.Problem],
+        num_generations: int,
+        system: str | None = None,
+        mode: str = "normal",
+        stage: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> RolloutBatch:
         """``step.sample_group`` with the workbench's sampler, for the methods that sample on their own."""
-        return step.sample_group(self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage,
-                                 generator)
+        return step.sample_group(
+            self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage, generator
+        )
 
-    def token_logprobs(self, prompt_ids, ids, adapter="policy", grad: bool = False, with_entropy: bool = False,
-                       with_complement: bool = False):
+    def token_logprobs(
+        self,
+        prompt_ids,
+        ids,
+        adapter="policy",
+        grad: bool = False,
+        with_entropy: bool = False,
+        with_complement: bool = False,
+    ):
         """``step.token_logprobs`` under the run's temperature and accelerate's autocast."""
-        return step.token_logprobs(self.policy, self.cfg.temperature, self.autocast(), prompt_ids, ids, adapter,
-                                   grad, with_entropy, with_complement)
+        return step.token_logprobs(
+            self.policy,
+            self.cfg.temperature,
+            self.autocast(),
+            prompt_ids,
+            ids,
+            adapter,
+            grad,
+            with_entropy,
+            with_complement,
+        )
 
     # --- TRL's extension points ----------------------------------------------------------------------
     def _tokenize_prompts(self, prompts: list):
@@ -190,7 +238,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         started = time.perf_counter()
         problem_index = [x["problem"] for x in inputs]
-        self._step_problems = [self.problems[i] for i in problem_index[::self.cfg.num_generations]]
+        self._step_problems = [self.problems[i] for i in problem_index[:: self.cfg.num_generations]]
         out = super()._generate_and_score_completions(inputs)
         batch = self._sampled if self.own_sampling else self.rollout_batch(out)
         step.apply_scores(batch, self._scores)
@@ -220,44 +268,18 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         if self.cfg.num_iterations > 1:
             current = self.token_logprobs(train.prompt_ids, train.ids)[0].cpu()
         old = self.method.old_logprobs(train, rows, current.to(train.logprobs.device))
-        return {"prompt_ids": prompt_ids.to(device), "prompt_mask": prompt_mask.to(device),
-                "completion_ids": train.ids.to(device), "completion_mask": mask.to(device),
-                "old_logprobs": old.float().to(device),
-                "num_items_in_batch": self.accelerator.gather(mask.sum().to(device)).sum()}
+        return {
+            "prompt_ids": prompt_ids.to(device),
+            "prompt_mask": prompt_mask.to(device),
+            "completion_ids": train.ids.to(device),
+            "completion_mask": mask.to(device),
+            "old_logprobs": old.float().to(device),
+            "num_items_in_batch": self.accelerator.gather(mask.sum().to(device)).sum(),
+        }
 
     def rollout_batch(self, out: dict) -> RolloutBatch:
         """This process's rows as TRL sampled them, with the telemetry of one scoring pass."""
-        g = self.cfg.num_generations
-        prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
-        mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
-        ids = out["completion_ids"].cpu() * mask.long()  # [B, T]
-        logp, entropy, topk_ids, topk_probs = self.telemetry(prompt_ids, ids)
-        return RolloutBatch(
-            problems=self._step_problems, group=torch.arange(len(ids) // g).repeat_interleave(g),
-            prompt_ids=prompt_ids, ids=ids, mask=mask, logprobs=logp, entropy=entropy, topk_ids=topk_ids,
-            topk_probs=topk_probs, text=self.policy.decode(ids, mask), mode=["normal"] * len(ids),
-            stage=[1] * len(ids),
-        )
-
-    @torch.no_grad()
-    def telemetry(self, prompt_ids: list[list[int]], ids: torch.Tensor):
-        """(log-probs, entropy [B, T], top-k ids and probabilities [B, T, k]) of the sampled tokens
-        under the current policy at the sampling temperature: what the workbench's sampler records."""
-        parts = []
-        vocabulary = self.policy.model.get_output_embeddings().weight.shape[0]
-        step = max(1, SCORING_BYTES // (4 * vocabulary * max(1, ids.shape[1])))  # rows a pass
-        with self.accelerator.autocast():
-            for start in range(0, len(ids), step):
-                rows = slice(start, start + step)
-                logits = self.policy.completion_logits(prompt_ids[rows], ids[rows]).float()  # [rows, T, V]
-                logp, entropy = core.logprobs_and_entropy(logits, ids[rows].to(logits.device), self.cfg.temperature)
-                # the top-k of log_softmax(z / temperature) are the top-k logits, less the log-normaliser
-                top = torch.topk(logits, TOP_ALTERNATIVES, dim=-1)  # [rows, T, k]
-                normaliser = torch.logsumexp(logits / self.cfg.temperature, dim=-1, keepdim=True)  # [rows, T, 1]
-                probs = torch.exp(top.values / self.cfg.temperature - normaliser)
-                parts.append((logp.cpu(), entropy.cpu(), top.indices.cpu(), probs.cpu()))
-                del logits
-        return tuple(torch.cat(p) for p in zip(*parts))
+        return trl_rows.rollout_batch(out, self._step_problems, self.policy, self.cfg, self.autocast())
 
     def _collect(self, batch: RolloutBatch, numbers: dict, started: float) -> None:
         """Send this process's rows and numbers to the main process (every process takes part)."""
@@ -273,8 +295,12 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         s = self.settings
         with_entropy = s["entropy_coef"] > 0
         logp, entropy, _ = self._get_per_token_logps_and_entropies(
-            model, torch.cat([prompt_ids, completion_ids], dim=1),
-            torch.cat([inputs["prompt_mask"], mask], dim=1), completion_ids.size(1), compute_entropy=with_entropy)
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=with_entropy,
+        )
         old = inputs.get("old_per_token_logps")  # TRL's, when it runs several updates per batch
         old = logp.detach() if old is None else old
         if "old_logprobs" in inputs:  # the method's (training_inputs): NaN where it takes the above
@@ -282,13 +308,27 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))  # where a reference pass ran
         # summed over micro-batches and averaged over the processes (DDP): the whole generation's loss
         processes = self.accelerator.num_processes
-        share = step.BatchShare(inputs["num_items_in_batch"] / processes, 1.0 / self.current_gradient_accumulation_steps,
-                                inputs["num_kept_in_batch"].clamp(min=1) / processes)
+        share = step.BatchShare(
+            inputs["num_items_in_batch"] / processes,
+            1.0 / self.current_gradient_accumulation_steps,
+            inputs["num_kept_in_batch"].clamp(min=1) / processes,
+        )
         part = step.policy_loss(
-            self.method, s, share, logp, old, inputs["advantages"], mask, inputs["keep"], loss_type=self.cfg.loss_type,
-            max_completion_length=self.cfg.max_completion_length, entropy=entropy if with_entropy else None,
-            ref_logp=ref, sampling_ratio=inputs.get("importance_sampling_ratio"),  # vLLM sampled: as TRL corrects
-            generator=self.generator(self.state.global_step, 11, self._step))
+            self.method,
+            s,
+            share,
+            logp,
+            old,
+            inputs["advantages"],
+            mask,
+            inputs["keep"],
+            loss_type=self.cfg.loss_type,
+            max_completion_length=self.cfg.max_completion_length,
+            entropy=entropy if with_entropy else None,
+            ref_logp=ref,
+            sampling_ratio=inputs.get("importance_sampling_ratio"),  # vLLM sampled: as TRL corrects
+            generator=self.generator(self.state.global_step, 11, self._step),
+        )
         kl_sum = kl_tokens = torch.zeros((), device=logp.device)
         if part.kl is not None:  # measured where a reference pass ran (beta > 0, or ERPO's)
             kl_sum, kl_tokens = (part.kl * mask).sum(), mask.sum()
@@ -301,27 +341,25 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         if self.writer is None or self._pending is None or "loss" not in logs or not self.policy.model.training:
             return  # the main process writes the step, once its training loss is logged
         index = self.state.global_step - 1  # the workbench counts steps from 0
-        frame = _joined(self._pending["frames"], self.cfg.num_generations)
+        frame = trl_rows.joined(self._pending["frames"], self.cfg.num_generations)
         clipped, tokens, kl_sum, kl_tokens = self._loss_numbers.tolist()
-        update = step.update_numbers(float(logs["loss"]), clipped, tokens, kl_sum, kl_tokens,
-                                     float(logs.get("grad_norm", "nan")), skipped=False)
+        update = step.update_numbers(
+            float(logs["loss"]), clipped, tokens, kl_sum, kl_tokens, float(logs.get("grad_norm", "nan")), skipped=False
+        )
         method_numbers = pd.DataFrame(self._pending["numbers"]).mean().to_dict()  # over the processes
-        row = step.metrics_row(index, RolloutBatch.from_frame(frame), update, method_numbers, nan_skips=0,
-                               reward_errors=0, learning_rate=float(logs["learning_rate"]),
-                               seconds=time.perf_counter() - self._pending["started"])
+        row = step.metrics_row(
+            index,
+            RolloutBatch.from_frame(frame),
+            update,
+            method_numbers,
+            nan_skips=0,
+            reward_errors=0,
+            learning_rate=float(logs["learning_rate"]),
+            seconds=time.perf_counter() - self._pending["started"],
+        )
         self.writer.record(index, frame if self.cfg.save_rollouts else None, row)  # the row last
         self._pending = None
         self._loss_numbers.zero_()
-
-
-def _joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
-    """The processes' rollout frames as one, group numbers made distinct (process order), each row
-    marked with the process that sampled it."""
-    parts, offset = [], 0
-    for process, frame in enumerate(frames):
-        parts.append(frame.assign(group=frame["group"] + offset, process=process))
-        offset += len(frame) // num_generations
-    return pd.concat(parts, ignore_index=True)
 
 
 if TYPE_CHECKING:  # the type checker verifies that the TRL engine is the StepContext its methods see

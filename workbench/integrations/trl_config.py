@@ -33,30 +33,49 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
     per_process = cfg.num_prompts // processes * cfg.num_generations
     cpu, half = on_cpu(cfg), half_precision(cfg)
     return {
-        "output_dir": str(output_dir), "max_steps": steps, "seed": cfg.seed,
+        "output_dir": str(output_dir),
+        "max_steps": steps,
+        "seed": cfg.seed,
         # one generation a step, cut into gradient_accumulation_steps micro-batches
         "per_device_train_batch_size": per_process // cfg.gradient_accumulation_steps,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "num_generations": cfg.num_generations, "max_completion_length": cfg.max_completion_length,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
-        "lr_scheduler_type": "constant", "warmup_steps": 0,  # the workbench's AdamW at a constant rate
-        "num_iterations": cfg.num_iterations, "loss_type": cfg.loss_type, "scale_rewards": cfg.scale_rewards,
-        "epsilon": settings["epsilon"], "epsilon_high": settings["epsilon_high"] or settings["epsilon"],
+        "num_generations": cfg.num_generations,
+        "max_completion_length": cfg.max_completion_length,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "learning_rate": cfg.learning_rate,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,  # the workbench's AdamW at a constant rate
+        "num_iterations": cfg.num_iterations,
+        "loss_type": cfg.loss_type,
+        "scale_rewards": cfg.scale_rewards,
+        "epsilon": settings["epsilon"],
+        "epsilon_high": settings["epsilon_high"] or settings["epsilon"],
         "beta": settings["beta"],
-        "use_cpu": cpu, "bf16": half == "bfloat16", "fp16": half == "float16",
+        "use_cpu": cpu,
+        "bf16": half == "bfloat16",
+        "fp16": half == "float16",
         "activation_checkpointing": cfg.gradient_checkpointing,
         # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
         "activation_checkpointing_kwargs": {"use_reentrant": False} if cfg.gradient_checkpointing else None,
         # the workbench's own choices: rows in the order sampled, truncated responses trained on
-        "shuffle_dataset": False, "mask_truncated_completions": False, "remove_unused_columns": False,
-        "logging_steps": 1, "save_strategy": "steps", "save_steps": cfg.checkpoint_every or steps,
-        "report_to": "none", "dataloader_num_workers": 0,
+        "shuffle_dataset": False,
+        "mask_truncated_completions": False,
+        "remove_unused_columns": False,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": cfg.checkpoint_every or steps,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
     }
 
 
-def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None,
-                **trl) -> GRPOConfig:
+def grpo_config(
+    cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None, **trl
+) -> GRPOConfig:
     """The GRPOConfig of a run of ``cfg`` for ``steps`` steps on ``processes`` processes (default:
     accelerate's), with ``trl`` further GRPOConfig fields; ``settings`` are the method's loss settings."""
     from accelerate import PartialState
@@ -66,12 +85,18 @@ def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, pr
     # one joins the processes a launcher started over gloo
     processes = processes or PartialState(cpu=on_cpu(cfg)).num_processes
     if cfg.num_prompts % processes:
-        raise ConfigError("num_prompts", cfg.num_prompts, f"a multiple of the {processes} processes, so that each "
-                          "process samples whole groups")
+        raise ConfigError(
+            "num_prompts",
+            cfg.num_prompts,
+            f"a multiple of the {processes} processes, so that each process samples whole groups",
+        )
     per_process = cfg.num_prompts // processes * cfg.num_generations
     if per_process % cfg.gradient_accumulation_steps:
-        raise ConfigError("gradient_accumulation_steps", cfg.gradient_accumulation_steps,
-                          f"a divisor of the {per_process} rows each process trains a step")
+        raise ConfigError(
+            "gradient_accumulation_steps",
+            cfg.gradient_accumulation_steps,
+            f"a divisor of the {per_process} rows each process trains a step",
+        )
     owned = _owned_fields(cfg, settings, output_dir, steps, processes)
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     if "activation_checkpointing" not in known:  # transformers 4.x names it gradient_checkpointing
@@ -82,8 +107,12 @@ def grpo_config(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, pr
     trl["generation_kwargs"] = {"use_cache": True, **(trl.get("generation_kwargs") or {})}
     for name, value in trl.items():
         if name in owned:
-            raise ConfigError(f"trl.{name}", value, "a GRPOConfig field the run's config does not set; "
-                              f"{name} is set by the workbench (use --set FIELD=VALUE for the RunConfig's fields)")
+            raise ConfigError(
+                f"trl.{name}",
+                value,
+                "a GRPOConfig field the run's config does not set; "
+                f"{name} is set by the workbench (use --set FIELD=VALUE for the RunConfig's fields)",
+            )
         if name not in known:
             raise ConfigError(f"trl.{name}", value, "a field of trl.GRPOConfig")
     return GRPOConfig(**owned, **trl)

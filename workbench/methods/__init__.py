@@ -9,10 +9,23 @@ from .grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLC
 from .policy_split import PolicySplit
 from .poly_epo import GRPODiv, PolyEPO
 
-_REGISTRY: dict[str, type[Method]] = {m.name: m for m in (
-    GRPO, EntropyBonus, ClipHigher, TopEntropy, EntropyAdvantage, ClipCov, KLCov,
-    EEPO, PolicySplit, ERPO, PolyEPO, GRPODiv,
-)}
+_REGISTRY: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        GRPO,
+        EntropyBonus,
+        ClipHigher,
+        TopEntropy,
+        EntropyAdvantage,
+        ClipCov,
+        KLCov,
+        EEPO,
+        PolicySplit,
+        ERPO,
+        PolyEPO,
+        GRPODiv,
+    )
+}
 
 
 def names() -> list[str]:
@@ -33,6 +46,20 @@ def get(name: str) -> type[Method]:
 
 
 __all__ = [
-    "Method", "EEPO", "ERPO", "GRPO", "GRPODiv", "PolicySplit", "PolyEPO", "ClipCov", "EntropyAdvantage", "KLCov",
-    "ClipHigher", "EntropyBonus", "TopEntropy", "get", "modes", "names",
+    "Method",
+    "EEPO",
+    "ERPO",
+    "GRPO",
+    "GRPODiv",
+    "PolicySplit",
+    "PolyEPO",
+    "ClipCov",
+    "EntropyAdvantage",
+    "KLCov",
+    "ClipHigher",
+    "EntropyBonus",
+    "TopEntropy",
+    "get",
+    "modes",
+    "names",
 ]

@@ -41,8 +41,11 @@ class Method:
         super().__init_subclass__(**kwargs)
         cls.OPTIONS = named(cls.OPTIONS)
         cls.defaults = {key: option.default for key, option in cls.OPTIONS.items()}
-        cls.CONFIG_DEFAULTS = {name: value for klass in reversed(cls.__mro__)
-                               for name, value in vars(klass).get("CONFIG_DEFAULTS", {}).items()}
+        cls.CONFIG_DEFAULTS = {
+            name: value
+            for klass in reversed(cls.__mro__)
+            for name, value in vars(klass).get("CONFIG_DEFAULTS", {}).items()
+        }
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -55,8 +58,11 @@ class Method:
         unknown = sorted(set(cfg.method_options) - set(cls.OPTIONS))
         if unknown:
             allowed = ", ".join(sorted(cls.OPTIONS)) or "none"
-            raise ConfigError(f"method_options.{unknown[0]}", cfg.method_options[unknown[0]],
-                              f"an option of method {cls.name!r}; its options: {allowed}")
+            raise ConfigError(
+                f"method_options.{unknown[0]}",
+                cfg.method_options[unknown[0]],
+                f"an option of method {cls.name!r}; its options: {allowed}",
+            )
         for key, value in cfg.method_options.items():
             cls.OPTIONS[key].check(value, f"method_options.{key}")
 

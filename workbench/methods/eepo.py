@@ -79,14 +79,31 @@ class EEPO(Method):
         "window": integer(3, "m: steps in the moving average, the current one included", low=1),
         "gate": choice("entropy", "when to unlearn: entropy (below alpha), always, never", GATES),
         "unlearn_lr": number(1.0, "plain SGD step size of the unlearning step on the adapter", low=0.0),
-        "unlearn_max_grad_norm": number(0.3, "clip the unlearning gradient to this norm", low=0.0, low_open=True,
-                                        optional=True, none_means="the paper's plain step"),
-        "unlearn_clip": choice("paper", "paper: p clipped to 1 - eps in the complementary loss (no gradient above); "
-                               "none: -log(1 - p) unclipped, exact as p -> 1", UNLEARN_CLIPS),
-        "eps": number(0.01, "p is clipped to 1 - eps in the complementary loss (unlearn_clip='paper')", low=0.0,
-                      high=1.0, low_open=True, high_open=True),
-        "behaviour_logprobs": choice("A", "old log-probs of stage-2 rows: A, each stage's sampling model; "
-                                     "B, the restored policy", BEHAVIOUR),
+        "unlearn_max_grad_norm": number(
+            0.3,
+            "clip the unlearning gradient to this norm",
+            low=0.0,
+            low_open=True,
+            optional=True,
+            none_means="the paper's plain step",
+        ),
+        "unlearn_clip": choice(
+            "paper",
+            "paper: p clipped to 1 - eps in the complementary loss (no gradient above); "
+            "none: -log(1 - p) unclipped, exact as p -> 1",
+            UNLEARN_CLIPS,
+        ),
+        "eps": number(
+            0.01,
+            "p is clipped to 1 - eps in the complementary loss (unlearn_clip='paper')",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+            high_open=True,
+        ),
+        "behaviour_logprobs": choice(
+            "A", "old log-probs of stage-2 rows: A, each stage's sampling model; B, the restored policy", BEHAVIOUR
+        ),
     }
 
     @classmethod
@@ -99,7 +116,7 @@ class EEPO(Method):
         """The gate and its window: this step's stage-1 entropy and the previous m-1 steps'
         (read from the history, so a resumed run gates exactly as an uninterrupted one)."""
         window_size = self.options["window"]
-        previous = [h["eepo_stage1_entropy"] for h in ctx.records[-(window_size - 1):]] if window_size > 1 else []
+        previous = [h["eepo_stage1_entropy"] for h in ctx.records[-(window_size - 1) :]] if window_size > 1 else []
         window = previous + [stage1_entropy]
         mode = self.options["gate"]
         on = mode == "always" or (mode == "entropy" and sum(window) / len(window) < self.options["alpha"])
@@ -111,9 +128,15 @@ class EEPO(Method):
         yield Phase("sample_stage1", ctx.step_index, stage1, {"responses": len(stage1)})
         entropy = float(stage1.entropy[stage1.mask.bool()].mean())
         on, window = self.gate(ctx, entropy)
-        numbers = {"gate": on, "entropy_window": window, "stage1_entropy": entropy,
-                   "window_mean": sum(window) / len(window), "logp_drop": 0.0, "kl_policy_rollout": 0.0,
-                   "grad_norm": 0.0}
+        numbers = {
+            "gate": on,
+            "entropy_window": window,
+            "stage1_entropy": entropy,
+            "window_mean": sum(window) / len(window),
+            "logp_drop": 0.0,
+            "kl_policy_rollout": 0.0,
+            "grad_norm": 0.0,
+        }
         moved: dict[str, torch.Tensor] = {}  # no tensor moved: the rollout model is the policy itself
         kept: torch.Tensor | None = None
         if on:
@@ -128,8 +151,10 @@ class EEPO(Method):
         batch = RolloutBatch.concat([stage1, stage2])
         batch.step_numbers["eepo_unlearn"] = numbers
         if kept is not None:  # the stage-1 rows come first
-            batch.graph_logprobs = (torch.arange(kept.shape[0]), torch.nn.functional.pad(
-                kept, (0, batch.ids.shape[1] - kept.shape[1])))
+            batch.graph_logprobs = (
+                torch.arange(kept.shape[0]),
+                torch.nn.functional.pad(kept, (0, batch.ids.shape[1] - kept.shape[1])),
+            )
         yield Phase("sample_stage2", ctx.step_index, batch, {"responses": len(stage2)})
         return batch
 
@@ -140,8 +165,11 @@ class EEPO(Method):
         params = ctx.policy.trainable_parameters()
         unclipped = self.options["unlearn_clip"] == "none"
         logp, complement = ctx.token_logprobs(stage1.prompt_ids, stage1.ids, grad=True, with_complement=unclipped)
-        loss = (unclipped_unlearning_loss(complement, stage1.mask) if unclipped
-                else unlearning_loss(logp, stage1.mask, self.options["eps"]))
+        loss = (
+            unclipped_unlearning_loss(complement, stage1.mask)
+            if unclipped
+            else unlearning_loss(logp, stage1.mask, self.options["eps"])
+        )
         # The update needs these same log-probs of the stage-1 rows (the policy has not moved by
         # then): keep the graph and hand it over instead of running the forward pass again.
         reuse = self.cfg.num_iterations == 1 and self.cfg.lora_dropout == 0
@@ -207,7 +235,14 @@ class EEPO(Method):
                 out[f"stage{s}_distinct_{key}"] = sum(per_stage[s]) / len(groups)
             out[f"stage_overlap_{key}"] = sum(overlap[key]) / len(groups)
         out["stage2_new_strategies"] = sum(
-            distinct([strategies[i] for i in g.tolist() if batch.stage[i] == 2
-                      and strategies[i] not in {strategies[j] for j in g.tolist() if batch.stage[j] == 1}])
-            for g in groups) / len(groups)
+            distinct(
+                [
+                    strategies[i]
+                    for i in g.tolist()
+                    if batch.stage[i] == 2
+                    and strategies[i] not in {strategies[j] for j in g.tolist() if batch.stage[j] == 1}
+                ]
+            )
+            for g in groups
+        ) / len(groups)
         return out

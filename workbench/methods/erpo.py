@@ -56,8 +56,9 @@ def position_buckets(mask: Tensor, num_buckets: int = 10) -> Tensor:
     return torch.div(t * num_buckets, lengths, rounding_mode="floor").clamp(max=num_buckets - 1)
 
 
-def bucket_normalize(signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None,
-                     floor: float = NOISE_FLOOR) -> Tensor:
+def bucket_normalize(
+    signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None, floor: float = NOISE_FLOOR
+) -> Tensor:
     """z-score of ``signal`` [N, T] within each (group, position bucket) over its valid tokens.
 
     A bucket whose (population) std is below ``floor`` gives 0; padding gives 0.
@@ -113,12 +114,16 @@ class ERPO(Method):
     name = "erpo"
     OPTIONS = {
         "gamma": number(5.0, "gate sharpness on the group-z-scored entropy", low=0.0),
-        "noise_floor": number(NOISE_FLOOR, "nats: a position bucket whose std of logp_old - logp_ref is below "
-                              "this gives 0 (rounding, not progress)", low=0.0),
+        "noise_floor": number(
+            NOISE_FLOOR,
+            "nats: a position bucket whose std of logp_old - logp_ref is below this gives 0 (rounding, not progress)",
+            low=0.0,
+        ),
         "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
         "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
-        "variant": choice("additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate",
-                          VARIANTS),
+        "variant": choice(
+            "additive", "additive: A + eta Psi; redistribute: A spread over tokens by the gate", VARIANTS
+        ),
     }
 
     def advantages(self, ctx, batch):

@@ -74,8 +74,9 @@ class ClipCov(GRPO):
     def token_loss(self, logp, logp_old, advantages, mask, settings, generator=None):
         loss, clipped = super().token_loss(logp, logp_old, advantages, mask, settings)
         o = self.options
-        dropped = core.clip_cov_mask(advantages, logp, mask, clipped, o["ratio"], o["cov_low"], o["cov_high"],
-                                     generator)
+        dropped = core.clip_cov_mask(
+            advantages, logp, mask, clipped, o["ratio"], o["cov_low"], o["cov_high"], generator
+        )
         return loss * ~dropped, clipped | dropped
 
 
@@ -84,8 +85,9 @@ class KLCov(GRPO):
 
     name = "kl_cov"
     OPTIONS = {
-        "ratio": number(0.0002, "fraction of tokens (largest covariance) that get the KL penalty",
-                        low=0.0, high=1.0, low_open=True),
+        "ratio": number(
+            0.0002, "fraction of tokens (largest covariance) that get the KL penalty", low=0.0, high=1.0, low_open=True
+        ),
         "kl_coef": number(1.0, "weight of |logp - logp_old| on those tokens", low=0.0),
     }
 

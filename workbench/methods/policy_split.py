@@ -85,10 +85,15 @@ class PolicySplit(Method):
         "alpha": number(0.5, "weight of -logp_HE in the bonus b (1 - alpha: of -logp_N)", low=0.0, high=1.0),
         "eta": number(0.03, "scale of the high-entropy bonus on high-entropy-context rows", low=0.0, low_open=True),
         "kappa": number(2.0, "the bonus is at most |A| / kappa", low=0.0, low_open=True),
-        "clamp_form": choice("code", "code: clamp(eta B), as the official code; paper: eta clamp(B), as printed",
-                             CLAMP_FORMS),
-        "eta2": number(0.0, "scale of the official code's penalty on normal-context rows, A - clamp(eta2 z(b_N)) "
-                            "with b_N = -alpha logp_N - (1 - alpha) logp_HE (0: the paper, none)", low=0.0),
+        "clamp_form": choice(
+            "code", "code: clamp(eta B), as the official code; paper: eta clamp(B), as printed", CLAMP_FORMS
+        ),
+        "eta2": number(
+            0.0,
+            "scale of the official code's penalty on normal-context rows, A - clamp(eta2 z(b_N)) "
+            "with b_N = -alpha logp_N - (1 - alpha) logp_HE (0: the paper, none)",
+            low=0.0,
+        ),
     }
 
     @classmethod
@@ -101,8 +106,9 @@ class PolicySplit(Method):
         half = self.cfg.num_generations // 2
         normal = ctx.sample_group(problems, half, mode="normal")
         yield Phase("sample_normal", ctx.step_index, normal, {"responses": len(normal)})
-        he = ctx.sample_group(problems, self.cfg.num_generations - half, system=HIGH_ENTROPY_PROMPT,
-                                  mode="high_entropy")
+        he = ctx.sample_group(
+            problems, self.cfg.num_generations - half, system=HIGH_ENTROPY_PROMPT, mode="high_entropy"
+        )
         batch = RolloutBatch.concat([normal, he])
         yield Phase("sample_high_entropy", ctx.step_index, batch, {"responses": len(he)})
         return batch
@@ -121,11 +127,13 @@ class PolicySplit(Method):
         o = self.options
         for rows in batch.group_rows():
             he, normal = logps["high_entropy"][rows], logps["normal"][rows]
-            bonus[rows] = high_entropy_bonus(advantages[rows], he, normal, batch.mask[rows],
-                                             o["alpha"], o["eta"], o["kappa"], o["clamp_form"])
+            bonus[rows] = high_entropy_bonus(
+                advantages[rows], he, normal, batch.mask[rows], o["alpha"], o["eta"], o["kappa"], o["clamp_form"]
+            )
             if o["eta2"] > 0:  # the official code's normal-context term: the same with contexts swapped
-                penalty[rows] = high_entropy_bonus(advantages[rows], normal, he, batch.mask[rows],
-                                                   o["alpha"], o["eta2"], o["kappa"], o["clamp_form"])
+                penalty[rows] = high_entropy_bonus(
+                    advantages[rows], normal, he, batch.mask[rows], o["alpha"], o["eta2"], o["kappa"], o["clamp_form"]
+                )
         base = advantages[:, None] * batch.mask
         sampled_he = torch.tensor([m == "high_entropy" for m in batch.mode])[:, None]
         batch.extras["he_bonus"], batch.extras["normal_penalty"] = bonus, penalty
@@ -137,9 +145,11 @@ class PolicySplit(Method):
         in_normal.mode, in_he.mode = ["normal"] * len(batch), ["high_entropy"] * len(batch)
         batch.training_rows = RolloutBatch.concat([in_normal, in_he])
         valid = batch.mask.bool()
-        return {"he_bonus_abs_mean": float(bonus[valid].abs().mean()),
-                "normal_penalty_abs_mean": float(penalty[valid].abs().mean()),
-                "advantage_abs_mean": float(advantages.abs().mean())}
+        return {
+            "he_bonus_abs_mean": float(bonus[valid].abs().mean()),
+            "normal_penalty_abs_mean": float(penalty[valid].abs().mean()),
+            "advantage_abs_mean": float(advantages.abs().mean()),
+        }
 
     def extra_metrics(self, ctx, batch: RolloutBatch) -> dict[str, float]:
         out = {}
@@ -151,8 +161,7 @@ class PolicySplit(Method):
             valid = batch.mask[rows].bool()
             out[f"{m}_accuracy"] = float(rewards[rows].mean())
             out[f"{m}_entropy"] = float(batch.entropy[rows][valid].mean())
-            correct = [len({answers[i] for i in g.tolist() if mode[i] == m and is_success(rewards[i])})
-                       for g in groups]
+            correct = [len({answers[i] for i in g.tolist() if mode[i] == m and is_success(rewards[i])}) for g in groups]
             out[f"{m}_unique_correct_answers"] = sum(correct) / len(groups)
             # KL(own mode || other mode), estimated (k3) on tokens the own mode sampled
             out[f"kl_{m}_to_other"] = float(core.kl_k3(own_logp[rows], other_logp[rows])[valid].mean())

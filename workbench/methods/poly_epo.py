@@ -82,8 +82,10 @@ def set_indices(num_responses: int, set_size: int, num_sets: int | None = None, 
     total = math.comb(num_responses, set_size)
     if num_sets is None or num_sets >= total:
         if total > MAX_ENUMERATED_SETS:
-            raise ValueError(f"num_sets=None would enumerate C({num_responses}, {set_size}) = {total} sets "
-                             f"(limit {MAX_ENUMERATED_SETS}); pass num_sets to sample that many")
+            raise ValueError(
+                f"num_sets=None would enumerate C({num_responses}, {set_size}) = {total} sets "
+                f"(limit {MAX_ENUMERATED_SETS}); pass num_sets to sample that many"
+            )
         return _all_sets(num_responses, set_size)
     if num_sets < 1:
         raise ValueError(f"num_sets={num_sets!r} must be None or an integer >= 1")
@@ -99,8 +101,9 @@ def set_indices(num_responses: int, set_size: int, num_sets: int | None = None, 
     return torch.tensor(list(chosen)[:num_sets], dtype=torch.long)
 
 
-def polychromic_objective(rewards: Tensor, clusters: Tensor, index: Tensor,
-                          degenerate_cluster: int = DEGENERATE_CLUSTER) -> Tensor:
+def polychromic_objective(
+    rewards: Tensor, clusters: Tensor, index: Tensor, degenerate_cluster: int = DEGENERATE_CLUSTER
+) -> Tensor:
     """f [S] of each set (rows of ``index`` [S, n]) of ONE group's ``rewards`` and ``clusters`` [N]."""
     n = index.shape[1]
     members = torch.as_tensor(clusters, dtype=torch.long)[index].sort(-1).values
@@ -167,8 +170,9 @@ def _relabel(labels: Sequence, degenerate_cluster: int) -> list[int]:
     return out
 
 
-def strategy_clusters(batch, rows, clusterer: str | Callable = "strategy",
-                      degenerate_cluster: int = DEGENERATE_CLUSTER) -> list[int]:
+def strategy_clusters(
+    batch, rows, clusterer: str | Callable = "strategy", degenerate_cluster: int = DEGENERATE_CLUSTER
+) -> list[int]:
     """Cluster ids of ``rows`` (one group) of a scored batch.
 
     "strategy": the task's strategy labels; "answer": the parsed answers; a callable
@@ -186,8 +190,9 @@ def strategy_clusters(batch, rows, clusterer: str | Callable = "strategy",
             )
         return [degenerate_cluster if c is None else int(c) for c in result]
     if clusterer not in CLUSTERERS:
-        raise ValueError(f"clusterer={clusterer!r} is not allowed; use one of {', '.join(_clusterer_names())} "
-                         "or a callable")
+        raise ValueError(
+            f"clusterer={clusterer!r} is not allowed; use one of {', '.join(_clusterer_names())} or a callable"
+        )
     labels = batch.strategies if clusterer == "strategy" else batch.answers
     if labels is None:
         field = "strategies" if clusterer == "strategy" else "answers"
@@ -201,19 +206,27 @@ def _clusterer_names() -> list[str]:
 
 def _validate_clustering(o) -> None:
     if not callable(o["clusterer"]) and o["clusterer"] not in _clusterer_names():
-        raise ConfigError("method_options.clusterer", o["clusterer"], f"one of {', '.join(_clusterer_names())}, a "
-                          "name given to register_clusterer, or a callable (texts, problem) -> list[int]")
+        raise ConfigError(
+            "method_options.clusterer",
+            o["clusterer"],
+            f"one of {', '.join(_clusterer_names())}, a "
+            "name given to register_clusterer, or a callable (texts, problem) -> list[int]",
+        )
 
 
 def _clustering_options() -> dict:
     """The clustering options Poly-EPO and GRPO+DIV share."""
     return {
-        "clusterer": anything("strategy", "what makes two responses the same: strategy, answer, a registered "
-                              "name, or a callable (texts, problem) -> list[int]",
-                              "strategy, answer, a name given to register_clusterer, or a callable",
-                              suggestions=CLUSTERERS),
-        "degenerate_cluster": integer(DEGENERATE_CLUSTER, "the cluster id of responses that count for nothing "
-                                      "(unparsed)", low=-math.inf),
+        "clusterer": anything(
+            "strategy",
+            "what makes two responses the same: strategy, answer, a registered "
+            "name, or a callable (texts, problem) -> list[int]",
+            "strategy, answer, a name given to register_clusterer, or a callable",
+            suggestions=CLUSTERERS,
+        ),
+        "degenerate_cluster": integer(
+            DEGENERATE_CLUSTER, "the cluster id of responses that count for nothing (unparsed)", low=-math.inf
+        ),
     }
 
 
@@ -238,13 +251,21 @@ class PolyEPO(Method):
         # first, to name the group's own bound: n = N leaves one set, equal to its own baseline,
         # so every advantage is 0 (M = 0)
         if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n < N:
-            raise ConfigError("method_options.set_size", n, f"an integer from 2 to num_generations - 1 = {N - 1} "
-                              "(set_size = num_generations gives one set and zero advantages)")
+            raise ConfigError(
+                "method_options.set_size",
+                n,
+                f"an integer from 2 to num_generations - 1 = {N - 1} "
+                "(set_size = num_generations gives one set and zero advantages)",
+            )
         super().validate(cfg)
         k = o["num_sets"]
         if k is None and math.comb(N, n) > MAX_ENUMERATED_SETS:
-            raise ConfigError("method_options.num_sets", k, f"an integer: C({N}, {n}) = {math.comb(N, n)} sets are "
-                              f"too many to enumerate (limit {MAX_ENUMERATED_SETS})")
+            raise ConfigError(
+                "method_options.num_sets",
+                k,
+                f"an integer: C({N}, {n}) = {math.comb(N, n)} sets are "
+                f"too many to enumerate (limit {MAX_ENUMERATED_SETS})",
+            )
         _validate_clustering(o)
 
     def advantages(self, ctx, batch):
@@ -256,15 +277,18 @@ class PolyEPO(Method):
             # seeded by (seed, step, group) alone, so a resumed run draws the same sets
             seed = core.derive_seed(self.cfg.seed, ctx.step_index, g)
             index = set_indices(len(rows), o["set_size"], o["num_sets"], seed)
-            group_adv, f = _marginal(batch.rewards[rows].double().cpu(), clusters, index, o["reduce"],
-                                     o["degenerate_cluster"])
+            group_adv, f = _marginal(
+                batch.rewards[rows].double().cpu(), clusters, index, o["reduce"], o["degenerate_cluster"]
+            )
             adv[rows.cpu()] = group_adv
             objective.append(float(f.mean()))
             distinct.append(_distinct_clusters(clusters, o["degenerate_cluster"]))
         batch.advantages = adv.to(batch.mask.device)
         batch.token_advantages = batch.advantages[:, None] * batch.mask
-        batch.step_numbers["set_rl"] = advantage_numbers = {"poly_set_objective_mean": sum(objective) / len(objective),
-                     "poly_distinct_clusters": sum(distinct) / len(distinct)}
+        batch.step_numbers["set_rl"] = advantage_numbers = {
+            "poly_set_objective_mean": sum(objective) / len(objective),
+            "poly_distinct_clusters": sum(distinct) / len(distinct),
+        }
         return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **advantage_numbers}
 
     def extra_metrics(self, ctx, batch):
@@ -299,9 +323,11 @@ class GRPODiv(Method):
         shaped = batch.rewards.float() + o["div_coef"] * bonus
         batch.advantages = batch.ungrouped(core.group_advantages(batch.grouped(shaped), self.cfg.scale_rewards))
         batch.token_advantages = batch.advantages[:, None] * batch.mask
-        batch.step_numbers["set_rl"] = advantage_numbers = {"div_bonus_mean": float(bonus.mean()),
-                     "poly_set_objective_mean": sum(objective) / len(objective),
-                     "poly_distinct_clusters": sum(distinct) / len(distinct)}
+        batch.step_numbers["set_rl"] = advantage_numbers = {
+            "div_bonus_mean": float(bonus.mean()),
+            "poly_set_objective_mean": sum(objective) / len(objective),
+            "poly_distinct_clusters": sum(distinct) / len(distinct),
+        }
         return {"advantage_abs_mean": float(batch.advantages.abs().mean()), **advantage_numbers}
 
     def extra_metrics(self, ctx, batch):

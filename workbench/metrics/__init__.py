@@ -19,7 +19,22 @@ from .registry import Metric
 from .rollout import rollout_metrics
 
 __all__ = [
-    "Metric", "distinct", "distinct_n", "entropy_stats", "find_pivots", "fit_reward_entropy", "group_diversity",
-    "group_zscore", "mean_pass_at_k", "pairwise_similarity", "pass_at_k", "pass_at_k_grid", "pivot_stats",
-    "registry", "rollout_metrics", "self_bleu", "strategy_count", "unique_answers",
+    "Metric",
+    "distinct",
+    "distinct_n",
+    "entropy_stats",
+    "find_pivots",
+    "fit_reward_entropy",
+    "group_diversity",
+    "group_zscore",
+    "mean_pass_at_k",
+    "pairwise_similarity",
+    "pass_at_k",
+    "pass_at_k_grid",
+    "pivot_stats",
+    "registry",
+    "rollout_metrics",
+    "self_bleu",
+    "strategy_count",
+    "unique_answers",
 ]

@@ -102,15 +102,18 @@ def unique_answers(answers: Sequence[object]) -> int:
     return distinct(answers)
 
 
-def strategy_count(strategies: Sequence[object], correct: Sequence[float] | None = None,
-                   correct_only: bool = False) -> int:
+def strategy_count(
+    strategies: Sequence[object], correct: Sequence[float] | None = None, correct_only: bool = False
+) -> int:
     """Number of distinct strategies (None not counted); with ``correct_only``, only among the
     responses whose ``correct`` entry (a bool or a reward) is a success (above 0.5)."""
     if not correct_only:
         return distinct(strategies)
     if correct is None or len(correct) != len(strategies):
-        raise ValueError(f"correct_only=True needs one correct flag or reward per strategy: got "
-                         f"{None if correct is None else len(correct)} for {len(strategies)} strategies")
+        raise ValueError(
+            f"correct_only=True needs one correct flag or reward per strategy: got "
+            f"{None if correct is None else len(correct)} for {len(strategies)} strategies"
+        )
     return distinct([s for s, c in zip(strategies, correct) if is_success(float(c))])
 
 

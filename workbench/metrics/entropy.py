@@ -21,8 +21,9 @@ def entropy_stats(entropy: torch.Tensor, mask: torch.Tensor) -> dict[str, float]
 FIT_MIN_POINTS = 5  # two parameters: fewer points fit anything
 
 
-def fit_reward_entropy(entropy: Iterable[float], reward: Iterable[float],
-                       min_points: int = FIT_MIN_POINTS) -> dict[str, float] | None:
+def fit_reward_entropy(
+    entropy: Iterable[float], reward: Iterable[float], min_points: int = FIT_MIN_POINTS
+) -> dict[str, float] | None:
     """Least-squares fit of ``R = -a*exp(H) + b`` (Cui et al. 2025) and its predicted ceiling
     ``b - a`` (the reward when entropy reaches 0). R is linear in exp(H), so this is ordinary
     linear least squares. None with fewer than ``min_points`` finite points or no spread in entropy."""

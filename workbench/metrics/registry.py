@@ -39,20 +39,23 @@ class Group:
     method: bool = False
 
 
-GROUPS = {g.name: g for g in (
-    Group("reward", "reward and accuracy", FRACTION),
-    Group("entropy", "token entropy", NATS),
-    Group("pivots", "critical decision pivots", NATS),
-    Group("diversity", "diversity per group", PER_GROUP),
-    Group("length", "response length", TOKENS),
-    Group("update", "the update: loss, KL to the reference, clipping", NUMBER),
-    Group("step", "the step: index, time, failures", NUMBER),
-    Group("evaluation", "evaluation on a held-out split", FRACTION),
-    Group("eepo", "EEPO: the two stages and the unlearning step", FRACTION, method=True),
-    Group("policy_split", "Policy Split: the two modes", FRACTION, method=True),
-    Group("erpo", "ERPO: the entropy gate and progress", FRACTION, method=True),
-    Group("poly_epo", "Poly-EPO: sets and clusters", PER_GROUP, method=True),
-)}
+GROUPS = {
+    g.name: g
+    for g in (
+        Group("reward", "reward and accuracy", FRACTION),
+        Group("entropy", "token entropy", NATS),
+        Group("pivots", "critical decision pivots", NATS),
+        Group("diversity", "diversity per group", PER_GROUP),
+        Group("length", "response length", TOKENS),
+        Group("update", "the update: loss, KL to the reference, clipping", NUMBER),
+        Group("step", "the step: index, time, failures", NUMBER),
+        Group("evaluation", "evaluation on a held-out split", FRACTION),
+        Group("eepo", "EEPO: the two stages and the unlearning step", FRACTION, method=True),
+        Group("policy_split", "Policy Split: the two modes", FRACTION, method=True),
+        Group("erpo", "ERPO: the entropy gate and progress", FRACTION, method=True),
+        Group("poly_epo", "Poly-EPO: sets and clusters", PER_GROUP, method=True),
+    )
+}
 
 
 class Metric(str):
@@ -95,30 +98,47 @@ class Metric(str):
 STEP = Metric("step", COUNT, "step", "trainer", "the step's index, from 0")
 STEP_TIME = Metric("step_time", SECONDS, "step", "trainer", "wall-clock seconds the whole step took")
 NAN_SKIPS = Metric("nan_skips", COUNT, "step", "trainer", "updates skipped so far for a non-finite loss or gradient")
-REWARD_ERRORS = Metric("reward_errors", COUNT, "step", "trainer",
-                       "reward-function failures scored 0 in this step (reward_errors='zero')")
+REWARD_ERRORS = Metric(
+    "reward_errors", COUNT, "step", "trainer", "reward-function failures scored 0 in this step (reward_errors='zero')"
+)
 LEARNING_RATE = Metric("learning_rate", NUMBER, "update", "trainer", "the optimizer's learning rate at this step")
 
 # --- the scored rollouts (metrics.rollout_metrics) ---------------------------------------------------
 REWARD_MEAN = Metric("reward_mean", NUMBER, "reward", "rollout", "mean reward of the step's responses")
 REWARD_STD = Metric("reward_std", NUMBER, "reward", "rollout", "standard deviation of the responses' rewards")
 ACCURACY = Metric("accuracy", FRACTION, "reward", ("rollout", "evaluation"), "fraction of responses that succeed")
-ZERO_SPREAD_GROUPS = Metric("zero_spread_groups", FRACTION, "reward", "rollout",
-                            "fraction of prompts whose responses all got the same reward (no learning signal)")
-PARSED_FRACTION = Metric("parsed_fraction", FRACTION, "reward", "rollout",
-                         "fraction of responses with a parsable answer")
-ENTROPY_MEAN = Metric("entropy_mean", NATS, "entropy", ("rollout", "evaluation"),
-                      "mean token entropy of the responses")
+ZERO_SPREAD_GROUPS = Metric(
+    "zero_spread_groups",
+    FRACTION,
+    "reward",
+    "rollout",
+    "fraction of prompts whose responses all got the same reward (no learning signal)",
+)
+PARSED_FRACTION = Metric(
+    "parsed_fraction", FRACTION, "reward", "rollout", "fraction of responses with a parsable answer"
+)
+ENTROPY_MEAN = Metric("entropy_mean", NATS, "entropy", ("rollout", "evaluation"), "mean token entropy of the responses")
 ENTROPY_P50 = Metric("entropy_p50", NATS, "entropy", "rollout", "median token entropy")
 ENTROPY_P80 = Metric("entropy_p80", NATS, "entropy", "rollout", "80th percentile of token entropy")
 ENTROPY_P95 = Metric("entropy_p95", NATS, "entropy", "rollout", "95th percentile of token entropy")
 RESPONSE_LENGTH = Metric("response_length", TOKENS, "length", ("rollout", "evaluation"), "mean response length")
-UNIQUE_ANSWERS = Metric("unique_answers", PER_GROUP, "diversity", ("rollout", "evaluation"),
-                        "distinct parsed answers among a prompt's responses")
-DISTINCT_STRATEGIES = Metric("distinct_strategies", PER_GROUP, "diversity", "rollout",
-                             "distinct solution strategies among a prompt's responses")
-DISTINCT_CORRECT_STRATEGIES = Metric("distinct_correct_strategies", PER_GROUP, "diversity", ("rollout", "evaluation"),
-                                     "distinct strategies among a prompt's correct responses")
+UNIQUE_ANSWERS = Metric(
+    "unique_answers",
+    PER_GROUP,
+    "diversity",
+    ("rollout", "evaluation"),
+    "distinct parsed answers among a prompt's responses",
+)
+DISTINCT_STRATEGIES = Metric(
+    "distinct_strategies", PER_GROUP, "diversity", "rollout", "distinct solution strategies among a prompt's responses"
+)
+DISTINCT_CORRECT_STRATEGIES = Metric(
+    "distinct_correct_strategies",
+    PER_GROUP,
+    "diversity",
+    ("rollout", "evaluation"),
+    "distinct strategies among a prompt's correct responses",
+)
 PIVOTS_PER_RESPONSE = Metric("pivots_per_response", COUNT, "pivots", "rollout", "critical decision pivots per response")
 ENTROPY_AT_PIVOTS = Metric("entropy_at_pivots", NATS, "pivots", "rollout", "mean token entropy at pivots")
 ENTROPY_ELSEWHERE = Metric("entropy_elsewhere", NATS, "pivots", "rollout", "mean token entropy away from pivots")
@@ -135,10 +155,12 @@ ADVANTAGE_ABS_MEAN = Metric("advantage_abs_mean", NUMBER, "update", "method", "m
 EEPO_STAGE1_ENTROPY = Metric("eepo_stage1_entropy", NATS, "eepo", "method", "mean token entropy of stage 1")
 EEPO_WINDOW_MEAN = Metric("eepo_window_mean", NATS, "eepo", "method", "mean of the gate's window of stage-1 entropy")
 EEPO_GATE = Metric("eepo_gate", FRACTION, "eepo", "method", "1 when the entropy gate let the unlearning step run")
-EEPO_LOGP_DROP = Metric("eepo_logp_drop", NATS_PER_TOKEN, "eepo", "method",
-                        "drop in the stage-1 tokens' log-prob from the unlearning step")
-EEPO_KL_POLICY_ROLLOUT = Metric("eepo_kl_policy_rollout", NATS_PER_TOKEN, "eepo", "method",
-                                "KL(policy || rollout model) after the unlearning step")
+EEPO_LOGP_DROP = Metric(
+    "eepo_logp_drop", NATS_PER_TOKEN, "eepo", "method", "drop in the stage-1 tokens' log-prob from the unlearning step"
+)
+EEPO_KL_POLICY_ROLLOUT = Metric(
+    "eepo_kl_policy_rollout", NATS_PER_TOKEN, "eepo", "method", "KL(policy || rollout model) after the unlearning step"
+)
 EEPO_UNLEARN_GRAD_NORM = Metric("eepo_unlearn_grad_norm", NUMBER, "eepo", "method", "the unlearning gradient's norm")
 STAGE1_ACCURACY = Metric("stage1_accuracy", FRACTION, "eepo", "method", "mean reward of stage 1's responses")
 STAGE2_ACCURACY = Metric("stage2_accuracy", FRACTION, "eepo", "method", "mean reward of stage 2's responses")
@@ -146,56 +168,97 @@ STAGE1_ENTROPY = Metric("stage1_entropy", NATS, "eepo", "method", "mean token en
 STAGE2_ENTROPY = Metric("stage2_entropy", NATS, "eepo", "method", "mean token entropy of stage 2's responses")
 STAGE1_DISTINCT_ANSWERS = Metric("stage1_distinct_answers", PER_GROUP, "eepo", "method", "distinct answers in stage 1")
 STAGE2_DISTINCT_ANSWERS = Metric("stage2_distinct_answers", PER_GROUP, "eepo", "method", "distinct answers in stage 2")
-STAGE1_DISTINCT_STRATEGIES = Metric("stage1_distinct_strategies", PER_GROUP, "eepo", "method",
-                                    "distinct strategies in stage 1")
-STAGE2_DISTINCT_STRATEGIES = Metric("stage2_distinct_strategies", PER_GROUP, "eepo", "method",
-                                    "distinct strategies in stage 2")
-STAGE_OVERLAP_ANSWERS = Metric("stage_overlap_answers", FRACTION, "eepo", "method",
-                               "Jaccard overlap of the two stages' answers")
-STAGE_OVERLAP_STRATEGIES = Metric("stage_overlap_strategies", FRACTION, "eepo", "method",
-                                  "Jaccard overlap of the two stages' strategies")
-STAGE2_NEW_STRATEGIES = Metric("stage2_new_strategies", PER_GROUP, "eepo", "method",
-                               "strategies stage 2 found that stage 1 did not")
+STAGE1_DISTINCT_STRATEGIES = Metric(
+    "stage1_distinct_strategies", PER_GROUP, "eepo", "method", "distinct strategies in stage 1"
+)
+STAGE2_DISTINCT_STRATEGIES = Metric(
+    "stage2_distinct_strategies", PER_GROUP, "eepo", "method", "distinct strategies in stage 2"
+)
+STAGE_OVERLAP_ANSWERS = Metric(
+    "stage_overlap_answers", FRACTION, "eepo", "method", "Jaccard overlap of the two stages' answers"
+)
+STAGE_OVERLAP_STRATEGIES = Metric(
+    "stage_overlap_strategies", FRACTION, "eepo", "method", "Jaccard overlap of the two stages' strategies"
+)
+STAGE2_NEW_STRATEGIES = Metric(
+    "stage2_new_strategies", PER_GROUP, "eepo", "method", "strategies stage 2 found that stage 1 did not"
+)
 
 # --- Policy Split ------------------------------------------------------------------------------------
 NORMAL_ACCURACY = Metric("normal_accuracy", FRACTION, "policy_split", "method", "mean reward of the normal mode")
-HIGH_ENTROPY_ACCURACY = Metric("high_entropy_accuracy", FRACTION, "policy_split", "method",
-                               "mean reward of the high-entropy mode")
+HIGH_ENTROPY_ACCURACY = Metric(
+    "high_entropy_accuracy", FRACTION, "policy_split", "method", "mean reward of the high-entropy mode"
+)
 NORMAL_ENTROPY = Metric("normal_entropy", NATS, "policy_split", "method", "mean token entropy of the normal mode")
-HIGH_ENTROPY_ENTROPY = Metric("high_entropy_entropy", NATS, "policy_split", "method",
-                              "mean token entropy of the high-entropy mode")
-NORMAL_UNIQUE_CORRECT_ANSWERS = Metric("normal_unique_correct_answers", PER_GROUP, "policy_split", "method",
-                                       "distinct correct answers of the normal mode")
-HIGH_ENTROPY_UNIQUE_CORRECT_ANSWERS = Metric("high_entropy_unique_correct_answers", PER_GROUP, "policy_split", "method",
-                                             "distinct correct answers of the high-entropy mode")
-KL_NORMAL_TO_OTHER = Metric("kl_normal_to_other", NATS_PER_TOKEN, "policy_split", "method",
-                            "KL(normal || high-entropy), k3 estimate on the normal mode's tokens")
-KL_HIGH_ENTROPY_TO_OTHER = Metric("kl_high_entropy_to_other", NATS_PER_TOKEN, "policy_split", "method",
-                                  "KL(high-entropy || normal), k3 estimate on the high-entropy mode's tokens")
-HE_BONUS_ABS_MEAN = Metric("he_bonus_abs_mean", NUMBER, "policy_split", "method",
-                           "mean |bonus| the high-entropy mode's tokens add to the advantage")
-NORMAL_PENALTY_ABS_MEAN = Metric("normal_penalty_abs_mean", NUMBER, "policy_split", "method",
-                                 "mean |penalty| of the normal-context term (eta2): the bonus, contexts swapped")
+HIGH_ENTROPY_ENTROPY = Metric(
+    "high_entropy_entropy", NATS, "policy_split", "method", "mean token entropy of the high-entropy mode"
+)
+NORMAL_UNIQUE_CORRECT_ANSWERS = Metric(
+    "normal_unique_correct_answers", PER_GROUP, "policy_split", "method", "distinct correct answers of the normal mode"
+)
+HIGH_ENTROPY_UNIQUE_CORRECT_ANSWERS = Metric(
+    "high_entropy_unique_correct_answers",
+    PER_GROUP,
+    "policy_split",
+    "method",
+    "distinct correct answers of the high-entropy mode",
+)
+KL_NORMAL_TO_OTHER = Metric(
+    "kl_normal_to_other",
+    NATS_PER_TOKEN,
+    "policy_split",
+    "method",
+    "KL(normal || high-entropy), k3 estimate on the normal mode's tokens",
+)
+KL_HIGH_ENTROPY_TO_OTHER = Metric(
+    "kl_high_entropy_to_other",
+    NATS_PER_TOKEN,
+    "policy_split",
+    "method",
+    "KL(high-entropy || normal), k3 estimate on the high-entropy mode's tokens",
+)
+HE_BONUS_ABS_MEAN = Metric(
+    "he_bonus_abs_mean",
+    NUMBER,
+    "policy_split",
+    "method",
+    "mean |bonus| the high-entropy mode's tokens add to the advantage",
+)
+NORMAL_PENALTY_ABS_MEAN = Metric(
+    "normal_penalty_abs_mean",
+    NUMBER,
+    "policy_split",
+    "method",
+    "mean |penalty| of the normal-context term (eta2): the bonus, contexts swapped",
+)
 
 # --- ERPO ------------------------------------------------------------------------------------------------
 ERPO_GATE_MEAN = Metric("erpo_gate_mean", FRACTION, "erpo", "method", "mean entropy-gate weight over valid tokens")
 ERPO_GATE_AT_PIVOTS = Metric("erpo_gate_at_pivots", FRACTION, "erpo", "method", "mean gate weight at pivots")
 ERPO_GATE_ELSEWHERE = Metric("erpo_gate_elsewhere", FRACTION, "erpo", "method", "mean gate weight away from pivots")
 ERPO_PSI_ABS_MEAN = Metric("erpo_psi_abs_mean", NUMBER, "erpo", "method", "mean |psi|, the advantage modulation")
-ERPO_PROGRESS_ABS_MEAN = Metric("erpo_progress_abs_mean", NATS, "erpo", "method",
-                                "mean |log-prob progress| of the policy over the reference")
-ERPO_TOKEN_ADVANTAGE_ABS_MEAN = Metric("erpo_token_advantage_abs_mean", NUMBER, "erpo", "method",
-                                       "mean |token advantage| after modulation")
+ERPO_PROGRESS_ABS_MEAN = Metric(
+    "erpo_progress_abs_mean", NATS, "erpo", "method", "mean |log-prob progress| of the policy over the reference"
+)
+ERPO_TOKEN_ADVANTAGE_ABS_MEAN = Metric(
+    "erpo_token_advantage_abs_mean", NUMBER, "erpo", "method", "mean |token advantage| after modulation"
+)
 
 # --- Poly-EPO and GRPO with a diversity bonus ---------------------------------------------------------------
 POLY_SET_OBJECTIVE_MEAN = Metric("poly_set_objective_mean", NUMBER, "poly_epo", "method", "mean set objective")
-POLY_DISTINCT_CLUSTERS = Metric("poly_distinct_clusters", PER_GROUP, "poly_epo", "method",
-                                "distinct clusters among a prompt's responses")
+POLY_DISTINCT_CLUSTERS = Metric(
+    "poly_distinct_clusters", PER_GROUP, "poly_epo", "method", "distinct clusters among a prompt's responses"
+)
 DIV_BONUS_MEAN = Metric("div_bonus_mean", NUMBER, "poly_epo", "method", "mean diversity bonus added to the reward")
 
 # --- evaluation ------------------------------------------------------------------------------------------
-PASS_AT_K = Metric("pass@{k}", FRACTION, "evaluation", "evaluation",
-                   "unbiased pass@k: the chance that one of k samples of a prompt succeeds")
+PASS_AT_K = Metric(
+    "pass@{k}",
+    FRACTION,
+    "evaluation",
+    "evaluation",
+    "unbiased pass@k: the chance that one of k samples of a prompt succeeds",
+)
 SAMPLES = Metric("samples", COUNT, "evaluation", "evaluation", "responses the evaluation sampled")
 
 METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, Metric)}

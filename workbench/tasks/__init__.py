@@ -39,8 +39,23 @@ def from_config(name: str) -> Task:
 
 
 __all__ = [
-    "SPLITS", "SUCCESS_THRESHOLD", "UNPARSED", "Problem", "Score", "Task", "is_success",
-    "Coins", "Countdown", "from_config", "get", "names",
-    "DatasetError", "DatasetTask", "ReasoningGymTask", "REASONING_GYM_PREFIX",
-    "RewardFunctionTask", "RewardFunctionError", "score_batch",
+    "SPLITS",
+    "SUCCESS_THRESHOLD",
+    "UNPARSED",
+    "Problem",
+    "Score",
+    "Task",
+    "is_success",
+    "Coins",
+    "Countdown",
+    "from_config",
+    "get",
+    "names",
+    "DatasetError",
+    "DatasetTask",
+    "ReasoningGymTask",
+    "REASONING_GYM_PREFIX",
+    "RewardFunctionTask",
+    "RewardFunctionError",
+    "score_batch",
 ]

@@ -173,9 +173,7 @@ class Countdown:
             targets = sorted(
                 t
                 for t, strategies in by_value.items()
-                if 1 <= t <= max_target
-                and len(strategies) >= self.min_strategies
-                and self.in_split(numbers, t, split)
+                if 1 <= t <= max_target and len(strategies) >= self.min_strategies and self.in_split(numbers, t, split)
             )
             if targets:
                 problems.append(self.make_problem(numbers, rng.choice(targets), split, len(problems)))

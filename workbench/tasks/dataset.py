@@ -36,6 +36,7 @@ from .base import UNPARSED, Problem, Score, check_split
 class DatasetError(ValueError):
     """A data file or its rows cannot serve as a task; the message names the file and what is wrong."""
 
+
 MATCHES = ("numeric", "exact")
 _FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _TOLERANCE = Decimal("1e-6")
@@ -188,9 +189,7 @@ class DatasetTask:
                     f"{self.source}: row {index} has answer {str(answer)[:80]!r}, which is not a number; "
                     "use match='exact' for non-numeric answers"
                 )
-            meta = {
-                k: _native(v) for k, v in record.items() if k not in (self.prompt_column, self.answer_column)
-            }
+            meta = {k: _native(v) for k, v in record.items() if k not in (self.prompt_column, self.answer_column)}
             problems.append(Problem(id=str(index), prompt=prompt, answer=reference, meta=meta))
         if skipped:
             warnings.warn(f"{self.source}: skipped {skipped} {what} with an empty prompt or answer", stacklevel=3)

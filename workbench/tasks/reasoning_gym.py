@@ -87,10 +87,20 @@ OOD_HARDER: dict[str, tuple[tuple[str, str, str], ...]] = {
 # Datasets whose score_answer runs the model's answer through eval or sympy.parse_expr (which
 # evals): refused, because the workbench never evaluates model output. "composite" mixes
 # datasets (and scorers); build one task per dataset instead.
-EVALUATING_SCORERS = frozenset({
-    "binary_matrix", "countdown", "intermediate_integration", "n_queens", "polynomial_multiplication",
-    "puzzle24", "simple_integration", "spiral_matrix", "string_insertion", "composite",
-})
+EVALUATING_SCORERS = frozenset(
+    {
+        "binary_matrix",
+        "countdown",
+        "intermediate_integration",
+        "n_queens",
+        "polynomial_multiplication",
+        "puzzle24",
+        "simple_integration",
+        "spiral_matrix",
+        "string_insertion",
+        "composite",
+    }
+)
 
 _SPLIT_INDEX = {"train": 0, "test": 1, "ood": 2}
 _SEED_SPAN = 2**30  # each split's dataset seeds lie in [index * span, (index + 1) * span)

@@ -1,0 +1,81 @@
+"""TRL's rows as the workbench's: the prompts each step trains on, a process's sampled rows as a
+``RolloutBatch`` with the telemetry of one scoring pass, and the processes' rollout frames joined."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .. import core, tasks
+from ..batch import RolloutBatch
+from ..config import RunConfig
+from ..policy import Policy
+
+TOP_ALTERNATIVES = 5  # as the workbench's sampler records
+SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this
+
+
+def training_prompts(task: tasks.Task, cfg: RunConfig, steps: int):
+    """(the problems of every step, in order, and TRL's dataset of them): step s trains on the prompts
+    the workbench Trainer's step s draws."""
+    from datasets import Dataset
+
+    seeds = [core.derive_seed(cfg.seed, step, 7) for step in range(steps)]  # the Trainer's prompt seeds
+    problems = [p for seed in seeds for p in task.prompts("train", cfg.num_prompts, seed=seed)]
+    dataset = Dataset.from_dict({"prompt": [p.prompt for p in problems], "problem": list(range(len(problems)))})
+    return problems, dataset
+
+
+def rollout_batch(out: dict, problems: list[tasks.Problem], policy: Policy, cfg: RunConfig, autocast) -> RolloutBatch:
+    """A process's rows as TRL sampled them (``out``: TRL's prompt and completion ids and masks), one
+    group of ``cfg.num_generations`` rows per problem, with the telemetry of one scoring pass."""
+    g = cfg.num_generations
+    prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
+    mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
+    ids = out["completion_ids"].cpu() * mask.long()  # [B, T]
+    logp, entropy, topk_ids, topk_probs = telemetry(policy, prompt_ids, ids, cfg.temperature, autocast)
+    return RolloutBatch(
+        problems=problems,
+        group=torch.arange(len(ids) // g).repeat_interleave(g),
+        prompt_ids=prompt_ids,
+        ids=ids,
+        mask=mask,
+        logprobs=logp,
+        entropy=entropy,
+        topk_ids=topk_ids,
+        topk_probs=topk_probs,
+        text=policy.decode(ids, mask),
+        mode=["normal"] * len(ids),
+        stage=[1] * len(ids),
+    )
+
+
+@torch.no_grad()
+def telemetry(policy: Policy, prompt_ids: list[list[int]], ids: torch.Tensor, temperature: float, autocast):
+    """(log-probs, entropy [B, T], top-k ids and probabilities [B, T, k]) of the sampled tokens under
+    the current policy at the sampling temperature: what the workbench's sampler records."""
+    parts = []
+    vocabulary = policy.model.get_output_embeddings().weight.shape[0]
+    step = max(1, SCORING_BYTES // (4 * vocabulary * max(1, ids.shape[1])))  # rows a pass
+    with autocast:
+        for start in range(0, len(ids), step):
+            rows = slice(start, start + step)
+            logits = policy.completion_logits(prompt_ids[rows], ids[rows]).float()  # [rows, T, V]
+            logp, entropy = core.logprobs_and_entropy(logits, ids[rows].to(logits.device), temperature)
+            # the top-k of log_softmax(z / temperature) are the top-k logits, less the log-normaliser
+            top = torch.topk(logits, TOP_ALTERNATIVES, dim=-1)  # [rows, T, k]
+            normaliser = torch.logsumexp(logits / temperature, dim=-1, keepdim=True)  # [rows, T, 1]
+            probs = torch.exp(top.values / temperature - normaliser)
+            parts.append((logp.cpu(), entropy.cpu(), top.indices.cpu(), probs.cpu()))
+            del logits
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+def joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
+    """The processes' rollout frames as one, group numbers made distinct (process order), each row
+    marked with the process that sampled it."""
+    parts, offset = [], 0
+    for process, frame in enumerate(frames):
+        parts.append(frame.assign(group=frame["group"] + offset, process=process))
+        offset += len(frame) // num_generations
+    return pd.concat(parts, ignore_index=True)

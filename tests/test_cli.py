@@ -39,7 +39,7 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
 
 
 def test_run_directory_is_readable_with_pandas(tmp_path):
-    from workbench.store import RunStore
+    from workbench.run.store import RunStore
 
     out = tmp_path / "run"
     main(["train", "--preset", "quick", "--steps", "2", "--out", str(out)])
@@ -116,8 +116,8 @@ def test_config_yaml_records_the_setting_that_trains_and_an_explicit_one_is_kept
 def test_an_old_run_resumes_with_what_its_config_yaml_says(tmp_path):
     """Before CONFIG_DEFAULTS, entropy_bonus trained with 0.01 and wrote entropy_coef: 0.0; the
     file is what counts now, and the live field can be set on resume to continue as it trained."""
-    from workbench.store import RunStore
-    from workbench.trainer import Trainer
+    from workbench.engine.trainer import Trainer
+    from workbench.run.store import RunStore
 
     out = tmp_path / "old"
     assert main(["train", "--method", "entropy_bonus", "--out", str(out), *TINY]) == 0

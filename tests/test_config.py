@@ -100,8 +100,8 @@ def test_a_config_error_crosses_processes_whole():
 # --- option facts on the declarations --------------------------------------------------------------
 def test_live_and_fork_refused_fields_are_read_from_the_declarations():
     from workbench.config import OPTIONS
+    from workbench.engine.trainer import FORK_REFUSES, LIVE_FIELDS
     from workbench.options import Option
-    from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
 
     assert set(LIVE_FIELDS) == {name for name, o in OPTIONS.items() if o.changes_in == "live"}
     assert set(FORK_REFUSES) == {name for name, o in OPTIONS.items() if o.changes_in == "new_run"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench import RunConfig, Trainer
-from workbench.evaluation import pivot_sensitivity
+from workbench.engine.evaluation import pivot_sensitivity
 from workbench.metrics import (
     distinct_n,
     pairwise_similarity,

@@ -18,17 +18,17 @@ import pandas as pd
 import pytest
 
 from workbench import RunConfig
-from workbench.batch import RolloutBatch
-from workbench.run_follower import RunFollower
-from workbench.run_lock import lock_held
-from workbench.store import RunStore
+from workbench.run.follower import RunFollower
+from workbench.run.lock import lock_held
+from workbench.run.store import RunStore
+from workbench.step.batch import RolloutBatch
 
 SMALL = dict(num_prompts=2, num_generations=2, max_completion_length=8, seed=5, threads=1)
 # a training process that steps when told: one "step" line on stdin, one step; anything else ends it
-WRITER = """
+WRITER = f"""
 import sys
 from workbench import RunConfig, Trainer
-trainer = Trainer(RunConfig(**{small}), out_dir=sys.argv[1])
+trainer = Trainer(RunConfig(**{SMALL}), out_dir=sys.argv[1])
 print("ready", flush=True)
 for line in sys.stdin:
     if line.strip() != "step":
@@ -36,9 +36,9 @@ for line in sys.stdin:
     trainer.step()
     print("stepped", trainer.step_index - 1, flush=True)
 trainer.close()
-""".format(small=SMALL)
+"""
 # a process that holds a run's writer lock until its stdin closes
-HOLDER = "import sys; from workbench.store import RunStore; s = RunStore(sys.argv[1]); s.lock(); print('held', " \
+HOLDER = "import sys; from workbench.run.store import RunStore; s = RunStore(sys.argv[1]); s.lock(); print('held', " \
          "flush=True); sys.stdin.read()"
 
 

@@ -22,7 +22,30 @@ def test_no_engine_module_imports_a_ui_package():
 
 
 def test_importing_the_engine_loads_no_plotting_or_widget_module():
-    code = ("import sys, workbench, workbench.trainer, workbench.cli; "
+    code = ("import sys, workbench, workbench.engine.trainer, workbench.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('plotly', 'ipywidgets', 'widgets')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+# Inside the engine the arrows run one way too: the step is a layer the engines build on.
+BELOW = {"step": {"engine", "run", "integrations", "studies"}, "run": {"engine", "integrations", "studies"},
+         "methods": {"engine", "run", "integrations", "studies"}}
+
+
+def imported_workbench_packages(path: Path) -> set[str]:
+    """The workbench packages a module imports (absolute imports; the engine uses no relative ones)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: a relative import"
+        found |= {n.split(".")[1] for n in names if n.startswith("workbench.") and n.count(".") >= 1}
+    return found
+
+
+def test_the_step_and_the_run_directory_import_no_engine():
+    for package, forbidden in BELOW.items():
+        for path in (ENGINE / package).rglob("*.py"):
+            reached = imported_workbench_packages(path) & forbidden
+            assert not reached, f"{path.relative_to(ENGINE)} imports workbench.{', workbench.'.join(sorted(reached))}"

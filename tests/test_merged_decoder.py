@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from conftest import random_qwen2
 from peft import LoraConfig, get_peft_model
 
-from conftest import random_qwen2
-from workbench.merged_decoder import MergedDecoder
 from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
-from workbench.sampling import Sampler
+from workbench.models.merged_decoder import MergedDecoder
+from workbench.models.sampling import Sampler
 
 
 def perturb_adapter(policy, scale=0.05, seed=0):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from workbench import RunConfig, Trainer
-from workbench import update
-from workbench.batch import micro_batches
+from workbench.engine import update
+from workbench.step.batch import micro_batches
 
 
 def cost(runs, lengths, overhead):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workbench import Policy, PolicyLoadError
-from workbench.tiny import CHECKPOINT_DIR
+from workbench.models.tiny import CHECKPOINT_DIR
 
 
 def nudge(policy, scale=0.01):

@@ -14,10 +14,10 @@ import ray  # noqa: E402
 from workbench import cli  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
 from workbench.integrations import MissingExtraError  # noqa: E402
-from workbench.run_lock import RunLock, lock_held  # noqa: E402
-from workbench.store import RunStore  # noqa: E402
-from workbench.study import EVAL_FILE, StudyPlan, run_one, run_study  # noqa: E402
-from workbench.sweep import SweepPlan, best_trials, load_plan, read_trials  # noqa: E402
+from workbench.run.lock import RunLock, lock_held  # noqa: E402
+from workbench.run.store import RunStore  # noqa: E402
+from workbench.studies.study import EVAL_FILE, StudyPlan, run_one, run_study  # noqa: E402
+from workbench.studies.sweep import SweepPlan, best_trials, load_plan, read_trials  # noqa: E402
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=12, threads=1)
 
@@ -56,7 +56,7 @@ def test_a_study_on_ray_writes_the_serial_backends_eval_json(tmp_path, local_ray
 
 def test_a_study_on_ray_skips_finished_runs_and_resumes_stopped_ones(tmp_path, local_ray):
     from workbench.config import RunConfig
-    from workbench.trainer import Trainer
+    from workbench.engine.trainer import Trainer
 
     plan = small_plan(methods=["grpo"], steps=3)
     reference = run_study(tmp_path / "serial", plan, progress=False)

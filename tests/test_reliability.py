@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench import PRESETS, ConfigError, Policy, PolicyLoadError, RunConfig, Trainer, methods, tasks
-from workbench.store import CheckpointError, RunStore
+from workbench.run.store import CheckpointError, RunStore
 from workbench.tasks import Coins, Countdown, DatasetTask, Problem, RewardFunctionError, RewardFunctionTask, Score
 from workbench.tasks.dataset import parse_exact_answer, parse_number_answer, reference_answer
 
@@ -548,7 +548,7 @@ def test_resume_keeps_one_metrics_row_per_step(run_copy):
 
 
 def test_a_metrics_line_that_fails_to_write_is_taken_back_out(tmp_path, monkeypatch):
-    import workbench.store
+    import workbench.run.store
 
     trainer = Trainer(tiny_config(), out_dir=tmp_path / "run")
     trainer.step()
@@ -559,7 +559,7 @@ def test_a_metrics_line_that_fails_to_write_is_taken_back_out(tmp_path, monkeypa
         real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(workbench.store.os, "write", disk_full)
+    monkeypatch.setattr(workbench.run.store.os, "write", disk_full)
     with pytest.raises(OSError, match="No space"):
         trainer.step()
     monkeypatch.undo()
@@ -998,7 +998,7 @@ def assert_escaped(strings: list[str], shown: bool = True) -> None:
 
 
 def test_model_text_renders_as_text_in_the_html_report(tmp_path):
-    from workbench.report import write_report
+    from workbench.studies.report import write_report
 
     run = tmp_path / IMG  # a run directory name is shown too (no slash in a file name)
     trainer = hostile_trainer("grpo", out_dir=run)
@@ -1089,7 +1089,7 @@ class RunsCodeWhenUnpickled:
 
 
 def _tiny_files(directory: Path, weights: bool) -> Path:
-    from workbench.tiny import CHECKPOINT_DIR
+    from workbench.models.tiny import CHECKPOINT_DIR
 
     directory.mkdir()
     for path in CHECKPOINT_DIR.iterdir():

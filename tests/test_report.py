@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from workbench.metrics.registry import GROUPS, STAGE1_ACCURACY, STAGE2_ACCURACY
-from workbench.report import write_report
+from workbench.studies.report import write_report
 
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the inlined library
 ATTACK = "<script>alert(1)</script>"

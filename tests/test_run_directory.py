@@ -21,11 +21,11 @@ import pytest
 
 from workbench import ConfigError, PolicyLoadError, RunConfig, Trainer
 from workbench.cli import main
-from workbench.models import resolve
-from workbench.report import _read_metrics
-from workbench.store import CheckpointError, DamagedMetricsWarning, RunLockedError, RunStore
-from workbench.study import StudyPlan
-from workbench.study import claim_plan as _claim_study
+from workbench.models.loading import resolve
+from workbench.run.store import CheckpointError, DamagedMetricsWarning, RunLockedError, RunStore
+from workbench.studies.report import _read_metrics
+from workbench.studies.study import StudyPlan
+from workbench.studies.study import claim_plan as _claim_study
 from workbench.tasks import RewardFunctionError
 
 SMALL = dict(num_prompts=2, num_generations=2, max_completion_length=8, seed=5, threads=1)
@@ -425,7 +425,7 @@ def test_a_data_file_task_is_recorded_by_its_absolute_path(tmp_path, monkeypatch
 
 
 def test_markup_in_run_names_is_shown_as_text_in_report_legends(finished_run, tmp_path):
-    from workbench.report import write_report
+    from workbench.studies.report import write_report
 
     runs = [shutil.copytree(finished_run, tmp_path / name) for name in ("<b>a", "b")]  # a directory name
     page = Path(write_report(runs, tmp_path / "report.html")).read_text()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from workbench import RunConfig, Trainer
-from workbench.batch import RecordedTokens
-from workbench.run_follower import RunFollower
-from workbench.run_source import KEPT_BATCHES, LiveRun, open_run
+from workbench.run.follower import RunFollower
+from workbench.run.source import KEPT_BATCHES, LiveRun, open_run
+from workbench.step.batch import RecordedTokens
 
 TINY = dict(num_prompts=2, num_generations=4, max_completion_length=8, threads=1)
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import random_qwen2
 from scipy.stats import chisquare
 
-from conftest import random_qwen2
-from workbench.prompt_layout import left_pad, shared_prefix_length
-from workbench.sampling import Sampler, filter_logits
+from workbench.models.prompt_layout import left_pad, shared_prefix_length
+from workbench.models.sampling import Sampler, filter_logits
 
 
 def test_recorded_logprobs_and_entropy_match_teacher_forcing(tiny_policy):
@@ -81,7 +81,7 @@ def test_max_new_tokens_bounds_the_completion(length):
 
 
 def test_a_shared_prefix_is_computed_once_with_the_same_results(tiny_policy, monkeypatch):
-    import workbench.prompt_layout as prompt_layout
+    import workbench.models.prompt_layout as prompt_layout
 
     system = "You are in a mode with a long shared system prompt. " * 3
     prompts = tiny_policy.format_prompts(["Make 22 from 3 5 7.\n", "Pay 12 with 2 5.\n"], system)
@@ -152,8 +152,8 @@ def plain_completion_logits(policy, rows, completion):
 def test_shared_prefix_attention_gives_the_plain_pass_logits_and_gradients(float64_policy, kernel, monkeypatch):
     """Policy Split's high-entropy context: the 454-token system prompt runs once and every row
     attends to that one copy; logits and every LoRA gradient equal the plain pass's."""
-    from workbench import prefix_attention
     from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
+    from workbench.models import prefix_attention
 
     if not kernel:
         real = prefix_attention.shared_prefix_attention
@@ -195,8 +195,8 @@ def test_gradient_checkpointing_keeps_the_gradient_through_the_prompts_keys(floa
 
 def test_no_grad_passes_share_the_prefix_and_match_the_plain_pass(float64_policy):
     """The lean decoder (scoring and sampling) keeps one copy of the shared prefix too."""
-    from workbench.merged_decoder import MergedDecoder
     from workbench.methods.policy_split import HIGH_ENTROPY_PROMPT
+    from workbench.models.merged_decoder import MergedDecoder
 
     policy = float64_policy
     rows = policy.format_prompts(["Make 9 from 1 2 3.", "Make 8 from 2 2 4 1."], HIGH_ENTROPY_PROMPT) * 2

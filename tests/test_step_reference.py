@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import step_reference as ref
 import torch
 
-import step_reference as ref
-from workbench import RunConfig, Trainer, update
+from workbench import RunConfig, Trainer
+from workbench.engine import update
 
 SMALL = {"num_prompts": 2, "num_generations": 6, "max_completion_length": 24, "threads": 1, "seed": 3}
 

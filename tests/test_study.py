@@ -6,8 +6,8 @@ import math
 import pytest
 
 from workbench.config import ConfigError
-from workbench.study import StudyPlan, final_evaluations, histories, mean_ci, run_study, summarize
-from workbench.study_report import write_study_report
+from workbench.studies.study import StudyPlan, final_evaluations, histories, mean_ci, run_study, summarize
+from workbench.studies.study_report import write_study_report
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=12)
 
@@ -83,6 +83,6 @@ def test_a_study_with_method_options_evaluates_the_base_model_without_them(tmp_p
     plan = small_plan(methods=["eepo"], seeds=[0], steps=1, overrides={**SMALL, "method_options": {"alpha": 0.5}})
     out = run_study(tmp_path / "study", plan, progress=False)
     assert (out / "base" / "eval.json").exists() and (out / "eepo-seed0" / "eval.json").exists()
-    from workbench.store import RunStore
+    from workbench.run.store import RunStore
 
     assert RunStore(out / "eepo-seed0").config().method_options == {"alpha": 0.5}

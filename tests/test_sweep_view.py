@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench.sweep import STATUSES, Dimension, SweepPlan
+from workbench.studies.sweep import STATUSES, Dimension, SweepPlan
 
 pytest.importorskip("ray.tune", reason="SweepView's tests run a sweep: the [ray] extra")
 

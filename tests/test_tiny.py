@@ -5,9 +5,9 @@ import hashlib
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from workbench.tiny import CHECKPOINT_DIR
-from workbench.tiny.build import BuildConfig, build
-from workbench.tiny.tokenizer import CHARACTERS
+from workbench.models.tiny import CHECKPOINT_DIR
+from workbench.models.tiny.build import BuildConfig, build
+from workbench.models.tiny.tokenizer import CHARACTERS
 
 
 def test_shipped_checkpoint_loads_offline_with_auto_classes():

@@ -11,11 +11,10 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
-from workbench.batch import RolloutBatch  # noqa: E402
-from workbench.tasks import Problem  # noqa: E402
-
 from widgets import TokenView  # noqa: E402
 from widgets.tokens import TokenDecoder, display_token  # noqa: E402
+from workbench.step.batch import RolloutBatch  # noqa: E402
+from workbench.tasks import Problem  # noqa: E402
 
 IM_START, IM_END, ENDOFTEXT = 1, 2, 0
 
@@ -30,7 +29,7 @@ def smollm():
     pytest.importorskip("gguf")
     from transformers import AutoTokenizer
 
-    from workbench import models
+    from workbench.models import loading as models
 
     return AutoTokenizer.from_pretrained(models.resolve("smollm2-135m"))
 

@@ -7,8 +7,8 @@ import torch
 
 from workbench import RunConfig, Trainer
 from workbench.config import ConfigError
-from workbench import update
-from workbench.store import RunStore
+from workbench.engine import update
+from workbench.run.store import RunStore
 
 QUICK = dict(num_prompts=4, num_generations=4, max_completion_length=24, seed=1)
 
@@ -246,7 +246,7 @@ def test_evaluate_returns_the_whole_pass_at_k_curve():
 
 
 def test_a_step_cursor_walks_the_phases_and_a_second_open_step_is_refused():
-    from workbench.step_cursor import StepCursor
+    from workbench.engine.step_cursor import StepCursor
 
     trainer = Trainer(RunConfig(**QUICK))
     before = {k: v.clone() for k, v in trainer.policy.adapter_state().items()}

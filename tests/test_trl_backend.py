@@ -5,7 +5,6 @@ The equality tests inject the workbench's sampled completions into TRL's generat
 engines see the same model, adapter, prompts and tokens; what may differ is only the arithmetic
 path (TRL's fused log-prob head against the workbench's shared-prefix pass), hence tolerances."""
 
-import json
 import math
 import os
 import subprocess
@@ -18,11 +17,11 @@ import torch
 if os.environ.get("CI") != "true":  # CI installs the [scale] extra: there a missing TRL fails
     pytest.importorskip("trl", reason="the TRL backend needs the [scale] extra")
 
-from workbench import RolloutBatch, RunConfig, Trainer, update  # noqa: E402
+from workbench import RolloutBatch, RunConfig, Trainer, methods  # noqa: E402
+from workbench.engine import update  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
-from workbench import methods  # noqa: E402
 from workbench.integrations.trl import WorkbenchGRPOTrainer  # noqa: E402
-from workbench.store import RunStore  # noqa: E402
+from workbench.run.store import RunStore  # noqa: E402
 
 # long enough that responses end at different lengths (the loss types then differ)
 SMALL = {"num_prompts": 2, "num_generations": 6, "max_completion_length": 24, "threads": 1, "seed": 3}
@@ -180,7 +179,7 @@ def accelerate_train(run: Path, method: str, steps: int, *extra: str) -> subproc
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["erpo", "poly_epo", "eepo", "policy_split"])
 def test_two_processes_under_accelerate_write_one_run_directory(method, tmp_path):
-    from workbench.run_lock import lock_held
+    from workbench.run.lock import lock_held
 
     run = tmp_path / "run"
     small = ["--set", "num_prompts=2", "--set", "num_generations=6", "--set", "max_completion_length=16"]

@@ -12,11 +12,10 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")
 
-from workbench import RunConfig, Trainer  # noqa: E402
-from workbench.config import ConfigError  # noqa: E402
-
 from widgets import EEPOStepper, TokenView, TrainingDashboard  # noqa: E402
 from widgets.thinned_history import ThinnedHistory  # noqa: E402
+from workbench import RunConfig, Trainer  # noqa: E402
+from workbench.config import ConfigError  # noqa: E402
 from workbench.metrics import fit_reward_entropy, registry  # noqa: E402
 from workbench.metrics.registry import GROUPS, STAGE1_ACCURACY, STAGE2_ACCURACY  # noqa: E402
 

@@ -13,7 +13,7 @@ from widgets._live import Throttle
 from widgets.comparison import ema
 from workbench import RunConfig, Trainer, methods, metrics
 from workbench.config import OPTIONS, ConfigError
-from workbench.store import RunStore
+from workbench.run.store import RunStore
 
 SMALL = dict(num_prompts=2, num_generations=4, max_completion_length=16)
 HTML = "<img src=x onerror=alert(1)>"

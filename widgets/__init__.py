@@ -13,7 +13,7 @@ directory holds.
     RunComparison(runs)            overlay the metrics of several trainers or run directories
     SweepView(sweep_dir)           a sweep's trials: table, parallel coordinates, curves, token view
 
-A widget reads its run through one feed (``following.Feed`` over ``workbench.run_source``), so
+A widget reads its run through one feed (``following.Feed`` over ``workbench.run.source``), so
 ``TrainingDashboard``, ``TokenView``, ``DiversityPanel``, ``PolicySplitView`` and ``RunComparison``
 take a trainer or a run directory (a str or Path) that another process writes, alike;
 ``SweepView`` follows a ``workbench sweep`` directory's trials the same way.

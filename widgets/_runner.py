@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from workbench.events import Phase
-from workbench.step_cursor import StepCursor
+from workbench.engine.step_cursor import StepCursor
+from workbench.step.events import Phase
 
 STATES = ("idle", "running", "paused", "stopped", "error")
 

@@ -1,5 +1,5 @@
 """RunComparison: one metric of several runs overlaid, from trainers or run directories, each read
-through its feed (``workbench.run_source``) and followed live while it trains."""
+through its feed (``workbench.run.source``) and followed live while it trains."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 
 from workbench.metrics import registry
 from workbench.metrics.registry import REWARD_MEAN, STEP
-from workbench.run_source import RunSource, open_run
+from workbench.run.source import RunSource, open_run
 
 from ._live import FULL_WIDTH, Polled, PollGuard, downsample, esc, numeric_columns, set_status, status_line, step_ticks
 from .following import FOLLOW_INTERVAL
@@ -24,7 +24,7 @@ class RunComparison(Polled, w.VBox):
     has, and an exponential-moving-average smoothing slider (0 = raw).
 
     ``runs``: trainers and run directories, as a list (labelled by method and directory name) or a
-    {label: run} mapping. Each is followed (``workbench.run_source.open_run``: a run directory is
+    {label: run} mapping. Each is followed (``workbench.run.source.open_run``: a run directory is
     never locked or written): polled after each phase of a trainer and every ``interval`` seconds
     of a directory, or at once by ``poll()``; the status line says where each is. Reload reads
     every run again from its start; ``close()`` stops following.

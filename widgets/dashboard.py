@@ -1,7 +1,7 @@
 """TrainingDashboard: watch a run's recorded metrics live, of a trainer it runs from buttons or of a
 run directory another process writes.
 
-The dashboard reads its run through one feed (``following.Feed`` over ``workbench.run_source``):
+The dashboard reads its run through one feed (``following.Feed`` over ``workbench.run.source``):
 the rows it polls are what it draws (``dashboard_figures.DashboardFigures``), whichever process
 trains. When this process trains the run (the source is ``controllable``), training runs on a
 background thread (``_runner.BackgroundRunner``) that advances the trainer one phase at a time and
@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 
 import ipywidgets as W
 
+from workbench.engine.step_cursor import StepCursor
 from workbench.metrics.registry import ENTROPY_MEAN, REWARD_MEAN, STEP_TIME
-from workbench.step_cursor import StepCursor
 
 from ._live import PollGuard, Throttle, busy
 from ._runner import BackgroundRunner
@@ -42,7 +42,7 @@ class TrainingDashboard(W.VBox):
     (synchronously unless ``wait=False``); ``stop()`` discards an unfinished step (the policy is as
     after the last finished one); ``wait()`` joins a background run.
 
-    A run directory: followed (``workbench.run_follower.RunFollower``, which never locks or writes
+    A run directory: followed (``workbench.run.follower.RunFollower``, which never locks or writes
     it) every ``interval`` seconds. There are no buttons; the status line says where the run is:
     "waiting for the run to start", "step 12 of 50 · waiting for step 13", "finished". ``steps``:
     how many steps the run trains, when known.

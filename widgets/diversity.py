@@ -17,8 +17,8 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from workbench import metrics
-from workbench.batch import RolloutBatch
 from workbench.metrics.registry import pass_at, pass_k
+from workbench.step.batch import RolloutBatch
 from workbench.tasks import is_success
 
 from ._live import (

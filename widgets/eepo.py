@@ -19,9 +19,9 @@ import html
 import ipywidgets as W
 
 from workbench.config import ConfigError
+from workbench.engine.step_cursor import StepCursor
 from workbench.metrics import registry
 from workbench.metrics.registry import REWARD_MEAN
-from workbench.step_cursor import StepCursor
 
 from ._live import busy, set_status, status_line, update_prompt_selector
 from ._runner import BackgroundRunner

@@ -1,6 +1,6 @@
 """Feed: a widget's run source, polled when there may be news, with the status line it shows.
 
-The source is the engine's (``workbench.run_source.open_run``): a trainer in this process
+The source is the engine's (``workbench.run.source.open_run``): a trainer in this process
 (``LiveRun``, news after each phase it announces) or a run directory another process writes
 (``RunFollower``, which never locks or writes it, looked at every ``interval`` seconds). This adds
 one poll at a time, each ``RunUpdate`` handed to the widget, and the status line ("following
@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import ipywidgets as W
 
-from workbench.run_follower import RunUpdate
-from workbench.run_source import LiveRun, RunSource, open_run
+from workbench.run.follower import RunUpdate
+from workbench.run.source import LiveRun, RunSource, open_run
 
 from ._live import ERROR_COLOR, Polled, PollGuard, busy
 from .style import FONT_SIZE

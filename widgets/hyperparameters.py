@@ -1,7 +1,7 @@
 """HyperparameterPanel: every ``RunConfig`` field as a control with its allowed range.
 
 Given a ``RunConfig``, the panel edits it and ``panel.config`` returns the validated result.
-Given a ``Trainer``, the fields in ``workbench.trainer.LIVE_FIELDS`` apply to the running
+Given a ``Trainer``, the fields in ``workbench.engine.trainer.LIVE_FIELDS`` apply to the running
 trainer (Apply -> ``trainer.set_live``); the other fields are fixed for it and "Fork" branches
 a new run from its current adapter and optimizer with the new values (``trainer.fork``).
 Validation is ``RunConfig``'s own: an invalid value shows its ``ConfigError`` and nothing is
@@ -20,8 +20,8 @@ import ipywidgets as w
 
 from workbench import methods
 from workbench.config import OPTIONS, ConfigError, RunConfig, with_method_settings
+from workbench.engine.trainer import FORK_REFUSES, LIVE_FIELDS
 from workbench.options import MethodOptions
-from workbench.trainer import FORK_REFUSES, LIVE_FIELDS
 
 from ._live import Every, esc, set_status, status_line
 from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, Control, control_of

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import ipywidgets as w
 
-from workbench.batch import RolloutBatch
 from workbench.metrics.registry import (
     HIGH_ENTROPY_ACCURACY,
     KL_HIGH_ENTROPY_TO_OTHER,
@@ -19,6 +18,7 @@ from workbench.metrics.registry import (
     NORMAL_ACCURACY,
     STEP,
 )
+from workbench.step.batch import RolloutBatch
 from workbench.tasks import is_success
 
 from ._live import FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, step_ticks, update_prompt_selector

@@ -2,7 +2,7 @@
 it: its trials as a table to select from, their settings against their results in parallel
 coordinates, the selected trials' curves, and a trial's token view.
 
-It reads only what the sweep writes (``workbench.sweep``: sweep.json, trials.json and each trial's
+It reads only what the sweep writes (``workbench.studies.sweep``: sweep.json, trials.json and each trial's
 run directory) and never Ray, so it follows a sweep run from a terminal or a cluster as well.
 """
 
@@ -16,9 +16,9 @@ import pandas as pd
 
 from workbench.metrics import registry
 from workbench.metrics.registry import STEP, pass_at
-from workbench.run_lock import lock_held
-from workbench.run_source import RunSource, open_run
-from workbench.sweep import EVAL_FILE, STATUSES, TRIALS_FILE, SweepPlan, load_plan, read_trials
+from workbench.run.lock import lock_held
+from workbench.run.source import RunSource, open_run
+from workbench.studies.sweep import EVAL_FILE, STATUSES, TRIALS_FILE, SweepPlan, load_plan, read_trials
 
 from ._live import FULL_WIDTH, Every, Polled, PollGuard, esc, numeric_columns, set_status, status_line, step_ticks
 from .following import FOLLOW_INTERVAL

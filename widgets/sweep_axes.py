@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.options import MethodOptions
-from workbench.sweep import Dimension, SweepPlan
+from workbench.studies.sweep import Dimension, SweepPlan
 
 from ._live import esc
 

@@ -16,7 +16,7 @@ import ipywidgets as W
 import numpy as np
 from plotly.colors import get_colorscale, sample_colorscale, unlabel_rgb
 
-from workbench.batch import RolloutBatch
+from workbench.step.batch import RolloutBatch
 
 from ._live import update_prompt_selector
 from .following import FOLLOW_INTERVAL, Feed

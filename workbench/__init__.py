@@ -3,12 +3,12 @@
 The engine: no UI imports here. ``widgets`` draws what this package records.
 """
 
-from . import core, methods, metrics, tasks
-from .batch import RolloutBatch
-from .config import PRESETS, ConfigError, RunConfig
-from .events import Phase, StepResult
-from .policy import LoraSettings, Policy, PolicyLoadError
-from .trainer import Trainer
+from workbench import core, methods, metrics, tasks
+from workbench.config import PRESETS, ConfigError, RunConfig
+from workbench.engine.trainer import Trainer
+from workbench.models.policy import LoraSettings, Policy, PolicyLoadError
+from workbench.step.batch import RolloutBatch
+from workbench.step.events import Phase, StepResult
 
 __version__ = "0.1.0"
 

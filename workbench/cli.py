@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 
-from .cli_commands import (
+from workbench.cli_commands import (
     cmd_build_tiny,
     cmd_compare,
     cmd_eval,
@@ -27,7 +27,7 @@ from .cli_commands import (
     cmd_sweep,
     cmd_train,
 )
-from .cli_values import OneLineParser, at_least_one, one_line
+from workbench.cli_values import OneLineParser, at_least_one, one_line
 
 
 def _ray_args(sp) -> None:
@@ -48,7 +48,7 @@ def _ray_args(sp) -> None:
 
 def _config_args(sp) -> None:
     """The options that build a RunConfig: --preset, --config, --model, --task, --method, --set."""
-    from .config import OPTIONS
+    from workbench.config import OPTIONS
 
     sp.add_argument("--preset", default="default", help="a named preset (see workbench.PRESETS)")
     sp.add_argument("--config", help="a YAML RunConfig file")
@@ -66,7 +66,7 @@ def _config_args(sp) -> None:
 
 
 def _compare_parser(sub) -> None:
-    from .study import BACKENDS
+    from workbench.studies.study import BACKENDS
 
     c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
     c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
@@ -93,8 +93,8 @@ def _compare_parser(sub) -> None:
 
 
 def _sweep_parser(sub) -> None:
-    from . import sweep
-    from .options import of_dataclass
+    from workbench.options import of_dataclass
+    from workbench.studies import sweep
 
     s = sub.add_parser(
         "sweep",
@@ -133,7 +133,7 @@ def _sweep_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .config import OPTIONS
+    from workbench.config import OPTIONS
 
     p = OneLineParser(prog="workbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_values import UsageError, overrides
-from .integrations import MissingExtraError
+from workbench.cli_values import UsageError, overrides
+from workbench.integrations import MissingExtraError
 
 
 def _requested(args) -> dict:
@@ -17,7 +17,7 @@ def _requested(args) -> dict:
     --task, --method), without the defaults: what a --resume is asked to change. Over a config
     file the others are changes as ``RunConfig.replace`` makes them (``method_options.X`` sets
     one option; another method brings its own settings)."""
-    from .config import PRESETS, ConfigError, RunConfig
+    from workbench.config import PRESETS, ConfigError, RunConfig
 
     if args.preset not in PRESETS:
         raise ConfigError("preset", args.preset, f"one of {', '.join(sorted(PRESETS))}")
@@ -31,15 +31,15 @@ def _requested(args) -> dict:
 
 
 def _config(args):
-    from .config import RunConfig
+    from workbench.config import RunConfig
 
     return RunConfig.from_dict(_requested(args))
 
 
 def cmd_options(args) -> int:
     """Every RunConfig field (or one method's options) with its default, what it allows and its help."""
-    from . import methods
-    from .config import OPTIONS, options_markdown
+    from workbench import methods
+    from workbench.config import OPTIONS, options_markdown
 
     if args.markdown:
         print(options_markdown(), end="")
@@ -54,8 +54,8 @@ def cmd_options(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .store import RunStore
-    from .trainer import Trainer
+    from workbench.engine.trainer import Trainer
+    from workbench.run.store import RunStore
 
     out = Path(args.out)
     if args.backend == "trl":
@@ -92,11 +92,11 @@ def cmd_train(args) -> int:
 
 def _train_on_trl(args, out: Path) -> int:
     """``train --backend trl``: TRL's GRPOTrainer runs the method (alone or under accelerate launch)."""
-    from .config import ConfigError
-    from .store import RunStore
+    from workbench.config import ConfigError
+    from workbench.run.store import RunStore
 
     try:
-        from .integrations.trl import WorkbenchGRPOTrainer
+        from workbench.integrations.trl import WorkbenchGRPOTrainer
     except ImportError as error:
         raise UsageError(
             f"--backend trl needs TRL and accelerate ({error.name} is missing): pip install -e '.[scale]'"
@@ -136,8 +136,8 @@ def _requested_names(args) -> set[str]:
 
 
 def cmd_eval(args) -> int:
-    from .store import RunStore
-    from .trainer import Trainer
+    from workbench.engine.trainer import Trainer
+    from workbench.run.store import RunStore
 
     ks = _ks(args.k)
     if ks and not all(1 <= k <= args.n_samples for k in ks):  # before a model is loaded
@@ -167,11 +167,11 @@ def _ks(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .study import PLAN_FILE
+    from workbench.studies.report import write_report
+    from workbench.studies.study import PLAN_FILE
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / PLAN_FILE).exists():
-        from .study_report import write_study_report
+        from workbench.studies.study_report import write_study_report
 
         path = write_study_report(args.run_dirs[0], args.out)
     else:
@@ -181,7 +181,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .study import StudyPlan, run_study, summarize
+    from workbench.studies.study import StudyPlan, run_study, summarize
 
     plan = StudyPlan(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
@@ -217,11 +217,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .options import of_dataclass
-    from .sweep import SweepPlan, best_trials, read_trials
+    from workbench.options import of_dataclass
+    from workbench.studies.sweep import SweepPlan, best_trials, read_trials
 
     try:
-        from .integrations.ray_tune import run_sweep
+        from workbench.integrations.ray_tune import run_sweep
     except MissingExtraError as error:
         raise UsageError(str(error)) from None
 
@@ -263,7 +263,7 @@ def _ray_only(args, command: str) -> None:
 
 
 def cmd_build_tiny(args) -> int:
-    from .tiny.build import BuildConfig, build
+    from workbench.models.tiny.build import BuildConfig, build
 
     cfg = BuildConfig(steps=args.steps) if args.steps is not None else BuildConfig()
     build(args.out, cfg) if args.out else build(cfg=cfg)

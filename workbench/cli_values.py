@@ -7,7 +7,7 @@ import argparse
 
 import yaml
 
-from .options import MethodOptions
+from workbench.options import MethodOptions
 
 
 def overrides(pairs: list[str], flag: str = "--set") -> dict:
@@ -24,7 +24,7 @@ def overrides(pairs: list[str], flag: str = "--set") -> dict:
 
 def scalar(raw: str):
     """A ``--set`` value as YAML 1.2 reads it: ``1e-3`` a number, ``010`` ten, ``{a: 1}`` a mapping."""
-    from . import yaml12
+    from workbench import yaml12
 
     try:
         return yaml12.safe_load(raw)
@@ -58,11 +58,11 @@ def at_least_one(text: str) -> int:
 def one_line(error: BaseException) -> str:
     """An error as one line: the message of the errors the workbench raises for bad input, the
     type and message (and --debug) for anything else."""
-    from .config import ConfigError
-    from .integrations import MissingExtraError
-    from .policy import PolicyLoadError
-    from .store import CheckpointError, RunLockedError
-    from .tasks import DatasetError, RewardFunctionError
+    from workbench.config import ConfigError
+    from workbench.integrations import MissingExtraError
+    from workbench.models.policy import PolicyLoadError
+    from workbench.run.store import CheckpointError, RunLockedError
+    from workbench.tasks import DatasetError, RewardFunctionError
 
     message = " ".join(str(error).split())
     if isinstance(

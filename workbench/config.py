@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from . import methods, tasks, yaml12
-from .core import LOSS_TYPES, SCALE_REWARDS
-from .method_defaults import filled_by_methods, with_method_settings
-from .options import (
+from workbench import methods, tasks, yaml12
+from workbench.core import LOSS_TYPES, SCALE_REWARDS
+from workbench.method_defaults import filled_by_methods, with_method_settings
+from workbench.options import (
     ConfigError,
     MethodOptions,
     Option,
@@ -365,7 +365,7 @@ OPTIONS = of_dataclass(RunConfig)  # every field's declaration, by name
 
 def options_markdown() -> str:
     """The options tables of ``docs/methods.md``: every RunConfig field, then each method's options."""
-    from .options import markdown_table
+    from workbench.options import markdown_table
 
     parts = ["### RunConfig", "", markdown_table(OPTIONS, changes_in=True)]
     for name in methods.names():

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .logprobs import (
+from workbench.logprobs import (
     complement_logprobs,
     compute_dtype,
     entropy_from_logprobs,

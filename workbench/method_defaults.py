@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import methods
+from workbench import methods
 
 
 def filled_by_methods(field: str, unfilled: str = "") -> str:

@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from ..study_runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
-from . import require
+from workbench.integrations import require
+from workbench.studies.runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
 
 POLL_SECONDS = 1.0
 

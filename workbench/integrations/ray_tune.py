@@ -1,10 +1,10 @@
-"""Sweeps on Ray Tune: ``workbench sweep`` (the plan and the directory: ``workbench.sweep``).
+"""Sweeps on Ray Tune: ``workbench sweep`` (the plan and the directory: ``workbench.studies.sweep``).
 
 Each trial is a Tune trial whose function trains a workbench run in ``OUT/trial-NNN``, reports
 every step's metrics row to Tune (so that ASHA can stop a trial whose metric trails at a rung)
 and, after its last step, evaluates the test split into the trial's ``eval.json``. The driver's
 callback keeps ``OUT/trials.json`` current, which is what ``widgets.SweepView`` and
-``workbench.sweep.read_trials`` read. A trial reserves ``threads`` CPUs (and ``gpus_per_run``
+``workbench.studies.sweep.read_trials`` read. A trial reserves ``threads`` CPUs (and ``gpus_per_run``
 GPUs) and sets torch to that many threads. Run again with the same plan, a sweep restores Tune's
 experiment from ``OUT/tune`` and each unfinished trial resumes from its last checkpoint.
 """
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..study_runs import claim_plan, write_json
-from ..sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
-from . import require
-from .ray import ray_cluster, threads_per_run
+from workbench.integrations import require
+from workbench.integrations.ray import ray_cluster, threads_per_run
+from workbench.studies.runs import claim_plan, write_json
+from workbench.studies.sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
 
 FEATURE = "workbench sweep"
 if TYPE_CHECKING:  # the checker sees the module itself, so tune.Callback is a class it can resolve
@@ -36,7 +36,7 @@ def run_sweep(
 ) -> Path:
     """Run (or resume) the sweep ``plan`` into ``out`` on Ray Tune; returns ``out``. A sweep
     whose every trial failed raises the first trial's error."""
-    from ..store import RunStore
+    from workbench.run.store import RunStore
 
     out = Path(out).resolve()
     claim_plan(out, plan, PLAN_FILE, "sweep")
@@ -127,8 +127,8 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
     """One trial, in a Ray worker: train (or resume) its run directory, report every step."""
     import torch
 
-    from ..study_runs import EVAL_FILE
-    from ..trainer import Trainer
+    from workbench.engine.trainer import Trainer
+    from workbench.studies.runs import EVAL_FILE
 
     torch.set_num_threads(threads)
     run_dir = Path(out) / trial_name(tune.get_context().get_trial_id())
@@ -141,7 +141,7 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
         while trainer.step_index < plan.steps:
             row = trainer.step().metrics
             if plan.metric not in row:
-                from ..options import ConfigError
+                from workbench.options import ConfigError
 
                 raise ConfigError(
                     "metric",

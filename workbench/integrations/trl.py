@@ -34,19 +34,19 @@ from accelerate.utils import gather_object
 from transformers.trainer_utils import TrainOutput
 from trl import GRPOTrainer
 
-from .. import core, methods, step, tasks
-from ..batch import RolloutBatch
-from ..config import ConfigError, RunConfig
-from ..policy import Policy
-from ..prompt_layout import left_pad
-from ..run_writer import RunWriter
-from ..sampling import Sampler
-from ..store import RunStore
-from . import trl_rows
-from .trl_config import grpo_config, half_precision
+from workbench import core, methods, step, tasks
+from workbench.config import ConfigError, RunConfig
+from workbench.integrations import trl_rows
+from workbench.integrations.trl_config import grpo_config, half_precision
+from workbench.models.policy import Policy
+from workbench.models.prompt_layout import left_pad
+from workbench.models.sampling import Sampler
+from workbench.run.store import RunStore
+from workbench.run.writer import RunWriter
+from workbench.step.batch import RolloutBatch
 
 if TYPE_CHECKING:
-    from ..step_context import StepContext
+    from workbench.step.context import StepContext
 
 
 class WorkbenchGRPOTrainer(GRPOTrainer):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import ConfigError, RunConfig
+from workbench.config import ConfigError, RunConfig
 
 if TYPE_CHECKING:  # imported where it is used: trl comes with the [scale] extra
     from trl import GRPOConfig

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .. import core, tasks
-from ..batch import RolloutBatch
-from ..config import RunConfig
-from ..policy import Policy
+from workbench import core, tasks
+from workbench.config import RunConfig
+from workbench.models.policy import Policy
+from workbench.step.batch import RolloutBatch
 
 TOP_ALTERNATIVES = 5  # as the workbench's sampler records
 SCORING_BYTES = 2**28  # the scoring pass's [rows, T, vocabulary] float32 logits stay under this

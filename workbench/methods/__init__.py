@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Method
-from .eepo import EEPO
-from .erpo import ERPO
-from .grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
-from .policy_split import PolicySplit
-from .poly_epo import GRPODiv, PolyEPO
+from workbench.methods.base import Method
+from workbench.methods.eepo import EEPO
+from workbench.methods.erpo import ERPO
+from workbench.methods.grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
+from workbench.methods.policy_split import PolicySplit
+from workbench.methods.poly_epo import GRPODiv, PolyEPO
 
 _REGISTRY: dict[str, type[Method]] = {
     m.name: m
@@ -38,7 +38,7 @@ def modes() -> dict[str, str | None]:
 
 
 def get(name: str) -> type[Method]:
-    from ..options import ConfigError
+    from workbench.options import ConfigError
 
     if name not in _REGISTRY:
         raise ConfigError("method", name, f"one of {', '.join(names())}")

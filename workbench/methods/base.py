@@ -1,7 +1,7 @@
 """Method: the hooks a training method may override. GRPO is the default of every hook.
 
 A step runs ``sample`` -> score -> ``advantages`` -> loss -> record (``workbench.step``); the hooks
-see the engine only as a ``StepContext`` (``workbench.step_context``). ``sample`` is a generator
+see the engine only as a ``StepContext`` (``workbench.step.context``). ``sample`` is a generator
 that yields one ``Phase`` per sampling phase and returns the batch, so methods with several
 sampling phases (EEPO, Policy Split) can be stepped through. State a method hands from one hook
 to a later one lives in the batch (``step_numbers``, ``graph_logprobs``, ``training_rows``),
@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import core
-from ..batch import RolloutBatch
-from ..events import Phase
-from ..options import ConfigError, MethodOptions, Option, named
+from workbench import core
+from workbench.options import ConfigError, MethodOptions, Option, named
+from workbench.step.batch import RolloutBatch
+from workbench.step.events import Phase
 
 if TYPE_CHECKING:
-    from ..step_context import StepContext
+    from workbench.step.context import StepContext
 
 
 class Method:

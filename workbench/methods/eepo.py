@@ -40,12 +40,12 @@ from collections.abc import Generator
 
 import torch
 
-from .. import core
-from ..batch import RolloutBatch
-from ..events import Phase
-from ..metrics import distinct
-from ..options import ConfigError, choice, integer, number
-from .base import Method
+from workbench import core
+from workbench.methods.base import Method
+from workbench.metrics import distinct
+from workbench.options import ConfigError, choice, integer, number
+from workbench.step.batch import RolloutBatch
+from workbench.step.events import Phase
 
 GATES = ("entropy", "always", "never")
 BEHAVIOUR = ("A", "B")

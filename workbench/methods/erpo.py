@@ -30,9 +30,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..metrics.pivots import group_zscore
-from ..options import choice, integer, number
-from .base import Method
+from workbench.methods.base import Method
+from workbench.metrics.pivots import group_zscore
+from workbench.options import choice, integer, number
 
 VARIANTS = ("additive", "redistribute")
 NOISE_FLOOR = 1e-3  # nats: float32 scoring noise is ~1e-6, bfloat16's up to ~1e-2 on large logits

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import core
-from ..options import ConfigError, MethodOptions, number
-from .base import Method
+from workbench import core
+from workbench.methods.base import Method
+from workbench.options import ConfigError, MethodOptions, number
 
 
 class GRPO(Method):

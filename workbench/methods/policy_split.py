@@ -32,12 +32,12 @@ from collections.abc import Generator
 
 import torch
 
-from .. import core
-from ..batch import RolloutBatch
-from ..events import Phase
-from ..options import ConfigError, choice, number
-from ..tasks import is_success
-from .base import Method
+from workbench import core
+from workbench.methods.base import Method
+from workbench.options import ConfigError, choice, number
+from workbench.step.batch import RolloutBatch
+from workbench.step.events import Phase
+from workbench.tasks import is_success
 
 HIGH_ENTROPY_PROMPT = (
     'You are now in the "High Entropy" mode. Your primary directive is to explore a unique thought process '

@@ -44,9 +44,9 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .. import core
-from ..options import ConfigError, MethodOptions, anything, choice, integer, number
-from .base import Method
+from workbench import core
+from workbench.methods.base import Method
+from workbench.options import ConfigError, MethodOptions, anything, choice, integer, number
 
 REDUCE = ("sum", "mean")
 CLUSTERERS = ("strategy", "answer")

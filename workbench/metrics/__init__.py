@@ -1,9 +1,9 @@
 """Telemetry: entropy statistics, critical decision pivots, diversity and pass@k (pure functions; the
-experiments that sample, evaluation and pivot sensitivity, are in ``workbench.evaluation``), and
+experiments that sample, evaluation and pivot sensitivity, are in ``workbench.engine.evaluation``), and
 ``registry``, the one list of the metrics the workbench records."""
 
-from . import registry
-from .diversity import (
+from workbench.metrics import registry
+from workbench.metrics.diversity import (
     distinct,
     distinct_n,
     group_diversity,
@@ -12,11 +12,11 @@ from .diversity import (
     strategy_count,
     unique_answers,
 )
-from .entropy import entropy_stats, fit_reward_entropy
-from .passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
-from .pivots import find_pivots, group_zscore, pivot_stats
-from .registry import Metric
-from .rollout import rollout_metrics
+from workbench.metrics.entropy import entropy_stats, fit_reward_entropy
+from workbench.metrics.passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
+from workbench.metrics.pivots import find_pivots, group_zscore, pivot_stats
+from workbench.metrics.registry import Metric
+from workbench.metrics.rollout import rollout_metrics
 
 __all__ = [
     "Metric",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..tasks.base import is_success
+from workbench.tasks.base import is_success
 
 
 def distinct(labels: Sequence[object]) -> int:

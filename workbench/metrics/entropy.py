@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from ..core import masked_quantiles
+from workbench.core import masked_quantiles
 
 
 def entropy_stats(entropy: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

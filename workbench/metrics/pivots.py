@@ -3,7 +3,7 @@
 A pivot is a valid token whose entropy, z-scored over all valid tokens of the group
 (the responses to one prompt), exceeds ``z_threshold``; ``top_quantile`` optionally keeps
 only the highest such tokens. These are where the response could have gone another way.
-``workbench.evaluation.pivot_sensitivity`` tests that claim on one response.
+``workbench.engine.evaluation.pivot_sensitivity`` tests that claim on one response.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@ TRL's GRPOTrainer): rewards, entropy, length, diversity and pivots of a scored b
 
 from __future__ import annotations
 
-from .. import tasks
-from .diversity import group_diversity
-from .entropy import entropy_stats
-from .pivots import pivot_stats
+from workbench import tasks
+from workbench.metrics.diversity import group_diversity
+from workbench.metrics.entropy import entropy_stats
+from workbench.metrics.pivots import pivot_stats
 
 
 def rollout_metrics(batch) -> dict[str, float]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import SPLITS, SUCCESS_THRESHOLD, UNPARSED, Problem, Score, Task, is_success
-from .coins import Coins
-from .countdown import Countdown
-from .dataset import DatasetError, DatasetTask
-from .reasoning_gym import PREFIX as REASONING_GYM_PREFIX
-from .reasoning_gym import ReasoningGymTask
-from .rewards import RewardFunctionError, RewardFunctionTask, score_batch
+from workbench.tasks.base import SPLITS, SUCCESS_THRESHOLD, UNPARSED, Problem, Score, Task, is_success
+from workbench.tasks.coins import Coins
+from workbench.tasks.countdown import Countdown
+from workbench.tasks.dataset import DatasetError, DatasetTask
+from workbench.tasks.reasoning_gym import PREFIX as REASONING_GYM_PREFIX
+from workbench.tasks.reasoning_gym import ReasoningGymTask
+from workbench.tasks.rewards import RewardFunctionError, RewardFunctionTask, score_batch
 
 _BUILTIN = {"countdown": Countdown, "coins": Coins}
 

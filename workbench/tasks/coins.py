@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .base import UNPARSED, Problem, Score, check_split, stable_bucket
+from workbench.tasks.base import UNPARSED, Problem, Score, check_split, stable_bucket
 
 _STEP = re.compile(r"(\d{1,6})\+(\d{1,4})=(\d{1,6})")
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .base import UNPARSED, Problem, Score, check_split, stable_bucket
+from workbench.tasks.base import UNPARSED, Problem, Score, check_split, stable_bucket
 
 # A tree is an int (a given number) or (op, left, right).
 Tree = int | tuple

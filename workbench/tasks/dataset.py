@@ -29,8 +29,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .answers import format_number, parse_exact_answer, parse_number_answer, reference_answer, to_decimal
-from .base import UNPARSED, Problem, Score, check_split
+from workbench.tasks.answers import format_number, parse_exact_answer, parse_number_answer, reference_answer, to_decimal
+from workbench.tasks.base import UNPARSED, Problem, Score, check_split
 
 
 class DatasetError(ValueError):

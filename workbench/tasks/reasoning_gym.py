@@ -53,8 +53,8 @@ import json
 import re
 from typing import Any
 
-from .answers import NUMBER, format_number, last_match, to_decimal
-from .base import UNPARSED, Problem, Score, check_split, stable_bucket
+from workbench.tasks.answers import NUMBER, format_number, last_match, to_decimal
+from workbench.tasks.base import UNPARSED, Problem, Score, check_split, stable_bucket
 
 PREFIX = "reasoning_gym:"
 INSTALL_HINT = "pip install -e '.[real]'"

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Problem, Score
+from workbench.tasks.base import Problem, Score
 
 RewardFunc = Callable[..., Sequence[float]]
 _ERROR_MODES = ("raise", "zero")

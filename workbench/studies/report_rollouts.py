@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from .report_text import _as_float, _esc, _fmt
+from workbench.studies.report_text import _as_float, _esc, _fmt
 
 SAMPLE_PROMPTS, SAMPLE_COMPLETIONS = 3, 4
 PIVOT_OUTLINE = "#1f4e9c"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .options import ConfigError
-from .store import RunStore
+from workbench.options import ConfigError
+from workbench.run.store import RunStore
 
 
 class RunWriter:

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from .config import RunConfig
-from .run_follower import RunFollower, RunUpdate, StepBatch
+from workbench.config import RunConfig
+from workbench.run.follower import RunFollower, RunUpdate, StepBatch
 
 KEPT_BATCHES = 8  # the last steps' batches a LiveRun holds for its readers (a real model's is megabytes)
 

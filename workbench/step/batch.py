@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .sampling import Samples
-from .tasks import Problem
+from workbench.models.sampling import Samples
+from workbench.tasks import Problem
 
 # fields that hand state from one stage of a step to the next (not per-row data)
 STEP_HANDOFFS = ("step_numbers", "graph_logprobs", "training_rows")

@@ -18,7 +18,7 @@ report, widgets) never take it and never write into the run's files.
 
 Checkpoints are written to a temporary directory and renamed into place, so a process
 killed mid-write leaves the previous checkpoint intact; what they hold and how it is checked
-on load is :mod:`workbench.checkpoint`. A metrics line that fails to write is cut off again, so the file never holds
+on load is :mod:`workbench.run.checkpoint`. A metrics line that fails to write is cut off again, so the file never holds
 half a step. A damaged line (a crash mid-write, an editor, a stray byte) is reported with its
 line number and skipped, never taken as the end of the data: every reader sees the same rows.
 """
@@ -36,9 +36,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
-from .config import RunConfig
-from .run_lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
+from workbench.config import RunConfig
+from workbench.run.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
+from workbench.run.lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
 
 BACKEND_FILE = "backend.json"
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from . import core
-from .merged_decoder import MergedDecoder
-from .prompt_layout import left_pad, shared_prefix_length
+from workbench import core
+from workbench.models.merged_decoder import MergedDecoder
+from workbench.models.prompt_layout import left_pad, shared_prefix_length
 
 
 @dataclass

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import methods, metrics, tasks
-from .options import ConfigError
-from .sampling import Sampler
-from .tasks import is_success, score_batch
+from workbench import methods, metrics, tasks
+from workbench.models.sampling import Sampler
+from workbench.options import ConfigError
+from workbench.tasks import is_success, score_batch
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def cache_dir() -> Path:
 def resolve(name: str, progress: bool = True) -> Path:
     """The local directory of a named model (converting it first when needed)."""
     if name == TINY:
-        from .tiny import CHECKPOINT_DIR
+        from workbench.models.tiny import CHECKPOINT_DIR
 
         if not (CHECKPOINT_DIR / "model.safetensors").exists():
             raise ModelUnavailable(f"the embedded model is missing at {CHECKPOINT_DIR}: run `workbench build-tiny`")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .config import OPTIONS, ConfigError, RunConfig
-from .options import MethodOptions
-from .policy import PolicyLoadError
-from .run_writer import RunWriter
-from .store import Checkpoint, CheckpointError, RunStore
+from workbench.config import OPTIONS, ConfigError, RunConfig
+from workbench.models.policy import PolicyLoadError
+from workbench.options import MethodOptions
+from workbench.run.store import Checkpoint, CheckpointError, RunStore
+from workbench.run.writer import RunWriter
 
 
 def set_live(trainer, changes: dict) -> RunConfig:

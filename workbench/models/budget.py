@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from .options import ConfigError
+from workbench.options import ConfigError
 
 GB = 1024**3
 

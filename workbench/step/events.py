@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batch import RolloutBatch
+from workbench.step.batch import RolloutBatch
 
 
 @dataclass

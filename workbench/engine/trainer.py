@@ -22,21 +22,22 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from . import core, evaluation, lifecycle, methods, step, tasks, update
-from .batch import RolloutBatch
-from .config import ConfigError, RunConfig
-from .events import Phase, StepResult
+from workbench import core, methods, step, tasks
+from workbench.config import ConfigError, RunConfig
+from workbench.engine import evaluation, lifecycle, update
 
-# LIVE_FIELDS and FORK_REFUSES say what set_live and fork accept: workbench.trainer.LIVE_FIELDS is their public name
-from .lifecycle import FORK_REFUSES, LIVE_FIELDS  # noqa: F401
-from .metrics import registry as M
-from .policy import Policy
-from .run_writer import RunWriter
-from .sampling import Sampler
-from .store import RunStore
+# LIVE_FIELDS and FORK_REFUSES: what set_live and fork accept (public as workbench.engine.trainer.LIVE_FIELDS)
+from workbench.engine.lifecycle import FORK_REFUSES, LIVE_FIELDS  # noqa: F401
+from workbench.metrics import registry as M
+from workbench.models.policy import Policy
+from workbench.models.sampling import Sampler
+from workbench.run.store import RunStore
+from workbench.run.writer import RunWriter
+from workbench.step.batch import RolloutBatch
+from workbench.step.events import Phase, StepResult
 
 if TYPE_CHECKING:
-    from .step_context import StepContext
+    from workbench.step.context import StepContext
 
 
 class Trainer:
@@ -346,7 +347,7 @@ class Trainer:
         progress: bool = False,
         mode: str = "normal",
     ) -> dict[str, float]:
-        """pass@k, entropy and diversity of this policy on a split (``workbench.evaluation.evaluate``)."""
+        """pass@k, entropy and diversity of this policy on a split (``workbench.engine.evaluation.evaluate``)."""
         return evaluation.evaluate(self, split, k, n_samples, num_prompts, max_batch, progress, mode)
 
 

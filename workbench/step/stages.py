@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import budget, core, metrics, tasks
-from .batch import RolloutBatch
-from .metrics import registry as M
-from .step_context import Adapter, StepContext
+from workbench import core, metrics, tasks
+from workbench.metrics import registry as M
+from workbench.models import budget
+from workbench.step.batch import RolloutBatch
+from workbench.step.context import Adapter, StepContext
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .methods.base import Method
-    from .policy import Policy
-    from .sampling import Sampler
+    from workbench.config import RunConfig
+    from workbench.methods.base import Method
+    from workbench.models.policy import Policy
+    from workbench.models.sampling import Sampler
 
 
 # --- sample ----------------------------------------------------------------------------------

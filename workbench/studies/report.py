@@ -18,9 +18,9 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from . import yaml12
-from .metrics import registry
-from .metrics.registry import (
+from workbench import yaml12
+from workbench.metrics import registry
+from workbench.metrics.registry import (
     ACCURACY,
     CLIP_FRACTION,
     DISTINCT_CORRECT_STRATEGIES,
@@ -37,10 +37,12 @@ from .metrics.registry import (
     STEP,
     UNIQUE_ANSWERS,
 )
-from .report_rollouts import ROLLOUT_CSS, _entropy_legend, _samples
-from .report_rollouts import rollouts_html as rollouts_html  # public: a notebook cell draws rollouts with it
-from .report_text import _as_float, _esc, _fmt
-from .store import RunStore
+from workbench.run.store import RunStore
+from workbench.studies.report_rollouts import ROLLOUT_CSS, _entropy_legend, _samples
+from workbench.studies.report_rollouts import (
+    rollouts_html as rollouts_html,  # public: a notebook cell draws rollouts with it
+)
+from workbench.studies.report_text import _as_float, _esc, _fmt
 
 COLOURS = qualitative.Plotly
 ROLLING_AFTER = 20  # steps; shorter runs are readable without smoothing

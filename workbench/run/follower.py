@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch import RecordedTokens, RolloutBatch
-from .config import RunConfig
-from .run_lock import lock_held
-from .store import RunStore, parse_metrics
+from workbench.config import RunConfig
+from workbench.run.lock import lock_held
+from workbench.run.store import RunStore, parse_metrics
+from workbench.step.batch import RecordedTokens, RolloutBatch
 
 
 @dataclass

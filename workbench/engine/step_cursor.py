@@ -8,7 +8,7 @@ step, and the trainer puts the adapter and optimizer back as they were before it
 
 from __future__ import annotations
 
-from .events import Phase
+from workbench.step.events import Phase
 
 
 class StepCursor:

@@ -1,7 +1,7 @@
 """One run of a study, the same on every backend: the plan, training or resuming one
 (method, seed) run and writing its ``eval.json``, and the study directory's files.
 
-``workbench.study`` runs the runs one after another; ``workbench.integrations.ray`` runs
+``workbench.studies.study`` runs the runs one after another; ``workbench.integrations.ray`` runs
 each as a Ray task; both call :func:`run_one` and :func:`evaluate_base`.
 """
 
@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import methods
-from .options import ConfigError
+from workbench import methods
+from workbench.options import ConfigError
 
 PLAN_FILE = "study.json"
 EVAL_FILE = "eval.json"
@@ -32,7 +32,7 @@ class StudyPlan:
     overrides: dict = field(default_factory=dict)  # RunConfig fields shared by every run
 
     def __post_init__(self):
-        from . import methods as method_registry
+        from workbench import methods as method_registry
 
         if not self.methods:
             raise ConfigError("methods", self.methods, "at least one method")
@@ -85,7 +85,7 @@ def steps_done(run_dir: Path, steps: int) -> int:
     those up to its last checkpoint."""
     if (run_dir / EVAL_FILE).exists():
         return steps
-    from .store import RunStore
+    from workbench.run.store import RunStore
 
     checkpoints = RunStore(run_dir).checkpoint_steps() if (run_dir / "config.yaml").exists() else []
     return min(steps, max(checkpoints, default=0))
@@ -95,8 +95,8 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
     """Train (or resume) one run of the study to ``plan.steps`` and write its ``eval.json``;
     nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
     when the backend sets them (a new run records them in its config)."""
-    from .config import RunConfig
-    from .trainer import Trainer
+    from workbench.config import RunConfig
+    from workbench.engine.trainer import Trainer
 
     if (run_dir / EVAL_FILE).exists():
         return
@@ -123,8 +123,8 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
 
 def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -> None:
     """The untrained model's evaluation, ``base/eval.json``: the study's reference line."""
-    from .config import RunConfig
-    from .trainer import Trainer
+    from workbench.config import RunConfig
+    from workbench.engine.trainer import Trainer
 
     fixed = {"seed": plan.seeds[0], **({"threads": threads} if threads is not None else {})}
     # no method trains it, so no method's options apply (they may not be GRPO's, the default)

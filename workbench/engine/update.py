@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import step
-from .batch import RolloutBatch, micro_batches
+from workbench import step
+from workbench.step.batch import RolloutBatch, micro_batches
 
 
 @dataclass

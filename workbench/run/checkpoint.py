@@ -4,7 +4,7 @@
 ``state.json`` is written last and records the sha256 of the other two files, so a truncated or
 altered file is refused with an error that names it. Optimizer and RNG state load with
 ``torch.load(weights_only=True)``; the adapter only from safetensors. Where the directory goes
-(a temporary renamed into place) is the run directory's concern (:mod:`workbench.store`).
+(a temporary renamed into place) is the run directory's concern (:mod:`workbench.run.store`).
 """
 
 from __future__ import annotations

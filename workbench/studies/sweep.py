@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .options import ConfigError, MethodOptions, choice, config_field, integer, of_dataclass, text
+from workbench.options import ConfigError, MethodOptions, choice, config_field, integer, of_dataclass, text
 
 PLAN_FILE = "sweep.json"
 TRIALS_FILE = "trials.json"
@@ -60,7 +60,7 @@ class Dimension:
     @classmethod
     def parse(cls, key: str, spec: str) -> Dimension:
         """``KIND:VALUES`` text (``grid:1e-3,3e-3``, ``loguniform:1e-4:1e-2``), or ``a,b,c`` for a grid."""
-        from . import yaml12
+        from workbench import yaml12
 
         kind, _, rest = spec.partition(":") if spec.split(":", 1)[0] in KINDS else ("grid", "", spec)
         if kind in ("grid", "choice"):
@@ -169,7 +169,7 @@ class SweepPlan:
     def run_config(self, params: dict, threads: int | None = None):
         """A trial's RunConfig: the overrides, then its ``params`` (``method_options.X`` keys set
         one method option: ``MethodOptions.gathered``)."""
-        from .config import RunConfig
+        from workbench.config import RunConfig
 
         overrides = json.loads(json.dumps(self.overrides))  # a copy, method_options included
         values = MethodOptions.gathered({**overrides, **params})
@@ -181,7 +181,7 @@ class SweepPlan:
     def _check(self, dimension: Dimension) -> None:
         """Every value that bounds the dimension, with the other dimensions at their first
         example, must make a RunConfig; the error names the dimension."""
-        from .config import OPTIONS
+        from workbench.config import OPTIONS
 
         key = dimension.key
         if key in OWN_FIELDS or key == "method_options" or (key not in OPTIONS and MethodOptions.key(key) is None):

@@ -9,7 +9,7 @@ to ``eval_samples`` on each split, token entropy, distinct correct strategies, r
 length (Policy Split in both of its modes). Runs go seed by seed, so a stopped study
 already holds complete comparisons; started again with the same plan it skips finished
 runs and resumes a stopped one from its last checkpoint. ``--backend ray`` runs each run as
-a Ray task (``workbench.integrations.ray``); one run is ``workbench.study_runs.run_one`` on
+a Ray task (``workbench.integrations.ray``); one run is ``workbench.studies.runs.run_one`` on
 either backend.
 
 :func:`summarize` reads a study back: mean and 95% confidence interval over seeds of
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .options import ConfigError
-from .study_runs import (
+from workbench.options import ConfigError
+from workbench.studies.runs import (
     BASE,
     EVAL_FILE,
     PLAN_FILE,
@@ -82,13 +82,13 @@ def run_study(
         )
     out = Path(out)
     claim_plan(out, plan)
-    from .store import RunStore
+    from workbench.run.store import RunStore
 
     study = RunStore(out)
     study.lock()  # one compare at a time in a study directory (each run also locks its own)
     try:
         if backend == "ray":
-            from .integrations.ray import run_study_on_ray
+            from workbench.integrations.ray import run_study_on_ray
 
             run_study_on_ray(out, plan, progress=progress, address=address, gpus_per_run=gpus_per_run)
         else:
@@ -145,7 +145,7 @@ def final_evaluations(out: str | Path) -> pd.DataFrame:
 
 def histories(out: str | Path) -> pd.DataFrame:
     """Every run's metrics.jsonl, with ``method`` and ``seed`` columns."""
-    from .report import _read_metrics
+    from workbench.studies.report import _read_metrics
 
     out, plan = Path(out), load_plan(out)
     frames = []

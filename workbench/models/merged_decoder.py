@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .prefix_attention import allowed_keys, shared_prefix_attention
-from .prompt_layout import shared_layout
+from workbench.models.prefix_attention import allowed_keys, shared_prefix_attention
+from workbench.models.prompt_layout import shared_layout
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from .. import methods, tasks
-from ..tasks import Coins, Countdown
-from . import CHECKPOINT_DIR
-from .tokenizer import build_char_tokenizer, save_char_tokenizer
+from workbench import methods, tasks
+from workbench.models.tiny import CHECKPOINT_DIR
+from workbench.models.tiny.tokenizer import build_char_tokenizer, save_char_tokenizer
+from workbench.tasks import Coins, Countdown
 
 
 @dataclass

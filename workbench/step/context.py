@@ -11,9 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .batch import RolloutBatch
-from .policy import Policy
-from .tasks import Problem
+from workbench.models.policy import Policy
+from workbench.step.batch import RolloutBatch
+from workbench.tasks import Problem
 
 Adapter = Any  # "policy", "reference", or a dict of moved adapter tensors (EEPO's rollout model)
 

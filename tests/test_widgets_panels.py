@@ -170,6 +170,13 @@ def test_hyperparameter_panel_applies_live_values(split_trainer):
     panel.apply_button.click()
     assert "temperature=0.0 is not allowed" in panel.status.value and "nothing applied" in panel.status.value
     assert split_trainer.cfg == before and split_trainer.optimizer.param_groups[0]["lr"] == 5e-4
+    # the invalid field is marked where it is, with the message beside it, and only that one
+    marked = [name for name, f in panel.fields.items() if "wb-invalid" in f.row._dom_classes]
+    assert marked == ["temperature"] and "temperature=0.0 is not allowed" in panel.fields["temperature"].note.value
+    assert panel.tabs.selected_index == 0  # the live tab, where temperature is
+    panel.fields["temperature"].input.value = 1.0
+    assert not any("wb-invalid" in f.row._dom_classes for f in panel.fields.values())
+    assert panel.children.index(panel.status) < panel.children.index(panel.tabs)  # the actions come first
 
     panel.revert()
     panel.unlock.value = True
@@ -215,9 +222,24 @@ def test_hyperparameter_panel_forks_with_the_same_adapter(trainer, tmp_path):
     assert parent.keys() == child.keys() and all(torch.equal(parent[k], child[k]) for k in parent)
     assert panel.fields["num_generations"].input.value == 4  # the controls show the parent again
 
+    # the branch is shown, one click from training, and compared with its parent
+    assert panel.tabs.selected_index == panel.tabs.children.index(panel.branches)
+    (row,) = panel.branches.rows
+    shown = row.box.children[0].value
+    assert "fork 0" in shown and "num_generations=6" in shown and str(tmp_path / "fork-0") in shown
+    start = branch.step_index
+    row.steps.value = 2
+    row.train_button.click()
+    row._thread.join(timeout=120)
+    assert branch.step_index == start + 2 and "trained to step" in row.status.value
+    assert panel.branches.comparison.labels == ["parent", "fork 0"]
+    panel.branches.comparison.poll()
+    assert len(panel.branches.comparison.figure.data[2].x) == len(branch.history)  # the fork's raw curve
+
     panel.fields["num_generations"].input.value = 1
     panel.fork_button.click()
     assert "num_generations=1 is not allowed" in panel.status.value and len(panel.forks) == 1
+    panel.close()
 
 
 def test_hyperparameter_panel_edits_a_config():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,8 +71,15 @@ class Throttle:
                 self._timer = None
 
 
-# figure widths for style.panel_layout: two half-width figures side by side fit a notebook's output area
-FULL_WIDTH, HALF_WIDTH = 960, 480
+# two figures side by side need twice this width; a narrower output area shows them one per line
+FIGURE_MIN_WIDTH = 400
+
+
+def figure_row(*widgets: w.DOMWidget, min_width: int = FIGURE_MIN_WIDTH) -> w.Box:
+    """Figures (or other widgets) side by side in the output area's width, shared equally, one per
+    line where two would be narrower than ``min_width`` each."""
+    cells = [w.Box([x], layout=w.Layout(flex=f"1 1 {min_width}px", min_width="0")) for x in widgets]
+    return w.Box(cells, layout=w.Layout(display="flex", flex_flow="row wrap", width="100%", grid_gap="8px"))
 
 
 def step_ticks(steps: Sequence[int]) -> dict:
@@ -113,11 +121,29 @@ def numeric_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return out.loc[:, out.notna().any() | frame.isna().all()]
 
 
+def prompt_labels(prompts: Sequence[str], width: int = 60) -> list[str]:
+    """One line of at most ``width`` characters per prompt that tells them apart: what all of them
+    share at the start and at the end (an instruction, a format line) is cut to "…"."""
+    lines = [" ".join(p.split()) for p in prompts]
+    if len(lines) > 1:
+        start = len(os.path.commonprefix(lines))
+        end = len(os.path.commonprefix([line[::-1] for line in lines]))
+        start = start if start > 12 else 0  # a shared first word or two is worth keeping
+        end = end if end > 12 else 0
+        if all(start + end < len(line) for line in lines):
+            lines = [
+                ("…" if start else "") + line[start : len(line) - end].strip() + ("…" if end else "") for line in lines
+            ]
+    return [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+
+
 def update_prompt_selector(dropdown: w.Dropdown, batch) -> None:
-    """A batch's prompts as the options (one line of plain text each); the selected prompt
-    index stays selected across steps."""
+    """A batch's prompts as the options (one line of plain text each, told apart by what differs);
+    the selected prompt index stays selected across steps."""
     options = (
-        [] if batch is None else [(f"{g}: {' '.join(p.prompt.split())[:60]}", g) for g, p in enumerate(batch.problems)]
+        []
+        if batch is None
+        else [(f"{g}: {label}", g) for g, label in enumerate(prompt_labels([p.prompt for p in batch.problems]))]
     )
     keep = dropdown.value
     if options != list(dropdown.options):

@@ -13,7 +13,7 @@ from workbench.metrics import registry
 from workbench.metrics.registry import REWARD_MEAN, STEP
 from workbench.run.source import RunSource, open_run
 
-from ._live import FULL_WIDTH, Polled, PollGuard, downsample, esc, numeric_columns, set_status, status_line, step_ticks
+from ._live import Polled, PollGuard, downsample, esc, numeric_columns, set_status, status_line, step_ticks
 from .following import FOLLOW_INTERVAL
 from .live_figure import LiveFigure
 from .style import panel_layout, run_color
@@ -81,9 +81,7 @@ class RunComparison(Polled, w.VBox):
     def _build_figure(self) -> LiveFigure:
         """The empty figure: a faint raw line and a smoothed one for each run, in the run's colour."""
         figure = LiveFigure(
-            layout=panel_layout(
-                "", height=380, width=FULL_WIDTH, hovermode="x unified", xaxis={"title": {"text": "step"}}
-            )
+            layout=panel_layout("", height=380, hovermode="x unified", xaxis={"title": {"text": "step"}})
         )
         for i, label in enumerate(self.labels):  # a faint raw line under each smoothed one
             color = run_color(i)  # the runs' colours in any notebook figure of the same runs

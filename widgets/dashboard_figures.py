@@ -34,6 +34,7 @@ from workbench.metrics.registry import (
     UNIQUE_ANSWERS,
 )
 
+from ._live import figure_row
 from .live_figure import LiveFigure
 from .style import (
     BLACK,
@@ -42,7 +43,6 @@ from .style import (
     ORANGE,
     PURPLE,
     QUANTITY,
-    SIDE_BY_SIDE,
     STATES,
     panel_layout,
     rgba,
@@ -107,7 +107,7 @@ class DashboardFigures:
         self.fit_line = W.HTML()
         self.figures = {name: core_figure(name) for name in SERIES}
         self.tabs = W.Tab(
-            children=[_pair(self.figures[n] for n in names) for names in TABS.values()], titles=tuple(TABS)
+            children=[figure_row(*(self.figures[n] for n in names)) for names in TABS.values()], titles=tuple(TABS)
         )
 
     def restart(self) -> None:
@@ -210,7 +210,7 @@ def core_figure(name: str) -> LiveFigure:
     title, y_title = TITLES[name]
     secondary = any(spec[4] for spec in SERIES[name])
     fig = LiveFigure(make_subplots(specs=[[{"secondary_y": True}]])) if secondary else LiveFigure()
-    fig.update_layout(**panel_layout(title, right_axis=secondary, **SIDE_BY_SIDE))
+    fig.update_layout(**panel_layout(title, right_axis=secondary))
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
     if secondary:
@@ -282,7 +282,7 @@ def _add_reward_markers(fig: LiveFigure) -> None:
 def method_figure(group: str, metrics: Iterable[str]) -> LiveFigure:
     """The panel of a method group: each of its metrics in the group's unit, a line each."""
     fig = LiveFigure()
-    fig.update_layout(**panel_layout(GROUPS[group].title, **SIDE_BY_SIDE))
+    fig.update_layout(**panel_layout(GROUPS[group].title))
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=GROUPS[group].unit, exponentformat="e")
     for i, metric in enumerate(metrics):
@@ -304,10 +304,6 @@ def _add_series(fig: LiveFigure, spec) -> None:
         fig.add_scatter(**trace, secondary_y=True)
     else:
         fig.add_scatter(**trace)
-
-
-def _pair(figures) -> W.HBox:
-    return W.HBox(list(figures), layout=W.Layout(grid_gap="8px"))
 
 
 def _small(text: str) -> str:

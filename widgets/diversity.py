@@ -22,11 +22,10 @@ from workbench.step.batch import RolloutBatch
 from workbench.tasks import is_success
 
 from ._live import (
-    FULL_WIDTH,
-    HALF_WIDTH,
     Throttle,
     downsample,
     esc,
+    figure_row,
     set_status,
     status_line,
     step_ticks,
@@ -134,7 +133,7 @@ class DiversityPanel(w.VBox):
             w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>one prompt of the last batch</b>"),
             self.prompt,
             self.prompt_text,
-            w.HBox([self.strategy_figure, self.similarity_figure]),
+            figure_row(self.strategy_figure, self.similarity_figure),
             self.distinct_figure,
         ]
 
@@ -325,7 +324,6 @@ def _passk_figure() -> LiveFigure:
         layout=panel_layout(
             "pass@k per split",
             height=340,
-            width=FULL_WIDTH,
             # ticks at k = 1, 2, 4, ...
             xaxis={"title": {"text": "k (samples per prompt)"}, "type": "log", "dtick": math.log10(2)},
             yaxis={"title": {"text": "pass@k (fraction of prompts)"}, "range": [0, 1.02]},
@@ -339,7 +337,6 @@ def _strategy_figure() -> LiveFigure:
         layout=panel_layout(
             "strategies of this prompt's responses",
             height=340,
-            width=HALF_WIDTH,
             barmode="stack",
             hovermode="closest",
             xaxis={"title": {"text": "strategy"}, "type": "category"},
@@ -357,7 +354,6 @@ def _similarity_figure() -> LiveFigure:
         layout=panel_layout(
             "pairwise similarity of the responses",
             height=340,
-            width=HALF_WIDTH,
             hovermode="closest",
             xaxis={"title": {"text": "response"}, "type": "category"},
             yaxis={"title": {"text": "response"}, "type": "category", "autorange": "reversed"},
@@ -379,7 +375,6 @@ def _distinct_figure(distinct_ns: Sequence[int]) -> LiveFigure:
         layout=panel_layout(
             "distinct-n of each prompt's responses (mean over prompts)",
             height=300,
-            width=FULL_WIDTH,
             xaxis={"title": {"text": "step"}},
             yaxis={"title": {"text": "distinct-n (unique / all n-grams)"}},
         )

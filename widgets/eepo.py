@@ -23,10 +23,10 @@ from workbench.engine.step_cursor import StepCursor
 from workbench.metrics import registry
 from workbench.metrics.registry import REWARD_MEAN
 
-from ._live import busy, set_status, status_line, update_prompt_selector
+from ._live import busy, figure_row, set_status, status_line, update_prompt_selector
 from ._runner import BackgroundRunner
 from .live_figure import LiveFigure
-from .style import BLACK, FONT_SIZE, GATE, QUANTITY, SIDE_BY_SIDE, STAGES, panel_layout, rgba
+from .style import BLACK, FONT_SIZE, GATE, QUANTITY, STAGES, panel_layout, rgba
 from .tokens import CSS, ColorScale, TokenDecoder, legend, row_header, token_strip
 
 PHASES = ("sample_stage1", "unlearn", "sample_stage2", "score", "advantage", "update", "metrics")
@@ -74,7 +74,7 @@ class EEPOStepper(W.VBox):
         self.rollouts = W.HTML()
         self.rollouts.add_class("wb-stepper-rollouts")
         self.figures = {"window": self._window_figure(), "unlearning": self._unlearning_figure()}
-        figs = W.HBox(list(self.figures.values()), layout=W.Layout(grid_gap="8px"))
+        figs = figure_row(*self.figures.values())
         self.tabs = W.Tab(children=[self.rollouts, figs], titles=TABS)
         super().__init__(
             [W.HBox([self.button, self.prompt_control]), self.status, self.timeline, self.numbers, self.tabs],
@@ -204,7 +204,7 @@ class EEPOStepper(W.VBox):
         self.numbers.value = "<div class='wb-numbers'>" + "<br>".join(parts) + "</div>"
 
     def _window_figure(self) -> LiveFigure:
-        fig = LiveFigure(layout=panel_layout("entropy gate: window of stage-1 entropy", **SIDE_BY_SIDE))
+        fig = LiveFigure(layout=panel_layout("entropy gate: window of stage-1 entropy"))
         fig.update_layout(hovermode="closest", bargap=0.35)
         fig.update_xaxes(title_text="step", dtick=1)
         fig.update_yaxes(title_text="stage-1 entropy (nats)", rangemode="tozero")
@@ -223,7 +223,7 @@ class EEPOStepper(W.VBox):
         return fig
 
     def _unlearning_figure(self) -> LiveFigure:
-        fig = LiveFigure(layout=panel_layout("unlearning: stage-1 log-prob per token", **SIDE_BY_SIDE))
+        fig = LiveFigure(layout=panel_layout("unlearning: stage-1 log-prob per token"))
         fig.update_layout(hovermode="closest", bargap=0.25)
         fig.update_xaxes(title_text="stage-1 response (prompt · #)", type="category")
         fig.update_yaxes(title_text="mean log-prob (nats/token)")

@@ -24,10 +24,12 @@ from workbench.engine.trainer import FORK_REFUSES, LIVE_FIELDS
 from workbench.options import MethodOptions
 
 from ._live import Every, esc, set_status, status_line
-from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, Control, control_of
+from .branches import Branches, next_fork_dir, summary
+from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, INVALID_CSS, Control, control_of
 from .style import FONT_SIZE
 
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the trainer's config
+TABS = ("live", "fixed · fork", "method options", "branches")
 
 
 class HyperparameterPanel(w.VBox):
@@ -35,8 +37,10 @@ class HyperparameterPanel(w.VBox):
 
     ``config_or_trainer``: a ``RunConfig`` to edit (``panel.config`` is the validated result),
     or a ``Trainer`` to steer: Apply changes its live fields, Fork branches a new run that is
-    appended to ``panel.forks`` and passed to ``on_fork``. Forks get a run directory
-    ``fork_dir/fork-N`` when ``fork_dir`` is given, none otherwise.
+    appended to ``panel.forks``, shown in the branches tab (a Train button each, and their curves
+    beside the parent's) and passed to ``on_fork``. A fork's run directory is ``fork_dir/fork-N``
+    when ``fork_dir`` is given, else ``RUN-fork-N`` beside the trainer's run directory ``RUN``;
+    a trainer that writes none has branches that write none.
     """
 
     def __init__(
@@ -66,7 +70,9 @@ class HyperparameterPanel(w.VBox):
         )
         self.revert_button.on_click(lambda _: self.revert())
         sections, buttons = self._config_sections() if self.trainer is None else self._trainer_sections()
-        super().__init__([*sections, self.options_title, self.options_box, w.HBox(buttons), self.status])
+        # the actions and their status first: they stay in view above fields that run long
+        style = w.HTML(f"<style>{INVALID_CSS}</style>")
+        super().__init__([style, w.HBox(buttons), self.status, *sections])
         self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
         self.revert()
         self._follower = Every(FOLLOW_INTERVAL, self._follow, "HyperparameterPanel") if self.trainer else None
@@ -86,11 +92,17 @@ class HyperparameterPanel(w.VBox):
 
     def _config_sections(self) -> tuple[list[w.Widget], list[w.Button]]:
         """Editing a ``RunConfig``: every field in one grid, and Revert."""
-        sections = [_title("run configuration"), w.GridBox([f.row for f in self.fields.values()], layout=_grid())]
+        sections = [
+            _title("run configuration"),
+            w.GridBox([f.row for f in self.fields.values()], layout=_grid()),
+            self.options_title,
+            self.options_box,
+        ]
         return sections, [self.revert_button]
 
     def _trainer_sections(self) -> tuple[list[w.Widget], list[w.Button]]:
-        """Steering a trainer: the live fields, the fixed ones behind an unlock box, and Apply, Fork, Revert."""
+        """Steering a trainer: tabs of the live fields, the fixed ones behind an unlock box, the method's
+        options and the branches forked; Apply, Fork and Revert."""
         self.unlock = w.Checkbox(
             value=False,
             indent=False,
@@ -113,14 +125,17 @@ class HyperparameterPanel(w.VBox):
         self.fork_button.on_click(lambda _: self.fork())
         live = [f.row for name, f in self.fields.items() if name in LIVE_FIELDS]
         fixed = [f.row for name, f in self.fields.items() if name not in LIVE_FIELDS]
-        sections = [
-            _title("live: applies from the next step"),
-            w.GridBox(live, layout=_grid()),
-            _title("fixed for this run: fork to change"),
-            self.unlock,
-            w.GridBox(fixed, layout=_grid()),
-        ]
-        return sections, [self.apply_button, self.fork_button, self.revert_button]
+        self.branches = Branches(self.trainer)
+        self.tabs = w.Tab(
+            children=[
+                w.VBox([_title("live: applies from the next step"), w.GridBox(live, layout=_grid())]),
+                w.VBox([_title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]),
+                w.VBox([self.options_title, self.options_box]),
+                self.branches,
+            ],
+            titles=TABS,
+        )
+        return [self.tabs], [self.apply_button, self.fork_button, self.revert_button]
 
     # --- reading and writing the controls --------------------------------------------------
     def _hint(self, name: str) -> str:
@@ -133,7 +148,17 @@ class HyperparameterPanel(w.VBox):
     def revert(self) -> None:
         """Set every control to the trainer's current config (or the starting config)."""
         self._load(self.trainer.cfg if self.trainer is not None else self._base)
-        set_status(self.status, "")
+        self._say("")
+
+    def _say(self, message: str, error: ConfigError | None = None, suffix: str = "") -> None:
+        """The status line, and the control ``error`` names marked where it is (the others unmarked);
+        its tab is shown."""
+        set_status(self.status, message or (f"{error}{suffix}" if error else ""), error=error is not None)
+        controls = {**self.fields, **{f"{MethodOptions.PREFIX}{k}": c for k, c in self.option_fields.items()}}
+        for name, control in controls.items():
+            control.mark(str(error) if error is not None and name == error.field else None)
+        if error is not None and self.trainer is not None and error.field in controls:
+            self.tabs.selected_index = _tab_of(error.field)
 
     def _load(self, cfg: RunConfig) -> None:
         with self._sync_lock:
@@ -169,7 +194,7 @@ class HyperparameterPanel(w.VBox):
             finally:
                 self._loading = False
             self._shown = current
-        set_status(self.status, f"the trainer changed: {_summary({n: current[n] for n in changed})} (shown)")
+        set_status(self.status, f"the trainer changed: {summary({n: current[n] for n in changed})} (shown)")
         return changed
 
     def _follow(self) -> None:
@@ -294,14 +319,14 @@ class HyperparameterPanel(w.VBox):
             RunConfig.from_dict(values)  # validate now, so a bad value shows while it is typed
             changes = self._diff(values)
         except ConfigError as error:
-            set_status(self.status, str(error), error=True)
+            self._say("", error)
             return
         if not changes:
-            set_status(self.status, "no changes")
+            self._say("no changes")
         elif self.trainer is None:
-            set_status(self.status, f"valid; changed: {_summary(changes)}")
+            self._say(f"valid; changed: {summary(changes)}")
         else:
-            set_status(self.status, f"pending: {_summary(changes)} (Apply for live fields, Fork for any)")
+            self._say(f"pending: {summary(changes)} (Apply for live fields, Fork for any)")
 
     # --- acting on the trainer -----------------------------------------------------------------
     def apply(self) -> bool:
@@ -313,7 +338,7 @@ class HyperparameterPanel(w.VBox):
         try:
             changes = self.changes()
         except ConfigError as error:
-            set_status(self.status, f"{error}; nothing applied", error=True)
+            self._say("", error, "; nothing applied")
             return False
         fixed = [name for name in changes if name not in LIVE_FIELDS]
         if fixed:
@@ -330,10 +355,10 @@ class HyperparameterPanel(w.VBox):
         try:
             cfg = self.trainer.set_live(**changes)
         except ConfigError as error:
-            set_status(self.status, f"{error}; nothing applied", error=True)
+            self._say("", error, "; nothing applied")
             return False
         self._load(cfg)
-        set_status(self.status, f"applied {_summary(changes)}: acts from step {self.trainer.step_index}")
+        set_status(self.status, f"applied {summary(changes)}: acts from step {self.trainer.step_index}")
         return True
 
     def fork(self):
@@ -342,34 +367,29 @@ class HyperparameterPanel(w.VBox):
         is invalid. The controls then go back to the parent's config."""
         try:
             changes = self.changes()
-            out_dir = self._next_fork_dir()
+            out_dir = next_fork_dir(self.trainer, self.fork_dir)
             branch = self.trainer.fork(out_dir=out_dir, **changes)
         except ConfigError as error:
-            set_status(self.status, f"{error}; nothing forked", error=True)
+            self._say("", error, "; nothing forked")
             return None
         self.forks.append(branch)
-        where = f" in {out_dir}" if out_dir is not None else ""
-        set_status(
-            self.status,
-            f"fork {len(self.forks) - 1}{where} from step {branch.step_index}: "
-            f"{_summary(changes) or 'same values'} (panel.forks[{len(self.forks) - 1}])",
-        )
+        self.branches.add(branch, changes, out_dir)
         self._load(self.trainer.cfg)
+        self._say(
+            f"fork {len(self.forks) - 1} from step {branch.step_index}: {summary(changes) or 'same values'}; "
+            "train it in the branches tab (or panel.forks[-1].run(steps))"
+        )
+        self.tabs.selected_index = TABS.index("branches")
         if self.on_fork is not None:
             self.on_fork(branch)
         return branch
 
-    def _next_fork_dir(self) -> Path | None:
-        if self.fork_dir is None:
-            return None
-        index = 0
-        while (self.fork_dir / f"fork-{index}").exists():
-            index += 1
-        return self.fork_dir / f"fork-{index}"
 
-
-def _summary(changes: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={value!r}" for name, value in changes.items())
+def _tab_of(field: str) -> int:
+    """The tab of the panel that shows ``field``'s control."""
+    if field.startswith(MethodOptions.PREFIX):
+        return TABS.index("method options")
+    return TABS.index("live" if field in LIVE_FIELDS else "fixed · fork")
 
 
 def _title(text: str) -> w.HTML:

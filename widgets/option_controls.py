@@ -13,7 +13,7 @@ import ipywidgets as w
 from workbench.config import ConfigError
 from workbench.options import MethodOptions, Option
 
-from ._live import esc
+from ._live import ERROR_COLOR, esc
 from .style import FONT_SIZE
 
 HINT_LIVE = "applies to the running trainer from its next step (Apply)"
@@ -21,6 +21,9 @@ HINT_FORK = "fixed for a running trainer: fork to change"
 HINT_REBUILD = "fixed by the model, adapter or task: start a new run to change"
 DESCRIPTION = {"description_width": "220px"}
 CONTROL_WIDTH = "370px"
+INVALID_CLASS = "wb-invalid"
+# an invalid control is outlined where it is (the panel puts this style on the page)
+INVALID_CSS = f".{INVALID_CLASS} input, .{INVALID_CLASS} select {{ outline: 2px solid {ERROR_COLOR}; }}"
 
 
 class Control:
@@ -44,14 +47,26 @@ class Control:
         input.layout = w.Layout(width="auto" if isinstance(input, w.Checkbox) else CONTROL_WIDTH)
         input.tooltip = "; ".join(x for x in (help, allowed, hint) if x)
         # the section titles say live / fork; only a field not even a fork can change says so here
-        note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
-        self.row = w.HBox([input, w.HTML(f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>{note}</span>")])
+        self._note = esc(allowed) + ("; <i>new run only</i>" if hint == HINT_REBUILD else "")
+        self.note = w.HTML()
+        self.row = w.HBox([input, self.note])
+        self.mark(None)
 
     def get(self) -> Any:
         return self._get(self.input.value)
 
     def set(self, value: Any) -> None:
         self.input.value = self._put(value)
+
+    def mark(self, error: str | None) -> None:
+        """Mark the control invalid with ``error`` beside it (outlined, the message in vermillion), or
+        unmark it (None: its note says what it allows again)."""
+        if error is None:
+            self.row.remove_class(INVALID_CLASS)
+            self.note.value = f"<span style='font-size:{FONT_SIZE - 2}px;color:#555'>{self._note}</span>"
+        else:
+            self.row.add_class(INVALID_CLASS)
+            self.note.value = f"<span style='font-size:{FONT_SIZE - 2}px;color:{ERROR_COLOR}'>{esc(error)}</span>"
 
 
 def control_of(option: Option, name: str, hint: str) -> Control:

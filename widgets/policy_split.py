@@ -21,7 +21,7 @@ from workbench.metrics.registry import (
 from workbench.step.batch import RolloutBatch
 from workbench.tasks import is_success
 
-from ._live import FULL_WIDTH, HALF_WIDTH, Throttle, downsample, esc, step_ticks, update_prompt_selector
+from ._live import Throttle, downsample, esc, figure_row, step_ticks, update_prompt_selector
 from .following import FOLLOW_INTERVAL, Feed
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, panel_layout
@@ -71,15 +71,14 @@ class PolicySplitView(w.VBox):
         self.feed.start()
         self._redraw()
 
-        half = w.Layout(width=f"{HALF_WIDTH}px")
         super().__init__(
             [
                 self.feed.status,
                 self.entropy_figure,
-                w.HBox([self.accuracy_figure, self.kl_figure]),
+                figure_row(self.accuracy_figure, self.kl_figure),
                 self.prompt,
-                w.HBox(
-                    [
+                figure_row(
+                    *(
                         w.VBox(
                             [
                                 w.HTML(
@@ -88,10 +87,9 @@ class PolicySplitView(w.VBox):
                                 ),
                                 self.example_html[m],
                             ],
-                            layout=half,
                         )
                         for m in MODES
-                    ]
+                    )
                 ),
             ]
         )
@@ -101,7 +99,6 @@ class PolicySplitView(w.VBox):
             layout=panel_layout(
                 "token entropy of each mode's responses (last batch)",
                 height=320,
-                width=FULL_WIDTH,
                 barmode="overlay",
                 hovermode="closest",
                 xaxis={"title": {"text": "token entropy (nats)"}},
@@ -122,7 +119,6 @@ class PolicySplitView(w.VBox):
             layout=panel_layout(
                 "accuracy of each mode",
                 height=300,
-                width=HALF_WIDTH,
                 xaxis={"title": {"text": "step"}},
                 yaxis={"title": {"text": "accuracy (fraction correct)"}, "range": [0, 1.02]},
             )
@@ -131,7 +127,6 @@ class PolicySplitView(w.VBox):
             layout=panel_layout(
                 "KL between the modes",
                 height=300,
-                width=HALF_WIDTH,
                 xaxis={"title": {"text": "step"}},
                 yaxis={"title": {"text": f"KL, k3 estimate ({KL_NORMAL_TO_OTHER.unit})"}},
             )

@@ -19,8 +19,6 @@ The colour language (shown once in the README), all from the colour-blind-safe O
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW, BLACK = OKABE_ITO
 GREY = "#777777"
@@ -95,23 +93,15 @@ def figure_layout(title: str = "", height: int = 300, **axes) -> dict:
     return layout
 
 
-class PanelSize(TypedDict):
-    """The size keywords of ``panel_layout``, typed so that ``**size`` checks against it."""
-
-    width: int
-    height: int
+# a figure's height; its width is its output area's (live_figure.js), two side by side where they fit
+PANEL_HEIGHT = 330
 
 
-# two panels side by side in a tab fit a 1,366-px laptop screen with JupyterLab's side bar folded
-SIDE_BY_SIDE: PanelSize = {"width": 580, "height": 330}
-
-
-def panel_layout(title: str, height: int = 340, width: int = 620, right_axis: bool = False, **axes) -> dict:
-    """``figure_layout`` for a fixed-size panel: the title sits above a legend of up to two rows
-    (they never overlap), and a right axis gets room for its tick labels. A fixed width because
-    a widget rendered before it is attached has no container width to autosize to."""
+def panel_layout(title: str, height: int = PANEL_HEIGHT, right_axis: bool = False, **axes) -> dict:
+    """``figure_layout`` for a panel: the title sits above a legend of up to two rows (they never
+    overlap), and a right axis gets room for its tick labels. No width: a ``LiveFigure`` takes its
+    output area's and follows it."""
     layout = figure_layout(title, height, **axes)
-    layout["width"] = width
     layout["title"] = {**layout["title"], "x": 0.01, "xanchor": "left", "y": 0.98, "yanchor": "top"}
     layout["margin"] = {**layout["margin"], "t": 80 if title else 50, "r": 75 if right_axis else 20}
     return layout

@@ -20,7 +20,7 @@ from workbench.run.lock import lock_held
 from workbench.run.source import RunSource, open_run
 from workbench.studies.sweep import EVAL_FILE, STATUSES, TRIALS_FILE, SweepPlan, load_plan, read_trials
 
-from ._live import FULL_WIDTH, Every, Polled, PollGuard, esc, numeric_columns, set_status, status_line, step_ticks
+from ._live import Every, Polled, PollGuard, esc, numeric_columns, set_status, status_line, step_ticks
 from .following import FOLLOW_INTERVAL
 from .live_figure import LiveFigure
 from .style import FONT_SIZE, TRIAL_STATES, panel_layout, run_color
@@ -74,7 +74,7 @@ class SweepView(Polled, w.VBox):
     def _build(self) -> None:
         self.status = status_line()
         self.header = w.HTML(CSS)
-        self.table = w.SelectMultiple(options=[], rows=TABLE_ROWS, layout=w.Layout(width=f"{FULL_WIDTH}px"))
+        self.table = w.SelectMultiple(options=[], rows=TABLE_ROWS, layout=w.Layout(width="100%"))
         self.table.add_class("wb-sweep-table")
         self.curve_metric = w.Dropdown(description="curves of", layout=w.Layout(width="360px"))
         self.open_button = w.Button(
@@ -85,15 +85,13 @@ class SweepView(Polled, w.VBox):
             tooltip="the token view of the first selected trial, below",
         )
         self.detail = w.HTML()
-        layout = panel_layout("settings and results (a line per started trial)", height=340, width=FULL_WIDTH)
+        layout = panel_layout("settings and results (a line per started trial)", height=340)
         layout["margin"] = {"l": 90, "r": 110, "t": 80, "b": 30}  # the axes' names above, their ticks beside
         self.parallel = LiveFigure(layout=layout)
         self.parallel.add_parcoords(dimensions=[], labelfont={"size": FONT_SIZE - 1}, tickfont={"size": FONT_SIZE - 3})
         self.key = w.HTML(STATUS_KEY)
         self.curves = LiveFigure(
-            layout=panel_layout(
-                "the selected trials, step by step", height=320, width=FULL_WIDTH, xaxis={"title": {"text": "step"}}
-            )
+            layout=panel_layout("the selected trials, step by step", height=320, xaxis={"title": {"text": "step"}})
         )
         self.token_box = w.VBox()
         self.table.observe(lambda _: self._act(self._show_selection), names="value")

@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--shots", help="screenshot prefix, e.g. docs/img/notebook-08 (none if omitted)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds Run All may take")
-    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--width", type=int, default=1366, help="the window; JupyterLab's side bar stays open")
+    parser.add_argument("--height", type=int, default=768)
     parser.add_argument("--print-outputs", action="store_true", help="print the text of every output")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -73,16 +74,17 @@ def main() -> None:
     # the notebook runs from a copy, next to the others it may import from
     for path in notebook_dir.glob("*.ipynb"):
         shutil.copy(path, folder / path.name)
+    if (notebook_dir / "recorded").is_dir():  # the recorded runs notebook 08 opens
+        shutil.copytree(notebook_dir / "recorded", folder / "recorded")
     server, url = start_lab(folder)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": args.width, "height": 1000})
+            page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url.format(name=args.notebook.name), wait_until="domcontentloaded", timeout=120_000)
             page.wait_for_function("window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel",
                                    timeout=120_000)
-            page.evaluate("window.jupyterapp.shell.collapseLeft()")
             started = time.monotonic()
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             done = ("(() => { const w = window.jupyterapp.shell.currentWidget;"

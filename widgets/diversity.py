@@ -23,6 +23,7 @@ from workbench.tasks import is_success
 
 from ._live import (
     Throttle,
+    busy,
     downsample,
     esc,
     figure_row,
@@ -158,9 +159,8 @@ class DiversityPanel(w.VBox):
         out: dict[str, dict[str, float]] = {}
         try:
             for i, split in enumerate(self.splits):
-                set_status(
-                    self.evaluation_status,
-                    f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): {prompts} prompts x {n} samples ...",
+                self.evaluation_status.value = busy(
+                    esc(f"evaluating {label} on {split} ({i + 1}/{len(self.splits)}): {prompts} prompts x {n} samples")
                 )
                 out[split] = trainer.evaluate(split, n_samples=n, num_prompts=prompts)
         except ValueError as error:

@@ -40,7 +40,7 @@ STEPPER_CSS = f"""
 .wb-badge {{ display:inline-block; padding:0 6px; border-radius:8px; font-size:{FONT_SIZE - 3}px; margin-left:4px; }}
 .wb-timeline span {{ margin-right:10px; font-size:{FONT_SIZE - 1}px; }}
 .wb-numbers {{ font-size:{FONT_SIZE - 1}px; }}
-.wb-stepper-rollouts {{ max-height:330px; overflow-y:auto; }}
+.wb-stepper-rollouts {{ max-height:290px; overflow-y:auto; }}
 """
 
 

@@ -83,7 +83,8 @@ def test_a_directory_that_does_not_exist_yet_is_waited_for_and_not_created(tmp_p
     store = started_run(run, locking=False)
     update = follower.poll()
     assert update.config is not None and update.config.num_generations == 2
-    assert follower.state == "running"  # no .lock: a writer that does not lock, whose end cannot be seen
+    # no .lock: every engine locks its run first, so nobody writes this one (a copy, a recording)
+    assert follower.state == "finished" and follower.describe() == "finished · no step recorded · recorded (no writer)"
     store.lock()
     follower.poll()
     assert follower.state == "running" and follower.describe() == "waiting for step 0"
@@ -185,7 +186,7 @@ def test_a_holder_on_another_host_cannot_be_seen_from_here(tmp_path):
     assert follower.state == "running"  # a run on a shared disk is over when its last step arrives
     known = RunFollower(store.dir, steps=1)
     known.poll()
-    assert known.state == "finished" and known.describe() == "finished · step 0 of 1"
+    assert known.state == "finished" and known.describe() == "finished · step 0 (1 of 1 steps)"
     with pytest.raises(ValueError, match="steps=0"):
         RunFollower(store.dir, steps=0)
 
@@ -217,7 +218,7 @@ def test_widgets_follow_a_run_that_another_process_trains(tmp_path):
         assert writer.stdout.readline().strip() == "ready"
         for widget in followers:
             widget.poll()
-        assert "waiting for step 0 of 3" in text(dashboard.status.value)
+        assert "waiting for step 0 (of 3 steps)" in text(dashboard.status.value)
         for step in range(3):
             writer.stdin.write("step\n")
             writer.stdin.flush()
@@ -239,7 +240,7 @@ def test_widgets_follow_a_run_that_another_process_trains(tmp_path):
     deadline = time.monotonic() + 30
     while "finished" not in timed.status.value and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "finished · step 2 of 3" in text(timed.status.value)  # its own timer followed the run
+    assert "finished · step 2 (3 of 3 steps)" in text(timed.status.value)  # its own timer followed the run
     assert list(timed.trace("reward_mean").x) == [0, 1, 2]
     for widget in (*followers, timed):
         widget.close()
@@ -257,8 +258,8 @@ def check_step(run: Path, step: int, dashboard, tokens, diversity, comparison) -
     np.testing.assert_array_equal(dashboard.trace("entropy_mean").x, list(range(step + 1)))
     status = text(dashboard.status.value)
     assert f"following {run}" in status
-    assert (f"step {step} of 3 · waiting for step {step + 1}" in status if step < 2 else
-            "finished · step 2 of 3" in status and dashboard.state == "finished")
+    assert (f"step {step} ({step + 1} of 3 steps) · waiting for step {step + 1}" in status if step < 2 else
+            "finished · step 2 (3 of 3 steps)" in status and dashboard.state == "finished")
     # no buttons: another process trains the run
     assert not any(isinstance(c, W.Button) for c in dashboard.children[0].children) and dashboard.runner is None
 

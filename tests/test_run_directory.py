@@ -42,7 +42,7 @@ def steps_of(run: Path) -> list[int]:
     return [r["step"] for r in RunStore(run).read_metrics()]
 
 
-def files_digest(run: Path, ignore=(".lock", "eval.json")) -> str:
+def files_digest(run: Path, ignore=(".lock", "eval.json", ".eval.json.lock")) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name not in ignore):
         digest.update(path.relative_to(run).as_posix().encode() + path.read_bytes())

@@ -162,7 +162,8 @@ def test_hyperparameter_panel_applies_live_values(split_trainer):
     assert split_trainer.cfg.learning_rate == 5e-4
     assert all(group["lr"] == 5e-4 for group in split_trainer.optimizer.param_groups)
     assert split_trainer.cfg.method_options == {"eta": 0.05} and split_trainer.method.options["eta"] == 0.05
-    assert "applied" in panel.status.value
+    assert "applied" in panel.status.value and f"acts from step {split_trainer.step_index}" in panel.status.value
+    assert "records learning_rate" in panel.status.value  # the history shows when it acted
 
     before = split_trainer.cfg
     panel.fields["learning_rate"].input.value = 1e-4

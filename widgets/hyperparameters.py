@@ -21,11 +21,13 @@ import ipywidgets as w
 from workbench import methods
 from workbench.config import OPTIONS, ConfigError, RunConfig, with_method_settings
 from workbench.engine.trainer import FORK_REFUSES, LIVE_FIELDS
+from workbench.metrics import registry
 from workbench.options import MethodOptions
 
+from . import option_controls as controls
 from ._live import Every, esc, set_status, status_line
 from .branches import Branches, next_fork_dir, summary
-from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, INVALID_CSS, Control, control_of
+from .option_controls import HINT_FORK, HINT_LIVE, HINT_REBUILD, Control
 from .style import FONT_SIZE
 
 FOLLOW_INTERVAL = 0.5  # seconds between looks at the trainer's config
@@ -71,7 +73,7 @@ class HyperparameterPanel(w.VBox):
         self.revert_button.on_click(lambda _: self.revert())
         sections, buttons = self._config_sections() if self.trainer is None else self._trainer_sections()
         # the actions and their status first: they stay in view above fields that run long
-        style = w.HTML(f"<style>{INVALID_CSS}</style>")
+        style = w.HTML(f"<style>{controls.INVALID_CSS}</style>")
         super().__init__([style, w.HBox(buttons), self.status, *sections])
         self.add_class("wb-hyperparameter-panel")  # a stable hook for styling and browser tests
         self.revert()
@@ -80,12 +82,12 @@ class HyperparameterPanel(w.VBox):
     def _build_fields(self) -> None:
         """A control for every ``RunConfig`` field, and the (empty) box the method's options fill."""
         self.fields: dict[str, Control] = {
-            name: control_of(option, name, self._hint(name))
+            name: controls.control_of(option, name, self._hint(name))
             for name, option in OPTIONS.items()
             if name != "method_options"
         }
         self.option_fields: dict[str, Control] = {}
-        self.options_box = w.GridBox(layout=_grid())
+        self.options_box = w.GridBox(layout=controls.control_grid())
         self.options_title = w.HTML()
         for name, field in self.fields.items():  # a new method first rebuilds its options, then checks
             field.input.observe(self._method_changed if name == "method" else self._changed, names="value")
@@ -93,8 +95,8 @@ class HyperparameterPanel(w.VBox):
     def _config_sections(self) -> tuple[list[w.Widget], list[w.Button]]:
         """Editing a ``RunConfig``: every field in one grid, and Revert."""
         sections = [
-            _title("run configuration"),
-            w.GridBox([f.row for f in self.fields.values()], layout=_grid()),
+            controls.section_title("run configuration"),
+            w.GridBox([f.row for f in self.fields.values()], layout=controls.control_grid()),
             self.options_title,
             self.options_box,
         ]
@@ -110,26 +112,21 @@ class HyperparameterPanel(w.VBox):
             tooltip="fixed fields cannot change in a running trainer; a fork can take them",
         )
         self.unlock.observe(self._unlock_changed, names="value")
-        self.apply_button = w.Button(
-            description="Apply",
-            button_style="primary",
-            icon="check",
-            tooltip="set the live fields on the running trainer (trainer.set_live)",
-        )
+        apply_tip, fork_tip = "set the live fields on the running trainer", "branch a new run with these values"
+        self.apply_button = w.Button(description="Apply", button_style="primary", icon="check", tooltip=apply_tip)
         self.apply_button.on_click(lambda _: self.apply())
-        self.fork_button = w.Button(
-            description="Fork",
-            icon="code-fork",
-            tooltip="branch a new run from the current adapter with these values",
-        )
+        self.fork_button = w.Button(description="Fork", icon="code-fork", tooltip=fork_tip)
         self.fork_button.on_click(lambda _: self.fork())
-        live = [f.row for name, f in self.fields.items() if name in LIVE_FIELDS]
-        fixed = [f.row for name, f in self.fields.items() if name not in LIVE_FIELDS]
+        rows = {
+            kind: [f.row for name, f in self.fields.items() if (name in LIVE_FIELDS) == live]
+            for kind, live in (("live", True), ("fixed", False))
+        }
+        grid = controls.control_grid
         self.branches = Branches(self.trainer)
         self.tabs = w.Tab(
             children=[
-                w.VBox([_title("live: applies from the next step"), w.GridBox(live, layout=_grid())]),
-                w.VBox([_title("fixed for this run: fork to change"), self.unlock, w.GridBox(fixed, layout=_grid())]),
+                _section("live: applies from the next step", w.GridBox(rows["live"], layout=grid())),
+                _section("fixed for this run: fork to change", self.unlock, w.GridBox(rows["fixed"], layout=grid())),
                 w.VBox([self.options_title, self.options_box]),
                 self.branches,
             ],
@@ -154,10 +151,10 @@ class HyperparameterPanel(w.VBox):
         """The status line, and the control ``error`` names marked where it is (the others unmarked);
         its tab is shown."""
         set_status(self.status, message or (f"{error}{suffix}" if error else ""), error=error is not None)
-        controls = {**self.fields, **{f"{MethodOptions.PREFIX}{k}": c for k, c in self.option_fields.items()}}
-        for name, control in controls.items():
+        every = {**self.fields, **{f"{MethodOptions.PREFIX}{k}": c for k, c in self.option_fields.items()}}
+        for name, control in every.items():
             control.mark(str(error) if error is not None and name == error.field else None)
-        if error is not None and self.trainer is not None and error.field in controls:
+        if error is not None and self.trainer is not None and error.field in every:
             self.tabs.selected_index = _tab_of(error.field)
 
     def _load(self, cfg: RunConfig) -> None:
@@ -214,7 +211,7 @@ class HyperparameterPanel(w.VBox):
         declared = methods.get(method).OPTIONS
         shown = MethodOptions(options, declared)
         self.option_fields = {
-            key: control_of(option, f"{MethodOptions.PREFIX}{key}", self._hint("method_options"))
+            key: controls.control_of(option, f"{MethodOptions.PREFIX}{key}", self._hint("method_options"))
             for key, option in declared.items()
         }
         for key, field in self.option_fields.items():
@@ -358,7 +355,11 @@ class HyperparameterPanel(w.VBox):
             self._say("", error, "; nothing applied")
             return False
         self._load(cfg)
-        set_status(self.status, f"applied {summary(changes)}: acts from step {self.trainer.step_index}")
+        # mid-step (a dashboard training) the change waits for the next step: the trainer says which
+        acts_from = self.trainer.live_change_acts_from
+        recorded = [name for name in changes if name in registry.METRICS]  # a column of the history
+        shown = f" (its metrics row records {', '.join(recorded)})" if recorded else ""
+        set_status(self.status, f"applied {summary(changes)}: acts from step {acts_from}{shown}")
         return True
 
     def fork(self):
@@ -392,9 +393,5 @@ def _tab_of(field: str) -> int:
     return TABS.index("live" if field in LIVE_FIELDS else "fixed · fork")
 
 
-def _title(text: str) -> w.HTML:
-    return w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>{esc(text)}</b>")
-
-
-def _grid() -> w.Layout:
-    return w.Layout(grid_template_columns="repeat(auto-fill, minmax(560px, 1fr))", grid_gap="2px 16px")
+def _section(title: str, *children: w.Widget) -> w.VBox:
+    return w.VBox([controls.section_title(title), *children])

@@ -152,3 +152,11 @@ def _names(text: str) -> str | list[str]:
     if "," not in text:
         return text.strip()
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def section_title(text: str) -> w.HTML:
+    return w.HTML(f"<b style='font-size:{FONT_SIZE + 2}px'>{esc(text)}</b>")
+
+
+def control_grid() -> w.Layout:
+    return w.Layout(grid_template_columns="repeat(auto-fill, minmax(560px, 1fr))", grid_gap="2px 16px")

@@ -14,6 +14,7 @@ workbench build-tiny
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -205,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        run = getattr(args, "out", None) if args.command == "train" else None
-        saved = f"; the run in {run} is saved: continue it with workbench train --resume --out {run}" if run else ""
-        print(f"workbench: interrupted{saved}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one line from the main process
+            print(f"workbench: interrupted{_where_it_resumes(args)}", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:
@@ -217,6 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _where_it_resumes(args) -> str:
+    """What a stopped ``train`` left, read from its run directory: the step its last checkpoint holds."""
+    if args.command != "train":
+        return ""
+    from workbench.run.store import RunStore
+
+    steps = RunStore(args.out).checkpoint_steps()
+    if not steps:
+        return f"; {args.out} holds no checkpoint: start it again"
+    backend = " --backend trl" if args.backend == "trl" else ""
+    return (
+        f"; the run in {args.out} is saved at step {steps[-1]}: continue it with "
+        f"workbench train --resume{backend} --out {args.out}"
+    )
 
 
 def _interrupt(signum, frame):

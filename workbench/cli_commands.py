@@ -92,8 +92,8 @@ def cmd_train(args) -> int:
 
 def _train_on_trl(args, out: Path) -> int:
     """``train --backend trl``: TRL's GRPOTrainer runs the method (alone or under accelerate launch)."""
-    from workbench.config import ConfigError
     from workbench.run.store import RunStore
+    from workbench.run.writer import resume_changes
 
     try:
         from workbench.integrations.trl import WorkbenchGRPOTrainer
@@ -103,20 +103,11 @@ def _train_on_trl(args, out: Path) -> int:
         ) from None
     if args.eval:
         raise UsageError("--eval runs on the workbench backend; evaluate a TRL run with workbench eval")
-    cfg = _config(args)
-    if args.resume:
-        recorded = RunStore(out).config()
-        changed = sorted(
-            k for k, v in cfg.to_dict().items() if v != getattr(recorded, k) and k in _requested_names(args)
-        )
-        if changed:
-            raise ConfigError(
-                changed[0],
-                getattr(cfg, changed[0]),
-                f"the value in {out / 'config.yaml'} "
-                f"({getattr(recorded, changed[0])!r}): a TRL run resumes as it was configured",
-            )
-        cfg = recorded
+    if args.resume:  # as it was configured: any field the command line changes is refused by name
+        cfg = RunStore(out).config()
+        resume_changes(cfg, _requested(args), out, ())
+    else:
+        cfg = _config(args)
     trainer = WorkbenchGRPOTrainer(cfg, out, steps=args.steps, resume=args.resume, **overrides(args.trl, "--trl"))
     trainer.train()
     if trainer.accelerator.is_main_process:
@@ -128,11 +119,6 @@ def _train_on_trl(args, out: Path) -> int:
                 f"reward {rows[-1]['reward_mean']:.3f}, entropy {rows[-1]['entropy_mean']:.3f} nats"
             )
     return 0
-
-
-def _requested_names(args) -> set[str]:
-    """The RunConfig fields the command line itself names (--set, --model, --task, --method)."""
-    return set(overrides(args.set)) | {name for name in ("model", "task", "method") if getattr(args, name)}
 
 
 def cmd_eval(args) -> int:
@@ -247,12 +233,22 @@ def cmd_sweep(args) -> int:
         best[columns].rename(columns={"metric": plan.metric}).to_string(index=False, float_format=lambda v: f"{v:.4g}")
     )
     print(f"every trial: {out / 'trials.json'}; watch it with widgets.SweepView({str(out)!r})")
-    if (read_trials(out).status == "interrupted").any():  # Tune took the Ctrl-C and saved the experiment
+    trials = read_trials(out)
+    if (trials.status == "interrupted").any():  # Tune took the Ctrl-C and saved the experiment
         print(
             f"workbench: interrupted; the sweep in {out} is saved: run the same command again to resume it",
             file=sys.stderr,
         )
         return 130
+    failed = trials[trials.status == "failed"]
+    if len(failed):  # the others are done: their table is above; the failures are named, and the exit code says so
+        first = failed.iloc[0]
+        print(
+            f"workbench: {len(failed)} of {len(trials)} trials failed (errors in {out / 'trials.json'}); "
+            f"{first['name']}: {first['error']}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -17,13 +17,16 @@ from workbench.config import OPTIONS, ConfigError, RunConfig
 from workbench.models.policy import PolicyLoadError
 from workbench.options import MethodOptions
 from workbench.run.store import Checkpoint, CheckpointError, RunStore
-from workbench.run.writer import RunWriter
+from workbench.run.writer import RunWriter, resume_changes
 
 
 def set_live(trainer, changes: dict) -> RunConfig:
-    """Change hyperparameters that are safe to change between steps (``LIVE_FIELDS``); they act
-    from the next step. ``method_options`` given here are merged into the current ones. A run
-    directory's config.yaml is rewritten, so a resumed run carries on with the new values."""
+    """Change hyperparameters that are safe to change between steps (``LIVE_FIELDS``) at a step
+    boundary: at once between steps; during an open step (a widget's thread, a StepCursor) they are
+    checked now and act when the next step starts, so a step never runs with two settings.
+    ``method_options`` given here are merged into the current ones. A run directory's config.yaml is
+    rewritten when they act, so a resumed run carries on with the new values. Returns the config in
+    force from ``trainer.changes_act_from`` on."""
     fixed = sorted(set(changes) - set(LIVE_FIELDS))
     if fixed:
         raise ConfigError(
@@ -31,13 +34,26 @@ def set_live(trainer, changes: dict) -> RunConfig:
             changes[fixed[0]],
             f"a field that can change mid-run ({', '.join(LIVE_FIELDS)}); fork the run to change it",
         )
-    cfg = trainer.cfg.replace(**changes)  # merges method_options; validates the whole config
+    with trainer._boundary:
+        waiting = trainer._waiting_changes
+        cfg = trainer.cfg.replace(**waiting).replace(**changes)  # merges method_options; validates the whole config
+        trainer.live_change_acts_from = trainer.changes_act_from
+        if trainer._step_start is None:
+            apply_live(trainer, changes)
+        else:
+            options = {**waiting.get("method_options", {}), **changes.get("method_options", {})}
+            trainer._waiting_changes = {**waiting, **changes, **({"method_options": options} if options else {})}
+    return cfg
+
+
+def apply_live(trainer, changes: dict) -> None:
+    """Put checked live ``changes`` in force now (at a step boundary) and into config.yaml."""
+    cfg = trainer.cfg.replace(**changes)
     trainer.cfg = trainer.method.cfg = cfg
     trainer.method.options = MethodOptions(cfg.method_options, trainer.method.OPTIONS)
     apply_optimizer_settings(trainer)
     if trainer.writer is not None:
         trainer.writer.write_config(cfg)
-    return cfg
 
 
 def apply_optimizer_settings(trainer) -> None:
@@ -62,9 +78,15 @@ def fork(trainer, out_dir: str | Path | None, changes: dict):
             "the parent's value: a fork keeps the model and "
             f"adapter shape ({', '.join(FORK_REFUSES)}); start a new run to change it",
         )
+    # a copy: Optimizer.load_state_dict keeps the tensors it is given, so the parent's moments (or the
+    # snapshot its open step rolls back to) would otherwise be the branch's too, moved by both
+    boundary = trainer._step_start or (None, trainer.optimizer.state_dict(), trainer.nan_skips)
+    adapter, optimizer_state, nan_skips = copy.deepcopy(boundary)
     writer = RunWriter.claim(out_dir) if out_dir is not None else None
     try:
         policy = copy.deepcopy(trainer.policy)
+        if adapter is not None:  # a step is part-way: the branch starts where it started
+            policy.load_adapter_state(adapter)
         if trainer.cfg.gradient_checkpointing and not cfg.gradient_checkpointing:
             policy.model.gradient_checkpointing_disable()
         task = trainer.task if cfg.task == trainer.cfg.task else None  # None: the branch builds its own
@@ -73,9 +95,9 @@ def fork(trainer, out_dir: str | Path | None, changes: dict):
         if writer is not None:
             writer.close()
         raise
-    branch.optimizer.load_state_dict(trainer.optimizer.state_dict())
+    branch.optimizer.load_state_dict(optimizer_state)
     apply_optimizer_settings(branch)
-    branch.step_index, branch.nan_skips = trainer.step_index, trainer.nan_skips
+    branch.step_index, branch.nan_skips = trainer.step_index, nan_skips
     branch._history = [dict(r) for r in trainer._history]
     if writer is not None:
         branch.start_run(writer)
@@ -97,17 +119,17 @@ def resume(cls, run_dir: str | Path, read_only: bool, kwargs: dict):
     store = writer.store if writer is not None else RunStore(run_dir)
     try:
         cfg = store.config()
-        changes = _resume_changes(cfg, changes, store.dir)
+        changes = resume_changes(cfg, changes, store.dir, LIVE_FIELDS)
         checkpoint = store.load_checkpoint()
         trainer = cls(cfg, **kwargs)
-        restore(trainer, checkpoint)
+        restore(trainer, checkpoint, with_optimizer=writer is not None)
         if writer is None:
             trainer._history = [r for r in store.read_metrics() if r["step"] < checkpoint.step]
         else:
             trainer.writer = writer
             trainer._history = store.truncate_metrics(checkpoint.step - 1)
             if changes:
-                set_live(trainer, changes)
+                apply_live(trainer, changes)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -115,8 +137,10 @@ def resume(cls, run_dir: str | Path, read_only: bool, kwargs: dict):
     return trainer
 
 
-def restore(trainer, checkpoint: Checkpoint) -> None:
-    """Load a checked checkpoint into ``trainer``; a file that does not fit the model is named."""
+def restore(trainer, checkpoint: Checkpoint, with_optimizer: bool = True) -> None:
+    """Load a checked checkpoint into ``trainer``; a file that does not fit the model is named.
+    Without the optimizer (``with_optimizer=False``: a read-only look, which trains nothing) any
+    engine's checkpoint loads, the TRL backend's (whose optimizer groups its parameters otherwise) too."""
     try:
         trainer.policy.load_adapter_state(checkpoint.adapter)
     except (PolicyLoadError, RuntimeError) as error:
@@ -124,7 +148,8 @@ def restore(trainer, checkpoint: Checkpoint) -> None:
             f"checkpoint file {checkpoint.path / 'adapter.safetensors'} does not fit this model and adapter: {error}"
         ) from error
     try:
-        trainer.optimizer.load_state_dict(checkpoint.optimizer)
+        if with_optimizer:
+            trainer.optimizer.load_state_dict(checkpoint.optimizer)
         torch.set_rng_state(checkpoint.torch_rng)
     except (ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(
@@ -143,21 +168,3 @@ FORK_REFUSES = tuple(name for name, option in OPTIONS.items() if option.changes_
 # RunConfig fields a running trainer can change between steps (Trainer.set_live); the others
 # shape what was built (model, adapter, batch layout, method) and need a fork.
 LIVE_FIELDS = tuple(name for name, option in OPTIONS.items() if option.changes_in == "live")
-
-
-def _resume_changes(cfg: RunConfig, changes: dict, run_dir: Path) -> dict:
-    """The requested config changes that differ from the run's: live ones are returned (to be
-    applied), a non-live one is refused."""
-    differ = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
-    fixed = sorted(set(differ) - set(LIVE_FIELDS))
-    if fixed:
-        raise ConfigError(
-            fixed[0],
-            differ[fixed[0]],
-            f"the value in {run_dir / 'config.yaml'} "
-            f"({getattr(cfg, fixed[0])!r}): a resumed run keeps what shapes it; only "
-            f"{', '.join(LIVE_FIELDS)} can change on resume. Fork the run to change the rest",
-        )
-    if differ:
-        cfg.replace(**differ)  # validates them (method_options merged) before anything is written
-    return differ

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ import pandas as pd
 import torch
 
 from workbench import core, methods, step, tasks
-from workbench.config import ConfigError, RunConfig
-from workbench.engine import evaluation, lifecycle, update
+from workbench.config import RunConfig
+from workbench.engine import devices, evaluation, lifecycle, update
 
 # LIVE_FIELDS and FORK_REFUSES: what set_live and fork accept (public as workbench.engine.trainer.LIVE_FIELDS)
 from workbench.engine.lifecycle import FORK_REFUSES, LIVE_FIELDS  # noqa: F401
@@ -70,10 +71,10 @@ class Trainer:
 
     def _build(self, cfg, policy, task, reward_funcs, reward_errors) -> None:
         self.cfg = cfg
-        self.device = _device(cfg.device)
+        self.device = devices.device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-        self.autocast_dtype = _autocast_dtype(cfg.dtype, self.device)
+        self.autocast_dtype = devices.autocast_dtype(cfg.dtype, self.device)
         self.policy = policy or Policy.for_run(cfg, device=self.device)
         if cfg.gradient_checkpointing:
             # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
@@ -94,6 +95,12 @@ class Trainer:
         self._subscribers: list[Callable[[Phase], None]] = []
         self._stop = False
         self._step_open = False  # a phases() generator is part-way through a step
+        # where the open step started (adapter, optimizer state, NaN skips) until it is on record: the
+        # step boundary a fork branches from; None between steps and once the step is committed
+        self._step_start: tuple | None = None
+        self._waiting_changes: dict = {}  # set_live changes made during an open step: they act from the next
+        self.live_change_acts_from: int | None = None  # the step the last set_live's changes act from
+        self._boundary = threading.Lock()  # a step's start and a live change, one at a time (widget threads)
 
     # --- events -------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Phase], None]) -> Callable[[], None]:
@@ -167,15 +174,20 @@ class Trainer:
     def phases(self) -> Iterator[Phase]:
         """Run one step, yielding a ``Phase`` after each named phase. One step at a time: starting
         a second while one is part-way (another widget's or cursor's) raises RuntimeError."""
-        if self._step_open:
-            raise RuntimeError(
-                "a step of this trainer is already part-way through (a widget or StepCursor holds it): "
-                "finish it or discard it first"
-            )
-        self._step_open = True
+        with self._boundary:
+            if self._step_open:
+                raise RuntimeError(
+                    "a step of this trainer is already part-way through (a widget or StepCursor holds it): "
+                    "finish it or discard it first"
+                )
+            if self._waiting_changes:  # live changes made during the last step act from this one
+                lifecycle.apply_live(self, self._waiting_changes)
+                self._waiting_changes = {}
+            self._step_open = True
+            adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
+            nan_skips = self.nan_skips
+            self._step_start = (adapter, optimizer_state, nan_skips)
         started = time.perf_counter()
-        adapter, optimizer_state = self.policy.adapter_state(), copy.deepcopy(self.optimizer.state_dict())
-        nan_skips = self.nan_skips
         committed = False
         try:
             batch = yield from self._emitting(self.method.sample(self, self.train_problems()))
@@ -195,11 +207,13 @@ class Trainer:
             step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
             self._record(batch, step_metrics)
             committed = True  # in metrics.jsonl and the history: from here on the step has happened
+            self._step_start = None
             if self.writer is not None:
                 self.writer.checkpoint_if_due(self.step_index, self.cfg.checkpoint_every, *self._checkpoint_contents())
             yield self._emit(Phase("metrics", int(step_metrics[M.STEP]), batch, step_metrics))
         finally:
             self._step_open = False
+            self._step_start = None
             if not committed:
                 self.policy.load_adapter_state(adapter)
                 self.optimizer.load_state_dict(optimizer_state)
@@ -264,6 +278,7 @@ class Trainer:
             batch,
             update_numbers,
             self.method.extra_metrics(self, batch),
+            cfg=self.cfg,
             nan_skips=self.nan_skips,
             reward_errors=reward_errors,
             learning_rate=self.optimizer.param_groups[0]["lr"],
@@ -322,12 +337,21 @@ class Trainer:
             self.writer = None
 
     def set_live(self, **changes) -> RunConfig:
-        """Change fields that are safe to change between steps (``LIVE_FIELDS``) from the next step
-        on; config.yaml records them (``lifecycle.set_live``)."""
+        """Change fields that are safe to change between steps (``LIVE_FIELDS``) at a step boundary:
+        now between steps, or, during an open step, when the next one starts (``changes_act_from``);
+        config.yaml records them when they act (``lifecycle.set_live``). Returns the config in force
+        from then on."""
         return lifecycle.set_live(self, changes)
 
+    @property
+    def changes_act_from(self) -> int:
+        """The step from which a ``set_live`` made now acts (and from which a ``fork`` made now branches):
+        this step when none is open, the next one while a step is part-way."""
+        return self.step_index + 1 if self._step_start is not None else self.step_index
+
     def fork(self, out_dir: str | Path | None = None, **changes) -> Trainer:
-        """A branch from this run's adapter, optimizer and step with config ``changes`` (``lifecycle.fork``)."""
+        """A branch from this run's adapter, optimizer and step with config ``changes``, taken at the
+        last step boundary: during an open step, where that step started (``lifecycle.fork``)."""
         return lifecycle.fork(self, out_dir, changes)
 
     @classmethod
@@ -355,28 +379,3 @@ if TYPE_CHECKING:  # the type checker verifies that the Trainer is the StepConte
 
     def _is_a_step_context(trainer: Trainer) -> StepContext:
         return trainer
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    usable = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, False)
-    if not usable:
-        have = ", ".join(
-            ["cpu"]
-            + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-            + (["mps"] if torch.backends.mps.is_available() else [])
-        )
-        raise ConfigError("device", name, f"a device this machine has: auto, {have} (the gpu preset needs a CUDA GPU)")
-    return device
-
-
-def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return None if name == "float32" else getattr(torch, name)

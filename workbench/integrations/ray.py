@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from workbench.integrations import require
+from workbench.options import ConfigError
 from workbench.studies.runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
 
 POLL_SECONDS = 1.0
@@ -44,6 +45,8 @@ def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> I
     if ray.is_initialized():
         yield ray
         return
+    if address is not None:
+        check_address(address)
     ray.init(
         address=address,
         include_dashboard=False,
@@ -55,6 +58,34 @@ def ray_cluster(address: str | None = None, feature: str = "--backend ray") -> I
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_address(address: str, seconds: float = 5.0) -> None:
+    """A ConfigError within ``seconds`` when nothing answers at a cluster ``address`` (``HOST:PORT``, or
+    ``ray://HOST:PORT`` for Ray's client, which needs ``ray[client]``), instead of Ray's minutes of
+    retries; ``auto`` (the cluster this machine joined) is Ray's to find."""
+    import importlib.util
+    import socket
+
+    if address == "auto":
+        return
+    client = address.startswith("ray://")
+    if client and importlib.util.find_spec("grpc") is None:
+        raise ConfigError(
+            "address", address, "a HOST:PORT address: ray:// needs Ray's client, pip install 'ray[client]'"
+        )
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("address", address, "HOST:PORT or ray://HOST:PORT, e.g. ray://head:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as error:
+        raise ConfigError(
+            "address",
+            address,
+            f"the address of a running Ray cluster: nothing answers at {host}:{port} "
+            f"({error.strerror or error}); start one there (ray start --head) or leave --address out",
+        ) from None
 
 
 def _study_task(run_dir: str, plan_fields: dict, run: tuple[str, int] | None, threads: int) -> str:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from workbench.integrations import require
 from workbench.integrations.ray import ray_cluster, threads_per_run
-from workbench.studies.runs import claim_plan, write_json
+from workbench.run.files import write_json
+from workbench.studies.runs import claim_plan
 from workbench.studies.sweep import PLAN_FILE, TRIALS_FILE, TUNE_DIR, SweepPlan, trial_name
 
 FEATURE = "workbench sweep"
@@ -39,10 +40,10 @@ def run_sweep(
     from workbench.run.store import RunStore
 
     out = Path(out).resolve()
-    claim_plan(out, plan, PLAN_FILE, "sweep")
     lock = RunStore(out)
     lock.lock()  # one sweep at a time in a directory (each trial also locks its own)
     try:
+        claim_plan(out, plan, PLAN_FILE, "sweep")  # under the lock: two sweeps never both write a plan
         with ray_cluster(address, FEATURE), _quiet_tune():
             results = _tuner(out, plan, progress, gpus_per_run).fit()
     finally:
@@ -243,7 +244,7 @@ class TrialRecorder(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         entry = self._entry(trial)
-        entry["status"], entry["error"] = "failed", _cause(trial.get_error() or "failed")
+        entry["status"], entry["error"] = "failed", _cause(_error_text(trial) or "failed")
         self._write()
 
     def on_experiment_end(self, trials, **info):
@@ -259,6 +260,14 @@ class TrialRecorder(tune.Callback):
             {"updated": time.time(), "trials": sorted(self.trials.values(), key=lambda t: t["name"])},
         )
         self._written = time.monotonic()
+
+
+def _error_text(trial) -> str | None:
+    """The trial's error as Tune wrote it: in the trial's local error file at once (``get_error``
+    reads the synced copy in storage, which may not be there yet when the callback runs)."""
+    with contextlib.suppress(OSError, TypeError, AttributeError):
+        return Path(trial.error_file).read_text()
+    return trial.get_error()
 
 
 def _cause(error) -> str:

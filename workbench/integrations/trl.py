@@ -29,24 +29,27 @@ from typing import TYPE_CHECKING, Any
 import accelerate
 import pandas as pd
 import torch
-import trl
 from accelerate.utils import gather_object
 from transformers.trainer_utils import TrainOutput
 from trl import GRPOTrainer
 
 from workbench import core, methods, step, tasks
 from workbench.config import ConfigError, RunConfig
-from workbench.integrations import trl_rows
-from workbench.integrations.trl_config import grpo_config, half_precision
+from workbench.integrations import trl_rows, trl_run
+from workbench.integrations.trl_config import grpo_config, half_precision, on_cpu
+from workbench.models import budget
 from workbench.models.policy import Policy
 from workbench.models.prompt_layout import left_pad
 from workbench.models.sampling import Sampler
 from workbench.run.store import RunStore
-from workbench.run.writer import RunWriter
+from workbench.run.writer import resume_changes
 from workbench.step.batch import RolloutBatch
 
 if TYPE_CHECKING:
     from workbench.step.context import StepContext
+
+
+TRL_OUTPUT = "trl"  # GRPOConfig.output_dir in the run directory: TRL writes its checkpoints there first
 
 
 class WorkbenchGRPOTrainer(GRPOTrainer):
@@ -80,15 +83,40 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
         self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
-        self.resuming = resume
-        self.writer: RunWriter | None = None
-        self.user_fields = trl_fields
+        state = accelerate.PartialState(cpu=on_cpu(cfg))  # the first PartialState decides: see grpo_config
+        # the step a resumed run continues from, and TRL's checkpoint of it (None: a new run)
+        self.resume_step: int | None = None
+        self.resume_from: Path | None = None
+        if resume:
+            trl_fields = trl_run.resumed_fields(self.run_store, state.num_processes, trl_fields)
+            resume_changes(self.run_store.config(), cfg.to_dict(), self.run_store.dir, ())
+            self.resume_step, self.resume_from = trl_run.resume_point(self.run_store)
         # before the model loads: a DeepSpeed ZeRO-3 config then shards it as it loads (zero3_init_flag)
-        args = grpo_config(cfg, self.settings, self.run_store.dir / "trl", steps, **trl_fields)
+        args = grpo_config(cfg, self.settings, self.run_store.dir / TRL_OUTPUT, steps, **trl_fields)
+        self.user_fields = trl_fields
+        # the main process claims the run directory before any work, and lets go if the run cannot start
+        self.writer = trl_run.open_writer(self.run_store, self.resume_step) if state.is_main_process else None
+        try:
+            self._build(cfg, steps, args, policy, task, state.device)
+            if self.writer is not None and self.resume_step is None:
+                self.writer.start(cfg, backend=trl_run.backend_info(self.accelerator, trl_fields))
+        except BaseException:
+            if self.writer is not None:
+                self.writer.close()
+            raise
+        self.boundaries = trl_run.StepBoundaries(self)
+        self.add_callback(self.boundaries)
+
+    def _build(self, cfg: RunConfig, steps: int, args, policy, task, device: torch.device) -> None:
         half = half_precision(cfg)  # the frozen base in the run's half precision, when it has one (half the memory)
-        self.policy = policy or Policy.for_run(cfg, dtype=getattr(torch, half) if half else None)
+        # sizes checked on the device the run trains on, before the adapter or anything else is allocated
+        self.policy = policy or Policy.for_run(cfg, dtype=getattr(torch, half) if half else None, memory_of=device)
         self.task = task or tasks.from_config(cfg.task)
         self.problems, dataset = trl_rows.training_prompts(self.task, cfg, steps)
+        # every prompt of the run with its response budget fits the model's context, checked before the
+        # run directory is written (TRL's generation would fail inside a step, leaving a run behind)
+        prompts = sorted({p.prompt for p in self.problems})
+        budget.check_context(self.policy.model, self.policy.format_prompts(prompts), cfg.max_completion_length)
         self._scores: list[tasks.Score] = []
         self._step_problems: list[tasks.Problem] = []  # this process's problems of the step, one per group
         self._sampled: RolloutBatch | None = None  # what the method sampled (own sampling), in TRL's row order
@@ -96,8 +124,11 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
             self.policy.model, self.policy.tokenizer.eos_token_id, self.policy.tokenizer.pad_token_id
         )
         # this process's metrics of the steps so far (EEPO's gate reads its window from them)
-        self.records: list[dict] = self.run_store.read_metrics() if resume else []
+        # (the rows up to the checkpoint: every process reads them, whenever the main one drops the rest)
+        rows = self.run_store.read_metrics() if self.resume_step is not None else []
+        self.records: list[dict] = [r for r in rows if r["step"] < (self.resume_step or 0)]
         self._pending: dict | None = None  # the step being trained: its rollouts and numbers, until it is logged
+        self._step_open = False  # between a step's generation and its metrics row: not a step boundary
         # this step's clipped tokens, valid tokens, KL sum and tokens it was measured on (all processes)
         self._loss_numbers = torch.zeros(4)
         super().__init__(
@@ -111,36 +142,6 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
             # with beta > 0 TRL keeps a copy of the adapter it was given as the reference; the workbench's
             # reference is the base model (the adapter off), whatever adapter the run starts from
             self.policy.model.delete_adapter("ref")
-        if self.accelerator.is_main_process:
-            self._claim(resume)
-
-    def _claim(self, resume: bool) -> None:
-        """Take the run directory's writer lock; a new run writes its config, a resumed one drops
-        the metrics rows after its last checkpoint (they are trained again)."""
-        if resume:
-            self.writer = RunWriter.reopen(self.run_store.dir)
-            self.writer.store.truncate_metrics(self.last_checkpoint_step() - 1)
-        else:
-            self.writer = RunWriter.claim(self.run_store.dir)
-            self.writer.start(self.cfg)
-        self.writer.store.write_backend(
-            {
-                "backend": "trl",
-                "processes": self.accelerator.num_processes,
-                "distributed_type": str(self.accelerator.distributed_type),
-                "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
-                "trl_fields": self.user_fields,
-            }
-        )
-
-    def last_checkpoint_step(self) -> int:
-        """The global step of the newest TRL checkpoint in the run directory (0: none)."""
-        steps = [
-            int(p.name.split("-")[1])
-            for p in (self.run_store.dir / "trl").glob("checkpoint-*")
-            if p.name.split("-")[1].isdigit()
-        ]
-        return max(steps, default=0)
 
     def train(
         self,
@@ -148,15 +149,36 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         trial: Any = None,
         ignore_keys_for_eval: list[str] | None = None,
     ) -> TrainOutput:
-        """TRL's train; a run made with ``resume=True`` continues from its newest checkpoint. The run
-        directory's lock is let go at the end."""
-        if resume_from_checkpoint is None and self.resuming:
-            resume_from_checkpoint = bool(self.last_checkpoint_step()) or None
+        """TRL's train; a run made with ``resume=True`` continues from its newest checkpoint. A first
+        Ctrl-C or SIGTERM stops the run at the end of the step under way, saved (then KeyboardInterrupt);
+        an exception between steps saves the last step first. The run directory's lock is let go at the end."""
+        if resume_from_checkpoint is None and self.resume_from is not None:
+            resume_from_checkpoint = str(self.resume_from)
         try:
-            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+            with self.boundaries.taking_signals():
+                try:
+                    output = super().train(resume_from_checkpoint, trial, ignore_keys_for_eval)
+                except BaseException:
+                    trl_run.save_on_the_way_out(self)
+                    raise
         finally:
             if self.writer is not None:
                 self.writer.close()
+        if self.boundaries.stop_requested:
+            raise KeyboardInterrupt  # stopped by a signal, saved at the end of its last step
+        return output
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """TRL's checkpoint of the step (every process writes its part), moved into the run's
+        checkpoint of that step with the adapter and the digests of every file (``RunWriter``)."""
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process's RNG state is on disk
+        if self.writer is not None:
+            step = self.state.global_step
+            trl_files = self.run_store.dir / TRL_OUTPUT / f"checkpoint-{step}"
+            state = {"nan_skips": 0, "engine": trl_run.ENGINE}
+            self.writer.checkpoint(step, self.policy, self.optimizer, state, {trl_run.TRL_FILES: trl_files})
+        self.accelerator.wait_for_everyone()
 
     # --- what the method hooks see of a trainer ----------------------------------------------------
     @property
@@ -237,6 +259,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         started = time.perf_counter()
+        self._step_open = True  # until its metrics row is written
         problem_index = [x["problem"] for x in inputs]
         self._step_problems = [self.problems[i] for i in problem_index[:: self.cfg.num_generations]]
         out = super()._generate_and_score_completions(inputs)
@@ -352,6 +375,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
             RolloutBatch.from_frame(frame),
             update,
             method_numbers,
+            cfg=self.cfg,
             nan_skips=0,
             reward_errors=0,
             learning_rate=float(logs["learning_rate"]),
@@ -359,6 +383,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         )
         self.writer.record(index, frame if self.cfg.save_rollouts else None, row)  # the row last
         self._pending = None
+        self._step_open = False
         self._loss_numbers.zero_()
 
 

@@ -5,6 +5,7 @@ settings. Everything else TRL offers (vLLM, DeepSpeed, logging) is the user's, b
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,12 +75,15 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
 
 
 def grpo_config(
-    cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None, **trl
+    cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int | None = None, /, **trl
 ) -> GRPOConfig:
     """The GRPOConfig of a run of ``cfg`` for ``steps`` steps on ``processes`` processes (default:
-    accelerate's), with ``trl`` further GRPOConfig fields; ``settings`` are the method's loss settings."""
+    accelerate's), with ``trl`` further GRPOConfig fields, each of the type GRPOConfig declares
+    (``use_vllm=no`` is text, not false); ``settings`` are the method's loss settings."""
     from accelerate import PartialState
     from trl import GRPOConfig
+
+    check_trl_fields(trl)
 
     # told about the CPU before anything else asks: the first PartialState decides, and only a CPU
     # one joins the processes a launcher started over gloo
@@ -104,6 +108,8 @@ def grpo_config(
         owned["gradient_checkpointing_kwargs"] = owned.pop("activation_checkpointing_kwargs")
     # transformers' Trainer turns the model's KV cache off (for the training passes); generation
     # needs it, or every new token runs the whole sequence again (26x slower on the smoke model)
+    if not isinstance(trl.get("generation_kwargs") or {}, dict):
+        raise ConfigError("trl.generation_kwargs", trl["generation_kwargs"], "a mapping, e.g. {top_p: 0.9}")
     trl["generation_kwargs"] = {"use_cache": True, **(trl.get("generation_kwargs") or {})}
     for name, value in trl.items():
         if name in owned:
@@ -113,6 +119,45 @@ def grpo_config(
                 "a GRPOConfig field the run's config does not set; "
                 f"{name} is set by the workbench (use --set FIELD=VALUE for the RunConfig's fields)",
             )
-        if name not in known:
-            raise ConfigError(f"trl.{name}", value, "a field of trl.GRPOConfig")
     return GRPOConfig(**owned, **trl)
+
+
+def check_trl_fields(fields: dict) -> None:
+    """Each field a GRPOConfig field, of the type GRPOConfig declares for it; ``use_vllm=true`` only
+    where vLLM is installed. A ConfigError names the first that is not."""
+    import importlib.util
+    import typing
+
+    from trl import GRPOConfig
+
+    hints = typing.get_type_hints(GRPOConfig)
+    for name, value in fields.items():
+        if name not in hints:
+            raise ConfigError(f"trl.{name}", value, "a field of trl.GRPOConfig")
+        kinds = _plain_types(hints[name])
+        if kinds and not _is_one_of(value, kinds):
+            allowed = " or ".join(sorted({"null" if k is type(None) else k.__name__ for k in kinds}))
+            raise ConfigError(f"trl.{name}", value, f"a value of GRPOConfig's type for {name}: {allowed}")
+    if fields.get("use_vllm") and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("trl.use_vllm", True, "false here: vLLM is not installed (pip install vllm)")
+
+
+def _plain_types(hint) -> tuple[type, ...]:
+    """The plain classes a type hint allows (``bool | None`` -> bool, NoneType; ``list[str]`` ->
+    list); empty when one of them is not a plain class (an enum, a literal): not checked here."""
+    import enum
+    import typing
+
+    parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    kinds = tuple(typing.get_origin(p) or p for p in parts)
+    if not all(isinstance(k, type) for k in kinds) or any(issubclass(k, enum.Enum) for k in kinds):
+        return ()
+    return kinds
+
+
+def _is_one_of(value, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, never to a config
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, kinds)

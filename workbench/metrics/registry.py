@@ -49,6 +49,7 @@ GROUPS = {
         Group("length", "response length", TOKENS),
         Group("update", "the update: loss, KL to the reference, clipping", NUMBER),
         Group("step", "the step: index, time, failures", NUMBER),
+        Group("settings", "the live settings in force at the step (set_live changes them between steps)", NUMBER),
         Group("evaluation", "evaluation on a held-out split", FRACTION),
         Group("eepo", "EEPO: the two stages and the unlearning step", FRACTION, method=True),
         Group("policy_split", "Policy Split: the two modes", FRACTION, method=True),
@@ -102,6 +103,10 @@ REWARD_ERRORS = Metric(
     "reward_errors", COUNT, "step", "trainer", "reward-function failures scored 0 in this step (reward_errors='zero')"
 )
 LEARNING_RATE = Metric("learning_rate", NUMBER, "update", "trainer", "the optimizer's learning rate at this step")
+TEMPERATURE = Metric("temperature", NUMBER, "settings", "trainer", "the sampling temperature this step ran with")
+TOP_P = Metric("top_p", FRACTION, "settings", "trainer", "the nucleus-sampling top_p this step ran with")
+BETA = Metric("beta", NUMBER, "settings", "trainer", "the KL-to-reference weight this step's loss had")
+ENTROPY_COEF = Metric("entropy_coef", NUMBER, "settings", "trainer", "the entropy-bonus weight this step's loss had")
 
 # --- the scored rollouts (metrics.rollout_metrics) ---------------------------------------------------
 REWARD_MEAN = Metric("reward_mean", NUMBER, "reward", "rollout", "mean reward of the step's responses")

@@ -60,13 +60,21 @@ class Policy:
         return cls.with_adapter(model, tokenizer, str(name_or_path), lora, seed)
 
     @classmethod
-    def for_run(cls, cfg, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+    def for_run(
+        cls,
+        cfg,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        memory_of: torch.device | None = None,
+    ) -> Policy:
         """The policy a run of ``cfg`` starts from, whichever engine trains it: ``cfg.model`` with a new
-        LoRA adapter seeded by ``cfg.seed``. With a ``device``, the step's memory is checked first
-        (``budget.check_memory``), before the adapter or anything else is allocated."""
+        LoRA adapter seeded by ``cfg.seed``. The step's memory is checked (``budget.check_memory``) on
+        ``memory_of`` (default: ``device``, where the model loads), before the adapter or anything else
+        is allocated; an engine that places the model itself (TRL) names the device it will train on."""
         model, tokenizer = models.load(cfg.model, device=device, dtype=dtype)
-        if device is not None:
-            budget.check_memory(cfg, model, device)
+        checked_on = memory_of or device
+        if checked_on is not None:
+            budget.check_memory(cfg, model, checked_on)
         lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
         return cls.with_adapter(model, tokenizer, cfg.model, lora, seed=cfg.seed)
 

@@ -1,8 +1,9 @@
 """A checkpoint directory's files: what ``RunStore.save_checkpoint`` writes into one and how
 ``RunStore.load_checkpoint`` reads one back, checked, before anything is applied.
 
-``state.json`` is written last and records the sha256 of the other two files, so a truncated or
-altered file is refused with an error that names it. Optimizer and RNG state load with
+``state.json`` is written last and records the sha256 of every other file (an engine's own files
+too: the TRL backend's checkpoint lies in ``trl/``), so a truncated or altered file is refused with
+an error that names it. Optimizer and RNG state load with
 ``torch.load(weights_only=True)``; the adapter only from safetensors. Where the directory goes
 (a temporary renamed into place) is the run directory's concern (:mod:`workbench.run.store`).
 """
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 CHECKPOINT_FILES = ("adapter.safetensors", "optimizer.pt", "state.json")
-HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256
+HASHED_FILES = ("adapter.safetensors", "optimizer.pt")  # state.json records their sha256 (and any engine file's)
 
 
 class CheckpointError(RuntimeError):
@@ -38,12 +39,14 @@ class Checkpoint:
 
 
 def write_checkpoint(directory: Path, step: int, policy, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """The files of the checkpoint of ``step`` into the (new, empty) ``directory``."""
+    """The files of the checkpoint of ``step`` into ``directory`` (new; it may hold an engine's own
+    checkpoint files already, which the digests then cover too)."""
     policy.save_adapter(directory / "adapter.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, directory / "optimizer.pt")
     # state.json is written last and records the other files' digests: a file changed on disk
     # afterwards (truncated, bit-flipped, swapped) is caught on load, not trained on.
-    digests = {name: _sha256(directory / name) for name in HASHED_FILES}
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "state.json")
+    digests = {p.relative_to(directory).as_posix(): _sha256(p) for p in files}
     (directory / "state.json").write_text(json.dumps({**state, "step": step, "sha256": digests}))
 
 
@@ -55,7 +58,9 @@ def read_checkpoint(path: Path, step: int) -> Checkpoint:
             raise CheckpointError(f"checkpoint file {path / name} is missing")
     state = _read_state(path / "state.json", step)
     for name, digest in state.get("sha256", {}).items():
-        if name not in HASHED_FILES or _sha256(path / name) != digest:
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint file {path / name} is missing (state.json records its sha256)")
+        if _sha256(path / name) != digest:
             raise CheckpointError(
                 f"checkpoint file {path / name} is truncated or corrupt: its sha256 "
                 "differs from the one recorded in state.json"
@@ -76,7 +81,11 @@ def _read_state(path: Path, step: int) -> dict:
             f'"step": {step}, not {str(state)[:80]!r}'
         )
     digests, nan_skips = state.get("sha256"), state.get("nan_skips", 0)
-    if not isinstance(digests, dict) or set(digests) != set(HASHED_FILES):
+    if (
+        not isinstance(digests, dict)
+        or not set(HASHED_FILES) <= set(digests)
+        or any(not isinstance(name, str) or ".." in Path(name).parts or Path(name).is_absolute() for name in digests)
+    ):
         raise CheckpointError(
             f'checkpoint file {path} is corrupt: its "sha256" must record the digests of '
             f"{' and '.join(HASHED_FILES)}, so that they can be checked before they are loaded"

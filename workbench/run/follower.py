@@ -9,7 +9,8 @@ whole; a resume replaces metrics.jsonl with its first rows.
 
 Where a run is in words (``describe``): "waiting for the run to start" before config.yaml exists,
 "step 12 of 50 · waiting for step 13" while it runs, "finished" once the last step arrives or
-the writer lets go of the run's lock with no rows left to read.
+the writer lets go of the run's lock with no rows left to read; "gone" once its config.yaml went
+away (the directory deleted or moved), the rows read so far kept.
 
 It is one of the two ``run_source.RunSource`` feeds widgets read (the other is ``LiveRun``, a
 trainer in this process): ``poll``, ``describe``, ``step_batch``, ``watch``.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.config import RunConfig
-from workbench.run.lock import lock_held
+from workbench.run.lock import LOCK_NAME, lock_held
 from workbench.run.store import RunStore, parse_metrics
 from workbench.step.batch import RecordedTokens, RolloutBatch
 
@@ -62,9 +63,9 @@ class RunFollower:
     the run is to train, when known (a run directory does not record it), so that the last one
     can be recognised.
 
-    ``state`` is "waiting" (no config.yaml yet), "running" or "finished"; ``last_step`` the last
-    step whose metrics were read (None before the first); ``config`` the run's config. Another
-    process trains the run: ``controllable`` is False."""
+    ``state`` is "waiting" (no config.yaml yet), "running", "finished" or "gone" (deleted or
+    moved); ``last_step`` the last step whose metrics were read (None before the first);
+    ``config`` the run's config. Another process trains the run: ``controllable`` is False."""
 
     controllable = False
 
@@ -76,6 +77,7 @@ class RunFollower:
         self.steps = steps
         self.config: RunConfig | None = None
         self.state = "waiting"
+        self.unwritten = False  # no lock file: nobody writes the run (a copy, a recording)
         self._signatures: dict[str, tuple] = {}  # config.yaml, eval.json: (inode, size, mtime) as last read
         self._forget_rows()
 
@@ -85,6 +87,7 @@ class RunFollower:
         self.damaged_lines: list[tuple[int, str]] = []  # (line number, text) skipped, as RunStore.read_metrics
         self._identity: tuple[int, int] | None = None  # (device, inode) of the metrics file being read
         self._offset = 0  # bytes of it read: whole lines only
+        self._tail = b""  # the last line read, which ends at _offset: still there, the file is the same history
         self._lines = 0
         self._steps: set[int] = set()
         self._rollouts: dict[int, tuple] = {}  # step -> (inode, size, mtime) of its file as last reported
@@ -93,17 +96,22 @@ class RunFollower:
         """Read what the run wrote since the last poll."""
         # asked before reading: every row a writer wrote before it let go is then on disk to be read
         writer_held = lock_held(self.dir)
+        # every engine locks its run, so a run with no lock file at all has no writer: a copy, a recording
+        self.unwritten = writer_held is None and not (self.dir / LOCK_NAME).exists()
         update = RunUpdate(config=self._read_if_changed("config.yaml", self.store.config))
         if update.config is not None:
             self.config = update.config
         if self.config is None:
             self.state = "waiting"
             return update
+        if not (self.dir / "config.yaml").exists():  # deleted or moved: the rows read so far stay shown
+            self.state = "gone"
+            return update
         update.rows, update.restarted = self._new_rows()
         update.rollout_steps = self._new_rollouts()
         update.evaluations = self._read_if_changed("eval.json", self.store.read_evaluations)
         last = self.steps is not None and self.last_step is not None and self.last_step >= self.steps - 1
-        self.state = "finished" if last or writer_held is False else "running"
+        self.state = "finished" if last or writer_held is False or self.unwritten else "running"
         return update
 
     def rollouts(self, step: int):
@@ -150,14 +158,23 @@ class RunFollower:
         """Where the run is, in words, as of the last poll."""
         if self.state == "waiting":
             return "waiting for the run to start (no config.yaml yet)"
-        of = f" of {self.steps}" if self.steps is not None else ""
+        if self.state == "gone":
+            at = "" if self.last_step is None else f" after step {self.last_step}"
+            return f"the run directory {self.dir} is gone (deleted or moved){at}"
+        # steps count from 0: "step 39 (40 of 40 steps)" is the last of a 40-step run
+        if self.last_step is None:
+            at = "no step recorded"
+        elif self.steps is None:
+            at = f"step {self.last_step}"
+        else:
+            at = f"step {self.last_step} ({self.last_step + 1} of {self.steps} steps)"
         if self.state == "running":
             if self.last_step is None:
-                return f"waiting for step 0{of}"
-            return f"step {self.last_step}{of} · waiting for step {self.last_step + 1}"
+                return "waiting for step 0" + (f" (of {self.steps} steps)" if self.steps is not None else "")
+            return f"{at} · waiting for step {self.last_step + 1}"
         reached = self.steps is not None and self.last_step is not None and self.last_step >= self.steps - 1
-        at = "no step recorded" if self.last_step is None else f"step {self.last_step}{of}"
-        return f"finished · {at}" + ("" if reached else " · its writer let go of the run")
+        why = "" if reached else " · recorded (no writer)" if self.unwritten else " · its writer let go of the run"
+        return f"finished · {at}{why}"
 
     def _read_if_changed(self, name: str, read: Callable[[], object]):
         """``read()`` when the file ``name`` is new or changed since it was last read, else None."""
@@ -174,11 +191,15 @@ class RunFollower:
 
     def _new_rows(self) -> tuple[list[dict], bool]:
         """The rows of the steps appended since the last poll, and whether the history started over
-        (metrics.jsonl replaced, cut shorter, or a step written again): then every row is read again."""
+        (metrics.jsonl replaced, cut shorter, rewritten in place, or a step written again): then
+        every row is read again."""
         try:
             with open(self.store.metrics_path, "rb") as f:
                 stat = os.fstat(f.fileno())
                 restarted = self._identity not in (None, (stat.st_dev, stat.st_ino)) or stat.st_size < self._offset
+                if not restarted and self._tail:  # the same file rewritten in place (a cp over it)?
+                    f.seek(self._offset - len(self._tail))
+                    restarted = f.read(len(self._tail)) != self._tail
                 if restarted:
                     self._forget_rows()
                 self._identity = (stat.st_dev, stat.st_ino)
@@ -196,6 +217,8 @@ class RunFollower:
             return self._new_rows()[0], True
         self._offset += len(whole)
         self._lines += whole.count(b"\n")
+        if whole:
+            self._tail = whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 :]
         self.damaged_lines += damaged
         self._steps.update(by_step)
         if by_step:

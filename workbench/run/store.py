@@ -4,9 +4,11 @@
 RUN_DIR/config.yaml              the RunConfig
 RUN_DIR/metrics.jsonl            one JSON object per step, appended and flushed every step
 RUN_DIR/rollouts/step-N.parquet  every response of step N with its token telemetry
-RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json
+RUN_DIR/checkpoints/step-N/      adapter.safetensors, optimizer.pt, state.json (digests of every file),
+                                 and the engine's own checkpoint where it has one (trl/)
 RUN_DIR/backend.json             the engine, when not the in-process Trainer (TRL: processes, versions, fields)
-RUN_DIR/eval.json                evaluations by name ("base", "final", "step-N"), merged, never replaced
+RUN_DIR/eval.json                evaluations by name ("base", "final", "step-N"), merged under the OS lock
+                                 of .eval.json.lock (run/files.py), never replaced
 RUN_DIR/.lock                    held (flock) by the one process that writes the run; who, as JSON
                                  (run_lock.py)
 RUN_DIR/metrics.jsonl.corrupt    damaged metrics lines a resume set aside, with their line numbers
@@ -38,6 +40,7 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.run.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
+from workbench.run.files import atomic_write_text, fsync, update_json
 from workbench.run.lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
 
 BACKEND_FILE = "backend.json"
@@ -82,15 +85,15 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rollouts_dir.mkdir(exist_ok=True)
         self.checkpoints_dir.mkdir(exist_ok=True)
-        _atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
     def write_config(self, cfg: RunConfig) -> None:
-        _atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
     def write_backend(self, info: dict) -> None:
         """backend.json: the engine that trains a run not trained in process (TRL: its processes,
         versions and the GRPOConfig fields the user set), so that nothing about a run is lost."""
-        _atomic_write_text(self.dir / BACKEND_FILE, json.dumps(info, indent=1, default=str) + "\n")
+        atomic_write_text(self.dir / BACKEND_FILE, json.dumps(info, indent=1, default=str) + "\n")
 
     def backend(self) -> dict | None:
         path = self.dir / BACKEND_FILE
@@ -154,7 +157,7 @@ class RunStore:
                 warnings.warn(
                     f"{warning.message} (set aside in metrics.jsonl.corrupt)", DamagedMetricsWarning, stacklevel=2
                 )
-        _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         return rows
 
     # --- evaluations ----------------------------------------------------------------
@@ -166,11 +169,15 @@ class RunStore:
             raise CheckpointError(f"{path} is unreadable ({error}): move it away to write new evaluations") from error
 
     def add_evaluation(self, name: str, split: str, result: dict) -> Path:
-        """Merge one evaluation into eval.json (atomically; earlier entries are kept)."""
-        evaluations = self.read_evaluations()
-        evaluations.setdefault(name, {})[split] = result
+        """Merge one evaluation into eval.json (atomically, under its lock: evaluations written at
+        the same time by other processes are all kept, and so are earlier ones)."""
         path = self.dir / "eval.json"
-        _atomic_write_text(path, json.dumps(evaluations, indent=2))
+
+        def merged(evaluations: dict) -> dict:
+            evaluations.setdefault(name, {})[split] = result
+            return evaluations
+
+        update_json(path, merged, lambda _: self.read_evaluations())
         return path
 
     # --- rollouts -----------------------------------------------------------------
@@ -180,7 +187,7 @@ class RunStore:
         path = self.rollouts_dir / f"step-{step}.parquet"
         tmp = path.with_suffix(".parquet.tmp")
         frame.to_parquet(tmp, index=False)
-        _fsync(tmp)  # on disk before the name is, or a crash could leave an empty file under it
+        fsync(tmp)  # on disk before the name is, or a crash could leave an empty file under it
         os.replace(tmp, path)
         return path
 
@@ -201,19 +208,30 @@ class RunStore:
         names = (re.fullmatch(r"step-(\d+)", p.name) for p in self.checkpoints_dir.iterdir() if p.is_dir())
         return sorted(int(m.group(1)) for m in names if m)
 
-    def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-        """Write the checkpoint of ``step`` into a temporary directory, then rename it into place."""
+    def save_checkpoint(
+        self,
+        step: int,
+        policy,
+        optimizer: torch.optim.Optimizer,
+        state: dict,
+        engine_files: dict[str, Path] | None = None,
+    ) -> Path:
+        """Write the checkpoint of ``step`` into a temporary directory, then rename it into place.
+        ``engine_files``: directories an engine wrote for the step ({name: path}, TRL's own checkpoint),
+        moved into it under ``name`` so that the step's checkpoint is one directory, digests and all."""
         final = self.checkpoints_dir / f"step-{step}"
         self._remove_stale_temporaries()
         tmp = self.checkpoints_dir / f".tmp-step-{step}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        for name, directory in (engine_files or {}).items():
+            shutil.move(str(directory), tmp / name)
         write_checkpoint(tmp, step, policy, optimizer, state)
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+        for f in tmp.rglob("*"):
+            fsync(f)
+        fsync(tmp)
         _replace_directory(tmp, final)
-        _fsync(self.checkpoints_dir)
+        fsync(self.checkpoints_dir)
         return final
 
     def _remove_stale_temporaries(self) -> None:
@@ -296,18 +314,3 @@ def _jsonable(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else str(v)
     return v
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)

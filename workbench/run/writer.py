@@ -2,9 +2,10 @@
 
 The workbench ``Trainer`` and the TRL backend each HAVE one (neither inherits it). It holds the
 run's lock from ``claim`` (a new run) or ``reopen`` (a resumed one) to ``close``, writes the run's
-config and its steps (the rollouts first, then the metrics row: a step is on record once its row
-is), and saves checkpoints: when due, and on the way out, best effort. The files and the lock
-themselves are ``store.RunStore``'s.
+config and the engine that trains it (``backend.json``; none: the workbench's own Trainer), its
+steps (the rollouts first, then the metrics row: a step is on record once its row is), and saves
+checkpoints: when due, and on the way out, best effort. A run resumes only on the engine that
+trained it. The files and the lock themselves are ``store.RunStore``'s.
 """
 
 from __future__ import annotations
@@ -16,6 +17,26 @@ import pandas as pd
 
 from workbench.options import ConfigError
 from workbench.run.store import RunStore
+
+WORKBENCH = "workbench"  # the in-process Trainer's engine name: its runs have no backend.json
+
+
+def engine_of(store: RunStore) -> str:
+    """The engine that trains the run in ``store`` (backend.json's "backend"; none: the workbench's)."""
+    backend = store.backend()
+    return backend.get("backend", WORKBENCH) if backend else WORKBENCH
+
+
+def require_engine(store: RunStore, engine: str) -> None:
+    """A ConfigError naming the engine that trained the run in ``store`` unless it is ``engine``."""
+    trained_on = engine_of(store)
+    if trained_on != engine:
+        raise ConfigError(
+            "backend",
+            engine,
+            f"the engine that trained the run in {store.dir} ({trained_on}): a run resumes on its own "
+            f"engine, whose checkpoints it holds (workbench train --resume --backend {trained_on})",
+        )
 
 
 class RunWriter:
@@ -41,19 +62,28 @@ class RunWriter:
         return cls(store)
 
     @classmethod
-    def reopen(cls, run_dir: str | Path) -> RunWriter:
-        """The writer of an existing run, to continue it (RunLockedError while another writer holds it)."""
+    def reopen(cls, run_dir: str | Path, engine: str = WORKBENCH) -> RunWriter:
+        """The writer of an existing run, to continue it on ``engine`` (RunLockedError while another
+        writer holds it; a ConfigError naming the engine that trained it when that is another)."""
         store = RunStore(run_dir)
         store.lock()
+        try:
+            require_engine(store, engine)
+        except ConfigError:
+            store.unlock()
+            raise
         return cls(store)
 
     @property
     def dir(self) -> Path:
         return self.store.dir
 
-    def start(self, cfg, history: list[dict] | tuple = ()) -> None:
-        """Write a new run: its config.yaml, and the metrics rows it inherits (a fork's)."""
+    def start(self, cfg, history: list[dict] | tuple = (), backend: dict | None = None) -> None:
+        """Write a new run: its config.yaml, the engine that trains it when it is not the workbench's
+        own (``backend``: backend.json), and the metrics rows it inherits (a fork's)."""
         self.store.create(cfg)
+        if backend is not None:
+            self.store.write_backend(backend)
         for row in history:
             self.store.append_metrics(row)
 
@@ -67,9 +97,12 @@ class RunWriter:
             self.store.write_rollouts(step, rollouts)
         self.store.append_metrics(row)
 
-    def checkpoint(self, step: int, policy, optimizer, state: dict) -> Path:
-        """The checkpoint of ``step``: adapter, optimizer and RNG state, ``state`` (digests checked on load)."""
-        return self.store.save_checkpoint(step, policy, optimizer, state)
+    def checkpoint(
+        self, step: int, policy, optimizer, state: dict, engine_files: dict[str, Path] | None = None
+    ) -> Path:
+        """The checkpoint of ``step``: adapter, optimizer and RNG state, ``state``, and the engine's own
+        files when it has some (``engine_files``: TRL's checkpoint); digests of all, checked on load."""
+        return self.store.save_checkpoint(step, policy, optimizer, state, engine_files)
 
     def checkpoint_if_due(self, step: int, every: int, policy, optimizer, state: dict) -> None:
         if every and step % every == 0:
@@ -83,14 +116,38 @@ class RunWriter:
         try:
             self.checkpoint(step, policy, optimizer, state)
         except Exception as error:
-            earlier = self.store.checkpoint_steps()
-            warnings.warn(
-                f"could not save a checkpoint at step {step} ({error}); the run resumes "
-                f"from step {earlier[-1] if earlier else 0}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warn_unsaved(self.store, step, error)
 
     def close(self) -> None:
         """Let go of the run directory's lock: this writer writes no more."""
         self.store.unlock()
+
+
+def resume_changes(cfg, changes: dict, run_dir: Path, live_fields: tuple[str, ...]) -> dict:
+    """The requested config ``changes`` that differ from the run's ``cfg``: those among
+    ``live_fields`` are returned (to be applied), any other is refused naming config.yaml's value."""
+    differ = {k: v for k, v in changes.items() if getattr(cfg, k) != v}
+    fixed = sorted(set(differ) - set(live_fields))
+    if fixed:
+        can = f"only {', '.join(live_fields)} can change on resume" if live_fields else "nothing changes on resume here"
+        raise ConfigError(
+            fixed[0],
+            differ[fixed[0]],
+            f"the value in {Path(run_dir) / 'config.yaml'} "
+            f"({getattr(cfg, fixed[0])!r}): a resumed run keeps what shapes it; {can}. "
+            "Fork the run to change the rest",
+        )
+    if differ:
+        cfg.replace(**differ)  # validates them (method_options merged) before anything is written
+    return differ
+
+
+def warn_unsaved(store: RunStore, step: int, error: Exception) -> None:
+    """The warning of a best-effort checkpoint that failed: it names the checkpoint a resume would use."""
+    earlier = store.checkpoint_steps()
+    warnings.warn(
+        f"could not save a checkpoint at step {step} ({error}); "
+        f"the run resumes from step {earlier[-1] if earlier else 0}",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -192,13 +192,15 @@ def metrics_row(
     update_numbers: dict,
     method_numbers: dict,
     *,
+    cfg,
     nan_skips: int,
     reward_errors: int,
     learning_rate: float,
     seconds: float,
 ) -> dict[str, float]:
     """THE metrics row of a step (both engines): the rollouts' metrics, the update's numbers, the
-    method's own, and the step's bookkeeping."""
+    method's own, the live settings ``cfg`` held while the step ran (so anyone can see from which
+    step a change acted), and the step's bookkeeping."""
     return {
         M.STEP: step,
         **metrics.rollout_metrics(batch),
@@ -207,6 +209,10 @@ def metrics_row(
         # reward-function failures scored 0 in this step (reward_errors="zero")
         M.REWARD_ERRORS: float(reward_errors),
         M.LEARNING_RATE: learning_rate,
+        M.TEMPERATURE: float(cfg.temperature),
+        M.TOP_P: float(cfg.top_p),
+        M.BETA: float(cfg.beta),
+        M.ENTROPY_COEF: float(cfg.entropy_coef),
         **method_numbers,
         M.STEP_TIME: seconds,
     }

@@ -8,12 +8,12 @@ each as a Ray task; both call :func:`run_one` and :func:`evaluate_base`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench import methods
 from workbench.options import ConfigError
+from workbench.run.files import write_json
 
 PLAN_FILE = "study.json"
 EVAL_FILE = "eval.json"
@@ -49,9 +49,19 @@ class StudyPlan:
         for key in ("method", "seed", "checkpoint_every"):
             if key in self.overrides:
                 raise ConfigError(f"overrides.{key}", self.overrides[key], "set by the study itself, not an override")
+        for method, seed in study_runs(self):  # every run checked whole before the plan is written anywhere
+            self.run_config(method, seed)
 
     def run_dir(self, out: Path, method: str, seed: int) -> Path:
         return out / f"{method}-seed{seed}"
+
+    def run_config(self, method: str, seed: int, threads: int | None = None):
+        """The RunConfig of the study's (``method``, ``seed``) run: the shared overrides and the study's
+        own fields (``threads`` when the backend sets them)."""
+        from workbench.config import RunConfig
+
+        fixed = {"method": method, "seed": seed, "checkpoint_every": self.checkpoint_every}
+        return RunConfig(**{**self.overrides, **fixed, **({"threads": threads} if threads is not None else {})})
 
 
 def study_runs(plan: StudyPlan) -> list[tuple[str, int]]:
@@ -95,7 +105,6 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
     """Train (or resume) one run of the study to ``plan.steps`` and write its ``eval.json``;
     nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
     when the backend sets them (a new run records them in its config)."""
-    from workbench.config import RunConfig
     from workbench.engine.trainer import Trainer
 
     if (run_dir / EVAL_FILE).exists():
@@ -103,10 +112,7 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
     if (run_dir / "config.yaml").exists():
         trainer = Trainer.resume(run_dir)
     else:
-        fixed = {"method": method, "seed": seed, "checkpoint_every": plan.checkpoint_every}
-        if threads is not None:
-            fixed["threads"] = threads
-        trainer = Trainer(RunConfig(**{**plan.overrides, **fixed}), out_dir=run_dir)  # checkpointed at step 0
+        trainer = Trainer(plan.run_config(method, seed, threads), out_dir=run_dir)  # checkpointed at step 0
     if on_step is not None:
         trainer.subscribe(lambda phase: on_step() if phase.name == "metrics" else None)
     try:
@@ -139,10 +145,3 @@ def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:
         split: trainer.evaluate(split, n_samples=plan.eval_samples, num_prompts=plan.eval_prompts, mode=mode)
         for split in plan.splits
     }
-
-
-def write_json(path: Path, value) -> None:
-    """``value`` as JSON at ``path``, atomically (a reader sees the old file or the new one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)

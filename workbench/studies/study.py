@@ -81,12 +81,12 @@ def run_study(
             "address" if address is not None else "gpus_per_run", address or gpus_per_run, "only with backend='ray'"
         )
     out = Path(out)
-    claim_plan(out, plan)
     from workbench.run.store import RunStore
 
     study = RunStore(out)
     study.lock()  # one compare at a time in a study directory (each run also locks its own)
     try:
+        claim_plan(out, plan)  # under the lock: two compares never both write a plan
         if backend == "ray":
             from workbench.integrations.ray import run_study_on_ray
 

@@ -26,6 +26,7 @@ sweep was stopped before the trial ended: running the same command again resumes
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class SweepPlan:
             raise ConfigError("space", self.space, "at least one dimension, e.g. learning_rate=loguniform:1e-4:1e-2")
         for dimension in self.dimensions:
             self._check(dimension)
+        self._check_combinations()
 
     @property
     def dimensions(self) -> list[Dimension]:
@@ -190,6 +192,14 @@ class SweepPlan:
                 dimension.describe(),
                 "a RunConfig field (workbench options) or method_options.NAME (workbench options --method M)",
             )
+        kind = _option_of(key, self.overrides).kind
+        if kind == "int" and dimension.kind in ("uniform", "loguniform"):
+            raise ConfigError(
+                f"space.{key}",
+                dimension.describe(),
+                f"integers: {key} is an integer, so randint:LOW:HIGH, grid:a,b or choice:a,b "
+                f"({dimension.kind} draws fractions)",
+            )
         others = {d.key: d.examples[0] for d in self.dimensions if d.key != key}
         for value in dimension.examples:
             try:
@@ -201,6 +211,37 @@ class SweepPlan:
                     f"every value allowed ({error}); a dimension "
                     f"is KIND:VALUES with KIND one of {', '.join(KINDS)}, or a,b,c for a grid",
                 ) from None
+
+    def _check_combinations(self) -> None:
+        """Every combination of the dimensions' bounding values (each grid and choice value, each
+        range's two ends) must make a RunConfig too: a value can be allowed alone and not with
+        another's (an odd group size for EEPO)."""
+        dimensions = self.dimensions
+        for values in itertools.product(*(d.examples for d in dimensions)):
+            params = {d.key: value for d, value in zip(dimensions, values)}
+            try:
+                self.run_config(params)
+            except ConfigError as error:
+                together = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                raise ConfigError(
+                    "space", together, f"a combination every trial can run; with these together: {error}"
+                ) from None
+
+
+def _option_of(key: str, overrides: dict):
+    """The declaration of the setting ``key`` names: a RunConfig field, or a method option (the
+    sweep's method's, else the first method that declares it)."""
+    from workbench import methods
+    from workbench.config import OPTIONS
+
+    name = MethodOptions.key(key)
+    if name is None:
+        return OPTIONS[key]
+    chosen = overrides.get("method", OPTIONS["method"].default)
+    for method in [chosen, *methods.names()]:
+        if name in methods.get(method).OPTIONS:
+            return methods.get(method).OPTIONS[name]
+    raise ConfigError(f"space.{key}", key, "an option of some method (workbench options --method M)")
 
 
 def trial_name(trial_id: str) -> str:

@@ -1,0 +1,146 @@
+"""The run directory's life on the TRL backend: the same ``RunWriter`` the workbench Trainer owns.
+
+A new run is claimed (locked) by the main process before the model loads and written once the run
+is sure to start; a resumed one is reopened only if TRL trained it, on as many processes, with the
+same GRPOConfig fields. TRL's own checkpoint of step N (optimizer, scheduler, every process's RNG
+state) is moved into the run's ``checkpoints/step-N/trl/`` and covered by the digests in its
+``state.json``, beside the adapter that ``workbench eval`` reads; a resume checks them all before
+TRL loads anything. A checkpoint is written where the run starts (step 0), every
+``checkpoint_every`` steps, at the end, and when the run is stopped: Ctrl-C or SIGTERM is taken at
+the end of the step under way, by every process at once (a second one stops at once, and the run
+resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import accelerate
+import torch
+import trl
+from transformers import TrainerCallback
+
+from workbench.config import ConfigError
+from workbench.run.checkpoint import CheckpointError
+from workbench.run.store import RunStore
+from workbench.run.writer import RunWriter, require_engine, warn_unsaved
+
+ENGINE = "trl"
+TRL_FILES = "trl"  # TRL's own checkpoint, inside the step's checkpoint directory
+
+
+def backend_info(accelerator, trl_fields: dict) -> dict:
+    """backend.json of a TRL run: the engine, its processes, versions and the user's GRPOConfig fields."""
+    return {
+        "backend": ENGINE,
+        "processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
+        "trl_fields": trl_fields,
+    }
+
+
+def resumed_fields(store: RunStore, processes: int, trl_fields: dict) -> dict:
+    """The GRPOConfig fields a resumed run trains with: those it was started with. A run of another
+    engine, another number of processes, or other ``trl_fields`` is refused, naming what it had."""
+    require_engine(store, ENGINE)
+    recorded = store.backend() or {}
+    if recorded.get("processes", processes) != processes:
+        raise ConfigError(
+            "processes",
+            processes,
+            f"the {recorded['processes']} processes the run in {store.dir} trained on (each draws its own "
+            f"samples): resume it under accelerate launch --num_processes {recorded['processes']}",
+        )
+    fields = recorded.get("trl_fields", {})
+    for name in sorted(set(fields) | set(trl_fields)):
+        if trl_fields and trl_fields.get(name) != fields.get(name):
+            raise ConfigError(
+                f"trl.{name}",
+                trl_fields.get(name),
+                f"the value the run in {store.dir} was started with ({fields.get(name)!r}, backend.json): "
+                "a TRL run resumes as it was configured (leave --trl out to take its fields)",
+            )
+    return fields
+
+
+def resume_point(store: RunStore) -> tuple[int, Path]:
+    """The step and TRL checkpoint a resume continues from: the newest checkpoint, every digest checked."""
+    checkpoint = store.load_checkpoint()  # CheckpointError naming a missing, truncated or altered file
+    trl_files = checkpoint.path / TRL_FILES
+    if not trl_files.is_dir():
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} holds no TRL checkpoint ({TRL_FILES}/): it was not written by --backend trl"
+        )
+    return checkpoint.step, trl_files
+
+
+def open_writer(store: RunStore, resume_step: int | None) -> RunWriter:
+    """The main process's writer: a new run claimed, or a resumed one reopened with the metrics rows
+    after its checkpoint dropped (they are trained again)."""
+    if resume_step is None:
+        return RunWriter.claim(store.dir)
+    writer = RunWriter.reopen(store.dir, engine=ENGINE)
+    writer.store.truncate_metrics(resume_step - 1)
+    return writer
+
+
+class StepBoundaries(TrainerCallback):
+    """TRL's loop, seen from the run directory: the checkpoint where a new run starts, and a stop
+    requested by a signal, taken at the end of a step on every process at once and saved."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.stop_requested = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0 and self.trainer.resume_from is None:  # a new run: resumable from its start
+            self.trainer._save_checkpoint(self.trainer.model, None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        accelerator = self.trainer.accelerator
+        stop = torch.tensor([float(self.stop_requested)], device=accelerator.device)
+        if accelerator.num_processes > 1:  # the same decision on every process, or DDP would wait forever
+            stop = accelerator.gather(stop)
+        if bool(stop.max() > 0):
+            control.should_training_stop = control.should_save = True
+
+    @contextlib.contextmanager
+    def taking_signals(self) -> Iterator[None]:
+        """While TRL trains: the first SIGINT or SIGTERM asks for a stop at the end of the step, a
+        second one stops at once (KeyboardInterrupt). Only the main thread can take signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.signal(signum, request) for signum in stops}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def save_on_the_way_out(trainer) -> None:
+    """Best effort, after an exception between steps on one process: a checkpoint of the last
+    finished step. Mid-step (the adapter may be updated, the RNG has moved) or with several
+    processes (saving is collective) the run resumes from its last checkpoint instead."""
+    if trainer.writer is None or trainer._step_open or trainer.accelerator.num_processes > 1:
+        return
+    step = trainer.state.global_step
+    if step in trainer.run_store.checkpoint_steps():
+        return
+    try:
+        trainer._save_checkpoint(trainer.model, None)
+    except Exception as error:
+        warn_unsaved(trainer.run_store, step, error)

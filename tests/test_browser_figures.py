@@ -85,10 +85,13 @@ def wait_until(page, check, what: str, timeout: float = 120):
         page.wait_for_timeout(200)
 
 
-def reopen(page) -> None:
-    """Save the notebook, close its tab (its kernel lives on) and open it again."""
+def save(page) -> None:
     page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function("!window.jupyterapp.shell.currentWidget.context.model.dirty")
+
+
+def reopen(page) -> None:
+    """Close the notebook's tab (its kernel lives on) and open it again."""
     page.evaluate("window.jupyterapp.shell.currentWidget.close()")
     page.wait_for_function("!document.querySelector('.jp-NotebookPanel')", timeout=30_000)
     page.evaluate("window.jupyterapp.commands.execute('docmanager:open', {path: 'widgets.ipynb'})")
@@ -125,6 +128,7 @@ def test_the_dashboard_draws_every_step_while_a_cell_trains_and_again_after_a_re
         return list(shown.values())
 
     for reload in (page.reload, lambda: reopen(page)):
+        save(page)  # the outputs that hold the figures' views (JupyterLab also saves every 2 minutes)
         reload()
         page.wait_for_function("document.querySelector('.jp-Notebook')", timeout=120_000)
         dashboard = page.locator(".wb-dashboard")
@@ -162,8 +166,7 @@ def test_six_figures_in_a_slow_browser_draw_while_the_kernel_is_busy_and_after_a
     last = wait_until(page, lambda: same_update(figure_ys(page)), "the last update drawn in every figure")
 
     # (b) a reload in the slow browser draws the latest data, and the figures still take updates
-    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function("!window.jupyterapp.shell.currentWidget.context.model.dirty")
+    save(page)
     page.reload(wait_until="domcontentloaded", timeout=120_000)
     wait_until(page, lambda: figure_ys(page) == last, "the reloaded figures showing their latest data", timeout=240)
     page.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel")
@@ -174,8 +177,7 @@ def test_six_figures_in_a_slow_browser_draw_while_the_kernel_is_busy_and_after_a
     # from the notebook alone (the new kernel knows nothing of them). Not with no kernel at all:
     # JupyterLab's widget manager (ipywidgets 8.1) loads a notebook's saved widgets only after asking
     # a kernel for its own ("Kernel not set" otherwise), so with no kernel it shows "Loading widget...".
-    page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function("!window.jupyterapp.shell.currentWidget.context.model.dirty")
+    save(page)
     saved = json.loads((tmp_path / "widgets.ipynb").read_text())
     assert saved["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"], "no widget state saved"
     page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")

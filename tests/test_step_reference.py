@@ -258,7 +258,7 @@ def test_a_planted_bug_makes_the_reference_tests_fail(mutation, tmp_path):
     test, edits = MUTATIONS[mutation]
     copy = tmp_path / "copy"
     shutil.copytree(ROOT / "workbench", copy / "workbench", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("conftest.py", "step_reference.py", Path(__file__).name):
+    for name in ("conftest.py", "lab_browser.py", "step_reference.py", Path(__file__).name):
         (copy / "tests").mkdir(exist_ok=True)
         shutil.copy(ROOT / "tests" / name, copy / "tests" / name)
     for path, text, planted in edits:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -93,9 +94,13 @@ def test_a_run_resumes_only_on_the_engine_that_trained_it(tmp_path):
 
 
 # --- item 3 and the suite's "a stop at any time leaves a run that resumes exactly" ------------------
+# an entropy bonus moves the adapter every step, even when a group's rewards are all equal
+MOVING = ["--set", "entropy_coef=0.05"]
+
+
 def _train(run: Path, steps: int, *extra: str) -> subprocess.Popen:
     command = [*CLI, "train", "--backend", "trl", "--method", "grpo", "--steps", str(steps), "--out", str(run)]
-    return subprocess.Popen([*command, *SMALL_SET, *extra], env=ENV, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*command, *SMALL_SET, *MOVING, *extra], env=ENV, stderr=subprocess.PIPE, text=True)
 
 
 def _rows(run: Path) -> list[dict]:
@@ -103,33 +108,99 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_trl_run_stopped_by_a_signal_is_saved_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_trl_run_stopped_by_a_signal_is_saved_and_resumes_exactly(stop, tmp_path):
     trl_trainer()
     reference, run = tmp_path / "reference", tmp_path / "run"
-    straight = _train(reference, 4)
-    stopped = _train(run, 4)
+    straight = _train(reference, 8)
+    stopped = _train(run, 8, "--set", "checkpoint_every=3")
     deadline = time.monotonic() + 600
     while len(steps_of(run)) < 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stopped.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    time.sleep(random.uniform(0, 0.5))  # at any phase of the step under way
+    stopped.send_signal(stop)
     _, stderr = stopped.communicate(timeout=600)
-    assert stopped.returncode == 130
     saved = RunStore(run).checkpoint_steps()[-1]
-    assert saved >= 1 and steps_of(run) == list(range(saved))  # stopped at the end of a step, saved there
-    assert stderr.count("workbench: interrupted") == 1 and f"is saved at step {saved}" in stderr
+    if stop == signal.SIGKILL:  # no save: the last checkpoint stands, the rows after it are run again
+        assert stopped.returncode == -9 and saved in (0, 3, 6) and len(steps_of(run)) < 8
+    else:
+        assert stopped.returncode == 130
+        assert 1 <= saved < 8 and steps_of(run) == list(range(saved))  # stopped at the end of a step, saved there
+        assert stderr.count("workbench: interrupted") == 1 and f"is saved at step {saved}" in stderr
     assert straight.wait(timeout=600) == 0
-    resumed = _train(run, 4, "--resume")
+    resumed = _train(run, 8, "--resume")
     assert resumed.wait(timeout=600) == 0
     assert _rows(run) == _rows(reference)  # every step once, as a run never stopped recorded it
+    assert all(row["grad_norm"] > 0 for row in _rows(run))  # every step moved the adapter
+    if stop != signal.SIGINT:
+        return
     # TRL's own checkpoint files carry digests: a flipped bit is named before anything loads
-    optimizer = run / "checkpoints" / "step-4" / "trl" / "optimizer.pt"
+    optimizer = run / "checkpoints" / "step-8" / "trl" / "optimizer.pt"
     data = bytearray(optimizer.read_bytes())
     data[len(data) // 2] ^= 1
     optimizer.write_bytes(bytes(data))
-    again = subprocess.run([*CLI, "train", "--backend", "trl", "--steps", "5", "--out", str(run), "--resume"],
+    again = subprocess.run([*CLI, "train", "--backend", "trl", "--steps", "9", "--out", str(run), "--resume"],
                            env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "trl/optimizer.pt is truncated or corrupt" in again.stderr
-    assert steps_of(run) == [0, 1, 2, 3]
+    assert steps_of(run) == list(range(8))
+
+
+def _launch(run: Path, *extra: str) -> subprocess.Popen:
+    """A 2-process TRL run under ``accelerate launch``, in a process group of its own (as a terminal's job)."""
+    from test_trl_backend import ACCELERATE_ENV, accelerate_command
+
+    command = accelerate_command(run, "grpo", 8, *SMALL_SET, *MOVING, *extra)
+    return subprocess.Popen(command, env=ACCELERATE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _stop_after_a_step(run: Path, launcher: subprocess.Popen, stop) -> list[int]:
+    """Wait for the run's first metrics row, then ``stop(launcher)`` a moment later; the workers' pids."""
+    deadline = time.monotonic() + 600
+    while len(steps_of(run)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True)
+    workers = [int(pid) for pid in children.stdout.split()]
+    time.sleep(random.uniform(0, 0.5))
+    stop(launcher)
+    return workers
+
+
+@pytest.mark.slow
+def test_two_trl_processes_stopped_by_ctrl_c_or_a_killed_launcher_save_and_resume_exactly(tmp_path):
+    """Ctrl-C reaches the launcher and both workers (the terminal signals the whole job), and the
+    launcher forwards a SIGTERM at once: one stop, saved once. A SIGKILL of the launcher used to leave
+    both workers training on, orphaned, to the last step; now they stop at a step's end and save."""
+    trl_trainer()
+    reference = tmp_path / "reference"
+    straight = _launch(reference)
+    assert straight.wait(timeout=900) == 0, straight.stderr.read()[-3000:]
+
+    ctrl_c = tmp_path / "ctrl-c"
+    launcher = _launch(ctrl_c)
+    _stop_after_a_step(ctrl_c, launcher, lambda p: os.killpg(p.pid, signal.SIGINT))
+    _, stderr = launcher.communicate(timeout=600)
+    saved = RunStore(ctrl_c).checkpoint_steps()[-1]
+    assert launcher.returncode == 130 and steps_of(ctrl_c) == list(range(saved)), stderr[-3000:]
+    assert stderr.count("workbench: interrupted") == 1 and f"is saved at step {saved}" in stderr  # once, by rank 0
+
+    killed = tmp_path / "killed"
+    launcher = _launch(killed)
+    workers = _stop_after_a_step(killed, launcher, lambda p: p.kill())
+    launcher.wait(timeout=60)
+    deadline = time.monotonic() + 300
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "orphaned workers still running"
+    assert lock_held(killed) is False
+    saved = RunStore(killed).checkpoint_steps()[-1]
+    assert 1 <= saved < 8 and steps_of(killed) == list(range(saved))  # stopped at a step's end, saved there
+
+    for run in (ctrl_c, killed):
+        resumed = _launch(run, "--resume")
+        assert resumed.wait(timeout=900) == 0, resumed.stderr.read()[-3000:]
+        assert _rows(run) == _rows(reference)
+    assert all(row["grad_norm"] > 0 for row in _rows(reference))
 
 
 # --- item 11: a TRL resume is the run as it was configured -----------------------------------------

@@ -3,7 +3,11 @@ and a Ray address that does not answer is one line within seconds."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +75,30 @@ def test_a_failed_trial_is_recorded_with_its_error_and_in_the_exit_code(tmp_path
     assert trials["eepo"]["status"] == "finished" and trials["grpo"]["status"] == "failed"
     assert "metric='eepo_gate' is not allowed: a metric every step records" in trials["grpo"]["error"]
     assert code == 2 and "workbench: 1 of 2 trials failed" in err and "metric='eepo_gate'" in err
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(c) for child in children for c in (child, *_descendants(int(child)))]
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_ray_starts_is_one_line_and_leaves_no_ray_behind(tmp_path):
+    pytest.importorskip("ray", reason="the [ray] extra")
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "workbench.cli", "compare", "--methods", "grpo", "--seeds", "1", "--steps", "1",
+               "--backend", "ray", "--out", str(out), *SMALL_SET]
+    study = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _descendants(study.pid) and time.monotonic() < deadline:  # Ray's first process: it is starting
+        time.sleep(0.05)
+    ray_processes = _descendants(study.pid)
+    assert ray_processes, "Ray never started"
+    study.send_signal(signal.SIGINT)
+    _, stderr = study.communicate(timeout=120)
+    assert study.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("workbench: interrupted")
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in ray_processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in ray_processes if Path(f"/proc/{pid}").exists()], "Ray processes left running"

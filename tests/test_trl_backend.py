@@ -159,19 +159,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_train(run: Path, method: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+ACCELERATE_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                  "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def accelerate_command(run: Path, method: str, steps: int, *extra: str) -> list[str]:
     """``workbench train --backend trl`` under ``accelerate launch`` with 2 CPU processes (DDP on gloo).
 
     accelerate 1.15's ``--cpu`` launcher starts one process unless MPI is installed; its torchrun
     launcher (``--multi_gpu``) starts two, which join over gloo on a machine with no GPU (hidden here)."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "workbench.cli", "train", "--backend", "trl", "--method", method, "--steps", str(steps),
-               "--out", str(run), *extra]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            "-m", "workbench.cli", "train", "--backend", "trl", "--method", method, "--steps", str(steps),
+            "--out", str(run), *extra]
+
+
+def accelerate_train(run: Path, method: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    command = accelerate_command(run, method, steps, *extra)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ACCELERATE_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -72,6 +72,7 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         **trl_fields,
     ):
         cfg.validate()
+        trl_run.stop_with_the_launcher()
         self.own_sampling = methods.get(cfg.method).samples_on_its_own()
         if self.own_sampling and trl_fields.get("use_vllm"):
             raise ConfigError(

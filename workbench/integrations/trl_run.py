@@ -8,14 +8,19 @@ state) is moved into the run's ``checkpoints/step-N/trl/`` and covered by the di
 TRL loads anything. A checkpoint is written where the run starts (step 0), every
 ``checkpoint_every`` steps, at the end, and when the run is stopped: Ctrl-C or SIGTERM is taken at
 the end of the step under way, by every process at once (a second one stops at once, and the run
-resumes from its last checkpoint).
+resumes from its last checkpoint). A worker whose launcher dies, even by SIGKILL, is sent SIGTERM by
+the kernel and stops the same way, rather than training on, orphaned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +36,27 @@ from workbench.run.writer import RunWriter, require_engine, warn_unsaved
 
 ENGINE = "trl"
 TRL_FILES = "trl"  # TRL's own checkpoint, inside the step's checkpoint directory
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+# one Ctrl-C reaches a worker twice under a launcher: from the terminal, and as the SIGTERM the
+# launcher forwards at once; a second signal counts as "stop now" only after this long
+SAME_STOP_SECONDS = 2.0
+
+
+def under_a_launcher() -> bool:
+    """A worker started by torchrun or ``accelerate launch`` (its elastic agent sets this)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def stop_with_the_launcher() -> None:
+    """Under a launcher, ask Linux for SIGTERM when the launcher dies (even by SIGKILL): the worker
+    then stops at the end of its step and saves, as on a Ctrl-C, instead of training on orphaned."""
+    if not under_a_launcher() or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def backend_info(accelerator, trl_fields: dict) -> dict:
@@ -96,6 +122,7 @@ class StepBoundaries(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.stop_requested = False
+        self._first_signal_at = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0 and self.trainer.resume_from is None:  # a new run: resumable from its start
@@ -112,15 +139,18 @@ class StepBoundaries(TrainerCallback):
     @contextlib.contextmanager
     def taking_signals(self) -> Iterator[None]:
         """While TRL trains: the first SIGINT or SIGTERM asks for a stop at the end of the step, a
-        second one stops at once (KeyboardInterrupt). Only the main thread can take signals."""
+        second one stops at once (KeyboardInterrupt); under a launcher, only one that comes
+        ``SAME_STOP_SECONDS`` after the first. Only the main thread can take signals."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        grace = SAME_STOP_SECONDS if under_a_launcher() else 0.0
 
         def request(signum, frame):
-            if self.stop_requested:
+            if not self.stop_requested:
+                self.stop_requested, self._first_signal_at = True, time.monotonic()
+            elif time.monotonic() - self._first_signal_at >= grace:
                 raise KeyboardInterrupt
-            self.stop_requested = True
 
         stops = (signal.SIGINT, signal.SIGTERM)
         previous = {signum: signal.signal(signum, request) for signum in stops}

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from workbench.step.context import StepContext
 
 
-class Trainer:
+class Trainer(step.ScoresTokens):
     def __init__(
         self,
         cfg: RunConfig | None = None,
@@ -126,28 +126,6 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # --- the StepContext an engine offers its method (workbench.step) ------------------------
-    def token_logprobs(
-        self,
-        prompt_ids: list[list[int]],
-        ids: torch.Tensor,
-        adapter="policy",
-        grad: bool = False,
-        with_entropy: bool = False,
-        with_complement: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``step.token_logprobs`` under this run's temperature and autocast."""
-        return step.token_logprobs(
-            self.policy,
-            self.cfg.temperature,
-            self.autocast(),
-            prompt_ids,
-            ids,
-            adapter,
-            grad,
-            with_entropy,
-            with_complement,
-        )
-
     def sample_group(
         self,
         problems: list[tasks.Problem],

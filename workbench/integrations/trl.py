@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 TRL_OUTPUT = "trl"  # GRPOConfig.output_dir in the run directory: TRL writes its checkpoints there first
 
 
-class WorkbenchGRPOTrainer(GRPOTrainer):
+class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
     """TRL's GRPOTrainer running the workbench method ``cfg.method`` for ``steps`` steps and writing
     the workbench run directory ``out_dir`` (on the main process only).
 
@@ -207,28 +207,6 @@ class WorkbenchGRPOTrainer(GRPOTrainer):
         """``step.sample_group`` with the workbench's sampler, for the methods that sample on their own."""
         return step.sample_group(
             self, self.sampler, self.autocast(), problems, num_generations, system, mode, stage, generator
-        )
-
-    def token_logprobs(
-        self,
-        prompt_ids,
-        ids,
-        adapter="policy",
-        grad: bool = False,
-        with_entropy: bool = False,
-        with_complement: bool = False,
-    ):
-        """``step.token_logprobs`` under the run's temperature and accelerate's autocast."""
-        return step.token_logprobs(
-            self.policy,
-            self.cfg.temperature,
-            self.autocast(),
-            prompt_ids,
-            ids,
-            adapter,
-            grad,
-            with_entropy,
-            with_complement,
         )
 
     # --- TRL's extension points ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from workbench.step.context import StepContext
 from workbench.step.stages import (
     BatchShare,
     MicroBatchLoss,
+    ScoresTokens,
     apply_scores,
     finish_rollouts,
     loss_mask,
@@ -20,6 +21,7 @@ from workbench.step.stages import (
 __all__ = [
     "BatchShare",
     "MicroBatchLoss",
+    "ScoresTokens",
     "StepContext",
     "apply_scores",
     "finish_rollouts",

@@ -89,6 +89,39 @@ def token_logprobs(
     return logp.float(), None if second is None else second.float()
 
 
+class ScoresTokens:
+    """``token_logprobs`` for an engine: the one function above at the run's temperature, under the
+    engine's ``autocast()``. The workbench Trainer and the TRL backend both take it from here."""
+
+    policy: Policy
+    cfg: RunConfig
+    if TYPE_CHECKING:  # each engine has its own
+
+        def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def token_logprobs(
+        self,
+        prompt_ids: list[list[int]],
+        ids: torch.Tensor,
+        adapter: Adapter = "policy",
+        grad: bool = False,
+        with_entropy: bool = False,
+        with_complement: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [N, T] of ``ids`` after ``prompt_ids`` (``token_logprobs``, above)."""
+        return token_logprobs(
+            self.policy,
+            self.cfg.temperature,
+            self.autocast(),
+            prompt_ids,
+            ids,
+            adapter,
+            grad,
+            with_entropy,
+            with_complement,
+        )
+
+
 # --- score -----------------------------------------------------------------------------------
 def apply_scores(batch: RolloutBatch, scores: Sequence[tasks.Score]) -> None:
     """Fill the batch's rewards, answers, strategies and parsed flags from the verifier's scores,

@@ -56,7 +56,8 @@ class RunConfig:
         text(
             "countdown",
             "the task: a built-in name, reasoning_gym:NAME[?field=value] or a data file",
-            f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME or a data file path",
+            f"a built-in task ({', '.join(tasks.names())}), reasoning_gym:NAME, a data file path "
+            "or external:LABEL (a run trained outside the workbench)",
             suggestions=tuple(tasks.names()),
         )
     )
@@ -255,6 +256,8 @@ class RunConfig:
                     self.task,
                     f"reasoning_gym:NAME[?field=value&...] of a reasoning-gym dataset and its config fields ({e})",
                 ) from None
+        elif tasks.is_external(self.task):
+            pass  # trained elsewhere: recorded, never sampled here
         elif self.task not in tasks.names() and not Path(self.task).is_file():
             relative = (
                 ""

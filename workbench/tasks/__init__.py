@@ -11,6 +11,13 @@ from workbench.tasks.reasoning_gym import ReasoningGymTask
 from workbench.tasks.rewards import RewardFunctionError, RewardFunctionTask, score_batch
 
 _BUILTIN = {"countdown": Countdown, "coins": Coins}
+# a run trained outside the workbench (a TRL script of one's own, an imported verl or TRL run): its
+# prompts and rewards live in that script, so nothing here can sample or score the task again
+EXTERNAL_PREFIX = "external:"
+
+
+def is_external(name: str) -> bool:
+    return name.startswith(EXTERNAL_PREFIX)
 
 
 def names() -> list[str]:
@@ -33,6 +40,11 @@ def get(name: str, **options) -> Task:
 
 def from_config(name: str) -> Task:
     """The task ``RunConfig.task`` names: a built-in, ``reasoning_gym:NAME`` or a data file."""
+    if is_external(name):
+        raise ValueError(
+            f"task={name!r} was trained outside the workbench, with prompts and reward functions of its own: "
+            "there is no task here to sample or score (pass the task itself, e.g. Trainer(..., task=...))"
+        )
     if name in names() or name.startswith(REASONING_GYM_PREFIX):
         return get(name)
     return DatasetTask.from_file(name)
@@ -55,6 +67,8 @@ __all__ = [
     "DatasetTask",
     "ReasoningGymTask",
     "REASONING_GYM_PREFIX",
+    "EXTERNAL_PREFIX",
+    "is_external",
     "RewardFunctionTask",
     "RewardFunctionError",
     "score_batch",

@@ -26,9 +26,13 @@ def training_prompts(task: tasks.Task, cfg: RunConfig, steps: int):
     return problems, dataset
 
 
-def rollout_batch(out: dict, problems: list[tasks.Problem], policy: Policy, cfg: RunConfig, autocast) -> RolloutBatch:
-    """A process's rows as TRL sampled them (``out``: TRL's prompt and completion ids and masks), one
-    group of ``cfg.num_generations`` rows per problem, with the telemetry of one scoring pass."""
+def rollout_batch(
+    out: dict, problems: list[tasks.Problem], policy: Policy, cfg: RunConfig, autocast, first_row: int = 0
+) -> RolloutBatch:
+    """A process's rows as TRL sampled them (``out``: TRL's prompt and completion ids and masks), in
+    groups of ``cfg.num_generations`` rows, one problem a group, with the telemetry of one scoring
+    pass. ``first_row``: the index of this process's first row among every process's (a process's
+    rows may start or end inside a group when TRL spreads groups over processes)."""
     g = cfg.num_generations
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
     mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
@@ -36,7 +40,7 @@ def rollout_batch(out: dict, problems: list[tasks.Problem], policy: Policy, cfg:
     logp, entropy, topk_ids, topk_probs = telemetry(policy, prompt_ids, ids, cfg.temperature, autocast)
     return RolloutBatch(
         problems=problems,
-        group=torch.arange(len(ids) // g).repeat_interleave(g),
+        group=(torch.arange(len(ids)) + first_row) // g - first_row // g,
         prompt_ids=prompt_ids,
         ids=ids,
         mask=mask,

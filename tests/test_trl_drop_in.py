@@ -96,3 +96,31 @@ def test_a_trl_script_with_the_drop_in_trains_exactly_as_trl_and_is_recorded(tmp
     report = subprocess.run([sys.executable, "-m", "workbench.cli", "report", str(run), "--out", str(tmp_path / "r.html")],
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
+
+
+@pytest.mark.slow
+def test_the_drop_in_under_accelerate_with_two_processes_records_one_run(tmp_path):
+    from test_trl_backend import ACCELERATE_ENV, free_port
+
+    from workbench.run.lock import lock_held
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    out, run = tmp_path / "out", tmp_path / "run"
+    out.mkdir()
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+               str(script), str(out), str(run)]
+    done = subprocess.run(command, env=ACCELERATE_ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = RunStore(run)
+    assert [r["step"] for r in store.read_metrics()] == [0, 1, 2]
+    assert store.backend()["processes"] == 2
+    for step in (0, 1, 2):
+        frame = store.read_rollouts(step)
+        # every process's rows, in TRL's order: two groups of 4, one sampled on each process
+        assert len(frame) == 8 and sorted(frame["process"].unique()) == [0, 1]
+        assert sorted(frame["group"].unique()) == [0, 1]
+        assert all(len(e) == n for e, n in zip(frame["entropy"], frame["length"]))
+    assert lock_held(run) is False

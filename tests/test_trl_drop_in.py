@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent(
 
     torch.set_num_threads(1)
     MODEL, OUT, RUN_DIR = str(resolve("tiny")), sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    METHOD = {"method": sys.argv[3]} if len(sys.argv) > 3 else {}
 
     def digits(prompts, completions, **kwargs):  # differs within a group
         return [float(sum(ch.isdigit() for ch in c) % 3) for c in completions]
@@ -41,7 +42,7 @@ SCRIPT = textwrap.dedent(
         trainer = GRPOTrainer(model=MODEL, reward_funcs=[digits], args=args, train_dataset=dataset, peft_config=lora)
     else:
         trainer = WorkbenchGRPOTrainer(model=MODEL, reward_funcs=[digits], args=args, train_dataset=dataset,
-                                       peft_config=lora, run_dir=RUN_DIR)
+                                       peft_config=lora, run_dir=RUN_DIR, **METHOD)
     trainer.train()
     logs = [{k: v for k, v in e.items() if k in ("loss", "grad_norm", "reward")} for e in trainer.state.log_history if "loss" in e]
     adapter = {n: p.detach().double().sum().item() for n, p in trainer.model.named_parameters() if "lora_" in n}
@@ -124,3 +125,42 @@ def test_the_drop_in_under_accelerate_with_two_processes_records_one_run(tmp_pat
         assert sorted(frame["group"].unique()) == [0, 1]
         assert all(len(e) == n for e, n in zip(frame["entropy"], frame["length"]))
     assert lock_held(run) is False
+
+
+@pytest.mark.slow
+def test_a_workbench_method_in_the_drop_in_trains_on_trls_samples_and_the_users_rewards(tmp_path):
+    run = tmp_path / "run"
+    result = _run(tmp_path, "erpo", str(run), "erpo")
+    store = RunStore(run)
+    assert store.config().method == "erpo"
+    rows = store.read_metrics()
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all("erpo_gate_elsewhere" in r for r in rows)  # ERPO's own numbers, from its gate on TRL's samples
+    assert [r["reward_mean"] for r in rows] == pytest.approx([log["reward"] for log in result["logs"]])
+    assert any(r["grad_norm"] > 0 for r in rows)  # the method's loss moved the adapter
+
+
+def test_the_drop_in_refuses_what_it_cannot_train_in_one_line(tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from workbench.config import ConfigError
+    from workbench.integrations.trl import WorkbenchGRPOTrainer
+    from workbench.models.loading import resolve
+
+    dataset = Dataset.from_dict({"prompt": ["Make 10 from 3 5 7.\n"] * 4})
+    args = GRPOConfig(output_dir=str(tmp_path / "o"), per_device_train_batch_size=6, num_generations=3,
+                      max_completion_length=8, max_steps=1, report_to="none", use_cpu=True, bf16=False)
+    kwargs = dict(model=str(resolve("tiny")), reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+                  args=args, train_dataset=dataset, run_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="method='eepo' is not allowed: a method that trains on TRL's samples"):
+        WorkbenchGRPOTrainer(**kwargs, method="eepo")
+    # on several processes TRL checks only the whole generation batch; a method needs whole groups on each
+    from types import SimpleNamespace
+
+    from workbench.integrations.trl_recording import whole_groups
+
+    with pytest.raises(ConfigError, match=r"per_device_train_batch_size=3 .*multiple of num_generations=2"):
+        whole_groups(SimpleNamespace(per_device_train_batch_size=3, steps_per_generation=1), 2, "erpo")
+    whole_groups(SimpleNamespace(per_device_train_batch_size=3, steps_per_generation=2), 2, "erpo")
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ Each process samples whole groups (a group never spans two processes), so every 
 computed where its group is. Methods that sample in phases of their own (EEPO's two stages with
 the unlearning step between, Policy Split's two modes) sample with the workbench's own sampler
 inside TRL's step (``_generate_single_turn``), and their training rows (Policy Split trains each
-response in two contexts) replace TRL's batch before the loss (``training_inputs``).
+response in two contexts) replace TRL's batch before the loss (``trl_rows.training_inputs``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from workbench.integrations import trl_rows, trl_run
 from workbench.integrations.trl_config import grpo_config, half_precision, on_cpu
 from workbench.models import budget
 from workbench.models.policy import Policy
-from workbench.models.prompt_layout import left_pad
 from workbench.models.sampling import Sampler
 from workbench.run.store import RunStore
 from workbench.run.writer import resume_changes
@@ -255,40 +254,26 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         batch = self._sampled if self.own_sampling else self.rollout_batch(out)
         step.apply_scores(batch, self._scores)
+        out = self.method_inputs(batch, out)
+        step.finish_rollouts(batch, self.cfg)
+        self._collect(batch, self.method.extra_metrics(self, batch), started)
+        return out
+
+    def method_inputs(self, batch: RolloutBatch, out: dict) -> dict:
+        """The method's advantages [B, T] of a scored batch, and the loss's inputs TRL passes on to
+        ``_compute_loss``: the tokens it keeps and, where one ran, the reference's log-probs."""
         self.method.advantages(self, batch)
         train = batch.rows_to_train()
         device = out["completion_ids"].device
         if self.own_sampling:
-            out = self.training_inputs(train, device)
+            out = trl_rows.training_inputs(self, train, device)
+        assert train.token_advantages is not None  # every method's advantages fill them
         out["advantages"] = train.token_advantages.to(device)  # [B, T]
         out["keep"] = step.loss_mask(train, self.settings).to(device)
         out["num_kept_in_batch"] = self.accelerator.gather(out["keep"].sum()).sum()  # all processes' kept tokens
         if train.ref_logprobs is not None:
             out["ref_logprobs"] = train.ref_logprobs.to(device)
-        step.finish_rollouts(batch, self.cfg)
-        self._collect(batch, self.method.extra_metrics(self, batch), started)
         return out
-
-    def training_inputs(self, train: RolloutBatch, device) -> dict:
-        """TRL's inputs for the rows the method trains on, when they are not the rows TRL sampled
-        (Policy Split's two contexts) or their old log-probs are the sampling model's (EEPO)."""
-        prompt_ids, prompt_mask = left_pad(train.prompt_ids, self.policy.tokenizer.pad_token_id)
-        mask = train.mask.long()
-        rows = torch.arange(len(train))
-        # NaN where the loss takes the detached current log-probs (one update per batch), else the
-        # behaviour's (EEPO's stage 2); with several updates, the pre-update policy's throughout
-        current = torch.full(train.mask.shape, float("nan"))
-        if self.cfg.num_iterations > 1:
-            current = self.token_logprobs(train.prompt_ids, train.ids)[0].cpu()
-        old = self.method.old_logprobs(train, rows, current.to(train.logprobs.device))
-        return {
-            "prompt_ids": prompt_ids.to(device),
-            "prompt_mask": prompt_mask.to(device),
-            "completion_ids": train.ids.to(device),
-            "completion_mask": mask.to(device),
-            "old_logprobs": old.float().to(device),
-            "num_items_in_batch": self.accelerator.gather(mask.sum().to(device)).sum(),
-        }
 
     def rollout_batch(self, out: dict) -> RolloutBatch:
         """This process's rows as TRL sampled them, with the telemetry of one scoring pass."""

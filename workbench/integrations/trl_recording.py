@@ -21,20 +21,23 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
 import trl
 from accelerate.utils import gather_object
+from transformers import PreTrainedTokenizerBase
 from trl import GRPOTrainer
 
-from workbench import step, tasks
+from workbench import methods, step, tasks
 from workbench.config import OPTIONS, ConfigError, RunConfig
 from workbench.integrations import trl_rows
 from workbench.integrations.trl_engine import WorkbenchGRPOTrainer
 from workbench.models.policy import LoraSettings, Policy
 from workbench.run.store import RunStore
 from workbench.run.writer import RunWriter
+from workbench.step.batch import RolloutBatch
 
 ENGINE = "trl-script"  # backend.json: a run trained by a TRL script of the user's own
 SAME_NAME = (
@@ -45,24 +48,44 @@ SAME_NAME = (
 
 class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
     """``WorkbenchGRPOTrainer(model, reward_funcs, args, train_dataset, ..., run_dir=...)``: TRL's
-    GRPOTrainer with TRL's own arguments, recorded into ``run_dir``. ``method`` is "grpo": the
-    training is TRL's; the workbench's methods run through ``workbench train --backend trl``."""
+    GRPOTrainer with TRL's own arguments, recorded into ``run_dir``. With ``method="grpo"`` the
+    training is TRL's, unchanged. Another workbench method (``method_options`` its options) takes
+    over the advantages and the loss, on TRL's samples and the user's rewards; the methods that
+    sample in phases of their own (EEPO, Policy Split) run through ``workbench train --backend trl``."""
 
     def __init__(
-        self, model, reward_funcs=None, args=None, train_dataset=None, *, run_dir, method="grpo", **trl_kwargs
+        self,
+        model,
+        reward_funcs=None,
+        args=None,
+        train_dataset=None,
+        *,
+        run_dir,
+        method: str = "grpo",
+        method_options: dict | None = None,
+        **trl_kwargs,
     ):
-        if method != "grpo":
+        if methods.get(method).samples_on_its_own():
             raise ConfigError(
                 "method",
                 method,
-                "'grpo' in a TRL script of your own (TRL's training, recorded); the workbench's methods "
-                "change the advantages and the loss: run them with workbench train --backend trl",
+                "a method that trains on TRL's samples in a script of your own; it samples in phases of "
+                "its own, with the workbench's tasks: run it with workbench train --backend trl",
             )
         GRPOTrainer.__init__(self, model, reward_funcs, args, train_dataset, **trl_kwargs)
         self.own_sampling, self.resume_from, self.resume_step = False, None, None
+        self.trains_as_trl = method == "grpo"
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self.cfg = recorded_config(unwrapped, self.args, self.num_generations, trl_kwargs.get("peft_config"))
-        self.policy = Policy(unwrapped, self.processing_class, self.cfg.model, lora_of(self.cfg))
+        choice = {"method": method, "method_options": method_options or {}}
+        g = int(self.num_generations or 0)  # TRL's, for training
+        self.cfg = recorded_config(unwrapped, self.args, g, trl_kwargs.get("peft_config"), choice)
+        self.method, self.settings = methods.get(method)(self.cfg), {}
+        if not self.trains_as_trl:
+            self.settings = self.method.loss_settings()
+            whole_groups(self.args, g, method)
+        # a processor's tokenizer, or the tokenizer itself
+        tokenizer = cast(PreTrainedTokenizerBase, getattr(self.processing_class, "tokenizer", self.processing_class))
+        self.policy = Policy(unwrapped, tokenizer, self.cfg.model, lora_of(self.cfg))
         self.run_store = RunStore(run_dir)
         self.records: list[dict] = []
         self._pending: dict | None = None
@@ -95,7 +118,9 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         return GRPOTrainer._tokenize_prompts(self, prompts)
 
     def _compute_loss(self, model, inputs):
-        return GRPOTrainer._compute_loss(self, model, inputs)
+        if self.trains_as_trl:
+            return GRPOTrainer._compute_loss(self, model, inputs)
+        return super()._compute_loss(model, inputs)  # the method's loss (trl_engine)
 
     def _save_checkpoint(self, model, trial) -> None:
         GRPOTrainer._save_checkpoint(self, model, trial)
@@ -104,14 +129,30 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         started = time.perf_counter()
         out = GRPOTrainer._generate_and_score_completions(self, inputs)
-        if self.model.training:  # TRL's evaluation batches are not training steps
-            self._step_open = True
-            self._record(inputs, out, started)
+        if not self.model.training:  # TRL's evaluation batches are not training steps
+            return out
+        self._step_open = True
+        batch, first_group = self._recorded_batch(inputs, out)
+        numbers: dict = {}
+        if self.trains_as_trl:
+            batch.advantages = out["advantages"].detach().float().cpu().reshape(len(batch), -1)[:, 0]
+        else:  # the method's advantages and loss inputs, on TRL's samples and the user's rewards
+            out = self.method_inputs(batch, out)
+        step.finish_rollouts(batch, self.cfg)
+        if not self.trains_as_trl:
+            numbers = self.method.extra_metrics(self, batch)
+        self.records.append(numbers)
+        frame = batch.to_frame(self.state.global_step, self.policy.tokenizer)
+        frame = frame.assign(group=frame["group"] + first_group, process=self.accelerator.process_index)
+        frames, numbers_of_processes = gather_object([frame]), gather_object([numbers])
+        if self.accelerator.is_main_process:
+            self._pending = {"frames": frames, "numbers": numbers_of_processes, "started": started}
         return out
 
-    def _record(self, inputs: list[dict], out: dict, started: float) -> None:
-        """This process's rows with their telemetry, sent to the main process; the scoring pass
-        changes nothing TRL computes next (no gradients, dropout off, the random state put back)."""
+    def _recorded_batch(self, inputs: list[dict], out: dict) -> tuple[RolloutBatch, int]:
+        """This process's rows with their telemetry and TRL's rewards, and its first group's number;
+        the scoring pass changes nothing TRL computes next (no gradients, dropout off, the random
+        state put back)."""
         g, rows = self.cfg.num_generations, len(inputs)
         first_row = self.accelerator.process_index * rows  # in TRL's gathered, process-major order
         first_group, last_group = first_row // g, (first_row + rows - 1) // g
@@ -129,13 +170,7 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         batch.answers = [None] * rows
         batch.strategies = [" ".join(t.split()) for t in batch.text]  # distinct responses stand in for strategies
         batch.parsed = torch.ones(rows, dtype=torch.bool)
-        batch.advantages = out["advantages"].detach().float().cpu().reshape(rows, -1)[:, 0]
-        step.finish_rollouts(batch, self.cfg)
-        frame = batch.to_frame(self.state.global_step, self.policy.tokenizer)
-        frame = frame.assign(group=frame["group"] + first_group, process=self.accelerator.process_index)
-        frames = gather_object([frame])
-        if self.accelerator.is_main_process:
-            self._pending = {"frames": frames, "numbers": [{}], "started": started}
+        return batch, first_group
 
     def _step_rewards(self) -> torch.Tensor:
         """Every process's rewards of the step, as TRL weighed them (its logged per-function rewards)."""
@@ -153,7 +188,10 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         return {f"trl/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
 
     def update_numbers(self, logs: dict) -> dict[str, float]:
-        """TRL's own numbers of the logged steps: the loss, the gradient norm, its clip ratio and KL."""
+        """TRL's own numbers of the logged steps (the loss, the gradient norm, its clip ratio and KL),
+        or, when a workbench method trains, the sums its loss kept."""
+        if not self.trains_as_trl:
+            return super().update_numbers(logs)
         clipped = float(logs.get("clip_ratio/region_mean", 0.0))
         kl = logs.get("kl")
         return step.update_numbers(
@@ -174,11 +212,13 @@ def _problem(prompt, index: int) -> tasks.Problem:
     return tasks.Problem(str(index), str(prompt))
 
 
-def recorded_config(model, args, num_generations: int, peft_config) -> RunConfig:
-    """What a RunConfig can say of the user's run: the GRPOConfig fields it shares (a value it does
-    not allow is left at its default; backend.json keeps every field as TRL had it)."""
+def recorded_config(model, args, num_generations: int, peft_config, choice: dict) -> RunConfig:
+    """What a RunConfig can say of the user's run: the GRPOConfig fields it shares, and the method
+    ``choice``. Recording TRL's GRPO, a value RunConfig does not allow is left at its default
+    (backend.json keeps every field as TRL had it); a workbench method's loss reads these fields,
+    so there such a value is refused by name."""
     name = getattr(model.config, "_name_or_path", "") or "model"
-    fields: dict = {"model": name, "task": "external:trl-script", "method": "grpo"}
+    fields: dict = {"model": name, "task": "external:trl-script", **choice}
     for key in SAME_NAME:
         if getattr(args, key, None) is not None:
             fields[key] = getattr(args, key)
@@ -190,6 +230,12 @@ def recorded_config(model, args, num_generations: int, peft_config) -> RunConfig
         if peft_config.target_modules:
             modules = peft_config.target_modules
             fields["target_modules"] = modules if isinstance(modules, str) else sorted(modules)
+    if choice["method"] != "grpo":
+        for key in SAME_NAME:
+            if key in fields and not _allowed(key, fields[key]):
+                allowed = f"{OPTIONS[key].allowed()} for method {choice['method']!r}, whose loss reads it"
+                raise ConfigError(f"GRPOConfig.{key}", fields[key], allowed)
+        return RunConfig(**fields)
     return RunConfig(**{k: v for k, v in fields.items() if _allowed(k, v)})
 
 
@@ -199,6 +245,20 @@ def _allowed(field: str, value) -> bool:
     except (ConfigError, TypeError, ValueError):
         return False
     return True
+
+
+def whole_groups(args, num_generations: int, method: str) -> None:
+    """A workbench method computes a group's advantages where the group is: each process's share of
+    a generation batch must hold whole groups."""
+    rows = args.per_device_train_batch_size * args.steps_per_generation
+    if rows % num_generations:
+        raise ConfigError(
+            "GRPOConfig.per_device_train_batch_size",
+            args.per_device_train_batch_size,
+            f"a value whose rows a generation (x steps_per_generation={args.steps_per_generation}) are a "
+            f"multiple of num_generations={num_generations} for method {method!r}: each process then "
+            "holds whole groups",
+        )
 
 
 def lora_of(cfg: RunConfig) -> LoraSettings:

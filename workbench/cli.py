@@ -30,6 +30,10 @@ from workbench.cli_commands import (
     cmd_train,
 )
 from workbench.cli_values import OneLineParser, at_least_one, one_line
+from workbench.export_command import add_arguments as export_arguments
+from workbench.export_command import cmd_export
+from workbench.imports.command import add_arguments as import_arguments
+from workbench.imports.command import cmd_import
 
 
 def _ray_args(sp) -> None:
@@ -134,6 +138,18 @@ def _sweep_parser(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
+def _export_parser(sub) -> None:
+    x = sub.add_parser("export", help="a run's rollouts as a datasets dataset, its adapter in PEFT's format")
+    export_arguments(x)
+    x.set_defaults(func=cmd_export)
+
+
+def _import_parser(sub) -> None:
+    i = sub.add_parser("import", help="a run trained elsewhere (TRL, verl, a JSONL/parquet file) as a run directory")
+    import_arguments(i)
+    i.set_defaults(func=cmd_import)
+
+
 def parser() -> argparse.ArgumentParser:
     from workbench.config import OPTIONS
 
@@ -181,8 +197,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.set_defaults(func=cmd_report)
 
-    _compare_parser(sub)
-    _sweep_parser(sub)
+    for add_parser in (_compare_parser, _sweep_parser, _export_parser, _import_parser):
+        add_parser(sub)
 
     o = sub.add_parser("options", help="every RunConfig field, or one method's options: default, allowed values, help")
     o.add_argument("--method", choices=sorted(OPTIONS["method"].choices), help="that method's method_options instead")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import yaml
 
@@ -45,14 +46,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"workbench: {command or 'usage'}: {message} ({help_command})\n")
 
 
-def at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: an integer >= 1")
-    return value
+def integer_at_least(low: int, allowed: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``; ``allowed`` says what it is in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: {allowed}")
+        return value
+
+    return parse
+
+
+at_least_one = integer_at_least(1, "an integer >= 1")
 
 
 def one_line(error: BaseException) -> str:

@@ -36,6 +36,7 @@ from workbench.options import (
     of_dataclass,
     text,
 )
+from workbench.run import trackers
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -187,6 +188,12 @@ class RunConfig:
         number(1.0, "a token is a pivot when its entropy is this many stds above its group's", changes_in="live")
     )
     save_rollouts: bool = config_field(flag(True, "write every step's rollouts to the run directory"))
+    report_to: list[str] = config_field(
+        anything(
+            [], "trackers that get every step too (TRL's names)", trackers.ALLOWED, changes_in="live", comma_list=True
+        ),
+        default_factory=list,
+    )
     checkpoint_every: int = config_field(
         integer(0, "save a checkpoint every this many steps (0: when a run starts, ends or is interrupted only)")
     )
@@ -231,6 +238,7 @@ class RunConfig:
         # numpy scalars become the Python numbers they stand for (so YAML can write them)
         for name, option in OPTIONS.items():
             setattr(self, name, option.coerce(getattr(self, name)))
+        self.report_to = trackers.names(self.report_to)  # "tensorboard,wandb" (--set) as a list
         method = methods.get(self.method) if self.method in methods.names() else None
         for name, value in (method.CONFIG_DEFAULTS if method else {}).items():
             if getattr(self, name) is None:  # the method's (its paper's) setting, recorded as such
@@ -273,6 +281,7 @@ class RunConfig:
         if self.device.split(":")[0] not in DEVICES:
             raise ConfigError("device", self.device, OPTIONS["device"].allowed())
         _target_modules(self.target_modules)
+        trackers.names(self.report_to)
         if not isinstance(self.method_options, dict):
             raise ConfigError("method_options", self.method_options, OPTIONS["method_options"].allowed())
         methods.get(self.method).validate(self)

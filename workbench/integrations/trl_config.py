@@ -1,10 +1,16 @@
 """The GRPOConfig a RunConfig means: one step = one generation of ``num_prompts`` x ``num_generations``
 rows, split over the processes by whole groups, with the RunConfig's sampling, optimiser and loss
-settings. Everything else TRL offers (vLLM, DeepSpeed, logging) is the user's, by name."""
+settings. Everything else TRL offers (vLLM, DeepSpeed, logging) is the user's, by name.
+
+``report_to`` is passed through: TRL's own trackers report TRL's metrics under its output_dir
+(RUN_DIR/trl: TensorBoard in trl/runs/, W&B in trl/wandb/), apart from the workbench's (RUN_DIR/tensorboard,
+RUN_DIR/wandb: every metric of metrics.jsonl, the workbench's columns included; ``workbench.run.trackers``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,7 +75,7 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": cfg.checkpoint_every or steps,
-        "report_to": "none",
+        "report_to": list(cfg.report_to) or "none",
         "dataloader_num_workers": 0,
     }
 
@@ -102,6 +108,8 @@ def grpo_config(
             f"a divisor of the {per_process} rows each process trains a step",
         )
     owned = _owned_fields(cfg, settings, output_dir, steps, processes)
+    if "wandb" in cfg.report_to:
+        trl_wandb_in(output_dir)
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     if "activation_checkpointing" not in known:  # transformers 4.x names it gradient_checkpointing
         owned["gradient_checkpointing"] = owned.pop("activation_checkpointing")
@@ -120,6 +128,24 @@ def grpo_config(
                 f"{name} is set by the workbench (use --set FIELD=VALUE for the RunConfig's fields)",
             )
     return GRPOConfig(**owned, **trl)
+
+
+def trl_wandb_in(output_dir: Path) -> None:
+    """TRL's W&B run in ``output_dir``/wandb, offline, unless the user's WANDB_DIR and WANDB_MODE say
+    otherwise: transformers' WandbCallback reads only these (it would write to ./wandb, online). W&B reads
+    them once a process, so where it is set up already (a notebook, a test) its settings follow them."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for name, value in (("WANDB_DIR", str(output_dir)), ("WANDB_MODE", "offline")):
+        if os.environ.get(name) in (None, _WANDB_SET.get(name)):  # unset, or an earlier run's: not the user's
+            os.environ[name] = _WANDB_SET[name] = value
+    if "wandb" in sys.modules:
+        import wandb
+
+        mode = os.environ["WANDB_MODE"]  # W&B checks it: one of its modes
+        wandb.setup(settings=wandb.Settings(root_dir=os.environ["WANDB_DIR"], mode=mode))  # type: ignore[arg-type]
+
+
+_WANDB_SET: dict[str, str] = {}  # the values trl_wandb_in gave those variables, which the next run's replace
 
 
 def check_trl_fields(fields: dict) -> None:

@@ -5,7 +5,8 @@ run's lock from ``claim`` (a new run) or ``reopen`` (a resumed one) to ``close``
 config and the engine that trains it (``backend.json``; none: the workbench's own Trainer), its
 steps (the rollouts first, then the metrics row: a step is on record once its row is), and saves
 checkpoints: when due, and on the way out, best effort. A run resumes only on the engine that
-trained it. The files and the lock themselves are ``store.RunStore``'s.
+trained it. The files and the lock themselves are ``store.RunStore``'s. After its files, each step
+goes to the trackers ``report_to`` names (``trackers.Trackers``: TensorBoard, W&B), whichever engine trains.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import pandas as pd
 
 from workbench.options import ConfigError
 from workbench.run.store import RunStore
+from workbench.run.trackers import Trackers
 
 WORKBENCH = "workbench"  # the in-process Trainer's engine name: its runs have no backend.json
+TRAINING_ENGINES = (WORKBENCH, "trl")  # the engines whose runs hold checkpoints to resume from
 
 
 def engine_of(store: RunStore) -> str:
@@ -30,18 +33,27 @@ def engine_of(store: RunStore) -> str:
 def require_engine(store: RunStore, engine: str) -> None:
     """A ConfigError naming the engine that trained the run in ``store`` unless it is ``engine``."""
     trained_on = engine_of(store)
-    if trained_on != engine:
+    if trained_on == engine:
+        return
+    if trained_on not in TRAINING_ENGINES:  # an imported run, a TRL script's recording
         raise ConfigError(
             "backend",
             engine,
-            f"the engine that trained the run in {store.dir} ({trained_on}): a run resumes on its own "
-            f"engine, whose checkpoints it holds (workbench train --resume --backend {trained_on})",
+            f"an engine that trained the run in {store.dir}; it was recorded from elsewhere ({trained_on}) "
+            "and holds no checkpoints to continue from: train a new run",
         )
+    raise ConfigError(
+        "backend",
+        engine,
+        f"the engine that trained the run in {store.dir} ({trained_on}): a run resumes on its own "
+        f"engine, whose checkpoints it holds (workbench train --resume --backend {trained_on})",
+    )
 
 
 class RunWriter:
     def __init__(self, store: RunStore):
         self.store = store
+        self.trackers: Trackers | None = None  # opened from the config: at start, or (a resume) at the first step
 
     @classmethod
     def claim(cls, out_dir: str | Path) -> RunWriter:
@@ -82,6 +94,7 @@ class RunWriter:
         """Write a new run: its config.yaml, the engine that trains it when it is not the workbench's
         own (``backend``: backend.json), and the metrics rows it inherits (a fork's)."""
         self.store.create(cfg)
+        self._report_to(cfg)
         if backend is not None:
             self.store.write_backend(backend)
         for row in history:
@@ -89,13 +102,26 @@ class RunWriter:
 
     def write_config(self, cfg) -> None:
         self.store.write_config(cfg)
+        self._report_to(cfg)
+
+    def _report_to(self, cfg) -> Trackers:
+        """Report the steps recorded from now on to ``cfg.report_to`` (a live change closes the others)."""
+        if self.trackers is not None and self.trackers.wanted == list(cfg.report_to):
+            return self.trackers
+        if self.trackers is not None:
+            self.trackers.close()
+        self.trackers = Trackers(self.dir, cfg.report_to, cfg.to_dict())
+        return self.trackers
 
     def record(self, step: int, rollouts: pd.DataFrame | None, row: dict) -> None:
         """Commit a finished step: its rollouts (when kept), then its metrics row, last. A failure
-        before the row leaves no trace of the step (its rollouts file is rewritten when it runs again)."""
+        before the row leaves no trace of the step (its rollouts file is rewritten when it runs again).
+        Then the trackers, which never fail the step (a failing one is a warning)."""
         if rollouts is not None:
             self.store.write_rollouts(step, rollouts)
         self.store.append_metrics(row)
+        trackers = self.trackers or self._report_to(self.store.config())  # resumed: config.yaml says where
+        trackers.record(step, rollouts, row)
 
     def checkpoint(
         self, step: int, policy, optimizer, state: dict, engine_files: dict[str, Path] | None = None
@@ -119,7 +145,10 @@ class RunWriter:
             warn_unsaved(self.store, step, error)
 
     def close(self) -> None:
-        """Let go of the run directory's lock: this writer writes no more."""
+        """Close the trackers and let go of the run directory's lock: this writer writes no more."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
         self.store.unlock()
 
 

@@ -80,7 +80,8 @@ def test_a_trl_script_with_the_drop_in_trains_exactly_as_trl_and_is_recorded(tmp
     rows = store.read_metrics()
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert [r["reward_mean"] for r in rows] == pytest.approx([log["reward"] for log in stock["logs"]])
-    assert [r["trl/loss"] for r in rows] == [log["loss"] for log in stock["logs"]]  # TRL's names kept
+    assert [r["loss"] for r in rows] == [log["loss"] for log in stock["logs"]]  # TRL's numbers, TRL's names kept
+    assert all("frac_reward_zero_std" in r and "completions/mean_length" in r for r in rows)
     assert store.config().task == "external:trl-script" and store.config().num_generations == 4
     assert store.backend()["backend"] == "trl-script" and store.backend()["grpo_config"]["learning_rate"] == 5e-3
     frame = store.read_rollouts(2)

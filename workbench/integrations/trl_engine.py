@@ -352,7 +352,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
             learning_rate=float(logs["learning_rate"]),
             seconds=time.perf_counter() - self._pending["started"],
         )
-        row.update(self.logged_numbers(logs))
+        row = {**self.logged_numbers(logs), **row}  # the workbench's own columns win a shared name
         self.writer.record(index, frame if self.cfg.save_rollouts else None, row)  # the row last
         self._pending = None
         self._step_open = False

@@ -11,7 +11,7 @@ TRL's generation, rewards, advantages, loss and checkpoints are untouched. After
 and scored a step, one extra forward pass without gradients (the model in eval mode, the random
 state put back) scores the sampled tokens for their log-probs, entropies and top-5 alternatives;
 the main process writes the rollouts and, at each of TRL's logs, one metrics row: the workbench's
-columns from the rollouts and TRL's own numbers beside them under ``trl/``. config.yaml records
+columns from the rollouts and TRL's own numbers beside them under TRL's names. config.yaml records
 what a RunConfig can say of the run (task ``external:...``: nothing here can sample it again);
 backend.json records every GRPOConfig field.
 """
@@ -184,8 +184,9 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         return pd.concat(frames, ignore_index=True)  # group numbers are TRL's, across the processes
 
     def logged_numbers(self, logs: dict) -> dict[str, float]:
-        """TRL's own numbers of the log, under their TRL names (``trl/reward``, ``trl/entropy``, ...)."""
-        return {f"trl/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        """TRL's own numbers of the log under their TRL names (``reward``, ``entropy``,
+        ``frac_reward_zero_std``, ...), as ``workbench import --format trl`` keeps them."""
+        return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
 
     def update_numbers(self, logs: dict) -> dict[str, float]:
         """TRL's own numbers of the logged steps (the loss, the gradient norm, its clip ratio and KL),

@@ -101,6 +101,13 @@ def main() -> None:
                 for i in range(outputs.count()):
                     print(f"--- output {i}\n{outputs.nth(i).inner_text()[:4000]}")
             if args.shots:
+                # live figures load plotly.js after a quiet spell of the page (widgets/live_figure.js): on a
+                # quick Run All that comes after the last cell, so wait for every figure to be drawn
+                page.wait_for_function(
+                    "[...document.querySelectorAll('.wb-live-figure')].filter(f => f.offsetWidth).every(f => f.querySelector('.main-svg'))",
+                    timeout=60_000,
+                    polling=500,
+                )
                 page.wait_for_timeout(1500)  # plotly relayouts
                 outputs = page.locator(".jp-CodeCell .jp-OutputArea")
                 for i in range(outputs.count()):

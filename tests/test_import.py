@@ -72,6 +72,11 @@ def trl_dir(tmp_path_factory):
     return out
 
 
+def by_source_step(store: RunStore) -> dict[int, dict]:
+    """The run's metrics rows by TRL's or verl's step number: theirs count from 1, the workbench's from 0."""
+    return {r["step"] + 1: r for r in store.read_metrics()}
+
+
 def trl_logged(trl_dir, step: int) -> pd.DataFrame:
     return pd.read_parquet(trl_dir / "completions" / f"completions_{step:05d}.parquet")
 
@@ -103,10 +108,10 @@ def test_trl_import_rescored_is_a_run_the_report_and_widgets_open(trl_dir, tmp_p
     cfg = store.config()
     assert (cfg.task, cfg.model, cfg.num_generations, cfg.num_prompts) == ("external:my-trl-run", "tiny", G, 2)
     history = trl_history(trl_dir)
-    rows = {r["step"]: r for r in store.read_metrics()}
-    assert sorted(rows) == [1, 2] == store.rollout_steps()
+    rows = by_source_step(store)
+    assert sorted(rows) == [1, 2] and store.rollout_steps() == [0, 1]
     for step in (1, 2):
-        logged, frame = trl_logged(trl_dir, step), store.read_rollouts(step)
+        logged, frame = trl_logged(trl_dir, step), store.read_rollouts(step - 1)
         assert frame["prompt"].tolist() == logged["prompt"].tolist()
         assert frame["completion"].tolist() == logged["completion"].tolist()
         np.testing.assert_allclose(frame["reward"], logged["length_reward"] + logged["digit_reward"])
@@ -148,7 +153,7 @@ def check_widgets(run, rows):
         dashboard.close()
     view = widgets.TokenView(str(run))
     try:
-        assert view.shown_step == max(rows) and "wb-row" in view.strips.value
+        assert view.shown_step == max(rows) - 1 and "wb-row" in view.strips.value
     finally:
         view.close()
 
@@ -159,14 +164,14 @@ def test_trl_import_without_a_model_keeps_text_rewards_and_diversity(trl_dir, tm
     assert "needs a model" in capsys.readouterr().err
     store = RunStore(run)
     assert store.config().model == "external:my-trl-run" and store.backend()["rescored_with"] is None
-    rows = {r["step"]: r for r in store.read_metrics()}
+    rows = by_source_step(store)
     logged = trl_logged(trl_dir, 1)
     assert rows[1]["reward_mean"] == pytest.approx((logged["length_reward"] + logged["digit_reward"]).mean())
     texts = logged["completion"].tolist()
     expected = np.mean([_distinct2(texts[g * G : (g + 1) * G]) for g in range(len(texts) // G)])
     assert rows[1]["distinct_2"] == pytest.approx(expected)
     assert "entropy_mean" not in rows[1] and rows[1]["entropy"] == trl_history(trl_dir)[1]["entropy"]
-    frame = store.read_rollouts(1)
+    frame = store.read_rollouts(0)  # TRL's step 1
     assert frame["completion"].tolist() == texts and all(len(ids) == 0 for ids in frame["token_ids"])
     check_widgets(run, rows)
 
@@ -179,7 +184,7 @@ def test_trl_import_of_a_run_without_completion_logs_has_its_metrics(trl_dir, tm
     store = RunStore(import_run(source, "trl", tmp_path / "run", progress=False))
     history = trl_history(trl_dir)
     rows = store.read_metrics()
-    assert [r["step"] for r in rows] == [1, 2] and store.rollout_steps() == []
+    assert [r["step"] for r in rows] == [0, 1] and store.rollout_steps() == []
     assert [r["entropy"] for r in rows] == [history[1]["entropy"], history[2]["entropy"]]
     assert any("log_completions was off" in note for note in store.backend()["notes"])
 
@@ -194,15 +199,15 @@ def test_a_stopped_import_resumes_and_another_source_or_model_is_refused(trl_dir
     recorded = importer._record
 
     def stop_at_step_2(writer, imported, step, *rest):
-        if step == 2:
+        if step == 1:  # TRL's step 2
             raise KeyboardInterrupt
         recorded(writer, imported, step, *rest)
 
     monkeypatch.setattr(importer, "_record", stop_at_step_2)
     with pytest.raises(KeyboardInterrupt):
         import_run(trl_dir, "trl", run, model="tiny", progress=False)
-    assert [r["step"] for r in RunStore(run).read_metrics()] == [1]
-    first = (run / "rollouts" / "step-1.parquet").stat().st_mtime_ns
+    assert [r["step"] for r in RunStore(run).read_metrics()] == [0]
+    first = (run / "rollouts" / "step-0.parquet").stat().st_mtime_ns
 
     monkeypatch.setattr(importer, "_record", recorded)
     scored = []
@@ -212,8 +217,8 @@ def test_a_stopped_import_resumes_and_another_source_or_model_is_refused(trl_dir
         lambda self, rows, f=importer.Rescorer.score, **kw: scored.append(len(rows)) or f(self, rows, **kw),
     )
     import_run(trl_dir, "trl", run, model="tiny", progress=False)
-    assert [r["step"] for r in RunStore(run).read_metrics()] == [1, 2] and scored == [2 * G]  # step 2 only
-    assert (run / "rollouts" / "step-1.parquet").stat().st_mtime_ns == first
+    assert [r["step"] for r in RunStore(run).read_metrics()] == [0, 1] and scored == [2 * G]  # step 1 only
+    assert (run / "rollouts" / "step-0.parquet").stat().st_mtime_ns == first
 
     err = one_line_error(
         capsys,
@@ -283,7 +288,7 @@ def test_trl_chat_prompts_are_rescored_through_the_chat_template(tmp_path):
     (tmp_path / "out" / "completions").mkdir(parents=True)
     pd.DataFrame(table).to_parquet(tmp_path / "out" / "completions" / "completions_00003.parquet")
     run = import_run(tmp_path / "out", "trl", tmp_path / "run", model=loading.SMOLLM2, progress=False)
-    frame = RunStore(run).read_rollouts(3)
+    frame = RunStore(run).read_rollouts(2)  # TRL's step 3
     assert frame["prompt"].tolist() == [f"user: {question}"] * 4 and frame["completion"].tolist() == answers
     assert frame["reward"].tolist() == [1.0, 1.0, 0.0, 1.0] and frame["group"].tolist() == [0] * 4
     policy = Policy.from_pretrained(loading.SMOLLM2)
@@ -351,9 +356,9 @@ def test_verl_import(tmp_path):
     dump, truth = verl_dir(tmp_path)
     run = import_run(dump, "verl", tmp_path / "run", model="tiny", progress=False)
     store = RunStore(run)
-    rows = {r["step"]: r for r in store.read_metrics()}
+    rows = by_source_step(store)
     for step in (1, 2):
-        frame = store.read_rollouts(step)
+        frame = store.read_rollouts(step - 1)
         expected = truth[step]
         assert frame["prompt"].tolist() == [r[0] for r in expected] and frame["completion"].tolist() == [
             r[1] for r in expected
@@ -381,9 +386,9 @@ def test_verl_file_logger_metrics(tmp_path):
         "".join(json.dumps({"step": s, "data": {"actor/grad_norm": s / 10, "val": "text"}}) + "\n" for s in (1, 2, 3))
     )
     run = import_run(dump, "verl", tmp_path / "run", metrics_log=log, progress=False)
-    rows = {r["step"]: r for r in RunStore(run).read_metrics()}
-    assert sorted(rows) == [1, 2, 3] and rows[3] == {"step": 3, "actor/grad_norm": 0.3, "grad_norm": 0.3}
-    assert RunStore(run).rollout_steps() == [1, 2]
+    rows = by_source_step(RunStore(run))
+    assert sorted(rows) == [1, 2, 3] and rows[3] == {"step": 2, "actor/grad_norm": 0.3, "grad_norm": 0.3}
+    assert RunStore(run).rollout_steps() == [0, 1]
 
 
 # --- generic --------------------------------------------------------------------------------------

@@ -90,10 +90,10 @@ def read(source: str | Path, format: str, metrics_log: str | Path | None = None)
     if metrics_log is not None and format != "verl":
         raise ConfigError("metrics_log", str(metrics_log), "a verl metrics log, with --format verl only")
     if format == "trl":
-        return trl.read(path)
+        return trl.read(path).counted_from_zero()
     if format == "verl":
-        return verl.read(path, Path(metrics_log) if metrics_log else None)
-    return jsonl.read(path)
+        return verl.read(path, Path(metrics_log) if metrics_log else None).counted_from_zero()
+    return jsonl.read(path)  # its steps as the file numbers them
 
 
 def _continues(store: RunStore, info: dict) -> bool:

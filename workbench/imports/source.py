@@ -37,6 +37,13 @@ class Imported:
     def steps(self) -> list[int]:
         return sorted(set(self.rows) | set(self.metrics))
 
+    def counted_from_zero(self) -> Imported:
+        """TRL and verl number a step by the optimizer steps done after it (1, 2, ...); the workbench
+        by the steps done before it (0, 1, ...), as its drop-in for TRL records them."""
+        self.rows = {step - 1: rows.assign(step=step - 1) for step, rows in self.rows.items()}
+        self.metrics = {step - 1: numbers for step, numbers in self.metrics.items()}
+        return self
+
 
 def read_text(path: Path) -> str:
     """A source file's text; a file that is not UTF-8 is refused naming the byte where it stops being so."""

@@ -143,8 +143,13 @@ def test_trl_import_rescored_is_a_run_the_report_and_widgets_open(trl_dir, tmp_p
     check_widgets(run, rows)
 
 
-def check_widgets(run, rows):
+def check_widgets(run, rows, tmp_path=None):
+    """The dashboard draws every row, the token view the last step; ``workbench report`` writes its page."""
     import widgets
+
+    if tmp_path is not None:
+        assert main(["report", str(run), "--out", str(tmp_path / "report.html")]) == 0
+        assert "entropy" in (tmp_path / "report.html").read_text()
 
     dashboard = widgets.TrainingDashboard(str(run))
     try:
@@ -153,7 +158,7 @@ def check_widgets(run, rows):
         dashboard.close()
     view = widgets.TokenView(str(run))
     try:
-        assert view.shown_step == max(rows) - 1 and "wb-row" in view.strips.value
+        assert view.shown_step == max(r["step"] for r in rows.values()) and "wb-row" in view.strips.value
     finally:
         view.close()
 
@@ -376,6 +381,7 @@ def test_verl_import(tmp_path):
         )
         assert math.isfinite(rows[step]["entropy_mean"])
     assert store.config().num_generations == G
+    check_widgets(run, rows, tmp_path)
 
 
 def test_verl_file_logger_metrics(tmp_path):
@@ -429,6 +435,11 @@ def test_generic_import(tmp_path, suffix):
     written = store.read_rollouts(1)
     assert written["group"].tolist() == [0, 0, 0, 1, 1, 1] and written["judge"].tolist() == ["j0", "j1", "j2"] * 2
     assert written["strategy"].tolist() == ["a", "b", "a"] * 2
+    # re-scored: every response's tokens, and the widgets and the report open it
+    rescored = import_run(path, "jsonl", tmp_path / "rescored", model="tiny", progress=False)
+    frame = RunStore(rescored).read_rollouts(1)
+    assert all(len(e) == n > 0 for e, n in zip(frame["entropy"], frame["length"]))
+    check_widgets(rescored, {r["step"]: r for r in RunStore(rescored).read_metrics()}, tmp_path)
 
 
 def test_generic_import_without_groups_groups_by_prompt(tmp_path):

@@ -12,7 +12,7 @@ from workbench.metrics.registry import KL, PASS_AT_K, REWARD_MEAN, STAGE1_ACCURA
 
 TINY = dict(num_prompts=2, num_generations=4, max_completion_length=8, threads=1)
 # options a method needs to train on 4 responses a prompt and to run its every part
-OPTIONS = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}}
+OPTIONS = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}, "passk_training": {"k": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_lookups_units_and_panels():
     assert registry.title("entropy_mean") == "entropy_mean (nats)" and registry.title("my_column") == "my_column"
     assert KL.axis_title == "kl (nats/token)" and STAGE1_ACCURACY.label == "stage1 accuracy"
     assert STAGE1_ACCURACY in registry.panel_metrics("eepo")
-    assert {g.name for g in registry.method_groups()} == {"eepo", "policy_split", "erpo", "poly_epo"}
+    assert {g.name for g in registry.method_groups()} == {"eepo", "policy_split", "erpo", "poly_epo", "w_reinforce", "passk_training"}
     with pytest.raises(KeyError, match="metric='rewards_mean' is not one the workbench records"):
         registry.get("rewards_mean")
     with pytest.raises(ValueError, match="group='rewards' is not allowed"):

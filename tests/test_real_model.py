@@ -117,7 +117,7 @@ def test_generation_stops_at_im_end(policy):
 @pytest.mark.parametrize("method", methods.names())
 def test_every_method_takes_a_step(policy, method):
     # EEPO's gate open from the first step; Poly-EPO needs sets smaller than a group
-    options = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}}.get(method, {})
+    options = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}, "passk_training": {"k": 1}}.get(method, {})
     cfg = RunConfig(model="smollm2-135m", task="countdown", method=method, num_prompts=2,
                     num_generations=3 if method == "poly_epo" else 2, max_completion_length=12, learning_rate=1e-4,
                     method_options=options)

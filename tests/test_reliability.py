@@ -37,7 +37,7 @@ from workbench.tasks import Coins, Countdown, DatasetTask, Problem, RewardFuncti
 from workbench.tasks.dataset import parse_exact_answer, parse_number_answer, reference_answer
 
 REPO = Path(__file__).resolve().parent.parent
-METHOD_OPTIONS = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}}  # the unlearning pass always runs
+METHOD_OPTIONS = {"eepo": {"gate": "always"}, "poly_epo": {"set_size": 2}, "passk_training": {"k": 2}}  # the unlearning pass always runs
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
 SCRIPT_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

@@ -82,6 +82,43 @@ def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4) -
     return torch.where(flat, torch.zeros_like(adv), adv)
 
 
+def negative_reinforce_advantages(rewards: Tensor, success: Tensor, positive_weight: float = 0.1) -> Tensor:
+    """W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM
+    Reasoning", arXiv 2506.01347): REINFORCE on the outcome with the correct responses' part
+    down-weighted by lambda and no baseline: A = lambda r for a success, r - 1 otherwise. With rewards
+    in {0, 1} that is lambda and -1, as the paper's code computes it (RLVR-Decomposed,
+    ``advantage="weighted"``); lambda = 1 is plain REINFORCE on rewards of +1 and -1, lambda = 0 the
+    paper's NSR (only the incorrect responses are pushed down)."""
+    r = rewards.double()
+    return torch.where(success, positive_weight * r, r - 1.0).to(rewards.dtype)
+
+
+def group_pass_at_k(correct: Tensor, k: int) -> Tensor:
+    """[P, G] correct flags -> [P] each group's pass@k, 1 - C(n - c, k) / C(n, k) (float64)."""
+    n = correct.shape[1]
+    return torch.tensor([1.0 - math.comb(n - c, k) / math.comb(n, k) for c in correct.sum(dim=1).tolist()])
+
+
+def passk_advantages(correct: Tensor, k: int, eps: float = 1e-6) -> Tensor:
+    """[P, G] correct flags -> Pass@k Training's analytic advantages (Chen et al. 2025, arXiv
+    2508.10751; their code, RUCAIBox/Passk_Training). In a group of n responses with c correct, the
+    group's reward is its pass@k, rho = 1 - C(n-c, k) / C(n, k), with sigma = sqrt(rho (1 - rho)); a
+    correct response gets (1 - rho) / (sigma + eps) and an incorrect one
+    (1 - rho - C(n-c-1, k-1) / C(n-1, k-1)) / (sigma + eps): a rare correct answer is worth more, and
+    an incorrect one costs less when the group already holds one. k = 1 is GRPO's advantage with the
+    group's population std; a group all correct or all wrong gets 0."""
+    n = correct.shape[1]
+    out = torch.zeros(correct.shape, dtype=torch.float64)
+    for p, (c, rho) in enumerate(zip(correct.sum(dim=1).tolist(), group_pass_at_k(correct, k).tolist())):
+        sigma = math.sqrt(rho * (1.0 - rho))
+        positive = (1.0 - rho) / (sigma + eps)
+        # the chance that the other k - 1 of a draw holding this incorrect response are incorrect too
+        others_wrong = math.comb(n - c - 1, k - 1) / math.comb(n - 1, k - 1) if c < n else 0.0
+        negative = (1.0 - rho - others_wrong) / (sigma + eps)
+        out[p] = torch.where(correct[p], torch.tensor(positive), torch.tensor(negative))
+    return out.float()
+
+
 # --- PPO-clip loss and aggregation ----------------------------------------------------------------
 def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
     """A [B] -> [B, 1] so it broadcasts over tokens; [B, T] unchanged."""

@@ -6,6 +6,7 @@ from workbench.methods.base import Method
 from workbench.methods.eepo import EEPO
 from workbench.methods.erpo import ERPO
 from workbench.methods.grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
+from workbench.methods.outcome_baselines import PasskTraining, WReinforce
 from workbench.methods.policy_split import PolicySplit
 from workbench.methods.poly_epo import GRPODiv, PolyEPO
 
@@ -24,6 +25,8 @@ _REGISTRY: dict[str, type[Method]] = {
         ERPO,
         PolyEPO,
         GRPODiv,
+        WReinforce,
+        PasskTraining,
     )
 }
 
@@ -57,6 +60,8 @@ __all__ = [
     "GRPODiv",
     "PolicySplit",
     "PolyEPO",
+    "PasskTraining",
+    "WReinforce",
     "ClipCov",
     "EntropyAdvantage",
     "KLCov",

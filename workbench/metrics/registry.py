@@ -55,6 +55,8 @@ GROUPS = {
         Group("policy_split", "Policy Split: the two modes", FRACTION, method=True),
         Group("erpo", "ERPO: the entropy gate and progress", FRACTION, method=True),
         Group("poly_epo", "Poly-EPO: sets and clusters", PER_GROUP, method=True),
+        Group("w_reinforce", "W-REINFORCE: the responses pushed down", FRACTION, method=True),
+        Group("passk_training", "Pass@k Training: the groups' pass@k", FRACTION, method=True),
     )
 }
 
@@ -255,6 +257,14 @@ POLY_DISTINCT_CLUSTERS = Metric(
     "poly_distinct_clusters", PER_GROUP, "poly_epo", "method", "distinct clusters among a prompt's responses"
 )
 DIV_BONUS_MEAN = Metric("div_bonus_mean", NUMBER, "poly_epo", "method", "mean diversity bonus added to the reward")
+
+# --- W-REINFORCE and Pass@k Training ----------------------------------------------------------------------
+W_REINFORCE_NEGATIVE_FRACTION = Metric(
+    "w_reinforce_negative_fraction", FRACTION, "w_reinforce", "method", "share of responses pushed down (incorrect)"
+)
+PASSK_GROUP_MEAN = Metric(
+    "passk_group_mean", FRACTION, "passk_training", "method", "mean pass@k of the groups, the reward the method uses"
+)
 
 # --- evaluation ------------------------------------------------------------------------------------------
 PASS_AT_K = Metric(

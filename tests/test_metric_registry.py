@@ -63,7 +63,7 @@ def test_lookups_units_and_panels():
     assert registry.title("entropy_mean") == "entropy_mean (nats)" and registry.title("my_column") == "my_column"
     assert KL.axis_title == "kl (nats/token)" and STAGE1_ACCURACY.label == "stage1 accuracy"
     assert STAGE1_ACCURACY in registry.panel_metrics("eepo")
-    assert {g.name for g in registry.method_groups()} == {"eepo", "policy_split", "erpo", "poly_epo", "w_reinforce", "passk_training"}
+    assert {g.name for g in registry.method_groups()} == {"eepo", "policy_split", "erpo", "poly_epo", "w_reinforce", "passk_training", "adaptive_entropy"}
     with pytest.raises(KeyError, match="metric='rewards_mean' is not one the workbench records"):
         registry.get("rewards_mean")
     with pytest.raises(ValueError, match="group='rewards' is not allowed"):

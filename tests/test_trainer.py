@@ -57,7 +57,7 @@ def test_exception_in_a_phase_restores_adapter_and_optimizer(monkeypatch):
     trainer.step()
     before = adapter_and_optimizer(trainer)
     original = trainer.method.loss_settings
-    monkeypatch.setattr(trainer.method, "loss_settings", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(trainer.method, "loss_settings", lambda batch=None: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         trainer.step()
     assert same_state(before, adapter_and_optimizer(trainer))

@@ -119,6 +119,22 @@ def passk_advantages(correct: Tensor, k: int, eps: float = 1e-6) -> Tensor:
     return out.float()
 
 
+def adaptive_entropy_coef(
+    measured: Sequence[float], start: float, target: float, delta: float, low: float, high: float
+) -> tuple[float, float]:
+    """Adaptive entropy control as TRL 1.16 runs it (``GRPOConfig.use_adaptive_entropy``, after
+    Skywork-OR1, arXiv 2505.22312), replayed over the mean token entropy ``measured`` of each step so
+    far: after each step the coefficient moves by +delta when that step's entropy was at or below
+    ``target`` and by -delta otherwise, kept in [low, high]; a step applies the coefficient only when
+    the step before it was at or below the target (none on the first step). Returns (the controller's
+    coefficient now, the coefficient this step applies)."""
+    coef, last = start, math.inf
+    for entropy in measured:
+        coef = min(coef + delta, high) if entropy <= target else max(coef - delta, low)
+        last = entropy
+    return coef, (coef if last <= target else 0.0)
+
+
 # --- PPO-clip loss and aggregation ----------------------------------------------------------------
 def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
     """A [B] -> [B, 1] so it broadcasts over tokens; [B, T] unchanged."""

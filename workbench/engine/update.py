@@ -41,7 +41,7 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
     """One update on the batch (``num_iterations`` passes over it): for each micro-batch, the
     policy's log-probs, the loss (``core`` on tensors) and its gradient; then the clipped
     optimizer step. A non-finite loss or gradient skips the update and is counted."""
-    settings = trainer.method.loss_settings()
+    settings = trainer.method.loss_settings(batch)
     batch = batch.rows_to_train()
     plan = plan_update(trainer, batch, settings)
     trainer.policy.model.train()

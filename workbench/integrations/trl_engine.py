@@ -263,6 +263,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         """The method's advantages [B, T] of a scored batch, and the loss's inputs TRL passes on to
         ``_compute_loss``: the tokens it keeps and, where one ran, the reference's log-probs."""
         self.method.advantages(self, batch)
+        self.settings = self.method.loss_settings(batch)  # a method may steer its coefficients step by step
         train = batch.rows_to_train()
         device = out["completion_ids"].device
         if self.own_sampling:

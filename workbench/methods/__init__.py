@@ -5,7 +5,16 @@ from __future__ import annotations
 from workbench.methods.base import Method
 from workbench.methods.eepo import EEPO
 from workbench.methods.erpo import ERPO
-from workbench.methods.grpo import GRPO, ClipCov, ClipHigher, EntropyAdvantage, EntropyBonus, KLCov, TopEntropy
+from workbench.methods.grpo import (
+    GRPO,
+    AdaptiveEntropy,
+    ClipCov,
+    ClipHigher,
+    EntropyAdvantage,
+    EntropyBonus,
+    KLCov,
+    TopEntropy,
+)
 from workbench.methods.outcome_baselines import PasskTraining, WReinforce
 from workbench.methods.policy_split import PolicySplit
 from workbench.methods.poly_epo import GRPODiv, PolyEPO
@@ -27,6 +36,7 @@ _REGISTRY: dict[str, type[Method]] = {
         GRPODiv,
         WReinforce,
         PasskTraining,
+        AdaptiveEntropy,
     )
 }
 
@@ -61,6 +71,7 @@ __all__ = [
     "PolicySplit",
     "PolyEPO",
     "PasskTraining",
+    "AdaptiveEntropy",
     "WReinforce",
     "ClipCov",
     "EntropyAdvantage",

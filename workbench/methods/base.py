@@ -87,8 +87,9 @@ class Method:
         batch.token_advantages = batch.advantages[:, None] * batch.mask
         return {"advantage_abs_mean": float(batch.advantages.abs().mean())}
 
-    def loss_settings(self) -> dict[str, float | None]:
-        """Coefficients of the PPO-clip loss, as the config says."""
+    def loss_settings(self, batch: RolloutBatch | None = None) -> dict[str, float | None]:
+        """Coefficients of the PPO-clip loss, as the config says; ``batch``: the step's, scored and
+        with its advantages, for a method whose coefficients change from step to step."""
         cfg = self.cfg
         return {
             "epsilon": cfg.epsilon,

@@ -16,6 +16,7 @@ import torch
 
 from workbench import core
 from workbench.methods.base import Method
+from workbench.metrics import registry as M
 from workbench.options import ConfigError, MethodOptions, number
 
 
@@ -26,6 +27,59 @@ class GRPO(Method):
 class EntropyBonus(GRPO):
     name = "entropy_bonus"
     CONFIG_DEFAULTS = {"entropy_coef": 0.01}
+
+
+class AdaptiveEntropy(GRPO):
+    """The entropy bonus with its coefficient steered toward ``entropy_target`` (TRL 1.16's adaptive
+    entropy control, ``core.adaptive_entropy_coef``), replayed from the steps recorded so far, so a
+    resumed run steers exactly as an uninterrupted one. ``entropy_coef`` is the starting coefficient."""
+
+    name = "adaptive_entropy"
+    CONFIG_DEFAULTS = {"entropy_coef": 0.0}
+    OPTIONS = {
+        "entropy_target": number(0.2, "the mean token entropy (nats) the coefficient steers toward", low=0.0),
+        "entropy_coef_delta": number(0.005, "how far the coefficient moves each step", low=0.0),
+        "entropy_coef_min": number(0.0, "the coefficient's lower bound", low=0.0),
+        "entropy_coef_max": number(1.0, "the coefficient's upper bound", low=0.0),
+    }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        o = MethodOptions(cfg.method_options, cls.OPTIONS)
+        if o["entropy_coef_max"] < o["entropy_coef_min"]:
+            raise ConfigError(
+                "method_options.entropy_coef_max", o["entropy_coef_max"], f"a number >= {o['entropy_coef_min']:g}"
+            )
+
+    def advantages(self, ctx, batch):
+        numbers = super().advantages(ctx, batch)
+        o = self.options
+        measured = [row[M.ADAPTIVE_ENTROPY_MEASURED] for row in ctx.records]
+        coef, applied = core.adaptive_entropy_coef(
+            measured,
+            self.cfg.entropy_coef,
+            o["entropy_target"],
+            o["entropy_coef_delta"],
+            o["entropy_coef_min"],
+            o["entropy_coef_max"],
+        )
+        batch.step_numbers["adaptive_entropy"] = {"coef": coef, "applied": applied}
+        return numbers
+
+    def loss_settings(self, batch=None):
+        settings = super().loss_settings()
+        if batch is not None and "adaptive_entropy" in batch.step_numbers:
+            settings["entropy_coef"] = batch.step_numbers["adaptive_entropy"]["applied"]
+        return settings
+
+    def extra_metrics(self, ctx, batch):
+        control = batch.step_numbers["adaptive_entropy"]
+        return {
+            M.ADAPTIVE_ENTROPY_COEF: control["coef"],
+            M.ADAPTIVE_ENTROPY_APPLIED: control["applied"],
+            M.ADAPTIVE_ENTROPY_MEASURED: float(core.masked_mean(batch.entropy, batch.mask)),
+        }
 
 
 class ClipHigher(GRPO):

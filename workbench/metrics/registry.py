@@ -55,6 +55,7 @@ GROUPS = {
         Group("policy_split", "Policy Split: the two modes", FRACTION, method=True),
         Group("erpo", "ERPO: the entropy gate and progress", FRACTION, method=True),
         Group("poly_epo", "Poly-EPO: sets and clusters", PER_GROUP, method=True),
+        Group("adaptive_entropy", "adaptive entropy control: the coefficient", NUMBER, method=True),
         Group("w_reinforce", "W-REINFORCE: the responses pushed down", FRACTION, method=True),
         Group("passk_training", "Pass@k Training: the groups' pass@k", FRACTION, method=True),
     )
@@ -257,6 +258,21 @@ POLY_DISTINCT_CLUSTERS = Metric(
     "poly_distinct_clusters", PER_GROUP, "poly_epo", "method", "distinct clusters among a prompt's responses"
 )
 DIV_BONUS_MEAN = Metric("div_bonus_mean", NUMBER, "poly_epo", "method", "mean diversity bonus added to the reward")
+
+# --- adaptive entropy control ----------------------------------------------------------------------------
+ADAPTIVE_ENTROPY_COEF = Metric(
+    "adaptive_entropy_coef", NUMBER, "adaptive_entropy", "method", "the controller's entropy coefficient at the step"
+)
+ADAPTIVE_ENTROPY_APPLIED = Metric(
+    "adaptive_entropy_applied",
+    NUMBER,
+    "adaptive_entropy",
+    "method",
+    "the coefficient the step's loss used (0 unless the step before was at or below the target)",
+)
+ADAPTIVE_ENTROPY_MEASURED = Metric(
+    "adaptive_entropy_measured", NATS, "adaptive_entropy", "method", "the step's mean token entropy the controller read"
+)
 
 # --- W-REINFORCE and Pass@k Training ----------------------------------------------------------------------
 W_REINFORCE_NEGATIVE_FRACTION = Metric(

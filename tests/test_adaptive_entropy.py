@@ -42,7 +42,7 @@ def test_the_coefficient_is_recorded_applied_and_resumes_exactly(tmp_path):
     straight = Trainer(cfg)
     straight.run(4, progress=False)
     rows = straight.records
-    assert [r["adaptive_entropy_applied"] for r in rows] == pytest.approx([0.0, 0.005, 0.01, 0.015])
+    assert [r["entropy_coef"] for r in rows] == pytest.approx([0.0, 0.005, 0.01, 0.015])
     assert [r["adaptive_entropy_coef"] for r in rows] == pytest.approx([0.0, 0.005, 0.01, 0.015])
     assert all(r["adaptive_entropy_measured"] == pytest.approx(r["entropy_mean"], rel=1e-5) for r in rows)
     # the applied coefficient is the entropy bonus's: the entropy bonus set live to the same values
@@ -60,7 +60,7 @@ def test_the_coefficient_is_recorded_applied_and_resumes_exactly(tmp_path):
     resumed = Trainer.resume(run)
     resumed.run(2, progress=False)
     for a, b in zip(resumed.records, rows):
-        for key in ("adaptive_entropy_applied", "adaptive_entropy_coef", "loss", "reward_mean"):
+        for key in ("entropy_coef", "adaptive_entropy_coef", "loss", "reward_mean"):
             assert a[key] == pytest.approx(b[key], abs=1e-7), key
     state, expected = resumed.policy.adapter_state(), straight.policy.adapter_state()
     assert all(torch.equal(state[k], expected[k]) for k in state)
@@ -74,7 +74,7 @@ def test_the_trl_engine_steers_the_same_coefficient(tmp_path):
     cfg = RunConfig(**SMALL, method_options={"entropy_target": 5.0})
     WorkbenchGRPOTrainer(cfg, tmp_path / "run", steps=3).train()
     rows = RunStore(tmp_path / "run").read_metrics()
-    assert [r["adaptive_entropy_applied"] for r in rows] == pytest.approx([0.0, 0.005, 0.01])
+    assert [r["entropy_coef"] for r in rows] == pytest.approx([0.0, 0.005, 0.01])
     # the controller read the step's own token entropy (TRL samples other tokens than the workbench's
     # sampler, so the two engines' rows are not compared here)
     assert all(r["adaptive_entropy_measured"] == pytest.approx(r["entropy_mean"], rel=1e-5) for r in rows)

@@ -8,7 +8,7 @@ import torch
 
 from workbench import RunConfig, Trainer
 from workbench.engine import update
-from workbench.step.batch import micro_batches
+from workbench.engine.update import micro_batches
 
 
 def cost(runs, lengths, overhead):

@@ -25,7 +25,7 @@ FIGURE_TITLES = [
 
 def _metrics(step: int) -> dict:
     return {
-        "step": step, "reward_mean": 0.2 + 0.02 * step, "reward_std": 0.3, "zero_spread_groups": 1,
+        "step": step, "reward_mean": 0.2 + 0.02 * step, "reward_std": 0.3, "frac_reward_zero_std": 1,
         "parsed_fraction": 0.9, "entropy_mean": 0.8 - 0.01 * step, "entropy_p50": 0.4, "entropy_p80": 0.9,
         "entropy_p95": 1.6, "response_length": 120 + step, "unique_answers": 3.0, "distinct_strategies": 2.5,
         "distinct_correct_strategies": 1.5, "pivots_per_response": 4.0, "entropy_at_pivots": 1.9,

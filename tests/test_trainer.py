@@ -28,7 +28,7 @@ def test_phases_in_order_and_metrics_recorded():
     assert names == ["sample", "score", "advantage", "update", "metrics"]
     m = trainer.history.iloc[-1]
     for key in ("reward_mean", "entropy_mean", "entropy_p50", "entropy_p80", "entropy_p95", "response_length",
-                "zero_spread_groups", "kl", "clip_fraction", "unique_answers", "distinct_strategies", "step_time"):
+                "frac_reward_zero_std", "kl", "clip_fraction", "unique_answers", "distinct_strategies", "step_time"):
         assert math.isfinite(m[key]), key
     assert m["entropy_p50"] <= m["entropy_p80"] <= m["entropy_p95"]
     batch = trainer.last_batch

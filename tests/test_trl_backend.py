@@ -18,8 +18,8 @@ if os.environ.get("CI") != "true":  # CI installs the [scale] extra: there a mis
     pytest.importorskip("trl", reason="the TRL backend needs the [scale] extra")
 
 from workbench import RolloutBatch, RunConfig, Trainer, methods  # noqa: E402
-from workbench.engine import update  # noqa: E402
 from workbench.config import ConfigError  # noqa: E402
+from workbench.engine import update  # noqa: E402
 from workbench.integrations.trl import WorkbenchGRPOTrainer  # noqa: E402
 from workbench.run.store import RunStore  # noqa: E402
 

@@ -190,7 +190,7 @@ def test_token_colours_are_the_recorded_values(trainer):
         trainer.step()
     batch = trainer.last_batch
     view = TokenView(trainer)
-    assert [v for _, v in view.value_control.options] == ["entropy", "logprob", "token_advantage", "gate"]
+    assert [v for _, v in view.value_control.options] == ["entropy", "logprob", "token_advantage", "gate", "kl"]
     for group in range(batch.num_groups):
         view.prompt_control.value = group
         rows = [i for i in range(len(batch)) if batch.group[i] == group]
@@ -204,6 +204,32 @@ def test_token_colours_are_the_recorded_values(trainer):
         for r in rows:
             assert f"answer <b>{batch.answers[r]}</b>" in view.strips.value or batch.answers[r] is None
     assert "top-5:" in view.strips.value and "colour = token advantage" in view.legend.value
+
+
+def test_tokens_coloured_by_their_kl_to_the_reference(trainer):
+    """At beta 0 the update measures the KL on one response a group: those rows are coloured by the k3
+    of their recorded log-probs against the reference's (the adapter off), the others grey."""
+    if trainer.last_batch is None:
+        trainer.step()
+    batch = trainer.last_batch
+    view = TokenView(trainer, value="kl")
+    for group in range(batch.num_groups):
+        view.prompt_control.value = group
+        rows = [i for i in range(len(batch)) if batch.group[i] == group]
+        ref, _ = trainer.token_logprobs([batch.prompt_ids[r] for r in rows], batch.ids[rows], adapter="reference")
+        by_hand = torch.expm1(ref - batch.logprobs[rows]) - (ref - batch.logprobs[rows])
+        found = [float(v) for _, v in spans(view.strips.value)]
+        measured = [not batch.token_kl[r].isnan().any() for r in rows]
+        assert sum(measured) == 1  # the group's first response
+        at = 0
+        for k, r in enumerate(rows):
+            n = int(batch.mask[r].sum())
+            if measured[k]:
+                np.testing.assert_allclose(found[at : at + n], by_hand[k, :n].numpy(), rtol=1e-3, atol=1e-6)
+            else:
+                assert all(np.isnan(found[at : at + n]))
+            at += n
+    assert "grey: KL not measured" in view.legend.value and "colour = KL to the reference (k3)" in view.legend.value
 
 
 def test_token_view_follows_the_trainer(trainer):
@@ -316,15 +342,15 @@ def test_eepo_stepper_needs_an_eepo_trainer(trainer):
 
 
 def test_a_method_panel_appears_when_the_rows_hold_its_group(dashboard):
-    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity"}  # GRPO records no method group
+    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity", "sampling"}  # GRPO: no method group
     rows = [{"step": i, "reward_mean": 0.5, "entropy_mean": 1.0, STAGE1_ACCURACY: 0.25 + 0.1 * i,
              STAGE2_ACCURACY: 0.5} for i in range(3)]
     dashboard.redraw(rows)
-    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity", "eepo"}
+    assert set(dashboard.figures) == {"reward", "entropy", "kl", "diversity", "sampling", "eepo"}
     tabs = dashboard.drawing.tabs
     assert tabs.titles[-1] == GROUPS["eepo"].title and tabs.children[-1] is dashboard.figures["eepo"]
     np.testing.assert_allclose(dashboard.trace(STAGE1_ACCURACY).y, [0.25, 0.35, 0.45])
     assert dashboard.figures["eepo"].layout.yaxis.title.text == GROUPS["eepo"].unit
     assert {t.meta for t in dashboard.figures["eepo"].data} == set(registry.panel_metrics("eepo"))
     dashboard.redraw(rows)
-    assert len(tabs.children) == 3  # added once
+    assert len(tabs.children) == 4  # added once

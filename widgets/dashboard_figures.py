@@ -1,10 +1,10 @@
 """DashboardFigures: the figures of a ``TrainingDashboard``, in tabs, and what they draw.
 
-Four panels every run has (reward, entropy, KL, diversity), and a panel for each method group of
-the metric registry (``workbench.metrics.registry``) that appears once the rows hold its metrics:
-nothing here knows which method records what. A series is (metric, legend name, colour, dash,
-secondary y); colours are the quantities of ``style.QUANTITY``: reward blue, entropy green, KL
-purple, diversity orange.
+Five panels every run has (reward, entropy, KL, diversity, the sampler against the training pass),
+and a panel for each method group of the metric registry (``workbench.metrics.registry``) that
+appears once the rows hold its metrics: nothing here knows which method records what. A series is
+(metric, legend name, colour, dash, secondary y); colours are the quantities of ``style.QUANTITY``:
+reward blue, entropy green, KL purple, diversity orange.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from plotly.subplots import make_subplots
 
 from workbench.metrics import fit_reward_entropy, registry
-from workbench.metrics.entropy import FIT_MIN_POINTS
+from workbench.metrics.entropy import FIT_MIN_POINTS, HIGH_ENTROPY_THRESHOLD
 from workbench.metrics.registry import (
     ACCURACY,
     CLIP_FRACTION,
@@ -25,10 +25,16 @@ from workbench.metrics.registry import (
     ENTROPY_MEAN,
     ENTROPY_P50,
     ENTROPY_P95,
+    FRAC_REWARD_ZERO_STD,
     GROUPS,
+    HIGH_ENTROPY_TOKEN_FRACTION,
+    IMPORTANCE_SAMPLING_RATIO_MAX,
+    IMPORTANCE_SAMPLING_RATIO_MIN,
     KL,
     PARSED_FRACTION,
     REWARD_MEAN,
+    SAMPLING_LOGP_DIFFERENCE_MAX,
+    SAMPLING_LOGP_DIFFERENCE_MEAN,
     SKIPPED,
     STEP,
     UNIQUE_ANSWERS,
@@ -55,8 +61,12 @@ SERIES = {
         (REWARD_MEAN, "reward (mean)", QUANTITY["reward"], "solid", False),
         (ACCURACY, "accuracy", BLACK, "dot", False),
         (PARSED_FRACTION, "parsed (well-formed)", GREY, "dot", False),
+        (FRAC_REWARD_ZERO_STD, "groups with no reward spread", ORANGE, "dash", False),
     ],
-    "entropy": [(ENTROPY_MEAN, "mean", QUANTITY["entropy"], "solid", False)],
+    "entropy": [
+        (ENTROPY_MEAN, "mean", QUANTITY["entropy"], "solid", False),
+        (HIGH_ENTROPY_TOKEN_FRACTION, f"tokens above {HIGH_ENTROPY_THRESHOLD} nats", BLACK, "dot", True),
+    ],
     "kl": [
         (KL, f"KL to reference ({KL.unit})", QUANTITY["kl"], "solid", False),
         (CLIP_FRACTION, "clip fraction", QUANTITY["clip"], "dash", True),
@@ -66,16 +76,33 @@ SERIES = {
         (DISTINCT_CORRECT_STRATEGIES, "distinct correct strategies", ORANGE, "dot", False),
         (UNIQUE_ANSWERS, "unique answers", PURPLE, "solid", False),
     ],
+    "sampling": [
+        (SAMPLING_LOGP_DIFFERENCE_MEAN, "|Δ log-prob| mean", QUANTITY["kl"], "solid", False),
+        (SAMPLING_LOGP_DIFFERENCE_MAX, "|Δ log-prob| max", QUANTITY["kl"], "dot", False),
+        (IMPORTANCE_SAMPLING_RATIO_MIN, "ratio min", QUANTITY["clip"], "dash", True),
+        (IMPORTANCE_SAMPLING_RATIO_MAX, "ratio max", QUANTITY["reward"], "dash", True),
+    ],
 }
 BAND = (ENTROPY_P50, ENTROPY_P95)
+# each panel's title, its left axis and, where it has one, its right axis and the right axis's tick format
 TITLES = {
-    "reward": (GROUPS["reward"].title, "reward · fraction"),
-    "entropy": (f"{GROUPS['entropy'].title} (mean, p50–p95 band)", f"entropy ({ENTROPY_MEAN.unit})"),
-    "kl": ("KL and clip fraction", f"KL ({KL.unit})"),
-    "diversity": (GROUPS["diversity"].title, GROUPS["diversity"].unit),
+    "reward": (GROUPS["reward"].title, "reward · fraction", None, None),
+    "entropy": (
+        f"{GROUPS['entropy'].title} (mean, p50–p95 band)",
+        f"entropy ({ENTROPY_MEAN.unit})",
+        f"share of tokens above {HIGH_ENTROPY_THRESHOLD} nats",
+        ".0%",
+    ),
+    "kl": ("KL and clip fraction", f"KL ({KL.unit})", "clip fraction", ".1%"),
+    "diversity": (GROUPS["diversity"].title, GROUPS["diversity"].unit, None, None),
+    "sampling": (GROUPS["sampling"].title, f"|Δ log-prob| ({SAMPLING_LOGP_DIFFERENCE_MEAN.unit})", "ratio", ".3f"),
 }
 # the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
-TABS = {"reward · entropy": ("reward", "entropy"), "KL · diversity": ("kl", "diversity")}
+TABS = {
+    "reward · entropy": ("reward", "entropy"),
+    "KL · diversity": ("kl", "diversity"),
+    "sampler · training pass": ("sampling",),
+}
 METHOD_PANELS = {g.name: registry.panel_metrics(g.name) for g in registry.method_groups()}
 COLUMNS = (
     STEP,
@@ -207,19 +234,19 @@ class DashboardFigures:
 
 def core_figure(name: str) -> LiveFigure:
     """The empty panel ``name`` of ``SERIES`` with its traces (``meta`` = the history column each draws)."""
-    title, y_title = TITLES[name]
-    secondary = any(spec[4] for spec in SERIES[name])
+    title, y_title, right_title, right_format = TITLES[name]
+    secondary = right_title is not None
     fig = LiveFigure(make_subplots(specs=[[{"secondary_y": True}]])) if secondary else LiveFigure()
     fig.update_layout(**panel_layout(title, right_axis=secondary))
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
     if secondary:
         fig.update_yaxes(
-            title_text="clip fraction",
+            title_text=right_title,
             secondary_y=True,
             showgrid=False,
             rangemode="nonnegative",
-            tickformat=".1%",
+            tickformat=right_format,
             tickmode="auto",
         )
     if name == "entropy":

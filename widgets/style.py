@@ -59,6 +59,7 @@ TOKEN_VALUES = {
     "token_advantage": ("token advantage", "", True),
     "gate": ("ERPO gate weight", "", False),
     "he_bonus": ("Policy Split bonus", "", True),
+    "kl": ("KL to the reference (k3)", "nats", False),
 }
 
 

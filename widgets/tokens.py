@@ -51,7 +51,13 @@ def token_values(batch) -> dict:
         values["gate"] = batch.gate
     if "he_bonus" in batch.extras:
         values["he_bonus"] = batch.extras["he_bonus"]
+    if batch.token_kl is not None and not batch.token_kl.isnan().all():
+        values["kl"] = batch.token_kl
     return values
+
+
+# where a step measured no response's KL: the update measures one response a group at beta 0
+KL_NOTE = " · grey: KL not measured (at beta 0 one response a group is)"
 
 
 class ColorScale:
@@ -319,6 +325,8 @@ class TokenView(W.VBox):
         signed = TOKEN_VALUES[value][2]
         scale = ColorScale(self.values[value].float().cpu().numpy(), batch.mask.cpu().numpy(), signed)
         note = "" if self.tokenizer is not None else " (no tokenizer: token ids shown)"
+        if value == "kl" and bool(self.values[value][batch.mask.bool()].isnan().any()):
+            note += KL_NOTE
         marks, top_k = self.tokenizer is not None, batch.topk_ids.shape[-1]
         self.legend.value = f"<style>{CSS}</style>{legend(value, scale, note, marks=marks, top_k=top_k)}"
         group = self.prompt_control.value

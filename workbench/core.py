@@ -198,6 +198,37 @@ def kl_k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
 
 
 # --- masked statistics ----------------------------------------------------------------------------
+def sampler_mismatch_totals(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """[6]: (sum |d|, max |d|, tokens, sum r, min r, max r) over the valid tokens whose sampler
+    log-prob is known (NaN: unknown), d = train_logp - sampler_logp, r = exp(d) the importance ratio
+    (TRL's ``sampling/*`` numbers). Totals of one micro-batch: ``combine_mismatch_totals`` joins them."""
+    sampler_logp = sampler_logp.float().to(train_logp.device)
+    d = (train_logp.detach().float() - sampler_logp)[mask.bool().to(train_logp.device) & ~sampler_logp.isnan()]
+    if not d.numel():
+        return no_mismatch_totals()
+    r = d.exp()
+    return torch.stack([d.abs().sum(), d.abs().max(), torch.tensor(float(d.numel())), r.sum(), r.min(), r.max()]).cpu()
+
+
+def no_mismatch_totals() -> Tensor:
+    """The totals of no token: what ``combine_mismatch_totals`` starts from."""
+    return torch.tensor([0.0, 0.0, 0.0, 0.0, math.inf, 0.0])
+
+
+def combine_mismatch_totals(totals: Tensor) -> Tensor:
+    """[k, 6] totals of k micro-batches (or processes) -> [6]: sums add, maxima and minima reduce."""
+    return torch.stack(
+        [
+            totals[:, 0].sum(),
+            totals[:, 1].max(),
+            totals[:, 2].sum(),
+            totals[:, 3].sum(),
+            totals[:, 4].min(),
+            totals[:, 5].max(),
+        ]
+    )
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """sum(x over valid) / number valid; an empty mask gives 0."""
     valid = mask.bool()

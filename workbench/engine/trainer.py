@@ -257,6 +257,7 @@ class Trainer(step.ScoresTokens):
             update_numbers,
             self.method.extra_metrics(self, batch),
             cfg=self.cfg,
+            loss_settings=self.method.loss_settings(batch),
             nan_skips=self.nan_skips,
             reward_errors=reward_errors,
             learning_rate=self.optimizer.param_groups[0]["lr"],

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import step
-from workbench.step.batch import RolloutBatch, micro_batches
+from workbench import core, step
+from workbench.step.batch import RolloutBatch
 
 
 @dataclass
@@ -35,6 +35,8 @@ class UpdatePlan:
     kl_tokens: float  # valid tokens of those rows
     old_logps: list[torch.Tensor] = field(default_factory=list)  # per micro-batch, fixed by the first pass
     ref_logps: list[torch.Tensor] = field(default_factory=list)
+    # per micro-batch, the first pass against the sampler (core.sampler_mismatch_totals)
+    mismatch: list[torch.Tensor] = field(default_factory=list)
 
 
 def update(trainer, batch: RolloutBatch) -> dict[str, float]:
@@ -42,7 +44,7 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
     policy's log-probs, the loss (``core`` on tensors) and its gradient; then the clipped
     optimizer step. A non-finite loss or gradient skips the update and is counted."""
     settings = trainer.method.loss_settings(batch)
-    batch = batch.rows_to_train()
+    sampled, batch = batch, batch.rows_to_train()
     plan = plan_update(trainer, batch, settings)
     trainer.policy.model.train()
     totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0}
@@ -71,6 +73,8 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
         trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.policy.model.eval()
+    if plan.use_ref and sampled.ref_logprobs is None:  # for the per-token KL the rollouts record
+        sampled.ref_logprobs = sampled.from_training_rows(batch, measured_reference(batch, plan))
     return step.update_numbers(
         totals["loss"],
         totals["clipped"],
@@ -79,6 +83,7 @@ def update(trainer, batch: RolloutBatch) -> dict[str, float]:
         plan.kl_tokens if plan.use_ref else 0.0,
         grad_norm,
         skipped,
+        core.combine_mismatch_totals(torch.stack(plan.mismatch)) if plan.mismatch else None,
     )
 
 
@@ -134,6 +139,7 @@ def micro_batch_loss(
         logp = torch.nn.functional.pad(logp, pad)  # [rows, T]
         entropy = None if entropy is None else torch.nn.functional.pad(entropy, pad)
     if iteration == 0:
+        plan.mismatch.append(core.sampler_mismatch_totals(logp, batch.logprobs[rows], mask))
         plan.old_logps.append(trainer.method.old_logprobs(batch, rows, logp.detach()))
         if plan.use_ref and batch.ref_logprobs is not None:  # a method already ran the reference
             plan.ref_logps.append(batch.ref_logprobs[rows].float())
@@ -175,6 +181,15 @@ def reference_logprobs(trainer, batch: RolloutBatch, measured: torch.Tensor, row
     return ref.to(batch.mask.device)
 
 
+def measured_reference(batch: RolloutBatch, plan: UpdatePlan) -> torch.Tensor:
+    """[N, T] the reference log-probs the update computed, NaN on the rows it did not measure."""
+    ref = torch.full(batch.mask.shape, float("nan"))
+    for rows, values in zip(plan.chunks, plan.ref_logps):
+        measured = plan.kl_rows[rows]
+        ref[rows[measured]] = values[measured].float().cpu()
+    return ref
+
+
 def one_response_per_group(batch: RolloutBatch) -> torch.Tensor:
     """[N] bool: the first row of each group in each context and stage."""
     first: dict[tuple, int] = {}
@@ -207,3 +222,31 @@ def split_into_micro_batches(cfg, batch: RolloutBatch, skip: torch.Tensor | None
         budget = min(cfg.micro_batch_tokens, max(1, -(-padded // cfg.gradient_accumulation_steps)))
         chunks += [torch.tensor([members[k] for k in run]) for run in micro_batches(block_lengths, budget)]
     return chunks
+
+
+def micro_batches(lengths: list[int], max_tokens: int, overhead_tokens: int = 256) -> list[list[int]]:
+    """Split rows into micro-batches for the update: lists of row indices, longest rows first.
+
+    A forward pass over a micro-batch costs about ``overhead_tokens + rows x longest row``
+    (the rest of each row is padding it computes for nothing), and holds at most
+    ``max_tokens`` of that (one row alone may exceed it). Rows sorted by length are cut into
+    contiguous runs by dynamic programming so the summed cost is least: short rows stop
+    paying for long ones, and activations stay small enough to be cheap to move.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    width = [max(1, int(lengths[i])) for i in order]
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: least cost of the first j sorted rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j - 1, -1, -1):  # the run i..j-1 is padded to width[i], its longest row
+            tokens = (j - i) * width[i]
+            if tokens > max_tokens and j - i > 1:
+                break
+            cost = best[i] + overhead_tokens + tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], len(order)
+    while j > 0:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1]

@@ -10,6 +10,7 @@ re-scoring through the chat template), and any other column the source holds (ke
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,9 @@ def numbers(record: dict) -> dict[str, float]:
     return {str(k): float(v) for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def with_registry_names(by_step: dict[int, dict[str, float]], same_as: dict[str, str]) -> dict[int, dict[str, float]]:
+def with_registry_names(
+    by_step: dict[int, dict[str, float]], same_as: Mapping[str, str]
+) -> dict[int, dict[str, float]]:
     """The source's numbers, each also under the registry's name where it measures the same thing (the
     dashboard and the report then draw it in its panel), the source's name kept too."""
     return {

@@ -33,13 +33,11 @@ from workbench.imports.source import (
     split_steps,
     with_registry_names,
 )
+from workbench.metrics import registry as M
 
 COMPLETIONS = "completions"
 STATE = "trainer_state.json"
 _FIXED = ("step", "prompt", "completion", "advantage")
-# TRL's log names of what the registry records under another name (loss, kl, grad_norm, learning_rate
-# and step_time are the same names in both)
-SAME_AS = {"clip_ratio/region_mean": "clip_fraction"}
 
 
 def read(path: Path) -> Imported:
@@ -52,7 +50,7 @@ def read(path: Path) -> Imported:
         format="trl",
         source=out_dir,
         label=out_dir.name,
-        metrics=with_registry_names(history, SAME_AS),
+        metrics=with_registry_names(history, M.TRL_NAMES),
         model=_base_model(out_dir),
     )
     files = sorted((out_dir / COMPLETIONS).glob("completions_*.parquet"))

@@ -142,6 +142,8 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         self._step_open = False  # between a step's generation and its metrics row: not a step boundary
         # this step's clipped tokens, valid tokens, KL sum and tokens it was measured on (all processes)
         self._loss_numbers = torch.zeros(4)
+        # this step's first-pass log-probs against the sampler's (core.sampler_mismatch_totals), all processes
+        self._mismatch = core.no_mismatch_totals()
         super().__init__(
             model=self.policy.model,
             reward_funcs=[self.reward],
@@ -271,6 +273,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         assert train.token_advantages is not None  # every method's advantages fill them
         out["advantages"] = train.token_advantages.to(device)  # [B, T]
         out["keep"] = step.loss_mask(train, self.settings).to(device)
+        out["sampler_logprobs"] = train.logprobs.float().to(device)  # [B, T], NaN where unknown
         out["num_kept_in_batch"] = self.accelerator.gather(out["keep"].sum()).sum()  # all processes' kept tokens
         if train.ref_logprobs is not None:
             out["ref_logprobs"] = train.ref_logprobs.to(device)
@@ -302,6 +305,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         )
         old = inputs.get("old_per_token_logps")  # TRL's, when it runs several updates per batch
         old = logp.detach() if old is None else old
+        self.add_mismatch(core.sampler_mismatch_totals(old, inputs["sampler_logprobs"], mask))
         if "old_logprobs" in inputs:  # the method's (training_inputs): NaN where it takes the above
             old = torch.where(torch.isnan(inputs["old_logprobs"]), old, inputs["old_logprobs"])
         ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))  # where a reference pass ran
@@ -335,6 +339,12 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         self._loss_numbers += self.accelerator.gather(counts[None]).sum(0).cpu()
         return part.loss
 
+    def add_mismatch(self, totals: torch.Tensor) -> None:
+        """Join a micro-batch's sampler-mismatch totals, every process's, to the step's (each pass of
+        an update compares the same old log-probs, so the means and extremes are the first pass's)."""
+        every = self.accelerator.gather(totals[None].to(self.accelerator.device)).cpu()
+        self._mismatch = core.combine_mismatch_totals(torch.cat([self._mismatch[None], every]))
+
     def log(self, logs: dict, start_time: float | None = None) -> None:
         super().log(logs, start_time)
         if self.writer is None or self._pending is None or "loss" not in logs or not self.policy.model.training:
@@ -348,6 +358,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
             self.update_numbers(logs),
             method_numbers,
             cfg=self.cfg,
+            loss_settings=self.logged_settings(logs),
             nan_skips=0,
             reward_errors=0,
             learning_rate=float(logs["learning_rate"]),
@@ -358,6 +369,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         self._pending = None
         self._step_open = False
         self._loss_numbers.zero_()
+        self._mismatch = core.no_mismatch_totals()
 
     def join_frames(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
         return trl_rows.joined(frames, self.cfg.num_generations)
@@ -366,11 +378,17 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         """Numbers of TRL's log the metrics row keeps besides the workbench's own: none here."""
         return {}
 
+    def logged_settings(self, logs: dict) -> dict:
+        """The loss's coefficients in force at the logged step: the method's, which the workbench's loss used."""
+        return self.settings
+
     def update_numbers(self, logs: dict) -> dict[str, float]:
         """The update's part of the step's metrics row: the sums the workbench's loss kept."""
         clipped, tokens, kl_sum, kl_tokens = self._loss_numbers.tolist()
         grad_norm = float(logs.get("grad_norm", "nan"))
-        return step.update_numbers(float(logs["loss"]), clipped, tokens, kl_sum, kl_tokens, grad_norm, skipped=False)
+        return step.update_numbers(
+            float(logs["loss"]), clipped, tokens, kl_sum, kl_tokens, grad_norm, False, self._mismatch
+        )
 
 
 if TYPE_CHECKING:  # the type checker verifies that the TRL engine is the StepContext its methods see

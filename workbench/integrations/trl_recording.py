@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -30,10 +30,11 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase
 from trl import GRPOTrainer
 
-from workbench import methods, step, tasks
+from workbench import core, methods, step, tasks
 from workbench.config import OPTIONS, ConfigError, RunConfig
 from workbench.integrations import trl_rows
 from workbench.integrations.trl_engine import WorkbenchGRPOTrainer
+from workbench.metrics import registry as M
 from workbench.models.policy import LoraSettings, Policy
 from workbench.run.store import RunStore
 from workbench.run.writer import RunWriter
@@ -91,6 +92,7 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         self._pending: dict | None = None
         self._step_open = False
         self._loss_numbers = torch.zeros(4)  # kept by the workbench's loss; TRL's numbers are read instead
+        self._mismatch = core.no_mismatch_totals()
         self.writer: RunWriter | None = None
         if self.args.logging_steps != 1:
             warnings.warn(
@@ -119,6 +121,7 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         if self.trains_as_trl:
+            self.settings = self.trl_loss_settings()
             return GRPOTrainer._compute_loss(self, model, inputs)
         return super()._compute_loss(model, inputs)  # the method's loss (trl_engine)
 
@@ -183,10 +186,22 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
     def join_frames(self, frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True)  # group numbers are TRL's, across the processes
 
+    def trl_loss_settings(self) -> dict:
+        """The coefficients TRL's loss applies in this step: ``beta`` and the entropy bonus's, which
+        TRL's adaptive entropy control (``use_adaptive_entropy``) sets from the step before, as its
+        ``_compute_loss`` does."""
+        args: Any = self.args  # a GRPOConfig: TRL 1.16's adaptive entropy fields
+        coef = float(getattr(self, "entropy_coef", 0.0) or 0.0)
+        if getattr(self, "use_adaptive_entropy", False) and self._last_world_entropy > args.entropy_target:
+            coef = 0.0
+        return {"beta": float(args.beta), "entropy_coef": coef}
+
     def logged_numbers(self, logs: dict) -> dict[str, float]:
         """TRL's own numbers of the log under their TRL names (``reward``, ``entropy``,
-        ``frac_reward_zero_std``, ...), as ``workbench import --format trl`` keeps them."""
-        return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        ``frac_reward_zero_std``, ...), as ``workbench import --format trl`` keeps them, each also
+        under the registry's name where TRL's measures the same thing (``M.TRL_NAMES``)."""
+        numbers = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        return {**numbers, **{ours: numbers[theirs] for theirs, ours in M.TRL_NAMES.items() if theirs in numbers}}
 
     def update_numbers(self, logs: dict) -> dict[str, float]:
         """TRL's own numbers of the logged steps (the loss, the gradient norm, its clip ratio and KL),

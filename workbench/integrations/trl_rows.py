@@ -32,14 +32,19 @@ def rollout_batch(
 ) -> RolloutBatch:
     """A process's rows as TRL sampled them (``out``: TRL's prompt and completion ids and masks), in
     groups of ``cfg.num_generations`` rows, one problem a group, with the telemetry of one scoring
-    pass. ``first_row``: the index of this process's first row among every process's (a process's
+    pass; the log-probs are the sampler's where TRL has them (vLLM), and the reference's where TRL
+    computed them. ``first_row``: the index of this process's first row among every process's (a process's
     rows may start or end inside a group when TRL spreads groups over processes)."""
     g = cfg.num_generations
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"].cpu(), out["prompt_mask"].cpu())]
     mask = out["completion_mask"].cpu().float()  # as the workbench's sampler gives it
     ids = out["completion_ids"].cpu() * mask.long()  # [B, T]
     logp, entropy, topk_ids, topk_probs = telemetry(policy, prompt_ids, ids, cfg.temperature, autocast)
-    return RolloutBatch(
+    sampled = out.get("sampling_per_token_logps")  # vLLM's own log-probs, where it sampled
+    if sampled is not None:
+        sampled = sampled.detach().cpu().float()
+        logp = torch.where(sampled.isnan(), logp, sampled)  # a token vLLM could not score: the pass's
+    batch = RolloutBatch(
         problems=problems,
         group=(torch.arange(len(ids)) + first_row) // g - first_row // g,
         prompt_ids=prompt_ids,
@@ -53,6 +58,9 @@ def rollout_batch(
         mode=["normal"] * len(ids),
         stage=[1] * len(ids),
     )
+    if out.get("ref_per_token_logps") is not None:  # TRL ran the reference (beta > 0): the per-token KL
+        batch.ref_logprobs = out["ref_per_token_logps"].detach().cpu().float()
+    return batch
 
 
 @torch.no_grad()

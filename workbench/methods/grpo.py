@@ -32,7 +32,8 @@ class EntropyBonus(GRPO):
 class AdaptiveEntropy(GRPO):
     """The entropy bonus with its coefficient steered toward ``entropy_target`` (TRL 1.16's adaptive
     entropy control, ``core.adaptive_entropy_coef``), replayed from the steps recorded so far, so a
-    resumed run steers exactly as an uninterrupted one. ``entropy_coef`` is the starting coefficient."""
+    resumed run steers exactly as an uninterrupted one. ``entropy_coef`` is the starting coefficient;
+    the row's ``entropy_coef`` is the one the step's loss used."""
 
     name = "adaptive_entropy"
     CONFIG_DEFAULTS = {"entropy_coef": 0.0}
@@ -77,7 +78,6 @@ class AdaptiveEntropy(GRPO):
         control = batch.step_numbers["adaptive_entropy"]
         return {
             M.ADAPTIVE_ENTROPY_COEF: control["coef"],
-            M.ADAPTIVE_ENTROPY_APPLIED: control["applied"],
             M.ADAPTIVE_ENTROPY_MEASURED: float(core.masked_mean(batch.entropy, batch.mask)),
         }
 

@@ -143,6 +143,11 @@ class PolicySplit(Method):
         in_normal.prompt_ids, in_normal.token_advantages = contexts["normal"], base - penalty
         in_he.prompt_ids, in_he.token_advantages = contexts["high_entropy"], base + bonus
         in_normal.mode, in_he.mode = ["normal"] * len(batch), ["high_entropy"] * len(batch)
+        # a response in the context it was not sampled in has no sampler log-probs there
+        he_rows = sampled_he.to(batch.logprobs.device)
+        in_normal.logprobs = torch.where(he_rows, float("nan"), batch.logprobs)
+        in_he.logprobs = torch.where(he_rows, batch.logprobs, float("nan"))
+        in_normal.source_row = in_he.source_row = torch.arange(len(batch))
         batch.training_rows = RolloutBatch.concat([in_normal, in_he])
         valid = batch.mask.bool()
         return {

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from workbench.metrics.entropy import HIGH_ENTROPY_THRESHOLD
+
 NATS = "nats"
 NATS_PER_TOKEN = "nats/token"
 SECONDS = "s"
@@ -48,6 +50,7 @@ GROUPS = {
         Group("diversity", "diversity per group", PER_GROUP),
         Group("length", "response length", TOKENS),
         Group("update", "the update: loss, KL to the reference, clipping", NUMBER),
+        Group("sampling", "the sampler against the training pass: log-prob difference, importance ratio", NUMBER),
         Group("step", "the step: index, time, failures", NUMBER),
         Group("settings", "the live settings in force at the step (set_live changes them between steps)", NUMBER),
         Group("evaluation", "evaluation on a held-out split", FRACTION),
@@ -109,18 +112,24 @@ LEARNING_RATE = Metric("learning_rate", NUMBER, "update", "trainer", "the optimi
 TEMPERATURE = Metric("temperature", NUMBER, "settings", "trainer", "the sampling temperature this step ran with")
 TOP_P = Metric("top_p", FRACTION, "settings", "trainer", "the nucleus-sampling top_p this step ran with")
 BETA = Metric("beta", NUMBER, "settings", "trainer", "the KL-to-reference weight this step's loss had")
-ENTROPY_COEF = Metric("entropy_coef", NUMBER, "settings", "trainer", "the entropy-bonus weight this step's loss had")
+ENTROPY_COEF = Metric(
+    "entropy_coef",
+    NUMBER,
+    "settings",
+    "trainer",
+    "the entropy-bonus weight this step's loss had (a method may steer it)",
+)
 
 # --- the scored rollouts (metrics.rollout_metrics) ---------------------------------------------------
 REWARD_MEAN = Metric("reward_mean", NUMBER, "reward", "rollout", "mean reward of the step's responses")
 REWARD_STD = Metric("reward_std", NUMBER, "reward", "rollout", "standard deviation of the responses' rewards")
 ACCURACY = Metric("accuracy", FRACTION, "reward", ("rollout", "evaluation"), "fraction of responses that succeed")
-ZERO_SPREAD_GROUPS = Metric(
-    "zero_spread_groups",
+FRAC_REWARD_ZERO_STD = Metric(
+    "frac_reward_zero_std",
     FRACTION,
     "reward",
     "rollout",
-    "fraction of prompts whose responses all got the same reward (no learning signal)",
+    "fraction of prompts whose responses all got the same reward: no GRPO signal (TRL's name)",
 )
 PARSED_FRACTION = Metric(
     "parsed_fraction", FRACTION, "reward", "rollout", "fraction of responses with a parsable answer"
@@ -129,6 +138,14 @@ ENTROPY_MEAN = Metric("entropy_mean", NATS, "entropy", ("rollout", "evaluation")
 ENTROPY_P50 = Metric("entropy_p50", NATS, "entropy", "rollout", "median token entropy")
 ENTROPY_P80 = Metric("entropy_p80", NATS, "entropy", "rollout", "80th percentile of token entropy")
 ENTROPY_P95 = Metric("entropy_p95", NATS, "entropy", "rollout", "95th percentile of token entropy")
+HIGH_ENTROPY_TOKEN_FRACTION = Metric(
+    "high_entropy_token_fraction",
+    FRACTION,
+    "entropy",
+    "rollout",
+    f"fraction of tokens above {HIGH_ENTROPY_THRESHOLD} nats, the 80th percentile the 80/20 paper measured "
+    "(a collapse drives it down)",
+)
 RESPONSE_LENGTH = Metric("response_length", TOKENS, "length", ("rollout", "evaluation"), "mean response length")
 UNIQUE_ANSWERS = Metric(
     "unique_answers",
@@ -157,6 +174,29 @@ CLIP_FRACTION = Metric("clip_fraction", FRACTION, "update", "update", "fraction 
 KL = Metric("kl", NATS_PER_TOKEN, "update", "update", "KL of the policy to the reference (the base model), per token")
 GRAD_NORM = Metric("grad_norm", NUMBER, "update", "update", "gradient norm before clipping")
 SKIPPED = Metric("skipped", FRACTION, "update", "update", "1 when this step's update was skipped (non-finite loss)")
+SAMPLING_LOGP_DIFFERENCE_MEAN = Metric(
+    "sampling_logp_difference_mean",
+    NATS,
+    "sampling",
+    "update",
+    "mean |log-prob of the training pass - the sampler's| at the policy the update starts from",
+)
+SAMPLING_LOGP_DIFFERENCE_MAX = Metric(
+    "sampling_logp_difference_max", NATS, "sampling", "update", "the largest such difference of a token"
+)
+IMPORTANCE_SAMPLING_RATIO_MIN = Metric(
+    "importance_sampling_ratio_min",
+    NUMBER,
+    "sampling",
+    "update",
+    "smallest token ratio p(training pass) / p(sampler): 1 when the two agree",
+)
+IMPORTANCE_SAMPLING_RATIO_MEAN = Metric(
+    "importance_sampling_ratio_mean", NUMBER, "sampling", "update", "mean token ratio p(training pass) / p(sampler)"
+)
+IMPORTANCE_SAMPLING_RATIO_MAX = Metric(
+    "importance_sampling_ratio_max", NUMBER, "sampling", "update", "largest token ratio p(training pass) / p(sampler)"
+)
 ADVANTAGE_ABS_MEAN = Metric("advantage_abs_mean", NUMBER, "update", "method", "mean |advantage| of the responses")
 
 # --- EEPO ----------------------------------------------------------------------------------------------
@@ -263,13 +303,6 @@ DIV_BONUS_MEAN = Metric("div_bonus_mean", NUMBER, "poly_epo", "method", "mean di
 ADAPTIVE_ENTROPY_COEF = Metric(
     "adaptive_entropy_coef", NUMBER, "adaptive_entropy", "method", "the controller's entropy coefficient at the step"
 )
-ADAPTIVE_ENTROPY_APPLIED = Metric(
-    "adaptive_entropy_applied",
-    NUMBER,
-    "adaptive_entropy",
-    "method",
-    "the coefficient the step's loss used (0 unless the step before was at or below the target)",
-)
 ADAPTIVE_ENTROPY_MEASURED = Metric(
     "adaptive_entropy_measured", NATS, "adaptive_entropy", "method", "the step's mean token entropy the controller read"
 )
@@ -293,6 +326,27 @@ PASS_AT_K = Metric(
 SAMPLES = Metric("samples", COUNT, "evaluation", "evaluation", "responses the evaluation sampled")
 
 METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, Metric)}
+# TRL's log names of what the registry records under another name (loss, kl, grad_norm, learning_rate,
+# entropy_coef and frac_reward_zero_std are the same names in both)
+TRL_NAMES = {
+    "clip_ratio/region_mean": CLIP_FRACTION,
+    "sampling/sampling_logp_difference/mean": SAMPLING_LOGP_DIFFERENCE_MEAN,
+    "sampling/sampling_logp_difference/max": SAMPLING_LOGP_DIFFERENCE_MAX,
+    "sampling/importance_sampling_ratio/min": IMPORTANCE_SAMPLING_RATIO_MIN,
+    "sampling/importance_sampling_ratio/mean": IMPORTANCE_SAMPLING_RATIO_MEAN,
+    "sampling/importance_sampling_ratio/max": IMPORTANCE_SAMPLING_RATIO_MAX,
+}
+# names rows of older runs carry -> the name the metric has now (read as the new name)
+RENAMED = {"zero_spread_groups": FRAC_REWARD_ZERO_STD}
+
+
+def current_names(row: dict) -> dict:
+    """A metrics row with a renamed metric under its current name (a row of an older run)."""
+    if not RENAMED.keys() & row.keys():
+        return row
+    return {RENAMED.get(key, key): value for key, value in row.items()}
+
+
 _FAMILIES = [(re.compile(re.escape(m).replace(r"\{k\}", r"(\d+)") + "$"), m) for m in METRICS.values() if "{k}" in m]
 
 

@@ -17,7 +17,7 @@ def rollout_metrics(batch) -> dict[str, float]:
         "reward_mean": float(batch.rewards.mean()),
         "reward_std": float(batch.rewards.std(correction=0)),
         "accuracy": float(tasks.is_success(batch.rewards).float().mean()),  # as evaluate() counts
-        "zero_spread_groups": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
+        "frac_reward_zero_std": float((rewards.max(-1).values == rewards.min(-1).values).float().mean()),
         "parsed_fraction": float(batch.parsed.float().mean()),
         **entropy_stats(batch.entropy, batch.mask),
         "response_length": float(batch.response_lengths().mean()),

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from workbench.config import RunConfig
+from workbench.metrics.registry import current_names
 from workbench.run.checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_checkpoint
 from workbench.run.files import atomic_write_text, fsync, update_json
 from workbench.run.lock import LOCK_NAME, RunLock, RunLockedError  # noqa: F401 (RunLockedError: also read from here)
@@ -277,7 +278,7 @@ def parse_metrics(data: bytes, first_line: int = 1) -> tuple[dict[int, dict], li
         except (UnicodeDecodeError, json.JSONDecodeError):
             row = None
         if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
-            by_step[row["step"]] = row
+            by_step[row["step"]] = current_names(row)
         else:
             damaged.append((number, text))
     return by_step, damaged

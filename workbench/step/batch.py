@@ -46,6 +46,10 @@ class RolloutBatch:
     gate: torch.Tensor | None = None  # [N, T] token gate weight (ERPO), ones otherwise
     pivots: torch.Tensor | None = None  # [N, T] bool critical decision pivots
     ref_logprobs: torch.Tensor | None = None  # [N, T] the reference's log-probs, when a method already ran it (ERPO)
+    # [N, T] k3 KL of the sampled token's log-prob to the reference's (finish_rollouts), NaN on rows not measured
+    token_kl: torch.Tensor | None = None
+    # [N] on training rows (``training_rows``): the sampled row each one is; None: they are the sampled rows
+    source_row: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific per-token values
     # What a method's hooks hand on to later stages of the same step; never saved.
     # Numbers for the step's metrics row (EEPO's unlearning figures): kept by select and concat.
@@ -87,6 +91,17 @@ class RolloutBatch:
     def rows_to_train(self) -> RolloutBatch:
         """The rows the loss trains on: ``training_rows`` where a method set them, else these."""
         return self.training_rows if self.training_rows is not None else self
+
+    def from_training_rows(self, trained: RolloutBatch, values: torch.Tensor) -> torch.Tensor:
+        """[N, T] per-token ``values`` [rows of ``trained``, T] of the training rows, on these sampled
+        rows: each from the training row that is the response in the context it was sampled in
+        (its sampler log-probs known, not NaN); NaN where there is none."""
+        if trained.source_row is None:
+            return values
+        own = ~trained.logprobs.isnan().any(-1)
+        out = torch.full(self.mask.shape, float("nan"))
+        out[trained.source_row[own]] = values[own].to(out.dtype)
+        return out
 
     # --- fields a stage of the step fills, for code that runs after that stage --------------------
     @property
@@ -209,6 +224,7 @@ class RolloutBatch:
                 "token_advantage": per_token(self.token_advantages),
                 "gate": per_token(self.gate),
                 "pivot": per_token(self.pivots),
+                "kl": _measured(per_token(self.token_kl)),
                 # the top-k alternatives of each token, flattened [length * k] (k = their length / "length")
                 "topk_ids": [self.topk_ids[i, :n].reshape(-1).cpu().numpy() for i, n in enumerate(lengths)],
                 "topk_probs": [self.topk_probs[i, :n].reshape(-1).float().cpu().numpy() for i, n in enumerate(lengths)],
@@ -270,6 +286,7 @@ class RolloutBatch:
             token_advantages=per_token("token_advantage", torch.float32),
             gate=per_token("gate", torch.float32),
             pivots=per_token("pivot", torch.bool),
+            token_kl=per_token("kl", torch.float32),
         )
 
 
@@ -328,36 +345,13 @@ def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([t, pad], dim=1)
 
 
+def _measured(rows: list) -> list:
+    """Per-token values of each row, None for a row not measured (all NaN)."""
+    return [None if v is None or np.isnan(v).all() else v for v in rows]
+
+
 def _list(t: torch.Tensor | None, n: int) -> list:
     return [None] * n if t is None else t.detach().cpu().numpy().tolist()
-
-
-def micro_batches(lengths: list[int], max_tokens: int, overhead_tokens: int = 256) -> list[list[int]]:
-    """Split rows into micro-batches for the update: lists of row indices, longest rows first.
-
-    A forward pass over a micro-batch costs about ``overhead_tokens + rows x longest row``
-    (the rest of each row is padding it computes for nothing), and holds at most
-    ``max_tokens`` of that (one row alone may exceed it). Rows sorted by length are cut into
-    contiguous runs by dynamic programming so the summed cost is least: short rows stop
-    paying for long ones, and activations stay small enough to be cheap to move.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    width = [max(1, int(lengths[i])) for i in order]
-    best = [0.0] + [float("inf")] * len(order)  # best[j]: least cost of the first j sorted rows
-    cut = [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j - 1, -1, -1):  # the run i..j-1 is padded to width[i], its longest row
-            tokens = (j - i) * width[i]
-            if tokens > max_tokens and j - i > 1:
-                break
-            cost = best[i] + overhead_tokens + tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    runs, j = [], len(order)
-    while j > 0:
-        runs.append(order[cut[j] : j])
-        j = cut[j]
-    return runs[::-1]
 
 
 def _column(frame: pd.DataFrame, column: str, dtype: torch.dtype) -> torch.Tensor | None:

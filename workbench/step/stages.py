@@ -213,10 +213,14 @@ def policy_loss(
 
 # --- record ----------------------------------------------------------------------------------
 def finish_rollouts(batch: RolloutBatch, cfg: RunConfig) -> None:
-    """What the viewers read of every batch: its pivots, and a gate of ones where no method set one."""
+    """What the viewers read of every batch: its pivots, a gate of ones where no method set one, and
+    each token's KL to the reference where the step computed the reference's log-probs."""
     batch.pivots = metrics.find_pivots(batch.entropy, batch.mask, cfg.pivot_z_threshold, group=batch.group)
     if batch.gate is None:
         batch.gate = torch.ones_like(batch.entropy)
+    if batch.ref_logprobs is not None:
+        ref = batch.ref_logprobs.to(batch.logprobs.device)
+        batch.token_kl = core.kl_k3(batch.logprobs.float(), ref.float()) * batch.mask
 
 
 def metrics_row(
@@ -226,6 +230,7 @@ def metrics_row(
     method_numbers: dict,
     *,
     cfg,
+    loss_settings: dict,
     nan_skips: int,
     reward_errors: int,
     learning_rate: float,
@@ -233,7 +238,8 @@ def metrics_row(
 ) -> dict[str, float]:
     """THE metrics row of a step (both engines): the rollouts' metrics, the update's numbers, the
     method's own, the live settings ``cfg`` held while the step ran (so anyone can see from which
-    step a change acted), and the step's bookkeeping."""
+    step a change acted) with the loss's coefficients as ``loss_settings`` had them (a method may
+    steer one), and the step's bookkeeping."""
     return {
         M.STEP: step,
         **metrics.rollout_metrics(batch),
@@ -244,21 +250,47 @@ def metrics_row(
         M.LEARNING_RATE: learning_rate,
         M.TEMPERATURE: float(cfg.temperature),
         M.TOP_P: float(cfg.top_p),
-        M.BETA: float(cfg.beta),
-        M.ENTROPY_COEF: float(cfg.entropy_coef),
+        M.BETA: float(loss_settings["beta"]),
+        M.ENTROPY_COEF: float(loss_settings["entropy_coef"]),
         **method_numbers,
         M.STEP_TIME: seconds,
     }
 
 
 def update_numbers(
-    loss: float, clipped: float, valid_tokens: float, kl_sum: float, kl_tokens: float, grad_norm: float, skipped: bool
+    loss: float,
+    clipped: float,
+    valid_tokens: float,
+    kl_sum: float,
+    kl_tokens: float,
+    grad_norm: float,
+    skipped: bool,
+    sampler_mismatch: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """The update's part of the metrics row, from its sums (both engines)."""
-    return {
+    """The update's part of the metrics row, from its sums (both engines); ``sampler_mismatch``: the
+    [6] totals of ``core.sampler_mismatch_totals`` over the update's first pass, where it was measured."""
+    numbers: dict[str, float] = {
         M.LOSS: float("nan") if skipped else loss,
         M.CLIP_FRACTION: clipped / max(valid_tokens, 1.0),
         M.KL: kl_sum / kl_tokens if kl_tokens else float("nan"),
         M.GRAD_NORM: grad_norm,
         M.SKIPPED: float(skipped),
+    }
+    if sampler_mismatch is not None:
+        numbers.update(sampling_numbers(sampler_mismatch))
+    return numbers
+
+
+def sampling_numbers(totals: torch.Tensor) -> dict[str, float]:
+    """The sampler-against-training-pass metrics (TRL's ``sampling/*``) of [6] mismatch totals; NaN
+    where no token had the sampler's log-prob."""
+    abs_sum, abs_max, tokens, ratio_sum, ratio_min, ratio_max = totals.tolist()
+    if not tokens:
+        abs_max = ratio_min = ratio_max = float("nan")
+    return {
+        M.SAMPLING_LOGP_DIFFERENCE_MEAN: abs_sum / tokens if tokens else float("nan"),
+        M.SAMPLING_LOGP_DIFFERENCE_MAX: abs_max,
+        M.IMPORTANCE_SAMPLING_RATIO_MIN: ratio_min,
+        M.IMPORTANCE_SAMPLING_RATIO_MEAN: ratio_sum / tokens if tokens else float("nan"),
+        M.IMPORTANCE_SAMPLING_RATIO_MAX: ratio_max,
     }

@@ -20,20 +20,26 @@ from plotly.subplots import make_subplots
 
 from workbench import yaml12
 from workbench.metrics import registry
+from workbench.metrics.entropy import HIGH_ENTROPY_THRESHOLD
 from workbench.metrics.registry import (
     ACCURACY,
     CLIP_FRACTION,
     DISTINCT_CORRECT_STRATEGIES,
     DISTINCT_STRATEGIES,
     ENTROPY_AT_PIVOTS,
+    ENTROPY_COEF,
     ENTROPY_ELSEWHERE,
     ENTROPY_MEAN,
     ENTROPY_P50,
     ENTROPY_P95,
+    FRAC_REWARD_ZERO_STD,
     GROUPS,
+    HIGH_ENTROPY_TOKEN_FRACTION,
     KL,
     RESPONSE_LENGTH,
     REWARD_MEAN,
+    SAMPLING_LOGP_DIFFERENCE_MAX,
+    SAMPLING_LOGP_DIFFERENCE_MEAN,
     STEP,
     UNIQUE_ANSWERS,
 )
@@ -125,7 +131,11 @@ def _figures(runs: list[dict]) -> list[go.Figure]:
         runs,
         GROUPS["reward"].title,
         "reward · fraction",
-        [(REWARD_MEAN, "reward mean", solid), (ACCURACY, "accuracy", dot)],
+        [
+            (REWARD_MEAN, "reward mean", solid),
+            (ACCURACY, "accuracy", dot),
+            (FRAC_REWARD_ZERO_STD, "groups with no reward spread", dash),
+        ],
         rolling=REWARD_MEAN,
     )
     entropy = _panel(
@@ -154,7 +164,7 @@ def _figures(runs: list[dict]) -> list[go.Figure]:
         _axis("token entropy", ENTROPY_AT_PIVOTS),
         [(ENTROPY_AT_PIVOTS, "at pivots", solid), (ENTROPY_ELSEWHERE, "elsewhere", dash)],
     )
-    figures = [reward, entropy, _kl_clip(runs), diversity, length, pivots]
+    figures = [reward, entropy, _kl_clip(runs), diversity, length, pivots, *_signal_panels(runs)]
     for group in registry.method_groups():
         metrics = [m for m in registry.panel_metrics(group.name) if any(m in r["metrics"] for r in runs)]
         if metrics:
@@ -167,6 +177,30 @@ def _figures(runs: list[dict]) -> list[go.Figure]:
                     [(m, m.label, dashes[i % len(dashes)]) for i, m in enumerate(metrics)],
                 )
             )
+    return figures
+
+
+def _signal_panels(runs: list[dict]) -> list[go.Figure]:
+    """The share of high-entropy tokens, the sampler against the training pass, and the entropy
+    coefficient where some run's changed (a method steered it)."""
+    figures = [
+        _panel(
+            runs,
+            "High-entropy tokens",
+            HIGH_ENTROPY_TOKEN_FRACTION.unit,
+            [(HIGH_ENTROPY_TOKEN_FRACTION, f"share above {HIGH_ENTROPY_THRESHOLD} nats", "solid")],
+        ),
+        _panel(
+            runs,
+            GROUPS["sampling"].title,
+            _axis("|training pass - sampler| log-prob", SAMPLING_LOGP_DIFFERENCE_MEAN),
+            [(SAMPLING_LOGP_DIFFERENCE_MEAN, "mean", "solid"), (SAMPLING_LOGP_DIFFERENCE_MAX, "max", "dot")],
+        ),
+    ]
+    if any(r["metrics"].get(ENTROPY_COEF, pd.Series(dtype=float)).nunique() > 1 for r in runs):
+        figures.append(
+            _panel(runs, "The entropy coefficient the loss used", "", [(ENTROPY_COEF, "entropy_coef", "solid")])
+        )
     return figures
 
 

@@ -3,6 +3,7 @@
     python bench/step_time.py [--methods grpo,eepo,policy_split,erpo,poly_epo] [--steps 20] [--warmup 3]
                               [--length 32] [--forced] [--telemetry-overhead] [--dashboard]
     python bench/step_time.py --model smollm2-135m --prompts 4 --generations 4 --length 48 --steps 3 --warmup 1
+    python bench/step_time.py --methods grpo,poly_epo,poly_epo@num_iterations=1   (a field set: @key=value)
 
 ``--model`` (tiny, smollm2-135m or a directory), ``--task`` (default: countdown for a plain model,
 the real-model default task for a chat model), ``--prompts`` x ``--generations`` responses a step
@@ -49,7 +50,9 @@ def method_options(args: argparse.Namespace, method: str) -> dict:
 
 
 def make_trainer(args: argparse.Namespace, method: str, telemetry: bool = True) -> Trainer:
-    options = {"method_options": method_options(args, method)}
+    method, *settings = method.split("@")  # poly_epo@num_iterations=1: a RunConfig field set
+    fields = {key: int(value) if value.isdigit() else value for key, value in (s.split("=") for s in settings)}
+    options = {"method_options": method_options(args, method), **fields}
     trainer = Trainer(RunConfig(model=args.model_dir, task=args.task, method=method, num_prompts=args.prompts,
                                 num_generations=args.generations, max_completion_length=args.length,
                                 threads=args.threads, **options))
@@ -133,7 +136,7 @@ def main() -> None:
             except ConfigError as error:  # e.g. EEPO and Policy Split need an even number of generations
                 print(f"{method}: not run at this setting: {error}")
                 continue
-            if method_options(args, method).get("set_size"):
+            if method_options(args, method.split("@")[0]).get("set_size"):
                 print(f"{method}: sets of {args.generations - 1} (its default 4 needs 5 or more generations)")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {harness.describe(args)}, "

@@ -8,6 +8,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 pytest_plugins = ["lab_browser"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# dtype="auto" picks float32 on a CPU in the tests (subprocesses inherit it): their hand-computed
+# references are float32's, and CI machines differ (an AMX one would measure bfloat16 faster)
+os.environ.setdefault("WORKBENCH_CPU_DTYPE", "float32")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

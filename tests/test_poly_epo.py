@@ -228,10 +228,11 @@ def test_config_errors_and_loss_settings():
     # the paper's loss settings fill what the config leaves None, and the run records them
     assert cfg.epsilon_high == 0.28 and cfg.loss_type == "dr_grpo" and cfg.beta == 0 and cfg.entropy_coef == 0
     assert "loss_type: dr_grpo" in cfg.to_yaml() and "epsilon_high: 0.28" in cfg.to_yaml()
+    assert cfg.num_iterations == 2 and "num_iterations: 2" in cfg.to_yaml()  # the paper's two steps a batch
     mine = RunConfig(method="poly_epo", loss_type="dapo", epsilon_high=0.2)  # set by the user: kept
     assert (mine.loss_type, mine.epsilon_high) == ("dapo", 0.2)
     grpo = cfg.replace(method="grpo")  # another method: its own settings, not Poly-EPO's
-    assert (grpo.loss_type, grpo.epsilon_high) == ("dapo", None)
+    assert (grpo.loss_type, grpo.epsilon_high, grpo.num_iterations) == ("dapo", None, 1)
     assert RunConfig(method="grpo").loss_type == "dapo" and RunConfig(method="grpo_div").loss_type == "dapo"
 
 
@@ -248,6 +249,28 @@ def test_each_method_trains_five_steps(method, options):
     assert {"poly_set_objective_mean", "poly_distinct_clusters"} <= set(h.columns)
     b = trainer.last_batch
     assert torch.allclose(b.token_advantages, b.advantages[:, None] * b.mask)
+
+
+def test_the_second_update_of_a_batch_moves_the_ratio_so_the_clip_acts():
+    """With one update a batch every ratio is 1 and the paper's clip 0.20 / 0.28 never acts; Poly-EPO
+    takes two, and the second pass's ratios leave 1 (by the first pass's optimizer step)."""
+    trainer = Trainer(RunConfig(**QUICK, method="poly_epo", method_options={"set_size": 2}, learning_rate=0.05))
+    ratios: list[torch.Tensor] = []
+    token_loss = trainer.method.token_loss
+
+    def recording(logp, logp_old, advantages, mask, settings, generator=None):
+        ratios.append(torch.exp(logp - logp_old).detach()[mask.bool()])
+        return token_loss(logp, logp_old, advantages, mask, settings, generator)
+
+    trainer.method.token_loss = recording
+    for _ in range(3):
+        ratios.clear()
+        trainer.step()
+        if trainer.last_batch.advantages.abs().max() > 0:  # a step with a learning signal
+            break
+    first, second = torch.cat(ratios[: len(ratios) // 2]), torch.cat(ratios[len(ratios) // 2 :])
+    assert torch.allclose(first, torch.ones_like(first))  # the first pass: on-policy
+    assert (second - 1).abs().max() > 0.05  # the second: the policy moved since the batch was sampled
 
 
 def test_a_user_clusterer_is_called_per_group():

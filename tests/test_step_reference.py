@@ -181,7 +181,8 @@ def check_policy_split(trainer: Trainer, batch) -> None:
 
 
 def test_erpo_matches_its_reference():
-    trainer = perturbed(Trainer(RunConfig(method="erpo", **SMALL)))
+    # a floor above float32 rounding of the float32 progress: its bucket z-scores are compared with float64's
+    trainer = perturbed(Trainer(RunConfig(method="erpo", **SMALL, method_options={"noise_floor": 1e-3})))
     with step_at_advantages(trainer) as batch:
         check_erpo(trainer, batch)
 

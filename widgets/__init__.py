@@ -12,6 +12,7 @@ directory holds.
     HyperparameterPanel(trainer)   change live settings, fork a run with new ones
     RunComparison(runs)            overlay the metrics of several trainers or run directories
     SweepView(sweep_dir)           a sweep's trials: table, parallel coordinates, curves, token view
+    SameBatchView(credit)          one batch's credit under every method, side by side (workbench.credit)
 
 A widget reads its run through one feed (``following.Feed`` over ``workbench.run.source``), so
 ``TrainingDashboard``, ``TokenView``, ``DiversityPanel``, ``PolicySplitView`` and ``RunComparison``
@@ -32,6 +33,7 @@ _MODULES = {
     "HyperparameterPanel": "hyperparameters",
     "RunComparison": "comparison",
     "SweepView": "sweep",
+    "SameBatchView": "same_batch",
 }
 __all__ = list(_MODULES)
 

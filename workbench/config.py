@@ -97,7 +97,15 @@ class RunConfig:
     max_grad_norm: float = config_field(
         number(1.0, "clip the gradient to this norm", low=0.0, low_open=True, changes_in="live")
     )
-    num_iterations: int = config_field(integer(1, "updates on each batch (PPO epochs; 1: on-policy)", low=1))
+    num_iterations: int = config_field(
+        integer(
+            None,
+            "updates on each batch (PPO epochs; 1: on-policy, every ratio 1, so the clip never acts)",
+            low=1,
+            optional=True,
+            none_means=filled_by_methods("num_iterations"),
+        )
+    )
     gradient_accumulation_steps: int = config_field(
         integer(1, "split each update into this many micro-batches at least", low=1)
     )

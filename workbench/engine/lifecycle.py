@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from workbench.config import OPTIONS, ConfigError, RunConfig
+from workbench.engine import devices
 from workbench.models.policy import PolicyLoadError
 from workbench.options import MethodOptions
 from workbench.run.store import Checkpoint, CheckpointError, RunStore
@@ -119,6 +120,8 @@ def resume(cls, run_dir: str | Path, read_only: bool, kwargs: dict):
     store = writer.store if writer is not None else RunStore(run_dir)
     try:
         cfg = store.config()
+        # written before "auto" was measured: "auto" is what it trained in then
+        cfg = devices.chosen_precision(cfg, devices.device(cfg.device), recorded=cfg.dtype)
         changes = resume_changes(cfg, changes, store.dir, LIVE_FIELDS)
         checkpoint = store.load_checkpoint()
         trainer = cls(cfg, **kwargs)

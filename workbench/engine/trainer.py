@@ -70,12 +70,13 @@ class Trainer(step.ScoresTokens):
             self.start_run(writer)
 
     def _build(self, cfg, policy, task, reward_funcs, reward_errors) -> None:
-        self.cfg = cfg
         self.device = devices.device(cfg.device)
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-        self.autocast_dtype = devices.autocast_dtype(cfg.dtype, self.device)
-        self.policy = policy or Policy.for_run(cfg, device=self.device)
+        self.cfg = cfg = devices.chosen_precision(cfg, self.device)  # "auto": this machine's choice, recorded so
+        self.autocast_dtype = devices.autocast_dtype(cfg.dtype)
+        # in half precision the frozen base is stored in it; the adapter stays float32
+        self.policy = policy or Policy.for_run(cfg, device=self.device, dtype=self.autocast_dtype)
         if cfg.gradient_checkpointing:
             # non-reentrant: keys and values a pass hands to the next (prefix_attention) keep their graph
             self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

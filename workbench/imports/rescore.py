@@ -97,7 +97,7 @@ class Rescorer:
         else:
             self.policy = _with_adapter(model, Path(adapter), self.device)
         self.policy.model.eval()
-        self.dtype = devices.autocast_dtype("auto", self.device)
+        self.dtype = devices.autocast_dtype(devices.recorded_auto(self.device))  # telemetry: float32 on a CPU
 
     @property
     def tokenizer(self):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from workbench.config import ConfigError, RunConfig
+from workbench.engine import devices
 
 if TYPE_CHECKING:  # imported where it is used: trl comes with the [scale] extra
     from trl import GRPOConfig
@@ -28,11 +29,10 @@ def on_cpu(cfg: RunConfig) -> bool:
 
 
 def half_precision(cfg: RunConfig) -> str | None:
-    """The run's half-precision dtype ("bfloat16", "float16"), None for float32: ``dtype="auto"``
-    is bfloat16 on a GPU and float32 on the CPU, as for the workbench's Trainer."""
-    if cfg.dtype == "auto":
-        return None if on_cpu(cfg) else "bfloat16"
-    return cfg.dtype if cfg.dtype in ("bfloat16", "float16") else None
+    """The run's half-precision dtype ("bfloat16", "float16"), None for float32; ``dtype="auto"`` is
+    chosen as for the workbench's Trainer (``devices.precision``: measured on a CPU)."""
+    chosen = devices.precision(cfg.dtype, torch.device("cpu" if on_cpu(cfg) else "cuda"))
+    return chosen if chosen in devices.HALF else None
 
 
 def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, processes: int) -> dict:
@@ -41,7 +41,8 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
     cpu, half = on_cpu(cfg), half_precision(cfg)
     return {
         "output_dir": str(output_dir),
-        "max_steps": steps,
+        # TRL counts an optimizer step a step: num_iterations of them train one generation
+        "max_steps": steps * cfg.num_iterations,
         "seed": cfg.seed,
         # one generation a step, cut into gradient_accumulation_steps micro-batches
         "per_device_train_batch_size": per_process // cfg.gradient_accumulation_steps,
@@ -74,7 +75,7 @@ def _owned_fields(cfg: RunConfig, settings: dict, output_dir: Path, steps: int, 
         "remove_unused_columns": False,
         "logging_steps": 1,
         "save_strategy": "steps",
-        "save_steps": cfg.checkpoint_every or steps,
+        "save_steps": (cfg.checkpoint_every or steps) * cfg.num_iterations,
         "report_to": list(cfg.report_to) or "none",
         "dataloader_num_workers": 0,
     }

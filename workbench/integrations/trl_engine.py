@@ -83,6 +83,8 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
     ):
         cfg.validate()
         trl_run.stop_with_the_launcher()
+        self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
+        cfg, stored = trl_run.with_precision(cfg, self.run_store, resume)  # "auto" chosen, and recorded so
         self.own_sampling = methods.get(cfg.method).samples_on_its_own()
         if self.own_sampling and trl_fields.get("use_vllm"):
             raise ConfigError(
@@ -93,14 +95,14 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
             )
         self.cfg, self.method = cfg, methods.get(cfg.method)(cfg)
         self.settings = self.method.loss_settings()
-        self.run_store = RunStore(out_dir)  # read by every process; written by the main one's writer
         state = accelerate.PartialState(cpu=on_cpu(cfg))  # the first PartialState decides: see grpo_config
         # the step a resumed run continues from, and TRL's checkpoint of it (None: a new run)
         self.resume_step: int | None = None
         self.resume_from: Path | None = None
         if resume:
             trl_fields = trl_run.resumed_fields(self.run_store, state.num_processes, trl_fields)
-            resume_changes(self.run_store.config(), cfg.to_dict(), self.run_store.dir, ())
+            assert stored is not None
+            resume_changes(stored, cfg.to_dict(), self.run_store.dir, ())
             self.resume_step, self.resume_from = trl_run.resume_point(self.run_store)
         # before the model loads: a DeepSpeed ZeRO-3 config then shards it as it loads (zero3_init_flag)
         args = grpo_config(cfg, self.settings, self.run_store.dir / TRL_OUTPUT, steps, **trl_fields)
@@ -187,8 +189,8 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()  # every process's RNG state is on disk
         if self.writer is not None:
-            step = self.state.global_step
-            trl_files = self.run_store.dir / TRL_OUTPUT / f"checkpoint-{step}"
+            step = self.step_index  # TRL names its checkpoint by its own count, the optimizer steps
+            trl_files = self.run_store.dir / TRL_OUTPUT / f"checkpoint-{self.state.global_step}"
             state = {"nan_skips": 0, "engine": trl_run.ENGINE}
             self.writer.checkpoint(step, self.policy, self.optimizer, state, {trl_run.TRL_FILES: trl_files})
         self.accelerator.wait_for_everyone()
@@ -196,7 +198,8 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
     # --- what the method hooks see of a trainer ----------------------------------------------------
     @property
     def step_index(self) -> int:
-        return self.state.global_step
+        """The workbench's step: TRL's optimizer steps, num_iterations to a generation."""
+        return self.state.global_step // self.cfg.num_iterations
 
     def generator(self, *parts: int) -> torch.Generator:
         """Seeded as the Trainer's on the main process; each other process draws its own stream."""
@@ -286,7 +289,7 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
     def _collect(self, batch: RolloutBatch, numbers: dict, started: float) -> None:
         """Send this process's rows and numbers to the main process (every process takes part)."""
         self.records.append(numbers)
-        frames = gather_object([batch.to_frame(self.state.global_step, self.policy.tokenizer)])
+        frames = gather_object([batch.to_frame(self.step_index, self.policy.tokenizer)])
         numbers = gather_object([numbers])
         if self.accelerator.is_main_process:
             self._pending = {"frames": frames, "numbers": numbers, "started": started}
@@ -305,7 +308,8 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         )
         old = inputs.get("old_per_token_logps")  # TRL's, when it runs several updates per batch
         old = logp.detach() if old is None else old
-        self.add_mismatch(core.sampler_mismatch_totals(old, inputs["sampler_logprobs"], mask))
+        totals = core.sampler_mismatch_totals(old, inputs["sampler_logprobs"], mask)
+        self._mismatch = trl_run.joined_mismatch(self.accelerator, self._mismatch, totals)
         if "old_logprobs" in inputs:  # the method's (training_inputs): NaN where it takes the above
             old = torch.where(torch.isnan(inputs["old_logprobs"]), old, inputs["old_logprobs"])
         ref = inputs.get("ref_logprobs", inputs.get("ref_per_token_logps"))  # where a reference pass ran
@@ -339,17 +343,14 @@ class WorkbenchGRPOTrainer(step.ScoresTokens, GRPOTrainer):
         self._loss_numbers += self.accelerator.gather(counts[None]).sum(0).cpu()
         return part.loss
 
-    def add_mismatch(self, totals: torch.Tensor) -> None:
-        """Join a micro-batch's sampler-mismatch totals, every process's, to the step's (each pass of
-        an update compares the same old log-probs, so the means and extremes are the first pass's)."""
-        every = self.accelerator.gather(totals[None].to(self.accelerator.device)).cpu()
-        self._mismatch = core.combine_mismatch_totals(torch.cat([self._mismatch[None], every]))
-
     def log(self, logs: dict, start_time: float | None = None) -> None:
         super().log(logs, start_time)
+        if "loss" in logs and self.state.global_step % self.cfg.num_iterations:
+            self._loss_numbers.zero_()  # a step's row reports its last update's pass, as the Trainer's
+            return
         if self.writer is None or self._pending is None or "loss" not in logs or not self.policy.model.training:
-            return  # the main process writes the step, once its training loss is logged
-        index = self.state.global_step - 1  # the workbench counts steps from 0
+            return  # the main process writes the step, once its last update's loss is logged
+        index = self.step_index - 1  # the workbench counts steps from 0
         frame = self.join_frames(self._pending["frames"])
         method_numbers = pd.DataFrame(self._pending["numbers"]).mean().to_dict()  # over the processes
         row = step.metrics_row(

@@ -145,7 +145,7 @@ class RecordingGRPOTrainer(WorkbenchGRPOTrainer):
         if not self.trains_as_trl:
             numbers = self.method.extra_metrics(self, batch)
         self.records.append(numbers)
-        frame = batch.to_frame(self.state.global_step, self.policy.tokenizer)
+        frame = batch.to_frame(self.step_index, self.policy.tokenizer)
         frame = frame.assign(group=frame["group"] + first_group, process=self.accelerator.process_index)
         frames, numbers_of_processes = gather_object([frame]), gather_object([numbers])
         if self.accelerator.is_main_process:

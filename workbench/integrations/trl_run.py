@@ -29,7 +29,10 @@ import torch
 import trl
 from transformers import TrainerCallback
 
-from workbench.config import ConfigError
+from workbench import core
+from workbench.config import ConfigError, RunConfig
+from workbench.engine import devices
+from workbench.integrations.trl_config import on_cpu
 from workbench.run.checkpoint import CheckpointError
 from workbench.run.store import RunStore
 from workbench.run.writer import RunWriter, require_engine, warn_unsaved
@@ -68,6 +71,15 @@ def backend_info(accelerator, trl_fields: dict) -> dict:
         "versions": {"trl": trl.__version__, "accelerate": accelerate.__version__},
         "trl_fields": trl_fields,
     }
+
+
+def with_precision(cfg: RunConfig, store: RunStore, resume: bool) -> tuple[RunConfig, RunConfig | None]:
+    """(``cfg`` with ``dtype="auto"`` replaced by what trains, and a resumed run's config.yaml likewise,
+    else None): this machine's choice for a new run, its own for a resumed one (``devices``)."""
+    on = torch.device("cpu" if on_cpu(cfg) else "cuda")
+    recorded = store.config() if resume else None
+    stored = devices.chosen_precision(recorded, on, recorded.dtype) if recorded is not None else None
+    return devices.chosen_precision(cfg, on, stored.dtype if stored is not None else None), stored
 
 
 def resumed_fields(store: RunStore, processes: int, trl_fields: dict) -> dict:
@@ -133,7 +145,7 @@ class StepBoundaries(TrainerCallback):
         stop = torch.tensor([float(self.stop_requested)], device=accelerator.device)
         if accelerator.num_processes > 1:  # the same decision on every process, or DDP would wait forever
             stop = accelerator.gather(stop)
-        if bool(stop.max() > 0):
+        if bool(stop.max() > 0) and state.global_step % self.trainer.cfg.num_iterations == 0:  # at a step's end
             control.should_training_stop = control.should_save = True
 
     @contextlib.contextmanager
@@ -161,13 +173,20 @@ class StepBoundaries(TrainerCallback):
                 signal.signal(signum, handler)
 
 
+def joined_mismatch(accelerator, so_far: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """A step's sampler-mismatch totals with a micro-batch's, every process's, joined in (each pass of
+    an update compares the same old log-probs, so the means and extremes are the first pass's)."""
+    every = accelerator.gather(totals[None].to(accelerator.device)).cpu()
+    return core.combine_mismatch_totals(torch.cat([so_far[None], every]))
+
+
 def save_on_the_way_out(trainer) -> None:
     """Best effort, after an exception between steps on one process: a checkpoint of the last
     finished step. Mid-step (the adapter may be updated, the RNG has moved) or with several
     processes (saving is collective) the run resumes from its last checkpoint instead."""
     if trainer.writer is None or trainer._step_open or trainer.accelerator.num_processes > 1:
         return
-    step = trainer.state.global_step
+    step = trainer.step_index
     if step in trainer.run_store.checkpoint_steps():
         return
     try:

@@ -31,7 +31,12 @@ class Method:
     # RunConfig fields left None that this method fills (its paper's settings); the filled value
     # is what the run records in config.yaml, and a value the user sets is kept. A subclass
     # declares only the settings it changes and inherits the rest.
-    CONFIG_DEFAULTS: ClassVar[dict[str, Any]] = {"loss_type": "dapo", "entropy_coef": 0.0, "top_entropy_quantile": 1.0}
+    CONFIG_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "loss_type": "dapo",
+        "entropy_coef": 0.0,
+        "top_entropy_quantile": 1.0,
+        "num_iterations": 1,
+    }
     # the prompt contexts it samples in, each with its system prompt (None: the prompt as it is)
     MODES: ClassVar[dict[str, str | None]] = {"normal": None}
     # the names of the phases its ``sample`` yields, in order

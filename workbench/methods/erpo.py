@@ -8,7 +8,8 @@ tokens where a response could have gone another way (critical decision pivots):
     s_{i,t}  = logp_old - logp_ref                       (progress, in nats; detached)
     s~_{i,t} = z-score of s within its relative-position bucket over the group:
                tau = t / |o_i|, bucket = min(floor(tau K), K - 1), K 10; a bucket whose
-               std is below ``noise_floor`` nats (1e-3) gives 0 (rounding, not progress)
+               std is below ``noise_floor`` nats gives 0 (rounding, not progress): by default
+               the precision's rounding noise of s (``NOISE_FLOOR``)
     Psi      = W sgn(A_i) s~, with sgn(0) = 0
     additive:     A_{i,t} = A_i + eta Psi                                      (eta 0.2, default)
     redistribute: A_{i,t} = A_i |o_i| W_{i,t} / sum_s W_{i,s} + eta sgn(A_i) s~
@@ -35,7 +36,12 @@ from workbench.metrics.pivots import group_zscore
 from workbench.options import choice, integer, number
 
 VARIANTS = ("additive", "redistribute")
-NOISE_FLOOR = 1e-3  # nats: float32 scoring noise is ~1e-6, bfloat16's up to ~1e-2 on large logits
+# nats: the rounding noise of s by the precision the run trains in (a bucket spread below it is not
+# progress). float32: ~1e-6. Half precision, the base stored in it, measured with an adapter moved
+# by N(0, 1e-3) (bench/precision.py): the std of s(bf16) - s(float32) was 1.1e-2 on the embedded
+# model and 6.8e-2 on SmolLM2-135M, against a real spread of s of 1.9e-3 and 7.2e-3 there; float16
+# (not measured) keeps 3 more mantissa bits, about 8x less.
+NOISE_FLOOR = {"float32": 1e-6, "bfloat16": 1e-2, "float16": 1e-3}
 
 
 def entropy_gate(entropy: Tensor, mask: Tensor, gamma: float = 5.0, group: Tensor | None = None) -> Tensor:
@@ -57,7 +63,11 @@ def position_buckets(mask: Tensor, num_buckets: int = 10) -> Tensor:
 
 
 def bucket_normalize(
-    signal: Tensor, mask: Tensor, num_buckets: int = 10, group: Tensor | None = None, floor: float = NOISE_FLOOR
+    signal: Tensor,
+    mask: Tensor,
+    num_buckets: int = 10,
+    group: Tensor | None = None,
+    floor: float = NOISE_FLOOR["float32"],
 ) -> Tensor:
     """z-score of ``signal`` [N, T] within each (group, position bucket) over its valid tokens.
 
@@ -115,9 +125,11 @@ class ERPO(Method):
     OPTIONS = {
         "gamma": number(5.0, "gate sharpness on the group-z-scored entropy", low=0.0),
         "noise_floor": number(
-            NOISE_FLOOR,
+            None,
             "nats: a position bucket whose std of logp_old - logp_ref is below this gives 0 (rounding, not progress)",
             low=0.0,
+            optional=True,
+            none_means="the precision's rounding noise: " + ", ".join(f"{k} {v:g}" for k, v in NOISE_FLOOR.items()),
         ),
         "eta": number(0.2, "weight of Psi in the token advantage", low=0.0),
         "num_buckets": integer(10, "K relative-position buckets for normalising s", low=1),
@@ -126,6 +138,13 @@ class ERPO(Method):
         ),
     }
 
+    @property
+    def noise_floor(self) -> float:
+        """The option, or the rounding noise of the precision the run trains in ("auto" not yet
+        chosen by an engine: float32's, as on a CPU)."""
+        chosen = self.options["noise_floor"]
+        return NOISE_FLOOR.get(self.cfg.dtype, NOISE_FLOOR["float32"]) if chosen is None else chosen
+
     def advantages(self, ctx, batch):
         numbers = super().advantages(ctx, batch)
         o, mask = self.options, batch.mask
@@ -133,7 +152,7 @@ class ERPO(Method):
         old = ctx.token_logprobs(batch.prompt_ids, batch.ids, adapter="policy")[0].to(batch.logprobs.device)
         ref = ctx.token_logprobs(batch.prompt_ids, batch.ids, adapter="reference")[0].to(batch.logprobs.device)
         progress = (old - ref) * mask  # [N, T] nats
-        normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group, o["noise_floor"])
+        normalized = bucket_normalize(progress, mask, o["num_buckets"], batch.group, self.noise_floor)
         gate = entropy_gate(batch.entropy, mask, o["gamma"], group=batch.group)
         batch.gate = gate
         batch.token_advantages = token_advantages(batch.advantages, gate, normalized, mask, o["eta"], o["variant"])

@@ -56,7 +56,8 @@ class AdaptiveEntropy(GRPO):
     def advantages(self, ctx, batch):
         numbers = super().advantages(ctx, batch)
         o = self.options
-        measured = [row[M.ADAPTIVE_ENTROPY_MEASURED] for row in ctx.records]
+        # the steps it controlled (a run forked from another method's starts its controller there)
+        measured = [row[M.ADAPTIVE_ENTROPY_MEASURED] for row in ctx.records if M.ADAPTIVE_ENTROPY_MEASURED in row]
         coef, applied = core.adaptive_entropy_coef(
             measured,
             self.cfg.entropy_coef,

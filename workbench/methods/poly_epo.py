@@ -236,7 +236,9 @@ def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
 
 class PolyEPO(Method):
     name = "poly_epo"
-    CONFIG_DEFAULTS = {"loss_type": "dr_grpo", "epsilon_high": 0.28}  # the paper's
+    # the paper's: its clip-higher acts only where a batch gets more than one update (two here, as
+    # the paper's two mini-batch steps per batch)
+    CONFIG_DEFAULTS = {"loss_type": "dr_grpo", "epsilon_high": 0.28, "num_iterations": 2}
     OPTIONS = {
         "set_size": integer(4, "n: responses per set (2 to num_generations - 1)", low=2),
         "reduce": choice("sum", "combine a response's advantage over the sets containing it", REDUCE),

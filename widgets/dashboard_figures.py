@@ -84,24 +84,27 @@ SERIES = {
     ],
 }
 BAND = (ENTROPY_P50, ENTROPY_P95)
-# each panel's title, its left axis and, where it has one, its right axis and the right axis's tick format
+# each panel's title, its left axis and, where it has one, its right axis: title, tick format, range mode
 TITLES = {
-    "reward": (GROUPS["reward"].title, "reward · fraction", None, None),
+    "reward": (GROUPS["reward"].title, "reward · fraction", None),
     "entropy": (
         f"{GROUPS['entropy'].title} (mean, p50–p95 band)",
         f"entropy ({ENTROPY_MEAN.unit})",
-        f"share of tokens above {HIGH_ENTROPY_THRESHOLD} nats",
-        ".0%",
+        (f"share of tokens above {HIGH_ENTROPY_THRESHOLD} nats", ".0%", "tozero"),
     ),
-    "kl": ("KL and clip fraction", f"KL ({KL.unit})", "clip fraction", ".1%"),
-    "diversity": (GROUPS["diversity"].title, GROUPS["diversity"].unit, None, None),
-    "sampling": (GROUPS["sampling"].title, f"|Δ log-prob| ({SAMPLING_LOGP_DIFFERENCE_MEAN.unit})", "ratio", ".3f"),
+    "kl": ("KL and clip fraction", f"KL ({KL.unit})", ("clip fraction", ".1%", "nonnegative")),
+    "diversity": (GROUPS["diversity"].title, GROUPS["diversity"].unit, None),
+    "sampling": (
+        GROUPS["sampling"].title,
+        f"|Δ log-prob| ({SAMPLING_LOGP_DIFFERENCE_MEAN.unit})",
+        ("importance ratio", ".3f", "normal"),
+    ),
 }
 # the main view fits a 1,366 x 768 laptop screen: two panels at a time, the others a tab away
 TABS = {
     "reward · entropy": ("reward", "entropy"),
     "KL · diversity": ("kl", "diversity"),
-    "sampler · training pass": ("sampling",),
+    "sampler": ("sampling",),
 }
 METHOD_PANELS = {g.name: registry.panel_metrics(g.name) for g in registry.method_groups()}
 COLUMNS = (
@@ -234,18 +237,19 @@ class DashboardFigures:
 
 def core_figure(name: str) -> LiveFigure:
     """The empty panel ``name`` of ``SERIES`` with its traces (``meta`` = the history column each draws)."""
-    title, y_title, right_title, right_format = TITLES[name]
-    secondary = right_title is not None
+    title, y_title, right = TITLES[name]
+    secondary = right is not None
     fig = LiveFigure(make_subplots(specs=[[{"secondary_y": True}]])) if secondary else LiveFigure()
     fig.update_layout(**panel_layout(title, right_axis=secondary))
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_yaxes(title_text=y_title, exponentformat="e", secondary_y=False if secondary else None)
-    if secondary:
+    if right is not None:
+        right_title, right_format, right_range = right
         fig.update_yaxes(
             title_text=right_title,
             secondary_y=True,
             showgrid=False,
-            rangemode="nonnegative",
+            rangemode=right_range,
             tickformat=right_format,
             tickmode="auto",
         )

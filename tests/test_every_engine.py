@@ -378,3 +378,20 @@ def test_an_exception_inside_a_trl_step_leaves_a_run_that_resumes_exactly(tmp_pa
     engine(cfg, run, steps=4, resume=True).train()
     assert _rows(run) == _rows(tmp_path / "straight")
     assert all(row["grad_norm"] > 0 for row in _rows(run))  # every step moved the adapter: resumed exactly
+
+
+def test_a_trl_run_of_two_updates_a_batch_counts_steps_as_the_workbench_and_resumes_exactly(tmp_path):
+    """Poly-EPO takes two updates a batch: TRL counts each as an optimizer step, the run counts one
+    step a batch (rows, rollouts, checkpoints), and a resume continues as if never stopped."""
+    engine = trl_trainer()
+    cfg = RunConfig(**SMALL, method="poly_epo", method_options={"set_size": 2}, checkpoint_every=1)
+    assert cfg.num_iterations == 2
+    engine(cfg, tmp_path / "straight", steps=3).train()
+    run = tmp_path / "run"
+    engine(cfg, run, steps=2).train()
+    store = RunStore(run)
+    assert steps_of(run) == [0, 1] and store.rollout_steps() == [0, 1] and store.checkpoint_steps() == [0, 1, 2]
+    engine(cfg, run, steps=3, resume=True).train()
+    assert steps_of(run) == [0, 1, 2]
+    assert _rows(run) == _rows(tmp_path / "straight")
+    assert any(row["grad_norm"] > 0 for row in _rows(run))  # the adapter moved: the equality says something

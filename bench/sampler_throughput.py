@@ -15,8 +15,13 @@ tokens (EOS suppressed on all sides), temperature 1, pure sampling. Three sample
   MergedDecoder;
 - ``workbench``: the default, through MergedDecoder, with the same telemetry.
 
+Besides, ``matmul floor``: only the weight matmuls of the same decoding (every merged weight
+and the output layer, ``--batch`` rows, once per token), no attention, norms or sampling. It is
+the fastest any sampler computing full logits in this precision could be here, so
+``generate``'s time over it bounds the ratio a sampler can reach on this machine.
+
 Prints generated tokens per second (median of ``--repeats``) and the ratios to ``generate``;
-``--json OUT`` also writes them.
+``--samplers`` picks some (``generate`` is always timed); ``--json OUT`` also writes them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import harness
 import torch
 
 from workbench import Policy, tasks
+from workbench.models.merged_decoder import MergedDecoder
 from workbench.models.prompt_layout import left_pad
 from workbench.models.sampling import Sampler
 
@@ -38,6 +44,8 @@ def main() -> None:
                               prompts=8, generations=8, length=64, threads=2)
     parser.add_argument("--batch", type=int, default=None, help="rows (default: prompts x generations)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--samplers", default="transformers,workbench,floor",
+                        help="besides generate: transformers (the workbench loop, no MergedDecoder), workbench, floor")
     args = harness.resolve(parser.parse_args())
     args.batch = args.batch or args.prompts * args.generations
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -64,7 +72,24 @@ def main() -> None:
         return lambda: sampler.generate(prompts, per_prompt, max_new_tokens=args.length,
                                         generator=torch.Generator().manual_seed(0)).ids.shape[1]
 
-    samplers = {"generate": hf_generate, "workbench (transformers path)": workbench(False), "workbench": workbench(True)}
+    def matmul_floor():
+        decoder = MergedDecoder(policy.model)
+        weights = [w for lay in decoder.layers for w in (lay["qkv"], lay["o"][0], lay["gate_up"], lay["down"])]
+        weights.append(decoder.lm_head[0])
+        inputs = {w.shape[1]: torch.randn(len(ids), w.shape[1], dtype=w.dtype) for w in weights}
+        with torch.no_grad():
+            for _ in range(args.length):
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+        return args.length
+
+    chosen = args.samplers.split(",")
+    candidates = {"transformers": ("workbench (transformers path)", lambda: workbench(False)),
+                  "workbench": ("workbench", lambda: workbench(True)), "floor": ("matmul floor", lambda: matmul_floor)}
+    unknown = set(chosen) - set(candidates)
+    if unknown:
+        parser.error(f"--samplers: {sorted(unknown)} unknown; choose from {sorted(candidates)}")
+    samplers = {"generate": hf_generate, **{candidates[c][0]: candidates[c][1]() for c in chosen}}
     results = {}
     print(f"{harness.describe(args).split(';')[0]}; batch {len(ids)}, {args.length} new tokens per row, "
           f"median of {args.repeats}, {torch.get_num_threads()} threads")

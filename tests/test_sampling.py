@@ -6,7 +6,7 @@ from conftest import random_qwen2
 from scipy.stats import chisquare
 
 from workbench.models.prompt_layout import left_pad, shared_prefix_length
-from workbench.models.sampling import Sampler, filter_logits
+from workbench.models.sampling import Sampler, draw_tokens, filter_logits
 
 
 def test_recorded_logprobs_and_entropy_match_teacher_forcing(tiny_policy):
@@ -47,6 +47,20 @@ def test_sampled_frequencies_match_the_softmax():
     expected = p.double() / p.double().sum() * n
     result = chisquare(counts.numpy(), expected.numpy())
     assert result.pvalue > 1e-3, (counts, p * n)
+
+
+@pytest.mark.parametrize("vocab", [22, 24])  # padded to blocks of 4, and a whole number of blocks
+def test_drawing_a_block_then_a_token_keeps_the_softmax_law(vocab):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(1, vocab, generator=g) ** 4  # uneven, with mass spread over every block
+    probs[0, [0, 5, vocab - 1]] = 0.0  # never drawn, including one in the padded last block
+    n = 40_000
+    tokens = draw_tokens(probs.expand(n, vocab).contiguous(), torch.Generator().manual_seed(1), block=4)
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    assert counts.numel() == vocab and counts[[0, 5, vocab - 1]].sum() == 0
+    allowed = probs[0] > 0
+    expected = probs[0].double() / probs.double().sum() * n
+    assert chisquare(counts[allowed].numpy(), expected[allowed].numpy()).pvalue > 1e-3
 
 
 def test_top_k_and_top_p_truncate_only_the_sampling_distribution():

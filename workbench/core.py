@@ -201,13 +201,24 @@ def kl_k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
 def sampler_mismatch_totals(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
     """[6]: (sum |d|, max |d|, tokens, sum r, min r, max r) over the valid tokens whose sampler
     log-prob is known (NaN: unknown), d = train_logp - sampler_logp, r = exp(d) the importance ratio
-    (TRL's ``sampling/*`` numbers). Totals of one micro-batch: ``combine_mismatch_totals`` joins them."""
+    (TRL's ``sampling/*`` numbers). Totals of one micro-batch, on ``train_logp``'s device (masked
+    reductions: no host sync per micro-batch); ``combine_mismatch_totals`` joins them."""
     sampler_logp = sampler_logp.float().to(train_logp.device)
-    d = (train_logp.detach().float() - sampler_logp)[mask.bool().to(train_logp.device) & ~sampler_logp.isnan()]
-    if not d.numel():
-        return no_mismatch_totals()
+    known = mask.bool().to(train_logp.device) & ~sampler_logp.isnan()
+    if not known.numel():
+        return no_mismatch_totals().to(train_logp.device)
+    d = torch.where(known, train_logp.detach().float() - sampler_logp, 0.0)
     r = d.exp()
-    return torch.stack([d.abs().sum(), d.abs().max(), torch.tensor(float(d.numel())), r.sum(), r.min(), r.max()]).cpu()
+    return torch.stack(
+        [
+            d.abs().sum(),
+            d.abs().max(),  # 0 where no token is known, as no_mismatch_totals
+            known.sum().float(),
+            torch.where(known, r, 0.0).sum(),
+            torch.where(known, r, math.inf).min(),
+            torch.where(known, r, 0.0).max(),
+        ]
+    )
 
 
 def no_mismatch_totals() -> Tensor:

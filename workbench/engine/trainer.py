@@ -181,9 +181,10 @@ class Trainer(step.ScoresTokens):
             )
             numbers = self.method.advantages(self, batch)
             yield self._emit(Phase("advantage", self.step_index, batch, numbers))
-            numbers = update.update(self, batch)
+            settings = self.method.loss_settings(batch)  # the coefficients this step's loss uses
+            numbers = update.update(self, batch, settings)
             yield self._emit(Phase("update", self.step_index, batch, numbers))
-            step_metrics = self._metrics(batch, numbers, time.perf_counter() - started, reward_errors)
+            step_metrics = self._metrics(batch, numbers, settings, time.perf_counter() - started, reward_errors)
             self._record(batch, step_metrics)
             committed = True  # in metrics.jsonl and the history: from here on the step has happened
             self._step_start = None
@@ -249,7 +250,7 @@ class Trainer(step.ScoresTokens):
 
     # --- metrics ------------------------------------------------------------------------------
     def _metrics(
-        self, batch: RolloutBatch, update_numbers: dict, seconds: float, reward_errors: int = 0
+        self, batch: RolloutBatch, update_numbers: dict, loss_settings: dict, seconds: float, reward_errors: int = 0
     ) -> dict[str, float]:
         step.finish_rollouts(batch, self.cfg)
         return step.metrics_row(
@@ -258,7 +259,7 @@ class Trainer(step.ScoresTokens):
             update_numbers,
             self.method.extra_metrics(self, batch),
             cfg=self.cfg,
-            loss_settings=self.method.loss_settings(batch),
+            loss_settings=loss_settings,
             nan_skips=self.nan_skips,
             reward_errors=reward_errors,
             learning_rate=self.optimizer.param_groups[0]["lr"],

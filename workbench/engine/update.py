@@ -1,6 +1,6 @@
 """The update of one step: micro-batches, the policy's log-probs, the loss, the optimizer step.
 
-    update(trainer, batch)                 the whole update, ``num_iterations`` passes
+    update(trainer, batch, settings)       the whole update, ``num_iterations`` passes
       plan_update                          micro-batches, tokens the loss counts, KL rows
       micro_batch_loss                     log-probs (Trainer.token_logprobs) -> core loss
       optimizer step                       clipped gradient, or a counted skip
@@ -39,11 +39,11 @@ class UpdatePlan:
     mismatch: list[torch.Tensor] = field(default_factory=list)
 
 
-def update(trainer, batch: RolloutBatch) -> dict[str, float]:
-    """One update on the batch (``num_iterations`` passes over it): for each micro-batch, the
-    policy's log-probs, the loss (``core`` on tensors) and its gradient; then the clipped
-    optimizer step. A non-finite loss or gradient skips the update and is counted."""
-    settings = trainer.method.loss_settings(batch)
+def update(trainer, batch: RolloutBatch, settings: dict) -> dict[str, float]:
+    """One update on the batch (``num_iterations`` passes over it) with the method's loss
+    ``settings`` for it: for each micro-batch, the policy's log-probs, the loss (``core`` on
+    tensors) and its gradient; then the clipped optimizer step. A non-finite loss or gradient
+    skips the update and is counted."""
     sampled, batch = batch, batch.rows_to_train()
     plan = plan_update(trainer, batch, settings)
     trainer.policy.model.train()

@@ -85,7 +85,7 @@ def step_row(step: int, batch: RolloutBatch, source: dict[str, float], rescored:
     row[M.REWARD_STD] = float(rewards.std(correction=0))
     if bool(((rewards >= 0) & (rewards <= 1)).all()):  # a success (reward > 0.5) means something on [0, 1]
         row[M.ACCURACY] = float(tasks.is_success(rewards).float().mean())
-    row[M.FRAC_REWARD_ZERO_STD] = float(np.mean([float(rewards[r].max() == rewards[r].min()) for r in groups]))
+    row[M.FRAC_REWARD_ZERO_STD] = metrics.frac_reward_zero_std(rewards, groups)
     diversity = metrics.group_diversity(groups, batch.scored_answers, batch.scored_strategies, rewards.tolist())
     if any(a is not None for a in batch.scored_answers):
         row[M.UNIQUE_ANSWERS] = diversity[M.UNIQUE_ANSWERS]

@@ -176,8 +176,8 @@ class StepBoundaries(TrainerCallback):
 def joined_mismatch(accelerator, so_far: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
     """A step's sampler-mismatch totals with a micro-batch's, every process's, joined in (each pass of
     an update compares the same old log-probs, so the means and extremes are the first pass's)."""
-    every = accelerator.gather(totals[None].to(accelerator.device)).cpu()
-    return core.combine_mismatch_totals(torch.cat([so_far[None], every]))
+    every = accelerator.gather(totals[None].to(accelerator.device))
+    return core.combine_mismatch_totals(torch.cat([so_far[None].to(every.device), every]))
 
 
 def save_on_the_way_out(trainer) -> None:

@@ -16,7 +16,7 @@ from workbench.metrics.entropy import entropy_stats, fit_reward_entropy
 from workbench.metrics.passk import mean_pass_at_k, pass_at_k, pass_at_k_grid
 from workbench.metrics.pivots import find_pivots, group_zscore, pivot_stats
 from workbench.metrics.registry import Metric
-from workbench.metrics.rollout import rollout_metrics
+from workbench.metrics.rollout import frac_reward_zero_std, rollout_metrics
 
 __all__ = [
     "Metric",
@@ -25,6 +25,7 @@ __all__ = [
     "entropy_stats",
     "find_pivots",
     "fit_reward_entropy",
+    "frac_reward_zero_std",
     "group_diversity",
     "group_zscore",
     "mean_pass_at_k",

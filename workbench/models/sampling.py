@@ -72,6 +72,27 @@ def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> to
     return z
 
 
+DRAW_BLOCK = 1024
+
+
+def draw_tokens(probs: torch.Tensor, generator: torch.Generator | None = None, block: int = DRAW_BLOCK) -> torch.Tensor:
+    """One token per row of ``probs`` [N, V] (unnormalised), exactly as ``torch.multinomial``'s law.
+
+    ``multinomial`` draws an exponential for every vocabulary entry (49,152 per row on
+    SmolLM2: 19 ms a decoding step at 16 rows, 83 ms at 64, on a 2-core CPU). Drawing a block
+    of ``block`` entries by its mass, then an entry inside it, is the same distribution
+    (P(i) = m_b / sum m * p_i / m_b) from V / block + block draws: about 1 ms.
+    """
+    n, v = probs.shape
+    if v <= 2 * block:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    padded = torch.nn.functional.pad(probs, (0, -v % block)) if v % block else probs
+    blocks = padded.view(n, -1, block)  # [N, B, block]
+    chosen = torch.multinomial(blocks.sum(-1), 1, generator=generator)  # [N, 1]
+    inside = blocks.gather(1, chosen[:, :, None].expand(n, 1, block)).squeeze(1)  # [N, block]
+    return chosen.squeeze(-1) * block + torch.multinomial(inside, 1, generator=generator).squeeze(-1)
+
+
 class Sampler:
     """Samples ``num_generations`` completions per prompt and records telemetry.
 
@@ -158,10 +179,10 @@ class Sampler:
             logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
             probs = logp_all.exp()
             if top_k is None and (top_p is None or top_p >= 1.0):
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                token = draw_tokens(probs, generator)
             else:
                 sample_probs = filter_logits(logp_all, top_k, top_p).softmax(-1)
-                token = torch.multinomial(sample_probs, 1, generator=generator).squeeze(-1)
+                token = draw_tokens(sample_probs, generator)
             token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
             out_ids[:, t] = token
             chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)

@@ -167,6 +167,22 @@ def test_evaluate_reports_monotone_pass_at_k():
     assert result["samples"] == 32 and result["entropy_mean"] > 0
 
 
+def test_evaluate_gives_accuracys_interval_over_prompts(monkeypatch):
+    trainer = Trainer(RunConfig(**QUICK))
+    # successes by prompt: 4, 0, 2, 2 of 4 samples -> per-prompt accuracies 1, 0, .5, .5
+    wins = iter([1.0] * 4 + [0.0] * 4 + [1.0, 0.0, 1.0, 0.0] * 2)
+    score = trainer.score
+
+    def scripted(batch):
+        score(batch)
+        batch.rewards = torch.tensor([next(wins) for _ in range(len(batch.rewards))])
+
+    monkeypatch.setattr(trainer, "score", scripted)
+    result = trainer.evaluate("test", k=(1,), n_samples=4, num_prompts=4)
+    assert result["accuracy"] == result["pass@1"] == 0.5
+    assert result["accuracy_ci95"] == pytest.approx(1.96 * (0.5 / 3) ** 0.5 / 2)  # sample variance of 1, 0, .5, .5
+
+
 def test_subscribers_see_every_phase_and_can_unsubscribe():
     trainer = Trainer(RunConfig(**QUICK))
     seen = []

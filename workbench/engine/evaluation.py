@@ -72,9 +72,15 @@ def evaluate(
         entropies.append(batch.entropy[batch.mask.bool()])
         lengths.append(batch.response_lengths())
     result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
+    per_prompt = torch.tensor(correct, dtype=torch.float64) / n_samples
     result.update(
         {
-            "accuracy": sum(correct) / (len(correct) * n_samples),
+            "accuracy": float(per_prompt.mean()),
+            # half-width of accuracy's (pass@1's) 95% interval over these prompts: a prompt's
+            # samples are not independent, so the prompts are the unit (normal approximation)
+            "accuracy_ci95": 1.96 * float(per_prompt.std(correction=1)) / len(correct) ** 0.5
+            if len(correct) > 1
+            else 0.0,
             "entropy_mean": float(torch.cat(entropies).mean()),
             "distinct_correct_strategies": sum(strategies) / len(strategies),
             "unique_answers": sum(answers) / len(answers),

@@ -41,6 +41,9 @@ def add_args(parser: argparse.ArgumentParser, *, prompts: int, generations: int,
         parser.add_argument("--steps", type=int, default=steps, help="measured steps")
         parser.add_argument("--warmup", type=int, default=warmup, help="steps run first and not measured")
     parser.add_argument("--threads", type=int, default=threads, help="CPU threads (0: all cores)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="both systems' (auto: the workbench's measured choice for the device, "
+                        "devices.precision; TRL then gets bf16=True where it is bfloat16)")
     parser.add_argument("--json", metavar="OUT", default=None, help="also write the results to this JSON file")
     return parser
 
@@ -93,17 +96,27 @@ class Setting:
     device: str = "cpu"
     lora_r: int = 8  # alpha = 2 r, all linear layers, no dropout
     learning_rate: float = 2e-3
+    precision: str = "float32"  # resolved: float32 or bfloat16 (the workbench's base stored in it)
 
     @property
-    def bf16(self) -> bool:  # autocast on a GPU, as both systems do there; float32 on the CPU
-        return self.device.startswith("cuda")
+    def bf16(self) -> bool:  # TRL's bf16=True: autocast, as TRL does it
+        return self.precision == "bfloat16"
 
 
 def setting(args: argparse.Namespace, **overrides) -> Setting:
-    """The Setting of a script's options (``add_args``, after ``resolve``)."""
+    """The Setting of a script's options (``add_args``, after ``resolve``); ``--precision auto``
+    resolved as a workbench run would on this device (``devices.precision``: measured on a CPU)."""
+    import torch
+
+    from workbench.engine import devices
+
     values = dict(model_dir=args.model_dir, task=args.task, prompts=args.prompts, generations=args.generations,
                   length=args.length, steps=args.warmup + args.steps, threads=args.threads)
-    return Setting(**{**values, **overrides})
+    values.update(overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the probe is per thread count
+    chosen = devices.precision(getattr(args, "precision", "auto"), torch.device(values.get("device", "cpu")))
+    return Setting(**{**values, "precision": chosen})
 
 
 def step_problems(s: Setting) -> list:
@@ -132,7 +145,7 @@ def run_workbench(s: Setting, queue) -> None:
     trainer = Trainer(RunConfig(model=s.model_dir, task=s.task, num_prompts=s.prompts, num_generations=s.generations,
                                 max_completion_length=s.length, learning_rate=s.learning_rate, beta=0.0,
                                 loss_type="dapo", lora_r=s.lora_r, lora_alpha=2 * s.lora_r, threads=s.threads,
-                                device=s.device, dtype="bfloat16" if s.bf16 else "float32"))
+                                device=s.device, dtype=s.precision))
     trainer.sampler.eos_token_id = -1  # no token id is -1: every completion runs to the limit, as TRL's min_new_tokens
     schedule = iter(step_problems(s))
     trainer.train_problems = lambda: next(schedule)  # TRL's prompts, in TRL's order
@@ -254,7 +267,7 @@ def run_workbench_trl(s: Setting, queue) -> None:
     cfg = RunConfig(model=s.model_dir, task=s.task, num_prompts=s.prompts, num_generations=s.generations,
                     max_completion_length=s.length, learning_rate=s.learning_rate, beta=0.0, loss_type="dapo",
                     lora_r=s.lora_r, lora_alpha=2 * s.lora_r, threads=s.threads, device=s.device,
-                    dtype="bfloat16" if s.bf16 else "float32", track_kl=False)
+                    dtype=s.precision, track_kl=False)
     with tempfile.TemporaryDirectory() as out:
         trainer = WorkbenchGRPOTrainer(cfg, Path(out) / "run", steps=s.steps,
                                        generation_kwargs={"min_new_tokens": s.length})
@@ -288,7 +301,7 @@ def in_child(target, *args):
                     result = queue.get(timeout=1)
                     break
                 except queues.Empty:
-                    raise SystemExit(f"{target.__name__} failed in its child process (exit code {process.exitcode})")
+                    raise SystemExit(f"{target.__name__} failed in its child process (exit code {process.exitcode})") from None
     process.join()
     return result
 
@@ -312,7 +325,8 @@ def environment() -> dict:
     import transformers
 
     info = {"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cpu": cpu_features()}
     try:
         import trl
 
@@ -322,6 +336,22 @@ def environment() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def cpu_features() -> str:
+    """The CPU's model and the flags that decide matmul speed (every figure is recorded with them)."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        return platform.processor()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return f"{model}; " + " ".join(f for f in wanted if f in flags)
 
 
 def write_json(path: str | None, args: argparse.Namespace, results: dict) -> None:

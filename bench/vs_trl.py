@@ -8,7 +8,9 @@ the same order (``--task``; a chat model's go through its chat template on both 
 them as conversations), ``--prompts`` x ``--generations`` completions a step of exactly
 ``--length`` tokens (EOS suppressed on both sides: TRL by ``min_new_tokens``, the workbench by
 an EOS id no token has), LoRA r=8 / alpha=16 on all linear layers, one update per batch,
-beta=0, the DAPO loss, learning rate 2e-3, temperature 1, float32 on ``--threads`` CPU threads.
+beta=0, the DAPO loss, learning rate 2e-3, temperature 1, on ``--threads`` CPU threads in
+``--precision`` (auto: the workbench's measured choice on this device, TRL with ``bf16=True`` where
+it is bfloat16).
 TRL runs on its HF-generate path with gradient checkpointing off (its default is on; the
 workbench's is off) and its own telemetry (entropy logging); the workbench with all of its
 telemetry on (entropy, top-5 alternatives, pivots, KL to the reference); and the workbench's
@@ -35,9 +37,10 @@ def main() -> None:
     args = harness.resolve(parser.parse_args())
     import trl
 
-    print(f"trl {trl.__version__}; {harness.describe(args)}, exactly {args.length} tokens each; "
-          f"median of {args.steps} steps after {args.warmup} warm-up, {args.threads} threads")
     setting = harness.setting(args)
+    print(f"trl {trl.__version__}; {harness.describe(args)}, exactly {args.length} tokens each; "
+          f"median of {args.steps} steps after {args.warmup} warm-up, {args.threads} threads, "
+          f"{setting.precision} (TRL bf16={setting.bf16}); CPU {harness.cpu_features()}")
     results = {}
     targets = {"trl": harness.run_trl, "workbench": harness.run_workbench, "workbench-trl": harness.run_workbench_trl}
     for name in args.systems.split(","):
@@ -60,6 +63,7 @@ def main() -> None:
         results["trl_backend_ratio"] = results["workbench-trl"]["median_s"] / results["trl"]["median_s"]
         print(f"workbench on trl / trl: step {results['trl_backend_ratio']:.2f}x (the telemetry's cost; "
               "target <= 1.1x)")
+    results["precision"] = setting.precision
     harness.write_json(args.json, args, results)
 
 

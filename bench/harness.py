@@ -301,7 +301,8 @@ def in_child(target, *args):
                     result = queue.get(timeout=1)
                     break
                 except queues.Empty:
-                    raise SystemExit(f"{target.__name__} failed in its child process (exit code {process.exitcode})") from None
+                    failed = f"{target.__name__} failed in its child process (exit code {process.exitcode})"
+                    raise SystemExit(failed) from None
     process.join()
     return result
 

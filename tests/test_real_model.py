@@ -104,12 +104,14 @@ def test_merged_decoder_draws_the_tokens_the_transformers_model_draws(policy):
 def test_generation_stops_at_im_end(policy):
     tok = policy.tokenizer
     samples = Sampler(policy.model, tok.eos_token_id, tok.pad_token_id).generate(
-        policy.format_prompts(["What is 2+2? Reply with only the number."]), 4, max_new_tokens=10, temperature=0.5,
+        policy.format_prompts(["What is 2+2? Reply with only the number."]), 8, max_new_tokens=12, temperature=0.5,
         generator=torch.Generator().manual_seed(0))
-    assert samples.finished.all(), "a short answer did not end within 10 tokens"
-    for row in torch.nonzero(samples.finished).flatten().tolist():
+    assert samples.finished.sum() >= 2, "no short answer ended within 12 tokens"
+    for row in range(len(samples.ids)):
         length = int(samples.mask[row].sum())
-        assert samples.ids[row, length - 1] == 2 and 2 not in samples.ids[row, : length - 1].tolist()
+        ended = samples.ids[row, length - 1] == 2
+        assert bool(ended) == bool(samples.finished[row]) and 2 not in samples.ids[row, : length - 1].tolist()
+        assert ended or length == 12  # a row stops at <|im_end|> and only there
 
 
 @pytest.mark.parametrize("method", methods.names())

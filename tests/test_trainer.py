@@ -167,6 +167,24 @@ def test_evaluate_reports_monotone_pass_at_k():
     assert result["samples"] == 32 and result["entropy_mean"] > 0
 
 
+def test_evaluate_samples_each_question_once(monkeypatch):
+    trainer = Trainer(RunConfig(**QUICK))
+    drawn = trainer.task.prompts("test", 3, seed=12345)
+    # a split with few distinct questions repeats them among its draws
+    monkeypatch.setattr(trainer.task, "prompts", lambda split, n, seed=0: [drawn[0], drawn[1], drawn[0], drawn[2]])
+    seen = []
+    sample_group = trainer.sample_group
+
+    def recorded(chunk, *args, **kwargs):
+        seen.extend(chunk)
+        return sample_group(chunk, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sample_group", recorded)
+    result = trainer.evaluate("test", k=(1,), n_samples=2, num_prompts=4)
+    assert [p.prompt for p in seen] == [p.prompt for p in drawn]
+    assert result["prompts"] == 3 and result["samples"] == 6
+
+
 def test_evaluate_gives_accuracys_interval_over_prompts(monkeypatch):
     trainer = Trainer(RunConfig(**QUICK))
     # successes by prompt: 4, 0, 2, 2 of 4 samples -> per-prompt accuracies 1, 0, .5, .5

@@ -79,7 +79,12 @@ def _compare_parser(sub) -> None:
     c.add_argument("--seeds", type=at_least_one, default=3, help="number of seeds (0, 1, ...)")
     c.add_argument("--steps", type=at_least_one, default=100)
     c.add_argument("--out", required=True, help="study directory (run again with the same plan to resume)")
-    c.add_argument("--eval-prompts", type=at_least_one, default=32, help="evaluation prompts per split")
+    c.add_argument(
+        "--eval-prompts",
+        type=at_least_one,
+        default=32,
+        help="evaluation prompts drawn per split (a repeated question is evaluated once)",
+    )
     c.add_argument("--eval-samples", type=at_least_one, default=64, help="samples per prompt: pass@k up to this k")
     c.add_argument(
         "--set",
@@ -189,7 +194,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
     e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
     e.add_argument("--n-samples", type=at_least_one, default=16)
-    e.add_argument("--num-prompts", type=at_least_one, default=64)
+    e.add_argument(
+        "--num-prompts",
+        type=at_least_one,
+        default=64,
+        help="prompts drawn from the split (a repeated question is evaluated once)",
+    )
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison of several")

@@ -35,10 +35,9 @@ def evaluate(
     progress: bool = False,
     mode: str = "normal",
 ) -> dict[str, float]:
-    """pass@k (unbiased), entropy and diversity of ``n_samples`` responses per prompt.
-
-    ``k`` defaults to the whole curve: 1, 2, 4, ... up to ``n_samples`` (and ``n_samples``
-    itself). ``mode="high_entropy"`` samples after Policy Split's high-entropy system prompt."""
+    """pass@k (unbiased), entropy and diversity of ``n_samples`` responses to each distinct question
+    among ``num_prompts`` draws of the split (``prompts``: how many). ``k`` defaults to the whole
+    curve, 1, 2, 4, ... up to ``n_samples``; ``mode="high_entropy"``: after Policy Split's prompt."""
     for name, value in (("n_samples", n_samples), ("num_prompts", num_prompts), ("max_batch", max_batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(name, value, "an integer >= 1")
@@ -53,7 +52,7 @@ def evaluate(
     modes = methods.modes()
     if mode not in modes:
         raise ValueError(f"mode={mode!r} is not a mode; allowed: {', '.join(modes)}")
-    problems = trainer.task.prompts(split, num_prompts, seed=12345)
+    problems = each_question_once(trainer.task.prompts(split, num_prompts, seed=12345))
     per_call = max(1, max_batch // n_samples)
     correct, entropies, lengths, strategies, answers = [], [], [], [], []
     for start in tqdm(range(0, len(problems), per_call), desc=f"eval {split}", disable=not progress):
@@ -81,15 +80,27 @@ def evaluate(
             "unique_answers": sum(answers) / len(answers),
             "response_length": float(torch.cat(lengths).mean()),
             "samples": len(correct) * n_samples,
+            "prompts": len(correct),
         }
     )
     return result
 
 
+def each_question_once(problems: list) -> list:
+    """``problems`` without repeated questions (first kept): a split with few distinct questions
+    (coins' test: 8; the real-model default task's: 46) repeats them, and a repeat counts twice."""
+    seen: dict[str, object] = {}
+    for problem in problems:
+        seen.setdefault(problem.prompt, problem)
+    return list(seen.values())
+
+
 def accuracy_half_width(correct: list[int], n_samples: int) -> float:
     """Half-width of accuracy's (pass@1's) 95% interval from each prompt's successes of
     ``n_samples``: a prompt's samples are not independent, so the prompts are the unit (normal
-    approximation over their accuracies)."""
+    approximation over their accuracies), as a sample of the task's questions. Where the
+    evaluation covers all of a small split, this overstates what is left: each question's own
+    sampling."""
     if len(correct) < 2:
         return 0.0
     per_prompt = torch.tensor(correct, dtype=torch.float64) / n_samples

@@ -318,6 +318,7 @@ PASSK_GROUP_MEAN = Metric(
 # --- evaluation ------------------------------------------------------------------------------------------
 PASS_AT_K = Metric("pass@{k}", FRACTION, "evaluation", "evaluation", "unbiased pass@k: P(one of k samples succeeds)")
 SAMPLES = Metric("samples", COUNT, "evaluation", "evaluation", "responses the evaluation sampled")
+PROMPTS = Metric("prompts", COUNT, "evaluation", "evaluation", "distinct questions the evaluation sampled")
 ACCURACY_CI95 = Metric("accuracy_ci95", FRACTION, "evaluation", "evaluation", "pass@1's 95% half-width, over prompts")
 
 METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, Metric)}

@@ -194,12 +194,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=("train", "test", "ood"))
     e.add_argument("--k", default=None, help="comma-separated k values (default: 1, 2, 4, ... up to --n-samples)")
     e.add_argument("--n-samples", type=at_least_one, default=16)
-    e.add_argument(
-        "--num-prompts",
-        type=at_least_one,
-        default=64,
-        help="prompts drawn from the split (a repeated question is evaluated once)",
-    )
+    e.add_argument("--num-prompts", type=at_least_one, default=64, help="prompts drawn (a repeat is evaluated once)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="a self-contained HTML report of one run or a comparison of several")

@@ -208,11 +208,11 @@ def sampler_mismatch_totals(train_logp: Tensor, sampler_logp: Tensor, mask: Tens
     if not known.numel():
         return no_mismatch_totals().to(train_logp.device)
     d = torch.where(known, train_logp.detach().float() - sampler_logp, 0.0)
-    r = d.exp()
+    size, r = d.abs(), d.exp()
     return torch.stack(
         [
-            d.abs().sum(),
-            d.abs().max(),  # 0 where no token is known, as no_mismatch_totals
+            size.sum(),
+            size.max(),  # 0 where no token is known, as no_mismatch_totals
             known.sum().float(),
             torch.where(known, r, 0.0).sum(),
             torch.where(known, r, math.inf).min(),

@@ -81,7 +81,7 @@ def draw_tokens(probs: torch.Tensor, generator: torch.Generator | None = None, b
     ``multinomial`` draws an exponential for every vocabulary entry (49,152 per row on
     SmolLM2: 19 ms a decoding step at 16 rows, 83 ms at 64, on a 2-core CPU). Drawing a block
     of ``block`` entries by its mass, then an entry inside it, is the same distribution
-    (P(i) = m_b / sum m * p_i / m_b) from V / block + block draws: about 1 ms.
+    (P(i) = m_b / sum m * p_i / m_b) from V / block + block draws: 23-26x less time.
     """
     n, v = probs.shape
     if v <= 2 * block:
@@ -178,11 +178,8 @@ class Sampler:
         for t in range(max_new_tokens):
             logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
             probs = logp_all.exp()
-            if top_k is None and (top_p is None or top_p >= 1.0):
-                token = draw_tokens(probs, generator)
-            else:
-                sample_probs = filter_logits(logp_all, top_k, top_p).softmax(-1)
-                token = draw_tokens(sample_probs, generator)
+            truncated = top_k is not None or (top_p is not None and top_p < 1.0)
+            token = draw_tokens(filter_logits(logp_all, top_k, top_p).softmax(-1) if truncated else probs, generator)
             token = torch.where(alive, token, torch.full_like(token, self.pad_token_id))
             out_ids[:, t] = token
             chosen_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)

@@ -199,6 +199,21 @@ def test_evaluate_gives_accuracys_interval_over_prompts(monkeypatch):
     result = trainer.evaluate("test", k=(1,), n_samples=4, num_prompts=4)
     assert result["accuracy"] == result["pass@1"] == 0.5
     assert result["accuracy_ci95"] == pytest.approx(1.96 * (0.5 / 3) ** 0.5 / 2)  # sample variance of 1, 0, .5, .5
+    # these 4 prompts' own sampling: p(1 - p) of 0, 0, .25, .25 over n - 1 = 3, root, over 4 prompts
+    assert result["accuracy_ci95_sampling"] == pytest.approx(1.96 * (0.5 / 3) ** 0.5 / 4)
+
+
+def test_sampling_interval_covers_the_questions_accuracy_95_percent_of_the_time():
+    from workbench.engine.evaluation import sampling_half_width
+
+    generator = torch.Generator().manual_seed(0)
+    p = torch.linspace(0.05, 0.95, 46, dtype=torch.float64)  # the questions' true success rates
+    wins = torch.binomial(torch.full((4000, 46), 32.0, dtype=torch.float64), p.expand(4000, 46), generator=generator)
+    covered = [
+        abs(float(row.sum()) / (46 * 32) - float(p.mean())) <= sampling_half_width(row.int().tolist(), 32)
+        for row in wins
+    ]
+    assert 0.935 <= sum(covered) / len(covered) <= 0.965
 
 
 def test_subscribers_see_every_phase_and_can_unsubscribe():

@@ -75,6 +75,7 @@ def evaluate(
         {
             "accuracy": sum(correct) / (len(correct) * n_samples),
             "accuracy_ci95": accuracy_half_width(correct, n_samples),
+            "accuracy_ci95_sampling": sampling_half_width(correct, n_samples),
             "entropy_mean": float(torch.cat(entropies).mean()),
             "distinct_correct_strategies": sum(strategies) / len(strategies),
             "unique_answers": sum(answers) / len(answers),
@@ -105,6 +106,16 @@ def accuracy_half_width(correct: list[int], n_samples: int) -> float:
         return 0.0
     per_prompt = torch.tensor(correct, dtype=torch.float64) / n_samples
     return 1.96 * float(per_prompt.std(correction=1)) / len(correct) ** 0.5
+
+
+def sampling_half_width(correct: list[int], n_samples: int) -> float:
+    """Half-width of accuracy's 95% interval on these questions: only each question's own
+    sampling, sum_q p_q (1 - p_q) / n / Q^2 with p_q (1 - p_q) / n estimated without bias by
+    p̂ (1 - p̂) / (n - 1). The interval to read where the evaluation covers a split whole."""
+    if n_samples < 2 or not correct:
+        return 0.0
+    p = torch.tensor(correct, dtype=torch.float64) / n_samples
+    return 1.96 * float((p * (1 - p)).sum() / (n_samples - 1)) ** 0.5 / len(correct)
 
 
 def pivot_sensitivity(

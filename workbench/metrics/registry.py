@@ -320,6 +320,9 @@ PASS_AT_K = Metric("pass@{k}", FRACTION, "evaluation", "evaluation", "unbiased p
 SAMPLES = Metric("samples", COUNT, "evaluation", "evaluation", "responses the evaluation sampled")
 PROMPTS = Metric("prompts", COUNT, "evaluation", "evaluation", "distinct questions the evaluation sampled")
 ACCURACY_CI95 = Metric("accuracy_ci95", FRACTION, "evaluation", "evaluation", "pass@1's 95% half-width, over prompts")
+ACCURACY_CI95_SAMPLING = Metric(
+    "accuracy_ci95_sampling", FRACTION, "evaluation", "evaluation", "pass@1's 95% half-width on these prompts"
+)
 
 METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, Metric)}
 # TRL's log names of what the registry records under another name (loss, kl, grad_norm, learning_rate,

@@ -10,7 +10,9 @@ Several studies of one setting (a method whose options differ has a study of its
 Writes img/NAME-over-steps.png (``--panels`` over training steps: seed mean of 5-step means,
 band = the seeds' range), img/NAME-passk.png (pass@k curves per split, seed mean) and
 NAME-summary.json, and prints the summary as a markdown table (mean ± 95% t interval over seeds,
-then each seed's value). Colours: the project's run colours (``widgets.style.run_color``) in
+then each seed's value, and where recorded one evaluation's own interval, seed mean).
+``--evaluation latest`` reads each run's last ``workbench eval`` instead of the study's own
+evaluation (the base model's: its eval.json's ``step-0``). Colours: the project's run colours (``widgets.style.run_color``) in
 the order the methods are listed, the base model black.
 """
 
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs")
     parser.add_argument("--name", default="study", help="the files' stem")
     parser.add_argument("--panels", default=PANELS, help="metrics drawn over steps, comma-separated")
+    parser.add_argument("--evaluation", choices=("final", "latest"), default="final",
+                        help="the study's own evaluation, or each run's latest `workbench eval` (a larger one)")
     args = parser.parse_args()
     plans = [load_plan(s) for s in args.studies]
     plan, out = plans[0], Path(args.out)
@@ -67,10 +71,11 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "img" / f"{args.name}-over-steps.png", dpi=110)
 
-    finals = pd.concat([final_evaluations(s) for s in args.studies], ignore_index=True)
+    finals = pd.concat([final_evaluations(s, args.evaluation) for s in args.studies], ignore_index=True)
     finals = finals.drop_duplicates(subset=["method", "seed", "split"])  # the base model: once
-    fig, axes = plt.subplots(1, len(plan.splits), figsize=(12, 4), sharey=True)
-    for ax, split in zip(axes, plan.splits):
+    splits = [s for s in plan.splits if s in set(finals.split)]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), sharey=True, squeeze=False)
+    for ax, split in zip(axes[0], splits):
         part = finals[finals.split == split]
         ks = sorted(int(c[5:]) for c in part.columns if c.startswith("pass@") and part[c].notna().any())
         for method, runs in part.groupby("method", sort=False):
@@ -78,26 +83,32 @@ def main() -> None:
             ax.plot(ks, [runs[f"pass@{k}"].mean() for k in ks], marker="o", markersize=3, color=colours[base],
                     linestyle=":" if "(" in method or method == "base" else "-", label=method)
         ax.set_xscale("log", base=2)
-        ax.set_title(f"pass@k on {split} ({plan.eval_prompts} prompts x {plan.eval_samples}, seed mean)", fontsize=10)
+        prompts = int(part["prompts"].max()) if "prompts" in part else plan.eval_prompts
+        ax.set_title(f"pass@k on {split} ({prompts} prompts x {ks[-1]}, seed mean)", fontsize=10)
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("pass@k")
-    axes[0].legend(fontsize=8)
+    axes[0][0].set_ylabel("pass@k")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "img" / f"{args.name}-passk.png", dpi=110)
 
     table = summarize_finals(finals)
     (out / f"{args.name}-summary.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
-    k = plan.eval_samples
+    k = max(int(c[5:]) for c in finals.columns if c.startswith("pass@"))
     columns = ("pass@1", f"pass@{k}", "entropy_mean", "response_length")
-    print("| method | split | " + " | ".join(columns) + " | pass@1 by seed | pass@1 vs GRPO |")
-    print("|---" * (len(columns) + 4) + "|")
+    own = "accuracy_ci95_sampling" in table  # one evaluation's own interval, seed mean
+    print("| method | split | " + " | ".join(columns) + " | pass@1 by seed |"
+          + (" one evaluation's ± |" if own else "") + " pass@1 vs GRPO |")
+    print("|---" * (len(columns) + 4 + own) + "|")
     for _, r in table.sort_values(["split", "method"]).iterrows():
         cells = [_cell(r[c], r.get(f"{c} ci95")) for c in columns]
         by_seed = finals[(finals.method == r["method"]) & (finals.split == r["split"])].sort_values("seed")["pass@1"]
+        cells.append(", ".join(f"{v:.3f}" for v in by_seed))
+        if own:
+            cells.append(f"{r['accuracy_ci95_sampling']:.3f}")
         gain = r.get("gain_vs_grpo", math.nan)
-        print(f"| {r['method']} | {r['split']} | " + " | ".join(cells)
-              + f" | {', '.join(f'{v:.3f}' for v in by_seed)} | {'' if gain != gain else f'{gain:+.1%}'} |")
+        cells.append("" if gain != gain else f"{gain:+.1%}")
+        print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
 
 
 def _cell(mean, half) -> str:

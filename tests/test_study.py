@@ -6,6 +6,7 @@ import math
 import pytest
 
 from workbench.config import ConfigError
+from workbench.run.store import RunStore
 from workbench.studies.study import StudyPlan, final_evaluations, histories, mean_ci, run_study, summarize
 from workbench.studies.study_report import write_study_report
 
@@ -51,6 +52,14 @@ def test_study_runs_every_method_and_seed_then_summarizes(tmp_path):
         assert math.isnan(row["gain_vs_grpo"])
     page = write_study_report(out).read_text()
     assert "pass@k on ood" in page and "Token entropy" in page and "eepo" in page
+    # a larger evaluation made afterwards (`workbench eval RUN`) is read by entry="latest"
+    RunStore(out / "base").add_evaluation("step-0", "test", {"pass@1": 0.25})
+    for step, value in ((12, 0.75), (3, 0.5)):
+        RunStore(out / "grpo-seed1").add_evaluation(f"step-{step}", "test", {"pass@1": value})
+    latest = final_evaluations(out, entry="latest")
+    assert sorted(zip(latest.method, latest.seed, latest["pass@1"])) == [("base", 0, 0.25), ("grpo", 1, 0.75)]
+    with pytest.raises(ValueError, match="entry='last' is not an evaluation entry; allowed: final, latest"):
+        final_evaluations(out, entry="last")
 
 
 def test_a_stopped_study_resumes_where_it_stopped(tmp_path):

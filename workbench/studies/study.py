@@ -123,13 +123,19 @@ def load_plan(out: str | Path) -> StudyPlan:
     return StudyPlan(**json.loads(path.read_text()))
 
 
-def final_evaluations(out: str | Path) -> pd.DataFrame:
-    """One row per finished run and split: method, seed, split and every final measure."""
+def final_evaluations(out: str | Path, entry: str = "final") -> pd.DataFrame:
+    """One row per finished run and split: method, seed, split and every final measure.
+
+    ``entry`` is the eval.json entry read: ``"final"``, the study's own evaluation, or
+    ``"latest"``, each run's last ``workbench eval`` of its checkpoints (``step-N``, the largest
+    N; the base model's ``step-0``), for a larger evaluation made after the study."""
+    if entry not in ("final", "latest"):
+        raise ValueError(f"entry={entry!r} is not an evaluation entry; allowed: final, latest")
     out, plan = Path(out), load_plan(out)
     rows = []
     base = out / BASE / EVAL_FILE
     if base.exists():
-        for split, values in json.loads(base.read_text())["final"].items():
+        for split, values in _entry(json.loads(base.read_text()), entry).items():
             rows.append({"method": BASE, "seed": plan.seeds[0], "split": split, **values})
     for seed in plan.seeds:
         for method in plan.methods:
@@ -137,10 +143,19 @@ def final_evaluations(out: str | Path) -> pd.DataFrame:
             if not path.exists():
                 continue
             evaluation = json.loads(path.read_text())
-            for name, key in ((method, "final"), (f"{method} (HE mode)", "high_entropy")):
-                for split, values in evaluation.get(key, {}).items():
+            for name, key in ((method, entry), (f"{method} (HE mode)", "high_entropy")):
+                if key == "high_entropy" and entry != "final":
+                    continue
+                for split, values in _entry(evaluation, key).items():
                     rows.append({"method": name, "seed": seed, "split": split, **values})
     return pd.DataFrame(rows)
+
+
+def _entry(evaluation: dict, key: str) -> dict:
+    if key != "latest":
+        return evaluation.get(key, {})
+    steps = [int(name[5:]) for name in evaluation if name.startswith("step-") and name[5:].isdigit()]
+    return evaluation[f"step-{max(steps)}"] if steps else {}
 
 
 def histories(out: str | Path) -> pd.DataFrame:

@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,3 +31,24 @@ def tiny_policy():
     from workbench import Policy
 
     return Policy.from_pretrained("tiny")
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """The reliability tests' run directory after 2 steps with checkpoints at steps 1 and 2 (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    from reliability_common import tiny_config
+
+    from workbench import Trainer
+
+    trainer = Trainer(tiny_config(), out_dir=run)
+    for _ in range(2):
+        trainer.step()
+        trainer.save_checkpoint()
+    return run
+
+
+@pytest.fixture
+def run_copy(base_run, tmp_path) -> Path:
+    return Path(shutil.copytree(base_run, tmp_path / "run"))
+

@@ -9,11 +9,12 @@ Several studies of one setting (a method whose options differ has a study of its
 ``--set`` reaches every run) are drawn as one: their methods side by side, the base model once.
 Writes img/NAME-over-steps.png (``--panels`` over training steps: seed mean of 5-step means,
 band = the seeds' range), img/NAME-passk.png (pass@k curves per split, seed mean) and
-NAME-summary.json, and prints the summary as a markdown table (mean ± 95% t interval over seeds,
-then each seed's value, and where recorded one evaluation's own interval, seed mean).
+NAME-summary.json, and prints two markdown tables: the evaluations (mean ± 95% t interval over
+seeds, each seed's value and, where recorded, one evaluation's own interval) and what training
+recorded (entropy early and late, the step where it fell below 0.5 nats).
 ``--evaluation latest`` reads each run's last ``workbench eval`` instead of the study's own
-evaluation (the base model's: its eval.json's ``step-0``). Colours: the project's run colours (``widgets.style.run_color``) in
-the order the methods are listed, the base model black.
+evaluation (the base model's: its eval.json's ``step-0``). Colours: the project's run colours
+(``widgets.style.run_color``) in the order the methods are listed, the base model black.
 """
 
 from __future__ import annotations
@@ -109,6 +110,29 @@ def main() -> None:
         gain = r.get("gain_vs_grpo", math.nan)
         cells.append("" if gain != gain else f"{gain:+.1%}")
         print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
+    print()
+    print_training_table(history)
+
+
+def print_training_table(history: pd.DataFrame, window: int = 10, collapsed: float = 0.5) -> None:
+    """What training recorded, by method: entropy over the first and last ``window`` steps (seed
+    mean, then each seed's), the share of high-entropy tokens and the response length at the end,
+    and the first step where the 5-step mean entropy is below ``collapsed`` nats (by seed)."""
+    print(f"| training | entropy, first {window} | entropy, last {window} (by seed) | high-entropy share, last "
+          f"{window} | step of 5-step entropy < {collapsed} (by seed) | response length, last {window} |")
+    print("|---" * 6 + "|")
+    for method, runs in history.groupby("method", sort=False):
+        first, last, share, length, steps = [], [], [], [], []
+        for _, run in runs.sort_values("step").groupby("seed"):
+            first.append(run.entropy_mean.head(window).mean())
+            last.append(run.entropy_mean.tail(window).mean())
+            share.append(run.get("high_entropy_token_fraction", pd.Series([math.nan])).tail(window).mean())
+            length.append(run.response_length.tail(window).mean())
+            below = run.step[run.entropy_mean.rolling(5).mean() < collapsed]
+            steps.append(str(int(below.iloc[0])) if len(below) else "never")
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        print(f"| {method} | {mean(first):.2f} | {mean(last):.2f} ({', '.join(f'{v:.2f}' for v in last)}) | "
+              f"{mean(share):.2f} | {', '.join(steps)} | {mean(length):.1f} |")
 
 
 def _cell(mean, half) -> str:

@@ -111,28 +111,33 @@ def main() -> None:
         cells.append("" if gain != gain else f"{gain:+.1%}")
         print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
     print()
-    print_training_table(history)
+    print_training_table(history, plan.steps)
 
 
-def print_training_table(history: pd.DataFrame, window: int = 10, collapsed: float = 0.5) -> None:
-    """What training recorded, by method: entropy over the first and last ``window`` steps (seed
-    mean, then each seed's), the share of high-entropy tokens and the response length at the end,
-    and the first step where the 5-step mean entropy is below ``collapsed`` nats (by seed)."""
+def print_training_table(history: pd.DataFrame, steps: int, window: int = 10, collapsed: float = 0.5) -> None:
+    """What training recorded, by method, over the runs that finished their ``steps``: entropy
+    over the first and last ``window`` steps (seed mean, then each seed's), the share of
+    high-entropy tokens and the response length at the end, and the first step where the 5-step
+    mean entropy is below ``collapsed`` nats (by seed)."""
     print(f"| training | entropy, first {window} | entropy, last {window} (by seed) | high-entropy share, last "
           f"{window} | step of 5-step entropy < {collapsed} (by seed) | response length, last {window} |")
     print("|---" * 6 + "|")
     for method, runs in history.groupby("method", sort=False):
-        first, last, share, length, steps = [], [], [], [], []
+        first, last, share, length, collapse = [], [], [], [], []
         for _, run in runs.sort_values("step").groupby("seed"):
+            if len(run) < steps:
+                continue
             first.append(run.entropy_mean.head(window).mean())
             last.append(run.entropy_mean.tail(window).mean())
             share.append(run.get("high_entropy_token_fraction", pd.Series([math.nan])).tail(window).mean())
             length.append(run.response_length.tail(window).mean())
             below = run.step[run.entropy_mean.rolling(5).mean() < collapsed]
-            steps.append(str(int(below.iloc[0])) if len(below) else "never")
+            collapse.append(str(int(below.iloc[0])) if len(below) else "never")
+        if not first:
+            continue
         mean = lambda values: sum(values) / len(values)  # noqa: E731
         print(f"| {method} | {mean(first):.2f} | {mean(last):.2f} ({', '.join(f'{v:.2f}' for v in last)}) | "
-              f"{mean(share):.2f} | {', '.join(steps)} | {mean(length):.1f} |")
+              f"{mean(share):.2f} | {', '.join(collapse)} | {mean(length):.1f} |")
 
 
 def _cell(mean, half) -> str:

@@ -62,6 +62,19 @@ def test_study_runs_every_method_and_seed_then_summarizes(tmp_path):
         final_evaluations(out, entry="last")
 
 
+def test_an_evaluation_added_during_a_study_neither_finishes_a_run_nor_is_lost(tmp_path):
+    out, plan = tmp_path / "study", small_plan(methods=["grpo"], seeds=[0], steps=1)
+    run_dir = plan.run_dir(out, "grpo", 0)
+    for directory, value in ((run_dir, 0.5), (out / "base", 0.25)):  # as `workbench eval` adds one
+        directory.mkdir(parents=True)
+        RunStore(directory).add_evaluation("step-0", "test", {"pass@1": value})
+    run_study(out, plan, progress=False)
+    for directory, value in ((run_dir, 0.5), (out / "base", 0.25)):
+        evaluations = json.loads((directory / "eval.json").read_text())
+        assert evaluations["step-0"] == {"test": {"pass@1": value}} and set(evaluations["final"]) == {"test", "ood"}
+    assert [row["step"] for row in RunStore(run_dir).read_metrics()] == [0]  # trained, not taken as done
+
+
 def test_a_stopped_study_resumes_where_it_stopped(tmp_path):
     out = tmp_path / "study"
     plan = small_plan(methods=["grpo"], seeds=[0], steps=3)

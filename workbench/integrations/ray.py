@@ -26,7 +26,7 @@ from types import ModuleType
 
 from workbench.integrations import require
 from workbench.options import ConfigError
-from workbench.studies.runs import BASE, EVAL_FILE, StudyPlan, evaluate_base, run_one, steps_done, study_runs
+from workbench.studies.runs import BASE, StudyPlan, evaluate_base, evaluated, run_one, steps_done, study_runs
 
 POLL_SECONDS = 1.0
 
@@ -117,10 +117,10 @@ def run_study_on_ray(
     with ray_cluster(address) as ray:
         task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=0)(_study_task)
         pending = {}
-        if not (out / BASE / EVAL_FILE).exists():
+        if not evaluated(out / BASE):
             pending[task.remote(str(out / BASE), asdict(plan), None, threads)] = "base"
         for run_dir, method, seed in runs:
-            if not (run_dir / EVAL_FILE).exists():
+            if not evaluated(run_dir):
                 pending[task.remote(str(run_dir), asdict(plan), (method, seed), threads)] = run_dir.name
         bar = tqdm(
             total=len(runs) * plan.steps, desc=f"study on Ray ({threads} CPU/run)", unit="step", disable=not progress
@@ -151,7 +151,7 @@ def run_study_on_ray(
 
 def _steps_recorded(run_dir: Path, steps: int) -> int:
     """Steps a run has written to its metrics so far (a cheap line count, for the progress bar)."""
-    if (run_dir / EVAL_FILE).exists():
+    if evaluated(run_dir):
         return steps
     try:
         with open(run_dir / "metrics.jsonl", "rb") as lines:

@@ -129,7 +129,7 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
     import torch
 
     from workbench.engine.trainer import Trainer
-    from workbench.studies.runs import EVAL_FILE
+    from workbench.studies.runs import record_evaluation
 
     torch.set_num_threads(threads)
     run_dir = Path(out) / trial_name(tune.get_context().get_trial_id())
@@ -154,7 +154,7 @@ def _trial(params: dict, out: str, plan: SweepPlan, threads: int) -> None:
             if trainer.step_index == plan.steps:  # the last step: saved and evaluated before Tune hears of it
                 trainer.save_checkpoint()
                 evaluation = trainer.evaluate("test", n_samples=plan.eval_samples, num_prompts=plan.eval_prompts)
-                write_json(run_dir / EVAL_FILE, {"final": {"test": evaluation}})
+                record_evaluation(run_dir, {"final": {"test": evaluation}})
             tune.report(report)
     finally:
         trainer.close()

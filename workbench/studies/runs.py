@@ -13,7 +13,7 @@ from pathlib import Path
 
 from workbench import methods
 from workbench.options import ConfigError
-from workbench.run.files import write_json
+from workbench.run.files import update_json, write_json
 
 PLAN_FILE = "study.json"
 EVAL_FILE = "eval.json"
@@ -90,10 +90,30 @@ def claim_plan(out: Path, plan, plan_file: str = PLAN_FILE, kind: str = "study")
     write_json(path, wanted)
 
 
+def evaluated(run_dir: Path) -> bool:
+    """Whether a run (or the base model) has the study's own evaluation, eval.json's ``final``:
+    what finishes it. Evaluations ``workbench eval`` adds to the file do not."""
+    try:
+        return "final" in json.loads((run_dir / EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def record_evaluation(run_dir: Path, entries: dict) -> None:
+    """Merge the study's evaluation into eval.json under the file's lock, so that an evaluation
+    ``workbench eval`` adds at the same time (or added before) is kept."""
+    path = run_dir / EVAL_FILE
+    update_json(path, lambda evaluations: {**evaluations, **entries}, _read_evaluations)
+
+
+def _read_evaluations(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def steps_done(run_dir: Path, steps: int) -> int:
-    """Steps of a run that a resume would not repeat: all when it has its ``eval.json``, else
-    those up to its last checkpoint."""
-    if (run_dir / EVAL_FILE).exists():
+    """Steps of a run that a resume would not repeat: all when it has the study's evaluation,
+    else those up to its last checkpoint."""
+    if evaluated(run_dir):
         return steps
     from workbench.run.store import RunStore
 
@@ -102,12 +122,12 @@ def steps_done(run_dir: Path, steps: int) -> int:
 
 
 def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None, threads: int | None = None) -> None:
-    """Train (or resume) one run of the study to ``plan.steps`` and write its ``eval.json``;
-    nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
+    """Train (or resume) one run of the study to ``plan.steps`` and record its evaluation in
+    ``eval.json``; nothing when it has one. ``on_step()`` after each step; ``threads``: the run's CPU threads
     when the backend sets them (a new run records them in its config)."""
     from workbench.engine.trainer import Trainer
 
-    if (run_dir / EVAL_FILE).exists():
+    if evaluated(run_dir):
         return
     if (run_dir / "config.yaml").exists():
         trainer = Trainer.resume(run_dir)
@@ -121,10 +141,10 @@ def run_one(run_dir: Path, plan: StudyPlan, method: str, seed: int, on_step=None
         trainer.close()
     modes = tuple(methods.get(method).MODES)
     result = {mode: _evaluate(trainer, plan, mode) for mode in modes}
-    write_json(
-        run_dir / EVAL_FILE,
-        {"final": result["normal"], **({"high_entropy": result["high_entropy"]} if "high_entropy" in result else {})},
-    )
+    entries = {"final": result["normal"]}
+    if "high_entropy" in result:
+        entries["high_entropy"] = result["high_entropy"]
+    record_evaluation(run_dir, entries)
 
 
 def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -> None:
@@ -137,7 +157,7 @@ def evaluate_base(base_dir: Path, plan: StudyPlan, threads: int | None = None) -
     shared = {k: v for k, v in plan.overrides.items() if k != "method_options"}
     trainer = Trainer(RunConfig(**{**shared, **fixed}))
     base_dir.mkdir(parents=True, exist_ok=True)
-    write_json(base_dir / EVAL_FILE, {"final": _evaluate(trainer, plan, "normal")})
+    record_evaluation(base_dir, {"final": _evaluate(trainer, plan, "normal")})
 
 
 def _evaluate(trainer, plan: StudyPlan, mode: str) -> dict:

@@ -33,6 +33,7 @@ from workbench.studies.runs import (
     StudyPlan,
     claim_plan,
     evaluate_base,
+    evaluated,
     run_one,
     steps_done,
     study_runs,
@@ -105,7 +106,7 @@ def _run_serially(out: Path, plan: StudyPlan, progress: bool) -> None:
     done_steps = sum(steps_done(plan.run_dir(out, m, s), plan.steps) for m, s in runs)
     bar = tqdm(total=len(runs) * plan.steps, initial=done_steps, desc="study", unit="step", disable=not progress)
     try:
-        if not (out / BASE / EVAL_FILE).exists():
+        if not evaluated(out / BASE):
             bar.set_postfix_str("evaluating the base model")
             evaluate_base(out / BASE, plan)
         for method, seed in runs:

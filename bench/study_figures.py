@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from widgets.style import BLACK, run_color  # noqa: E402
 from workbench.metrics import registry  # noqa: E402
-from workbench.studies.study import final_evaluations, histories, load_plan, summarize_finals  # noqa: E402
+from workbench.studies.study import final_evaluations, histories, load_plan, mean_ci, summarize_finals  # noqa: E402
 
 PANELS = "entropy_mean,reward_mean,distinct_strategies"
 
@@ -99,8 +99,8 @@ def main() -> None:
     columns = ("pass@1", f"pass@{k}", "entropy_mean", "response_length")
     own = "accuracy_ci95_sampling" in table  # one evaluation's own interval, seed mean
     print("| method | split | " + " | ".join(columns) + " | pass@1 by seed |"
-          + (" one evaluation's ± |" if own else "") + " pass@1 vs GRPO |")
-    print("|---" * (len(columns) + 4 + own) + "|")
+          + (" one evaluation's ± |" if own else "") + " pass@1 vs GRPO | pass@1 - GRPO's, paired by seed |")
+    print("|---" * (len(columns) + 5 + own) + "|")
     for _, r in table.sort_values(["split", "method"]).iterrows():
         cells = [_cell(r[c], r.get(f"{c} ci95")) for c in columns]
         by_seed = finals[(finals.method == r["method"]) & (finals.split == r["split"])].sort_values("seed")["pass@1"]
@@ -109,6 +109,7 @@ def main() -> None:
             cells.append(f"{r['accuracy_ci95_sampling']:.3f}")
         gain = r.get("gain_vs_grpo", math.nan)
         cells.append("" if gain != gain else f"{gain:+.1%}")
+        cells.append(_paired_difference(finals, r["method"], r["split"]))
         print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
     print()
     print_training_table(history, plan.steps)
@@ -138,6 +139,17 @@ def print_training_table(history: pd.DataFrame, steps: int, window: int = 10, co
         mean = lambda values: sum(values) / len(values)  # noqa: E731
         print(f"| {method} | {mean(first):.2f} | {mean(last):.2f} ({', '.join(f'{v:.2f}' for v in last)}) | "
               f"{mean(share):.2f} | {', '.join(collapse)} | {mean(length):.1f} |")
+
+
+def _paired_difference(finals: pd.DataFrame, method: str, split: str) -> str:
+    """Mean ± 95% t half-width of (method - GRPO) pass@1 over the seeds both have."""
+    if method in ("grpo", "base"):
+        return ""
+    part = finals[finals.split == split].pivot_table(index="seed", columns="method", values="pass@1")
+    if "grpo" not in part or method not in part:
+        return ""
+    differences = (part[method] - part["grpo"]).dropna()
+    return _cell(*mean_ci(differences)) if len(differences) else ""
 
 
 def _cell(mean, half) -> str:

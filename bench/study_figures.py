@@ -54,7 +54,10 @@ def main() -> None:
 
     history = pd.concat([histories(s) for s in args.studies], ignore_index=True)
     panels = args.panels.split(",")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    columns = len(panels) if len(panels) <= 3 else math.ceil(len(panels) / 2)  # 4 panels: 2 x 2
+    rows = math.ceil(len(panels) / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    axes = grid.ravel()
     for method, runs in history.groupby("method", sort=False):
         for ax, key in zip(axes, panels):
             ordered = runs.sort_values("step")

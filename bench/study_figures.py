@@ -115,22 +115,45 @@ def main() -> None:
         cells.append(_paired_difference(finals, r["method"], r["split"]))
         print(f"| {r['method']} | {r['split']} | " + " | ".join(cells) + " |")
     print()
-    print_training_table(history, plan.steps)
+    cap = plan.overrides.get("max_completion_length")
+    at_cap = {key: v for study in args.studies for key, v in share_at_length_cap(study, cap).items()} if cap else {}
+    print_training_table(history, plan.steps, at_cap)
 
 
-def print_training_table(history: pd.DataFrame, steps: int, window: int = 10, collapsed: float = 0.5) -> None:
+def share_at_length_cap(study: str, cap: int, window: int = 10) -> dict[tuple[str, int], float]:
+    """(method, seed) -> the share of training responses of the last ``window`` recorded steps
+    that reached the length cap ``cap`` (cut off unfinished: a policy in a repetition loop)."""
+    from workbench.run.store import RunStore
+
+    plan, shares = load_plan(study), {}
+    for method in plan.methods:
+        for seed in plan.seeds:
+            store = RunStore(plan.run_dir(Path(study), method, seed))
+            steps = store.rollout_steps()[-window:] if store.rollouts_dir.exists() else []
+            if steps:
+                lengths = pd.concat([store.read_rollouts(step)["length"] for step in steps])
+                shares[(method, seed)] = float((lengths >= cap).mean())
+    return shares
+
+
+def print_training_table(
+    history: pd.DataFrame, steps: int, at_cap: dict, window: int = 10, collapsed: float = 0.5
+) -> None:
     """What training recorded, by method, over the runs that finished their ``steps``: entropy
     over the first and last ``window`` steps (seed mean, then each seed's), the share of
-    high-entropy tokens and the response length at the end, and the first step where the 5-step
-    mean entropy is below ``collapsed`` nats (by seed)."""
+    high-entropy tokens and the response length at the end, the share at the length cap
+    (``at_cap``, by seed) and the first step where the 5-step mean entropy is below
+    ``collapsed`` nats (by seed)."""
     print(f"| training | entropy, first {window} | entropy, last {window} (by seed) | high-entropy share, last "
-          f"{window} | step of 5-step entropy < {collapsed} (by seed) | response length, last {window} |")
-    print("|---" * 6 + "|")
+          f"{window} | step of 5-step entropy < {collapsed} (by seed) | response length, last {window} | "
+          f"at the length cap, last {window} (by seed) |")
+    print("|---" * 7 + "|")
     for method, runs in history.groupby("method", sort=False):
-        first, last, share, length, collapse = [], [], [], [], []
-        for _, run in runs.sort_values("step").groupby("seed"):
+        first, last, share, length, collapse, capped = [], [], [], [], [], []
+        for seed, run in runs.sort_values("step").groupby("seed"):
             if len(run) < steps:
                 continue
+            capped.append(f"{at_cap[(method, seed)]:.2f}" if (method, seed) in at_cap else "?")
             first.append(run.entropy_mean.head(window).mean())
             last.append(run.entropy_mean.tail(window).mean())
             share.append(run.get("high_entropy_token_fraction", pd.Series([math.nan])).tail(window).mean())
@@ -141,7 +164,7 @@ def print_training_table(history: pd.DataFrame, steps: int, window: int = 10, co
             continue
         mean = lambda values: sum(values) / len(values)  # noqa: E731
         print(f"| {method} | {mean(first):.2f} | {mean(last):.2f} ({', '.join(f'{v:.2f}' for v in last)}) | "
-              f"{mean(share):.2f} | {', '.join(collapse)} | {mean(length):.1f} |")
+              f"{mean(share):.2f} | {', '.join(collapse)} | {mean(length):.1f} | {', '.join(capped)} |")
 
 
 def _paired_difference(finals: pd.DataFrame, method: str, split: str) -> str:

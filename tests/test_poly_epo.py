@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -187,6 +188,31 @@ def test_poly_epo_hook_gives_v1_to_every_token():
     assert torch.allclose(batch.token_advantages, expected[:, None].expand(8, 3), atol=1e-5)
     assert numbers["poly_set_objective_mean"] == pytest.approx(0.101786, abs=1e-6)
     assert numbers["poly_distinct_clusters"] == 5
+
+
+def test_answer_clusters_reward_the_wrong_response_of_a_mostly_right_group_and_warn_once():
+    # one right answer (5): 3 right responses and one wrong, clustered by answer, sets of 3. The
+    # all-right set has one cluster, so d = 0 and f = 0; the 3 others f = 2/3 x 2/3; baseline 1/3
+    method = get("poly_epo")(RunConfig(method="poly_epo", num_generations=4, method_options={"set_size": 3}))
+    said = []
+    for _ in range(2):  # said once a run
+        batch = scored_batch([1.0, 1.0, 1.0, 0.0], ["5", "5", "5", "7"], answers=["5", "5", "5", "7"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            method.advantages(SimpleNamespace(step_index=0), batch)
+        assert batch.advantages.tolist() == pytest.approx([-1 / 9] * 3 + [1 / 3])
+        said += [str(w.message) for w in caught]
+    assert len(said) == 1 and said[0].startswith("poly_epo: the clusters are the parsed answers")
+    assert "only wrong answers make a set diverse" in said[0]
+    # strategies that differ from the answers (countdown's expressions): nothing said
+    other = get("grpo_div")(RunConfig(method="grpo_div", num_generations=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other.advantages(SimpleNamespace(step_index=0), scored_batch([1.0, 0, 1, 0], ["a", "b", "c", "d"], ["5"] * 4))
+    with pytest.warns(UserWarning, match="grpo_div: the clusters are the parsed answers"):
+        get("grpo_div")(RunConfig(method="grpo_div", num_generations=4, method_options={"clusterer": "answer"})).advantages(
+            SimpleNamespace(step_index=0), scored_batch([1.0, 0, 1, 0], ["a", "b", "c", "d"], ["5", "6", "5", "7"])
+        )
 
 
 def test_grpo_div_hook_by_hand():

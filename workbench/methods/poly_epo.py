@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -230,6 +231,36 @@ def _clustering_options() -> dict:
     }
 
 
+def clusters_are_answers(batch, clusterer) -> bool:
+    """Whether ``batch``'s clusters are its parsed answers: chosen (``"answer"``), or a task's
+    strategy labels that equal its answers (reasoning_gym's and data files' do)."""
+    if clusterer == "answer":
+        return True
+    if clusterer != "strategy" or batch.strategies is None or batch.answers is None:
+        return False
+    labelled = [(s, a) for s, a in zip(batch.strategies, batch.answers) if s is not None]
+    return bool(labelled) and all(s == a for s, a in labelled)
+
+
+def warn_once_if_clusters_are_answers(method: Method, batch, clusterer) -> None:
+    """Where one answer is right, answer clusters make a set diverse only through wrong answers:
+    a set of right responses scores 0 and, once most responses are right, the wrong ones get
+    the larger advantages (a group of 3 right and 1 wrong, sets of 3: -1/9 each and +1/3). Said
+    once per run; docs/methods.md and docs/RESULTS.md's real-model study show what follows."""
+    if getattr(method, "_warned_answer_clusters", False) or not clusters_are_answers(batch, clusterer):
+        return
+    method._warned_answer_clusters = True
+    warnings.warn(
+        f"{method.name}: the clusters are the parsed answers (this task labels a completion's strategy "
+        "with its answer), so where a question has one right answer only wrong answers make a set "
+        "diverse, and once most responses are right the wrong ones get the larger advantages. Use a "
+        "task with several right strategies (countdown, coins) or method_options.clusterer = a "
+        "function that reads the reasoning (register_clusterer).",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
     return len(set(clusters) - {degenerate_cluster})
 
@@ -272,6 +303,7 @@ class PolyEPO(Method):
 
     def advantages(self, ctx, batch):
         o = self.options
+        warn_once_if_clusters_are_answers(self, batch, o["clusterer"])
         adv = torch.zeros(len(batch))
         objective, distinct = [], []
         for g, rows in enumerate(batch.group_rows()):
@@ -312,6 +344,7 @@ class GRPODiv(Method):
 
     def advantages(self, ctx, batch):
         o = self.options
+        warn_once_if_clusters_are_answers(self, batch, o["clusterer"])
         bonus = torch.zeros(len(batch))
         objective, distinct = [], []
         for rows in batch.group_rows():

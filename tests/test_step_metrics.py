@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from workbench import RunConfig, Trainer, core
+from workbench import Policy, RunConfig, Trainer, core
 from workbench.metrics.entropy import HIGH_ENTROPY_THRESHOLD
 from workbench.run.store import RunStore
 
@@ -54,6 +54,23 @@ def test_rollout_metrics_by_hand():
         sum(h > HIGH_ENTROPY_THRESHOLD for h in valid) / len(valid)
     )
     assert row["entropy_coef"] == 0.0 and row["beta"] == 0.0
+
+
+def _cut_off(token_ids, lengths, limit: int, eos: int) -> float:
+    """The share of responses at the length limit whose last token is not EOS, by hand."""
+    cut = [n == limit and int(ids[n - 1]) != eos for ids, n in zip(token_ids, lengths)]
+    return sum(cut) / len(cut)
+
+
+def test_the_share_cut_off_at_the_length_limit_counts_the_responses_without_eos():
+    for limit in (3, 24):  # the embedded model ends few responses in 3 tokens, most in 24
+        trainer = Trainer(RunConfig(**{**TINY, "max_completion_length": limit}, seed=3))
+        result = trainer.step()
+        batch, row = result.batch, result.metrics
+        lengths = batch.mask.sum(-1).long().tolist()
+        share = _cut_off(batch.ids, lengths, limit, trainer.policy.tokenizer.eos_token_id)
+        assert row["truncated_fraction"] == pytest.approx(share)
+        assert share > 0.5 if limit == 3 else share < 0.5
 
 
 def test_a_run_written_before_the_rename_reads_under_the_new_name(tmp_path):
@@ -143,6 +160,9 @@ def test_the_trl_engine_records_the_same_metrics(tmp_path):
         assert row["entropy_coef"] == 0.0 and row["beta"] == 0.04
     frame = store.read_rollouts(1)  # TRL ran the reference (beta > 0): every token's KL
     assert all(kl is not None and len(kl) == n for kl, n in zip(frame["kl"], frame["length"]))
+    eos = Policy.from_pretrained("tiny").tokenizer.eos_token_id  # TRL cut off the rows without it
+    share = _cut_off(frame["token_ids"], frame["length"], TINY["max_completion_length"], eos)
+    assert rows[1]["truncated_fraction"] == pytest.approx(share)
 
 
 @trl

@@ -57,10 +57,19 @@ def rollout_batch(
         text=policy.decode(ids, mask),
         mode=["normal"] * len(ids),
         stage=[1] * len(ids),
+        finished=_ended_with_eos(ids, mask, policy.tokenizer.eos_token_id),
     )
     if out.get("ref_per_token_logps") is not None:  # TRL ran the reference (beta > 0): the per-token KL
         batch.ref_logprobs = out["ref_per_token_logps"].detach().cpu().float()
     return batch
+
+
+def _ended_with_eos(ids: torch.Tensor, mask: torch.Tensor, eos: int) -> torch.Tensor:
+    """[B] bool: the row's last valid token is EOS (TRL's completion mask keeps it, as the
+    workbench's sampler does); else TRL cut it off at the length limit."""
+    lengths = mask.sum(-1).long()
+    last = ids.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
+    return (last == eos) & (lengths > 0)
 
 
 @torch.no_grad()

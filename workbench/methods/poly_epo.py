@@ -41,6 +41,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -242,30 +243,35 @@ def clusters_are_answers(batch, clusterer) -> bool:
     return bool(labelled) and all(s == a for s, a in labelled)
 
 
-def warn_once_if_clusters_are_answers(method: Method, batch, clusterer) -> None:
+class _SaysWhenClustersAreAnswers:
     """Where one answer is right, answer clusters make a set diverse only through wrong answers:
     a set of right responses scores 0 and, once most responses are right, the wrong ones get
     the larger advantages (a group of 3 right and 1 wrong, sets of 3: -1/9 each and +1/3). Said
     once per run; docs/methods.md and docs/RESULTS.md's real-model study show what follows."""
-    if getattr(method, "_warned_answer_clusters", False) or not clusters_are_answers(batch, clusterer):
-        return
-    method._warned_answer_clusters = True
-    warnings.warn(
-        f"{method.name}: the clusters are the parsed answers (this task labels a completion's strategy "
-        "with its answer), so where a question has one right answer only wrong answers make a set "
-        "diverse, and once most responses are right the wrong ones get the larger advantages. Use a "
-        "task with several right strategies (countdown, coins) or method_options.clusterer = a "
-        "function that reads the reasoning (register_clusterer).",
-        UserWarning,
-        stacklevel=3,
-    )
+
+    name: ClassVar[str]
+    said_clusters_are_answers = False
+
+    def say_once_if_clusters_are_answers(self, batch, clusterer) -> None:
+        if self.said_clusters_are_answers or not clusters_are_answers(batch, clusterer):
+            return
+        self.said_clusters_are_answers = True
+        warnings.warn(
+            f"{self.name}: the clusters are the parsed answers (this task labels a completion's strategy "
+            "with its answer), so where a question has one right answer only wrong answers make a set "
+            "diverse, and once most responses are right the wrong ones get the larger advantages. Use a "
+            "task with several right strategies (countdown, coins) or method_options.clusterer = a "
+            "function that reads the reasoning (register_clusterer).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _distinct_clusters(clusters: list[int], degenerate_cluster: int) -> int:
     return len(set(clusters) - {degenerate_cluster})
 
 
-class PolyEPO(Method):
+class PolyEPO(_SaysWhenClustersAreAnswers, Method):
     name = "poly_epo"
     # the paper's: its clip-higher acts only where a batch gets more than one update (two here, as
     # the paper's two mini-batch steps per batch)
@@ -303,7 +309,7 @@ class PolyEPO(Method):
 
     def advantages(self, ctx, batch):
         o = self.options
-        warn_once_if_clusters_are_answers(self, batch, o["clusterer"])
+        self.say_once_if_clusters_are_answers(batch, o["clusterer"])
         adv = torch.zeros(len(batch))
         objective, distinct = [], []
         for g, rows in enumerate(batch.group_rows()):
@@ -329,7 +335,7 @@ class PolyEPO(Method):
         return dict(batch.step_numbers["set_rl"])
 
 
-class GRPODiv(Method):
+class GRPODiv(_SaysWhenClustersAreAnswers, Method):
     name = "grpo_div"
     OPTIONS = {
         "div_coef": number(0.5, "lambda: weight of the diversity bonus d_i added to the reward", low=0.0),
@@ -344,7 +350,7 @@ class GRPODiv(Method):
 
     def advantages(self, ctx, batch):
         o = self.options
-        warn_once_if_clusters_are_answers(self, batch, o["clusterer"])
+        self.say_once_if_clusters_are_answers(batch, o["clusterer"])
         bonus = torch.zeros(len(batch))
         objective, distinct = [], []
         for rows in batch.group_rows():

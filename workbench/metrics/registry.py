@@ -131,8 +131,9 @@ FRAC_REWARD_ZERO_STD = Metric(
     "rollout",
     "fraction of prompts whose responses all got the same reward: no GRPO signal (TRL's name)",
 )
-PARSED_FRACTION = Metric(
-    "parsed_fraction", FRACTION, "reward", "rollout", "fraction of responses with a parsable answer"
+PARSED_FRACTION = Metric("parsed_fraction", FRACTION, "reward", "rollout", "responses with a parsable answer")
+TRUNCATED_FRACTION = Metric(
+    "truncated_fraction", FRACTION, "reward", "rollout", "fraction of responses cut off at the length limit, before EOS"
 )
 ENTROPY_MEAN = Metric("entropy_mean", NATS, "entropy", ("rollout", "evaluation"), "mean token entropy of the responses")
 ENTROPY_P50 = Metric("entropy_p50", NATS, "entropy", "rollout", "median token entropy")
@@ -148,11 +149,7 @@ HIGH_ENTROPY_TOKEN_FRACTION = Metric(
 )
 RESPONSE_LENGTH = Metric("response_length", TOKENS, "length", ("rollout", "evaluation"), "mean response length")
 UNIQUE_ANSWERS = Metric(
-    "unique_answers",
-    PER_GROUP,
-    "diversity",
-    ("rollout", "evaluation"),
-    "distinct parsed answers among a prompt's responses",
+    "unique_answers", PER_GROUP, "diversity", ("rollout", "evaluation"), "distinct parsed answers per prompt"
 )
 DISTINCT_STRATEGIES = Metric(
     "distinct_strategies", PER_GROUP, "diversity", "rollout", "distinct solution strategies among a prompt's responses"
@@ -329,6 +326,7 @@ METRICS: dict[str, Metric] = {m: m for m in globals().values() if isinstance(m, 
 # entropy_coef and frac_reward_zero_std are the same names in both)
 TRL_NAMES = {
     "clip_ratio/region_mean": CLIP_FRACTION,
+    "completions/clipped_ratio": TRUNCATED_FRACTION,
     "sampling/sampling_logp_difference/mean": SAMPLING_LOGP_DIFFERENCE_MEAN,
     "sampling/sampling_logp_difference/max": SAMPLING_LOGP_DIFFERENCE_MAX,
     "sampling/importance_sampling_ratio/min": IMPORTANCE_SAMPLING_RATIO_MIN,

@@ -28,4 +28,6 @@ def rollout_metrics(batch) -> dict[str, float]:
         "response_length": float(batch.response_lengths().mean()),
         **group_diversity(groups, batch.answers, batch.strategies, batch.rewards.tolist()),
         **pivot_stats(batch.entropy, batch.mask, batch.pivots),
+        # where the engine knows how each response ended (an imported log may not)
+        **({"truncated_fraction": float((~batch.finished).float().mean())} if batch.finished is not None else {}),
     }

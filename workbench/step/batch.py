@@ -41,6 +41,7 @@ class RolloutBatch:
     answers: list[str | None] | None = None
     strategies: list[str | None] | None = None
     parsed: torch.Tensor | None = None  # [N] bool
+    finished: torch.Tensor | None = None  # [N] bool: ended with EOS, else cut off at the length limit
     advantages: torch.Tensor | None = None  # [N] sequence advantage
     token_advantages: torch.Tensor | None = None  # [N, T]
     gate: torch.Tensor | None = None  # [N, T] token gate weight (ERPO), ones otherwise
@@ -86,6 +87,7 @@ class RolloutBatch:
             text=texts,
             mode=[mode] * n,
             stage=[stage] * n,
+            finished=samples.finished,
         )
 
     def rows_to_train(self) -> RolloutBatch:
@@ -217,6 +219,7 @@ class RolloutBatch:
                 "strategy": self.strategies or [None] * len(self),
                 "parsed": _list(self.parsed, len(self)),
                 "length": lengths,
+                "finished": _list(self.finished, len(self)),  # ended with EOS, else cut off at the limit
                 "advantage": _list(self.advantages, len(self)),
                 "token_ids": [self.ids[i, :n].cpu().numpy() for i, n in enumerate(lengths)],
                 "logprob": per_token(self.logprobs),
@@ -282,6 +285,7 @@ class RolloutBatch:
             answers=_labels(frame, "answer") if scored else None,
             strategies=_labels(frame, "strategy") if scored else None,
             parsed=_column(frame, "parsed", torch.bool),
+            finished=_column(frame, "finished", torch.bool),
             advantages=_column(frame, "advantage", torch.float32),
             token_advantages=per_token("token_advantage", torch.float32),
             gate=per_token("gate", torch.float32),

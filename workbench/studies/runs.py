@@ -102,12 +102,10 @@ def evaluated(run_dir: Path) -> bool:
 def record_evaluation(run_dir: Path, entries: dict) -> None:
     """Merge the study's evaluation into eval.json under the file's lock, so that an evaluation
     ``workbench eval`` adds at the same time (or added before) is kept."""
-    path = run_dir / EVAL_FILE
-    update_json(path, lambda evaluations: {**evaluations, **entries}, _read_evaluations)
+    from workbench.run.store import RunStore
 
-
-def _read_evaluations(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    store = RunStore(run_dir)  # its reader names an unreadable eval.json
+    update_json(run_dir / EVAL_FILE, lambda evaluations: {**evaluations, **entries}, lambda _: store.read_evaluations())
 
 
 def steps_done(run_dir: Path, steps: int) -> int:
